@@ -1,0 +1,92 @@
+"""What a run reports: the summary object shared by ``corral run`` and ``corral status``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from corral.store.base import RunInfo, Store
+
+
+@dataclass(slots=True)
+class RunResult:
+    """Summary of a run. ``rows_in == written + quarantined + review + skipped + pending``."""
+
+    run: str
+    job: str
+    status: str
+    stop_reason: str | None
+    rows_in: int
+    written: int
+    quarantined: int
+    review: int
+    skipped: int
+    pending: int
+    calls_made: int
+    calls_replayed: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: Decimal | None
+    elapsed_s: float
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def accounted(self) -> bool:
+        return self.rows_in == (
+            self.written + self.quarantined + self.review + self.skipped + self.pending
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run": self.run,
+            "job": self.job,
+            "status": self.status,
+            "stop_reason": self.stop_reason,
+            "rows": {
+                "in": self.rows_in,
+                "written": self.written,
+                "quarantined": self.quarantined,
+                "review": self.review,
+                "skipped": self.skipped,
+                "pending": self.pending,
+            },
+            "calls": {"made": self.calls_made, "replayed": self.calls_replayed},
+            "tokens": {"input": self.input_tokens, "output": self.output_tokens},
+            "cost_usd": None if self.cost_usd is None else float(self.cost_usd),
+            "elapsed_s": round(self.elapsed_s, 3),
+            "outputs": self.outputs,
+        }
+
+
+def summarize(
+    store: Store,
+    run: RunInfo,
+    *,
+    limit: int | None = None,
+    outputs: dict[str, str] | None = None,
+    elapsed_s: float | None = None,
+) -> RunResult:
+    counts = store.counts(run.id, limit)
+    totals = store.totals(run.id)
+    if outputs is None:
+        outputs = dict(zip(("sink", "quarantine"), run.outputs))
+    return RunResult(
+        run=run.id,
+        job=run.job_name,
+        status=run.status,
+        stop_reason=run.stop_reason,
+        rows_in=sum(counts.values()),
+        written=counts.get("done", 0),
+        quarantined=counts.get("quarantined", 0),
+        review=counts.get("review", 0),
+        skipped=counts.get("skipped", 0),
+        pending=counts.get("pending", 0) + counts.get("leased", 0),
+        calls_made=totals.made,
+        calls_replayed=totals.replayed,
+        input_tokens=totals.input_tokens,
+        output_tokens=totals.output_tokens,
+        cost_usd=totals.cost,
+        elapsed_s=run.elapsed_s if elapsed_s is None else elapsed_s,
+        outputs=outputs,
+    )

@@ -1,0 +1,749 @@
+"""The engine: the only place that calls models.
+
+A run reads the source into the store (keyed, resumable), leases pending records in chunks,
+asks the model through the cache, records every response before using it, commits states in
+groups, and writes the sinks when every row has reached a final state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import random
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from corral._registry import model_class, suggest
+from corral._result import RunResult, summarize
+from corral.errors import (
+    ModelNotFoundError,
+    OutputError,
+    PermanentModelError,
+    RateLimited,
+    SourceError,
+    TransientModelError,
+    UserError,
+)
+from corral.io import Column, Source, SourceRow, open_quarantine_sink, open_sink, open_source
+from corral.job import Job, ModelRef
+from corral.models.base import Completion, Model, Request
+from corral.store import Store, open_store
+from corral.store.base import (
+    AttemptRecord,
+    CallRecord,
+    DuplicateKeyError,
+    FinalRecord,
+    LeasedRecord,
+    NewRecord,
+    RunInfo,
+)
+from corral.tasks.base import Task
+
+INGEST_CHUNK = 5000
+LEASE_TTL_S = 300.0
+_HOST = socket.gethostname()
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+# --- models ---------------------------------------------------------------------------------
+
+
+def make_model(ref: ModelRef | str | dict[str, Any], base_dir: Path | None = None) -> Model:
+    """Build a model from its name (``local``, ``local:/m.gguf``, ``fake``) or mapping."""
+    ref = ModelRef.parse(ref)
+    cls = model_class(ref.name)
+    arg = ref.arg
+    if arg and base_dir is not None and arg.endswith(".gguf") and not os.path.isabs(arg):
+        candidate = base_dir / arg
+        if candidate.exists():
+            arg = str(candidate.resolve())
+    try:
+        return cls(arg, **ref.options)
+    except TypeError as e:
+        raise ModelNotFoundError(f"model `{ref}`: {e}; check the options under `model:`") from None
+    except ValueError as e:
+        raise ModelNotFoundError(f"model `{ref}`: {e}") from None
+
+
+# --- planning -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Plan:
+    """How step outputs map to sink columns."""
+
+    input_columns: list[Column]
+    output_columns: list[Column]
+    # per step: (step column name, sink column name)
+    step_columns: list[list[tuple[str, str]]]
+
+    @property
+    def columns(self) -> list[Column]:
+        return self.input_columns + self.output_columns
+
+
+def _plan(job: Job, source: Source) -> _Plan:
+    cols = [c.name for c in source.columns]
+    if job.key is not None and job.key not in cols:
+        raise SourceError(
+            f"key column `{job.key}` is not in {source.path.name}{suggest(job.key, cols)} "
+            f"Columns: {', '.join(cols)}. Fix `key:` in the job file, or remove it to key rows by content."
+        )
+    known = set(cols)
+    for i, step in enumerate(job.steps):
+        earlier = [s.name for s in job.steps[:i]]
+        for name in step.template.names:
+            head = name[0]
+            if head in known or head in earlier:
+                continue
+            later = [s.name for s in job.steps[i:]]
+            if head in later:
+                raise UserError(
+                    f"step `{step.name}` uses {{{head}}}, the output of a later step; "
+                    "a step can only read source columns and earlier steps"
+                )
+            raise SourceError(
+                f"step `{step.name}` uses {{{'.'.join(name)}}}, which is not a column of "
+                f"{source.path.name} or an earlier step{suggest(head, cols + earlier)} "
+                f"Columns: {', '.join(cols)}."
+            )
+    used = set(cols)
+    out: list[Column] = []
+    mapping: list[list[tuple[str, str]]] = []
+    for step in job.steps:
+        pairs = []
+        for col in step.columns():
+            name = col.name
+            if name in used:
+                name = f"{step.name}_{col.name}"
+            n = 2
+            while name in used:
+                name = f"{step.name}_{col.name}_{n}"
+                n += 1
+            used.add(name)
+            out.append(Column(name, col.type))
+            pairs.append((col.name, name))
+        mapping.append(pairs)
+    return _Plan(list(source.columns), out, mapping)
+
+
+def run_id_for(job: Job, model: Model, fingerprint: str) -> str:
+    blob = f"{job.spec_hash()}:{model.id}:{fingerprint}"
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# --- ingestion ------------------------------------------------------------------------------
+
+
+def _ingest(
+    store: Store, run: RunInfo, job: Job, source: Source, limit: int | None, progress: Progress | None
+) -> RunInfo:
+    if run.ingest_done or (limit is not None and run.ingested_rows >= limit):
+        return run
+    cursor = run.ingested_rows
+    occurrences = store.occurrences(run.id) if job.key is None and cursor else {}
+    batch: list[NewRecord] = []
+    done = True
+    try:
+        rows = source.rows(start=cursor)
+        for row in rows:
+            if limit is not None and row.ordinal >= limit:
+                done = False
+                break
+            batch.append(_new_record(row, job.key, occurrences))
+            cursor = row.ordinal + 1
+            if len(batch) >= INGEST_CHUNK:
+                store.ingest(run.id, batch, cursor)
+                batch = []
+                if progress:
+                    progress({"phase": "ingest", "rows": cursor})
+        if batch:
+            store.ingest(run.id, batch, cursor)
+    except DuplicateKeyError as e:
+        store.delete_run(run.id)
+        lines = " and ".join(f"line {n}" for n in (e.first_line, e.second_line) if n is not None)
+        raise SourceError(
+            f"duplicate key `{e.key}` in column `{job.key}` of {source.path.name}"
+            + (f" ({lines})" if lines else "")
+            + "; keys must be unique: fix the data, or remove `key:` to key rows by content"
+        ) from None
+    except UserError:
+        store.delete_run(run.id)
+        raise
+    store.update_run(run.id, ingested_rows=cursor, ingest_done=done, status="running")
+    got = store.get_run(run.id)
+    assert got is not None
+    return got
+
+
+def _new_record(row: SourceRow, key_col: str | None, occurrences: dict[str, int]) -> NewRecord:
+    if row.data is None:
+        return NewRecord(
+            key=f"#{row.ordinal + 1}",
+            ordinal=row.ordinal,
+            line=row.line,
+            data=None,
+            state="quarantined",
+            reason=f"malformed input: {row.error}",
+        )
+    data = json.dumps(row.data, ensure_ascii=False, default=str)
+    if key_col is not None:
+        value = row.data.get(key_col)
+        if value is None or value == "":
+            where = f"line {row.line}" if row.line else f"row {row.ordinal + 1}"
+            return NewRecord(
+                key=f"#{row.ordinal + 1}",
+                ordinal=row.ordinal,
+                line=row.line,
+                data=data,
+                state="quarantined",
+                reason=f"empty key in column `{key_col}` ({where})",
+            )
+        return NewRecord(key=str(value), ordinal=row.ordinal, line=row.line, data=data)
+    digest = hashlib.sha256(
+        json.dumps(row.data, sort_keys=True, ensure_ascii=False, default=str).encode()
+    ).hexdigest()[:16]
+    n = occurrences.get(digest, 0) + 1
+    occurrences[digest] = n
+    key = digest if n == 1 else f"{digest}~{n}"
+    return NewRecord(key=key, ordinal=row.ordinal, line=row.line, data=data, content_hash=digest)
+
+
+# --- committing -----------------------------------------------------------------------------
+
+
+class _Committer:
+    """Group commit: many workers' writes go to the store in one transaction.
+
+    A paid call's response is awaited until durable before its answer is used.
+    """
+
+    def __init__(self, store: Store, run_id: str, owner: str) -> None:
+        self.store = store
+        self.run_id = owner and run_id
+        self.owner = owner
+        self.calls: list[CallRecord] = []
+        self.attempts: list[AttemptRecord] = []
+        self.finals: list[FinalRecord] = []
+        self.waiters: list[asyncio.Future[None]] = []
+        self.wake = asyncio.Event()
+        self.closed = False
+        self.last_renew = time.monotonic()
+
+    def add(
+        self,
+        call: CallRecord | None = None,
+        attempt: AttemptRecord | None = None,
+        final: FinalRecord | None = None,
+    ) -> None:
+        if call is not None:
+            self.calls.append(call)
+        if attempt is not None:
+            self.attempts.append(attempt)
+        if final is not None:
+            self.finals.append(final)
+        if len(self.calls) + len(self.finals) >= 512:
+            self.wake.set()
+
+    async def durable(self, call: CallRecord) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.calls.append(call)
+        self.waiters.append(fut)
+        self.wake.set()
+        await fut
+
+    def flush(self) -> None:
+        if not (self.calls or self.attempts or self.finals):
+            return
+        calls, attempts, finals, waiters = self.calls, self.attempts, self.finals, self.waiters
+        self.calls, self.attempts, self.finals, self.waiters = [], [], [], []
+        try:
+            self.store.commit(calls, attempts, finals)
+        except BaseException as e:
+            for w in waiters:
+                if not w.done():
+                    w.set_exception(e)
+            raise
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    async def loop(self) -> None:
+        while not self.closed:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=0.2)
+            self.wake.clear()
+            await asyncio.sleep(0)  # let other ready workers add their writes to this group
+            self.flush()
+            if time.monotonic() - self.last_renew > LEASE_TTL_S / 4:
+                self.store.renew(self.run_id, self.owner, LEASE_TTL_S)
+                self.last_renew = time.monotonic()
+
+    async def close(self) -> None:
+        self.closed = True
+        self.wake.set()
+        self.flush()
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+class _Stop(Exception):
+    """Raised inside a worker when the run must stop scheduling new calls."""
+
+
+@dataclass
+class _Counters:
+    states: dict[str, int] = field(default_factory=dict)
+    made: int = 0
+    replayed: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: Decimal | None = Decimal(0)
+
+
+class _Runner:
+    def __init__(
+        self,
+        job: Job,
+        model: Model,
+        store: Store,
+        run: RunInfo,
+        plan: _Plan,
+        limit: int | None,
+        progress: Progress | None,
+        stop: asyncio.Event,
+    ) -> None:
+        self.job = job
+        self.model = model
+        self.store = store
+        self.run = run
+        self.plan = plan
+        self.limit = limit
+        self.progress = progress
+        self.stop = stop
+        self.stop_reason: str | None = None
+        self.owner = f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        cap = model.capabilities.max_concurrency
+        self.concurrency = job.concurrency or (min(cap, 32) if cap > 1 else 2)
+        totals = store.totals(run.id)
+        self.c = _Counters(
+            states=store.counts(run.id, limit),
+            made=totals.made,
+            replayed=totals.replayed,
+            input_tokens=totals.input_tokens,
+            output_tokens=totals.output_tokens,
+            cost=totals.cost,
+        )
+        self.fatal: BaseException | None = None
+        self.inflight: dict[str, asyncio.Future[None]] = {}
+
+    # budget ---------------------------------------------------------------------------
+
+    def _check_budget(self) -> None:
+        b = self.job.budget
+        reason = None
+        if b.max_calls is not None and self.c.made >= b.max_calls:
+            reason = f"budget: max_calls {b.max_calls} reached"
+        elif b.max_tokens is not None and self.c.input_tokens + self.c.output_tokens >= b.max_tokens:
+            reason = f"budget: max_tokens {b.max_tokens} reached"
+        elif b.max_cost_usd is not None and self.c.cost is not None and self.c.cost >= b.max_cost_usd:
+            reason = f"budget: max_cost_usd {b.max_cost_usd} reached"
+        if reason:
+            self.stop_reason = self.stop_reason or reason
+            self.stop.set()
+            raise _Stop(reason)
+
+    # one call -------------------------------------------------------------------------
+
+    async def _ask(
+        self, committer: _Committer, rec: LeasedRecord, step: Task, attempt: int, request: Request
+    ) -> tuple[str, Completion]:
+        h = request.cache_key(self.model.id)
+        flying = self.inflight.get(h)
+        if flying is not None:  # the same request is in flight for another record: wait for it
+            with contextlib.suppress(Exception):
+                await asyncio.shield(flying)
+        hit = self.store.cached(h)
+        if hit is not None:
+            comp = Completion.from_dict(json.loads(hit))
+            self.c.replayed += 1
+            committer.add(
+                call=CallRecord(
+                    self.run.id, rec.key, step.name, attempt, h, self.model.id, True,
+                    comp.usage.input_tokens, comp.usage.output_tokens,
+                    comp.usage.cached_input_tokens, comp.usage.reasoning_tokens, Decimal(0), 0.0,
+                )
+            )
+            return h, comp
+        if self.stop.is_set():
+            raise _Stop(self.stop_reason or "stopping")
+        self._check_budget()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.inflight[h] = done
+        try:
+            return h, await self._call(committer, rec, step, attempt, request, h)
+        finally:
+            del self.inflight[h]
+            done.set_result(None)
+
+    async def _call(
+        self, committer: _Committer, rec: LeasedRecord, step: Task, attempt: int, request: Request,
+        h: str,
+    ) -> Completion:
+        t0 = time.perf_counter()
+        comp = await self.model.complete(request)
+        latency = time.perf_counter() - t0
+        u = comp.usage
+        self.c.made += 1
+        self.c.input_tokens += u.input_tokens
+        self.c.output_tokens += u.output_tokens
+        if self.c.cost is not None:
+            self.c.cost = None if u.cost is None else self.c.cost + u.cost
+        await committer.durable(
+            CallRecord(
+                self.run.id, rec.key, step.name, attempt, h, self.model.id, False,
+                u.input_tokens, u.output_tokens, u.cached_input_tokens, u.reasoning_tokens,
+                u.cost, latency,
+                request_json=json.dumps(request.to_dict(), ensure_ascii=False),
+                response_json=json.dumps(comp.to_dict(), ensure_ascii=False),
+            )
+        )
+        return comp
+
+    # one record -----------------------------------------------------------------------
+
+    async def _process(self, committer: _Committer, rec: LeasedRecord) -> None:
+        context: dict[str, Any] = dict(rec.data)
+        outputs: dict[str, Any] = {}
+        tries = 0
+        for step in self.job.steps:
+            reason = None
+            accepted = False
+            for attempt in range(step.max_attempts):
+                tries += 1
+                request = step.render(context, sample=attempt)
+                try:
+                    h, comp = await self._ask(committer, rec, step, attempt, request)
+                except TransientModelError as e:
+                    reason = f"model error: {e}"
+                    committer.add(attempt=AttemptRecord(self.run.id, rec.key, step.name, attempt, None, "error", str(e)))
+                    await asyncio.sleep(_backoff(attempt, e))
+                    continue
+                except PermanentModelError as e:
+                    reason = f"model error: {e}"
+                    committer.add(attempt=AttemptRecord(self.run.id, rec.key, step.name, attempt, None, "error", str(e)))
+                    break
+                try:
+                    answer = step.parse(comp)
+                except OutputError as e:
+                    reason = str(e)
+                    committer.add(attempt=AttemptRecord(self.run.id, rec.key, step.name, attempt, h, e.kind, str(e)))
+                    continue
+                committer.add(attempt=AttemptRecord(self.run.id, rec.key, step.name, attempt, h, "ok"))
+                value = step.value(answer)
+                context[step.name] = value
+                outputs[step.name] = value
+                accepted = True
+                break
+            if not accepted:
+                n = attempt + 1
+                self._final(
+                    committer, rec, "quarantined", None,
+                    f"step `{step.name}`: {reason} (after {n} attempt{'s' if n > 1 else ''})", tries,
+                )
+                return
+        self._final(committer, rec, "done", json.dumps(outputs, ensure_ascii=False), None, tries)
+
+    def _final(
+        self, committer: _Committer, rec: LeasedRecord, state: str, outputs: str | None,
+        reason: str | None, tries: int,
+    ) -> None:
+        committer.add(final=FinalRecord(self.run.id, rec.key, state, outputs, reason, tries))
+        self.c.states["leased"] = self.c.states.get("leased", 0) - 1
+        self.c.states[state] = self.c.states.get(state, 0) + 1
+
+    # the loop -------------------------------------------------------------------------
+
+    async def go(self) -> None:
+        committer = _Committer(self.store, self.run.id, self.owner)
+        commit_task = asyncio.create_task(committer.loop())
+        queue: asyncio.Queue[LeasedRecord | None] = asyncio.Queue(maxsize=self.concurrency * 2)
+        chunk = max(64, self.concurrency * 4)
+
+        async def produce() -> None:
+            try:
+                while not self.stop.is_set():
+                    recs = self.store.lease(self.run.id, self.owner, chunk, LEASE_TTL_S, self.limit)
+                    if not recs:
+                        break
+                    n = len(recs)
+                    self.c.states["pending"] = self.c.states.get("pending", 0) - n
+                    self.c.states["leased"] = self.c.states.get("leased", 0) + n
+                    for r in recs:
+                        await queue.put(r)
+            finally:
+                for _ in range(self.concurrency):
+                    await queue.put(None)
+
+        async def work() -> None:
+            while True:
+                rec = await queue.get()
+                if rec is None:
+                    return
+                if self.stop.is_set() and self.fatal is None:
+                    continue  # left leased; released below
+                try:
+                    await self._process(committer, rec)
+                except _Stop:
+                    continue
+                except Exception as e:  # a bug or an unexpected model failure: never stop the run
+                    self._final(committer, rec, "quarantined", None, f"internal error: {type(e).__name__}: {e}", 1)
+
+        async def report() -> None:
+            if not self.progress:
+                return
+            while True:
+                self.progress({"phase": "run", **self.snapshot()})
+                await asyncio.sleep(0.25)
+
+        reporter = asyncio.create_task(report())
+        try:
+            workers = [asyncio.create_task(work()) for _ in range(self.concurrency)]
+            await asyncio.gather(produce(), *workers)
+        finally:
+            reporter.cancel()
+            await committer.close()
+            commit_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await commit_task
+            released = self.store.release(self.run.id, self.owner)
+            if released:
+                self.c.states["leased"] = self.c.states.get("leased", 0) - released
+                self.c.states["pending"] = self.c.states.get("pending", 0) + released
+            if self.progress:
+                self.progress({"phase": "run", **self.snapshot()})
+
+    def snapshot(self) -> dict[str, Any]:
+        s = self.c.states
+        return {
+            "in": sum(s.values()),
+            "done": s.get("done", 0),
+            "quarantined": s.get("quarantined", 0),
+            "review": s.get("review", 0),
+            "skipped": s.get("skipped", 0),
+            "pending": s.get("pending", 0) + s.get("leased", 0),
+            "made": self.c.made,
+            "replayed": self.c.replayed,
+        }
+
+
+def _backoff(attempt: int, err: Exception) -> float:
+    if isinstance(err, RateLimited) and err.retry_after is not None:
+        return min(err.retry_after, 60.0)
+    return random.uniform(0, min(0.05 * (2**attempt), 5.0))
+
+
+# --- sinks ----------------------------------------------------------------------------------
+
+
+def _write_outputs(store: Store, run: RunInfo, job: Job, plan: _Plan) -> dict[str, str]:
+    steps = job.steps
+
+    def done_rows() -> Any:
+        for chunk in store.iter_records(run.id, "done"):
+            rows = []
+            for r in chunk:
+                row = dict(r["data"] or {})
+                outs = r["outputs"] or {}
+                for step, pairs in zip(steps, plan.step_columns):
+                    vals = step.to_columns(outs.get(step.name)) if step.name in outs else {}
+                    for col, sink_col in pairs:
+                        row[sink_col] = vals.get(col)
+                rows.append(row)
+            yield rows
+
+    def quarantined_rows() -> Any:
+        for chunk in store.iter_records(run.id, "quarantined"):
+            yield [
+                {**(r["data"] or {}), "_key": r["key"], "_line": r["line"], "_reason": r["reason"]}
+                for r in chunk
+            ]
+
+    key_col = job.key or "_key"
+    sink = open_sink(job.sink, job.base_dir)
+    q = open_quarantine_sink(job.sink, job.base_dir)
+    if job.key is None:
+        # key-less jobs: the sink's key column is the content key
+        def keyed_done() -> Any:
+            for chunk, raw in zip(done_rows(), store.iter_records(run.id, "done")):
+                for row, r in zip(chunk, raw):
+                    row["_key"] = r["key"]
+                yield chunk
+
+        cols = plan.columns + [Column("_key", "string")]
+        sink.write(cols, keyed_done(), key_col)
+    else:
+        sink.write(plan.columns, done_rows(), key_col)
+    names = {c.name for c in plan.input_columns}
+    extra = [Column("_key", "string"), Column("_line", "integer"), Column("_reason", "string")]
+    q.write(plan.input_columns + [c for c in extra if c.name not in names], quarantined_rows(), "_key")
+    return {"sink": _show_path(sink.path), "quarantine": _show_path(q.path)}
+
+
+def _show_path(p: Path) -> str:
+    try:
+        return str(p.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
+
+
+# --- entry points ---------------------------------------------------------------------------
+
+
+def _owner_dead(owner: str) -> bool:
+    host, _, rest = owner.partition(":")
+    pid_s, _, _ = rest.partition(":")
+    if host != _HOST or not pid_s.isdigit():
+        return False
+    pid = int(pid_s)
+    if pid == os.getpid():
+        return True  # an earlier run in this process that did not finish
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _load(job: Job | str | Path) -> Job:
+    return job if isinstance(job, Job) else Job.load(job)
+
+
+async def run_async(
+    job: Job | str | Path,
+    *,
+    model: Model | str | dict[str, Any] | None = None,
+    limit: int | None = None,
+    store: Store | str | Path | None = None,
+    progress: Progress | None = None,
+    stop: asyncio.Event | None = None,
+    handle_signals: bool = False,
+) -> RunResult:
+    """Run (or resume) a job; see :func:`corral.run`."""
+    job = _load(job)
+    started = time.monotonic()
+    if limit is not None and limit < 0:
+        raise UserError("--limit must be 0 or more")
+    m = model if isinstance(model, Model) else make_model(model or job.model, job.base_dir)
+    own_store = not isinstance(store, Store)
+    st = store if isinstance(store, Store) else open_store(store)
+    stop = stop or asyncio.Event()
+    restore = _install_signals(stop) if handle_signals else None
+    try:
+        source = open_source(job.source, job.base_dir)
+        plan = _plan(job, source)
+        if progress:
+            progress({"phase": "fingerprint"})
+        fingerprint = source.fingerprint()
+        rid = run_id_for(job, m, fingerprint)
+        now = time.time()
+        run = st.create_run(
+            RunInfo(
+                id=rid, job_name=job.name, spec_hash=job.spec_hash(), fingerprint=fingerprint,
+                spec={**job.model_dump(mode="json"), "model_id": m.id}, status="created",
+                stop_reason=None, created_at=now, updated_at=now, ingested_rows=0,
+                ingest_done=False, tags=job.tags,
+            )
+        )
+        run = _ingest(st, run, job, source, limit, progress)
+        st.reclaim(run.id, _owner_dead)
+        runner = _Runner(job, m, st, run, plan, limit, progress, stop)
+        st.update_run(run.id, status="running", stop_reason=None, tags=job.tags)
+        try:
+            await runner.go()
+        finally:
+            await m.aclose()
+        counts = st.counts(run.id, limit)
+        unfinished = counts.get("pending", 0) + counts.get("leased", 0)
+        outputs: dict[str, str] = {}
+        complete = not unfinished and (run.ingest_done or limit is not None)
+        if complete:
+            outputs = _write_outputs(st, run, job, plan)
+            status, reason = "finished", None
+        elif runner.stop_reason:
+            status, reason = "stopped", runner.stop_reason
+        else:
+            status, reason = "interrupted", "interrupted"
+        elapsed = time.monotonic() - started
+        st.update_run(
+            run.id, status=status, stop_reason=reason, outputs=list(outputs.values()),
+            elapsed_s=run.elapsed_s + elapsed,
+        )
+        final = st.get_run(run.id)
+        assert final is not None
+        return summarize(st, final, limit=limit, outputs=outputs, elapsed_s=elapsed)
+    finally:
+        if restore:
+            restore()
+        if own_store:
+            st.close()
+
+
+def run(
+    job: Job | str | Path,
+    *,
+    model: Model | str | dict[str, Any] | None = None,
+    limit: int | None = None,
+    store: Store | str | Path | None = None,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Run a job, or resume it if it ran before on the same input.
+
+    ``job`` is a :class:`Job` or the path of a YAML job file. ``model`` overrides the job's model
+    (a name such as ``"fake"`` or a :class:`Model` instance). ``limit`` processes only the first
+    N rows. ``store`` is a path (default ``.corral/corral.db`` or ``$CORRAL_STORE``) or a
+    :class:`Store`. Returns a :class:`RunResult`.
+    """
+    return asyncio.run(
+        run_async(job, model=model, limit=limit, store=store, progress=progress,
+                  handle_signals=threading.current_thread() is threading.main_thread())
+    )
+
+
+def _install_signals(stop: asyncio.Event) -> Callable[[], None] | None:
+    loop = asyncio.get_running_loop()
+    count = {"n": 0}
+
+    def on_sigint() -> None:
+        count["n"] += 1
+        if count["n"] == 1:
+            stop.set()
+        else:
+            os._exit(130)  # second Ctrl-C: leave now; leases return to the queue on the next run
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+        loop.add_signal_handler(signal.SIGTERM, on_sigint)
+    except (NotImplementedError, RuntimeError, ValueError):
+        return None
+
+    def restore() -> None:
+        loop.remove_signal_handler(signal.SIGINT)
+        loop.remove_signal_handler(signal.SIGTERM)
+
+    return restore

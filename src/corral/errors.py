@@ -1,0 +1,122 @@
+"""Corral's exceptions.
+
+Every exception Corral raises on purpose derives from :class:`CorralError`::
+
+    CorralError
+    ├── UserError                 a mistake the user can fix; the CLI prints one line, exit 2
+    │   ├── JobSpecError          bad job file: unknown key, wrong type, bad template
+    │   ├── SourceError           missing file, missing column, duplicate keys, bad encoding
+    │   ├── SinkError             the output cannot be written where the job says
+    │   ├── ModelNotFoundError    unknown model name, missing model file or extra
+    │   └── RunNotFoundError      `corral status/show` named a run or key that is not stored
+    ├── StoreError                the store cannot be opened or is from a newer Corral
+    ├── ModelError                a model call failed; translated at the provider boundary
+    │   ├── TransientModelError   worth retrying: timeouts, overload, connection errors
+    │   │   └── RateLimited       the provider asked us to slow down (``retry_after`` seconds)
+    │   └── PermanentModelError   retrying will not help: the row is quarantined at once
+    └── OutputError               a response came back but cannot be used as a value
+        ├── Truncated             the model stopped at its output limit
+        ├── Refused               the model refused or a content filter stopped it
+        └── InvalidOutput         not JSON, or JSON that breaks the task's schema
+
+``UserError`` messages are written to be shown as they are: they name the problem and say how to
+fix it. ``OutputError`` is never raised to the caller of :func:`corral.run`; the engine catches it,
+retries within the record's attempt budget and then quarantines the row with the message as reason.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CorralError",
+    "UserError",
+    "JobSpecError",
+    "SourceError",
+    "SinkError",
+    "ModelNotFoundError",
+    "RunNotFoundError",
+    "StoreError",
+    "ModelError",
+    "TransientModelError",
+    "RateLimited",
+    "PermanentModelError",
+    "OutputError",
+    "Truncated",
+    "Refused",
+    "InvalidOutput",
+]
+
+
+class CorralError(Exception):
+    """Base class of every error Corral raises on purpose."""
+
+
+class UserError(CorralError):
+    """A mistake in the job, its input or the command line; the message says how to fix it."""
+
+
+class JobSpecError(UserError):
+    """The job spec (YAML or Python) is invalid."""
+
+
+class SourceError(UserError):
+    """The source cannot be read as the job describes it."""
+
+
+class SinkError(UserError):
+    """The sink cannot be written."""
+
+
+class ModelNotFoundError(UserError):
+    """The model name does not resolve to an installed model."""
+
+
+class RunNotFoundError(UserError):
+    """No run (or record) matches what was asked for."""
+
+
+class StoreError(CorralError):
+    """The store cannot be opened or migrated."""
+
+
+class ModelError(CorralError):
+    """A model call failed before it produced a usable response."""
+
+
+class TransientModelError(ModelError):
+    """A failure worth retrying after a pause."""
+
+
+class RateLimited(TransientModelError):
+    """The provider rate limited the call."""
+
+    def __init__(self, message: str = "rate limited", retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentModelError(ModelError):
+    """A failure that retrying cannot fix (bad request, unknown model on the server...)."""
+
+
+class OutputError(CorralError):
+    """A response arrived but cannot be accepted as a value."""
+
+    kind = "invalid"
+
+
+class Truncated(OutputError):
+    """The model hit its output token limit before finishing."""
+
+    kind = "truncated"
+
+
+class Refused(OutputError):
+    """The model refused, or a content filter stopped the answer."""
+
+    kind = "refused"
+
+
+class InvalidOutput(OutputError):
+    """The response is not JSON or does not satisfy the task's schema."""
+
+    kind = "invalid"

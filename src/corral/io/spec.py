@@ -1,0 +1,57 @@
+"""Source and sink specs as they appear in a job file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SourceFormat = Literal["csv", "tsv", "jsonl", "parquet", "sqlite"]
+SinkFormat = Literal["csv", "tsv", "jsonl", "parquet", "sqlite"]
+
+_EXT_FORMATS: dict[str, str] = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".db": "sqlite",
+    ".sqlite": "sqlite",
+    ".sqlite3": "sqlite",
+}
+
+
+def format_from_path(path: str) -> str | None:
+    """The format implied by a file name's extension, or None."""
+    return _EXT_FORMATS.get(Path(path).suffix.lower())
+
+
+class SourceSpec(BaseModel):
+    """Where the rows come from. A plain string in a job file is the ``path``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="file path, relative to the job file's folder")
+    format: SourceFormat | None = Field(None, description="inferred from the extension if omitted")
+    delimiter: str | None = Field(None, description="CSV field delimiter (default ',' or tab for .tsv)")
+    encoding: str = Field("utf-8", description="text encoding of CSV/TSV/JSONL files")
+    table: str | None = Field(None, description="table name, for a SQLite source")
+
+
+class SinkSpec(BaseModel):
+    """Where the outputs go. A plain string in a job file is the ``path``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="file path, relative to the job file's folder")
+    format: SinkFormat | None = Field(None, description="inferred from the extension if omitted")
+    table: str | None = Field(None, description="table name, for a SQLite sink")
+    delimiter: str | None = Field(None, description="CSV field delimiter")
+    quarantine: str | None = Field(
+        None,
+        description="where quarantined rows go (default: NAME.quarantine.EXT beside the sink, "
+        "or table NAME_quarantine for SQLite)",
+    )

@@ -1,0 +1,268 @@
+"""The Job spec: what to run, declared in YAML or Python.
+
+Unknown keys are rejected with the nearest valid key; every problem is reported as one line that
+says where it is and how to fix it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from corral._registry import suggest, task_classes
+from corral.errors import JobSpecError
+from corral.io.spec import SinkSpec, SourceSpec
+from corral.tasks.base import Task
+
+
+class ModelRef(BaseModel):
+    """A model by name: ``local``, ``local:/path/model.gguf``, ``fake``, or a mapping
+    ``{name: fake, latency: 0.05}`` whose other keys are options for the model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    arg: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, value: Any) -> ModelRef:
+        if isinstance(value, ModelRef):
+            return value
+        if isinstance(value, str):
+            name, _, arg = value.partition(":")
+            return cls(name=name.strip(), arg=arg.strip() or None)
+        if isinstance(value, dict):
+            if "name" not in value:
+                raise ValueError("a model mapping needs `name:` (e.g. {name: fake, latency: 0.1})")
+            ref = cls.parse(str(value["name"]))
+            opts = {k: v for k, v in value.items() if k != "name"}
+            return ref.model_copy(update={"options": opts})
+        raise ValueError("model must be a name like `local` or a mapping with `name:`")
+
+    def __str__(self) -> str:
+        return self.name + (f":{self.arg}" if self.arg else "")
+
+
+class Budget(BaseModel):
+    """Run-wide limits. A run that reaches one stops cleanly and resumes with a larger one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_cost_usd: Decimal | None = Field(None, ge=0, description="stop before spending more")
+    max_tokens: int | None = Field(None, ge=0, description="stop before using more tokens")
+    max_calls: int | None = Field(None, ge=0, description="stop before making more paid calls")
+
+
+def _step_union() -> Any:
+    classes = tuple(task_classes().values())
+    if len(classes) == 1:
+        return classes[0]
+    return Annotated[Union[classes], Field(discriminator="task")]  # noqa: UP007
+
+
+StepType = _step_union()
+
+
+class Job(BaseModel):
+    """A batch job: a source of rows, steps that ask a model about each row, and a sink."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="job name")
+    source: SourceSpec = Field(description="input file or table")
+    key: str | None = Field(None, description="column with a unique id per row (else a content hash)")
+    steps: list[StepType] = Field(min_length=1, description="what to ask about each row, in order")  # type: ignore[valid-type]
+    model: ModelRef = Field(default_factory=lambda: ModelRef(name="local"), description="model name")
+    sink: SinkSpec = Field(description="output file or table")
+    budget: Budget = Field(default_factory=Budget, description="run-wide limits")
+    tags: dict[str, str] = Field(default_factory=dict, description="labels kept with the run's costs")
+    concurrency: int | None = Field(None, ge=1, le=1024, description="calls in flight at once")
+
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @field_validator("source", "sink", mode="before")
+    @classmethod
+    def _path_shorthand(cls, v: Any) -> Any:
+        return {"path": v} if isinstance(v, str) else v
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_ref(cls, v: Any) -> Any:
+        return ModelRef.parse(v)
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _tag_values(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {str(k): str(x) for k, x in v.items()}
+        return v
+
+    @model_validator(mode="after")
+    def _unique_steps(self) -> Job:
+        seen: set[str] = set()
+        for s in self.steps:
+            if s.name in seen:
+                raise ValueError(f"two steps are named `{s.name}`; step names must be unique")
+            seen.add(s.name)
+        return self
+
+    # --- loading ---------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: Any, *, base_dir: Path | None = None, origin: str = "job") -> Job:
+        if not isinstance(data, dict):
+            raise JobSpecError(f"{origin}: a job must be a mapping with name, source, steps, sink")
+        try:
+            job = cls.model_validate(data)
+        except ValidationError as e:
+            raise JobSpecError(f"{origin}: {_describe(e, data)}") from None
+        if base_dir is not None:
+            job._base_dir = base_dir.resolve()
+        return job
+
+    @classmethod
+    def load(cls, path: str | Path) -> Job:
+        """Read a YAML job file. Paths inside it are relative to the file's folder."""
+        p = Path(path)
+        if not p.is_file():
+            raise JobSpecError(f"job file not found: {p} — check the path (e.g. examples/tickets.yaml)")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise JobSpecError(f"{p}: the job file is not UTF-8 text; save it as UTF-8") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise JobSpecError(f"{p}{where}: not valid YAML ({problem}); check indentation and quoting") from None
+        return cls.from_dict(data, base_dir=p.parent, origin=str(p))
+
+    # --- derived ---------------------------------------------------------------------
+
+    @property
+    def base_dir(self) -> Path:
+        return self._base_dir
+
+    def with_model(self, model: str | dict[str, Any] | ModelRef) -> Job:
+        job = self.model_copy(update={"model": ModelRef.parse(model)})
+        job._base_dir = self._base_dir
+        return job
+
+    def spec_hash(self) -> str:
+        """Identity of what the job computes, less the model (the run id adds the model's id).
+
+        Where the job writes, its budget and tags are left out: changing them resumes the run.
+        """
+        ident = {
+            "name": self.name,
+            "key": self.key,
+            "source": self.source.model_dump(mode="json"),
+            "steps": [s.model_dump(mode="json") for s in self.steps],
+        }
+        blob = json.dumps(ident, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# --- error messages ------------------------------------------------------------------------
+
+
+def _fields_of(loc: tuple[Any, ...]) -> list[str]:
+    """Valid keys of the mapping at ``loc`` in a job document."""
+    from corral.tasks.extract import FieldSpec
+
+    cls: type[BaseModel] | None = Job
+    i = 0
+    while i < len(loc) and cls is not None:
+        part = loc[i]
+        if cls is Job and part == "steps":
+            i += 2  # skip the index
+            tag = loc[i] if i < len(loc) else None
+            cls = task_classes().get(str(tag)) if tag is not None else None
+            i += 1
+            continue
+        if part == "fields" and cls is not Job:
+            cls = FieldSpec
+            i += 2
+            continue
+        field = cls.model_fields.get(str(part))
+        if field is None:
+            break
+        ann = field.annotation
+        cls = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        i += 1
+    return sorted(cls.model_fields) if cls is not None else []
+
+
+def _where(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
+    out = ""
+    i = 0
+    while i < len(loc):
+        part = loc[i]
+        if isinstance(part, int):
+            out += f"[{part}]"
+            if out.startswith("steps") and out.count("[") == 1:
+                steps = data.get("steps")
+                if isinstance(steps, list) and part < len(steps) and isinstance(steps[part], dict):
+                    name = steps[part].get("name")
+                    if name:
+                        out += f" (step `{name}`)"
+                    task = steps[part].get("task")
+                    if i + 1 < len(loc) and loc[i + 1] == task:
+                        i += 1
+        else:
+            if str(part).startswith("function-"):
+                i += 1
+                continue
+            out += ("." if out else "") + str(part)
+        i += 1
+    return out
+
+
+def _describe(exc: ValidationError, data: dict[str, Any]) -> str:
+    order = {"union_tag_invalid": 0, "union_tag_not_found": 0, "extra_forbidden": 1}
+    errors = sorted(exc.errors(), key=lambda x: order.get(x["type"], 2))
+    e = errors[0]
+    loc = tuple(e["loc"])
+    kind = e["type"]
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        parent = loc[:-1]
+        valid = _fields_of(parent)
+        where = _where(parent, data)
+        msg = f"unknown key `{key}`" + (f" in {where}" if where else "")
+        msg += suggest(key, valid)
+        if valid:
+            msg += f" Valid keys: {', '.join(valid)}."
+    elif kind in ("union_tag_invalid", "union_tag_not_found"):
+        tasks = sorted(task_classes())
+        given = (e.get("ctx") or {}).get("tag")
+        where = _where(loc, data)
+        if kind == "union_tag_not_found" or given is None:
+            msg = f"{where} needs `task:` (one of {', '.join(tasks)})"
+        else:
+            msg = f"unknown task `{given}` in {where}{suggest(str(given), tasks)} Tasks: {', '.join(tasks)}."
+    elif kind == "missing":
+        where = _where(loc[:-1], data)
+        msg = f"missing `{loc[-1]}`" + (f" in {where}" if where else " at the top level")
+    else:
+        where = _where(loc, data) or "job"
+        text = e["msg"].removeprefix("Value error, ")
+        msg = f"{where}: {text}"
+    if len(errors) > 1:
+        msg += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return msg

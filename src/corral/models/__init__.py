@@ -1,0 +1,1 @@
+"""Models: the Model extension point and the built-in models (fake, local)."""

@@ -1,0 +1,154 @@
+"""The Model extension point: one abstract async method, capabilities as data."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, ClassVar, Literal
+
+FinishReason = Literal["stop", "length", "refused", "content_filter", "error"]
+
+#: Bumped whenever the shape of what goes into a request hash changes, so old cache entries
+#: are never mistaken for new ones.
+REQUEST_HASH_VERSION = "v1"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What a task asks a model for.
+
+    ``sample`` distinguishes deliberate repeats of the same prompt (retries after a bad answer,
+    votes): it is part of the cache key, so a retry is a new call while a rerun of the same
+    attempt is a replay.
+    """
+
+    messages: tuple[Message, ...]
+    schema: dict[str, Any] | None = None
+    max_tokens: int = 256
+    temperature: float = 0.0
+    sample: int = 0
+
+    def cache_key(self, model_id: str) -> str:
+        """Versioned content hash of everything that determines the response."""
+        payload = {
+            "model": model_id,
+            "messages": [m.to_dict() for m in self.messages],
+            "schema": self.schema,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "sample": self.sample,
+        }
+        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return REQUEST_HASH_VERSION + ":" + hashlib.sha256(blob.encode()).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "messages": [m.to_dict() for m in self.messages],
+            "schema": self.schema,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "sample": self.sample,
+        }
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token usage of one call. ``cost`` is ``None`` when the price is unknown (never 0)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost: Decimal | None = None
+
+
+@dataclass(slots=True)
+class Completion:
+    """A model's answer to one request."""
+
+    text: str
+    finish_reason: FinishReason = "stop"
+    usage: Usage = field(default_factory=Usage)
+    model: str = ""
+    latency_s: float = 0.0
+    logprobs: list[float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "finish_reason": self.finish_reason,
+            "model": self.model,
+            "latency_s": self.latency_s,
+            "logprobs": self.logprobs,
+            "usage": {
+                "input_tokens": self.usage.input_tokens,
+                "output_tokens": self.usage.output_tokens,
+                "cached_input_tokens": self.usage.cached_input_tokens,
+                "reasoning_tokens": self.usage.reasoning_tokens,
+                "cost": None if self.usage.cost is None else str(self.usage.cost),
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Completion:
+        u = d.get("usage") or {}
+        cost = u.get("cost")
+        return cls(
+            text=d["text"],
+            finish_reason=d.get("finish_reason", "stop"),
+            model=d.get("model", ""),
+            latency_s=d.get("latency_s", 0.0),
+            logprobs=d.get("logprobs"),
+            usage=Usage(
+                input_tokens=u.get("input_tokens", 0),
+                output_tokens=u.get("output_tokens", 0),
+                cached_input_tokens=u.get("cached_input_tokens", 0),
+                reasoning_tokens=u.get("reasoning_tokens", 0),
+                cost=None if cost is None else Decimal(cost),
+            ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a model can do, as data the engine and strategies read."""
+
+    supports_schema: bool = False
+    supports_logprobs: bool = False
+    supports_batch: bool = False
+    #: how many calls the engine may have in flight at once (1 for an in-process model)
+    max_concurrency: int = 64
+    context_window: int | None = None
+
+
+class Model(ABC):
+    """A language model. Subclasses implement :meth:`complete` and nothing else is required.
+
+    Register a subclass under the ``corral.models`` entry-point group to make it available by
+    name (``model: NAME`` in a job, ``--model NAME`` on the command line). The class is built
+    with ``cls(arg, **options)`` where ``arg`` is what follows ``NAME:`` (or ``None``) and
+    ``options`` are the other keys of a ``model:`` mapping.
+    """
+
+    #: stable identifier used in cache keys and the ledger, e.g. ``fake`` or ``local:smollm2``
+    id: str = "model"
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    @abstractmethod
+    async def complete(self, request: Request) -> Completion:
+        """Answer one request. Raise :class:`corral.errors.ModelError` subclasses on failure."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release resources (threads, connections). Called once when a run ends."""

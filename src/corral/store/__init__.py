@@ -1,0 +1,23 @@
+"""Durable state of runs. ``open_store()`` picks the store from a path or the environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from corral.store.base import Store
+from corral.store.sqlite import SQLiteStore
+
+__all__ = ["Store", "SQLiteStore", "open_store", "default_store_path", "STORE_ENV"]
+
+STORE_ENV = "CORRAL_STORE"
+
+
+def default_store_path() -> Path:
+    """``$CORRAL_STORE`` if set, else ``.corral/corral.db`` in the working directory."""
+    env = os.environ.get(STORE_ENV)
+    return Path(env) if env else Path(".corral") / "corral.db"
+
+
+def open_store(path: str | Path | None = None) -> Store:
+    return SQLiteStore(path if path is not None else default_store_path())

@@ -1,0 +1,182 @@
+"""The Store interface: everything durable about runs goes through it.
+
+The engine and the CLI only use these methods, so a Postgres store can implement the same
+interface without changing callers. All methods are synchronous and each one is one transaction.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+STATES = ("pending", "leased", "done", "quarantined", "review", "skipped")
+FINAL_STATES = ("done", "quarantined", "review", "skipped")
+
+
+@dataclass(slots=True)
+class RunInfo:
+    id: str
+    job_name: str
+    spec_hash: str
+    fingerprint: str
+    spec: dict[str, Any]
+    status: str  # created | ingesting | running | interrupted | stopped | finished | failed
+    stop_reason: str | None
+    created_at: float
+    updated_at: float
+    ingested_rows: int
+    ingest_done: bool
+    tags: dict[str, str]
+    outputs: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+@dataclass(slots=True)
+class NewRecord:
+    key: str
+    ordinal: int
+    line: int | None
+    data: str | None  # JSON text of the row, None for a malformed row
+    content_hash: str | None = None
+    state: str = "pending"
+    reason: str | None = None
+
+
+@dataclass(slots=True)
+class LeasedRecord:
+    key: str
+    ordinal: int
+    line: int | None
+    data: dict[str, Any]
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """One model call: a paid one (with its response to cache) or a replay from the cache."""
+
+    run_id: str
+    key: str
+    step: str
+    attempt: int
+    request_hash: str
+    model: str
+    replayed: bool
+    input_tokens: int
+    output_tokens: int
+    cached_input_tokens: int
+    reasoning_tokens: int
+    cost: Decimal | None
+    latency_s: float
+    request_json: str | None = None  # set for paid calls: cached with the response
+    response_json: str | None = None
+
+
+@dataclass(slots=True)
+class AttemptRecord:
+    run_id: str
+    key: str
+    step: str
+    attempt: int
+    request_hash: str | None
+    outcome: str  # ok | truncated | refused | invalid | error
+    detail: str | None = None
+
+
+@dataclass(slots=True)
+class FinalRecord:
+    run_id: str
+    key: str
+    state: str
+    outputs: str | None  # JSON of step outputs
+    reason: str | None
+    attempts: int
+
+
+@dataclass(slots=True)
+class LedgerTotals:
+    made: int = 0
+    replayed: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: Decimal | None = Decimal(0)
+
+
+class DuplicateKeyError(Exception):
+    def __init__(self, key: str, first_line: int | None, second_line: int | None) -> None:
+        super().__init__(key)
+        self.key = key
+        self.first_line = first_line
+        self.second_line = second_line
+
+
+class Store(ABC):
+    # runs
+    @abstractmethod
+    def create_run(self, run: RunInfo) -> RunInfo: ...
+    @abstractmethod
+    def get_run(self, run_id: str) -> RunInfo | None: ...
+    @abstractmethod
+    def find_runs(self, prefix: str) -> list[RunInfo]: ...
+    @abstractmethod
+    def list_runs(self, limit: int = 50) -> list[RunInfo]: ...
+    @abstractmethod
+    def update_run(self, run_id: str, **fields: Any) -> None: ...
+    @abstractmethod
+    def delete_run(self, run_id: str) -> None: ...
+
+    # ingestion
+    @abstractmethod
+    def ingest(self, run_id: str, records: list[NewRecord], cursor: int) -> None:
+        """Insert records and advance the run's ingestion cursor; raise DuplicateKeyError."""
+
+    @abstractmethod
+    def occurrences(self, run_id: str) -> dict[str, int]:
+        """content_hash -> count of records, to resume key-less ingestion."""
+
+    # queue
+    @abstractmethod
+    def reclaim(self, run_id: str, is_dead: Any) -> int:
+        """Return leased records whose lease expired or whose owner ``is_dead(owner)`` to pending."""
+
+    @abstractmethod
+    def lease(
+        self, run_id: str, owner: str, n: int, ttl_s: float, below_ordinal: int | None = None
+    ) -> list[LeasedRecord]: ...
+    @abstractmethod
+    def renew(self, run_id: str, owner: str, ttl_s: float) -> None: ...
+    @abstractmethod
+    def release(self, run_id: str, owner: str) -> int: ...
+
+    # calls
+    @abstractmethod
+    def cached(self, request_hash: str) -> str | None:
+        """The recorded response JSON for a request hash, if any."""
+
+    @abstractmethod
+    def commit(
+        self,
+        calls: list[CallRecord],
+        attempts: list[AttemptRecord],
+        finals: list[FinalRecord],
+    ) -> None:
+        """Write calls (cache + ledger), attempts and final states in one transaction."""
+
+    # reading
+    @abstractmethod
+    def counts(self, run_id: str, below_ordinal: int | None = None) -> dict[str, int]: ...
+    @abstractmethod
+    def totals(self, run_id: str) -> LedgerTotals: ...
+    @abstractmethod
+    def iter_records(
+        self, run_id: str, state: str, chunk: int = 2000
+    ) -> Iterator[list[dict[str, Any]]]: ...
+    @abstractmethod
+    def record(self, run_id: str, key: str) -> dict[str, Any] | None: ...
+    @abstractmethod
+    def record_calls(self, run_id: str, key: str) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    def close(self) -> None: ...

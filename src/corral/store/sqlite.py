@@ -1,0 +1,557 @@
+"""SQLite store (WAL mode): the embedded default."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from corral.errors import StoreError
+from corral.store.base import (
+    AttemptRecord,
+    CallRecord,
+    DuplicateKeyError,
+    FinalRecord,
+    LeasedRecord,
+    LedgerTotals,
+    NewRecord,
+    RunInfo,
+    Store,
+)
+
+_NANO = Decimal(1_000_000_000)
+
+# --- migrations: append only; each runs once, in order, inside a transaction ---------------
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = []
+
+
+def migration(fn: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3.Connection], None]:
+    MIGRATIONS.append(fn)
+    return fn
+
+
+def _script(db: sqlite3.Connection, sql: str) -> None:
+    # executescript() would COMMIT the migration's transaction; run statement by statement
+    for stmt in sql.split(";"):
+        if stmt.strip():
+            db.execute(stmt)
+
+
+@migration
+def m001_initial(db: sqlite3.Connection) -> None:
+    _script(
+        db,
+        """
+        CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            job_name TEXT NOT NULL,
+            spec_hash TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            spec TEXT NOT NULL,
+            status TEXT NOT NULL,
+            stop_reason TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            ingested_rows INTEGER NOT NULL DEFAULT 0,
+            ingest_done INTEGER NOT NULL DEFAULT 0,
+            tags TEXT NOT NULL DEFAULT '{}',
+            outputs TEXT NOT NULL DEFAULT '[]',
+            elapsed_s REAL NOT NULL DEFAULT 0
+        );
+        CREATE TABLE records (
+            run_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            ordinal INTEGER NOT NULL,
+            line INTEGER,
+            content_hash TEXT,
+            data TEXT,
+            state TEXT NOT NULL,
+            reason TEXT,
+            outputs TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            lease_owner TEXT,
+            lease_expires REAL,
+            updated_at REAL NOT NULL,
+            UNIQUE (run_id, key)
+        );
+        CREATE INDEX records_state ON records (run_id, state, ordinal);
+        CREATE TABLE responses (
+            id INTEGER PRIMARY KEY,
+            request_hash TEXT NOT NULL UNIQUE,
+            model TEXT NOT NULL,
+            request TEXT NOT NULL,
+            response TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE TABLE ledger (
+            id INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            step TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            request_hash TEXT NOT NULL,
+            model TEXT NOT NULL,
+            replayed INTEGER NOT NULL,
+            input_tokens INTEGER NOT NULL,
+            output_tokens INTEGER NOT NULL,
+            cached_input_tokens INTEGER NOT NULL,
+            reasoning_tokens INTEGER NOT NULL,
+            cost_nanos INTEGER,
+            latency_s REAL NOT NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX ledger_run ON ledger (run_id, key);
+        CREATE TABLE attempts (
+            id INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            step TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            request_hash TEXT,
+            outcome TEXT NOT NULL,
+            detail TEXT,
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX attempts_record ON attempts (run_id, key);
+        """
+    )
+
+
+def _to_nanos(cost: Decimal | None) -> int | None:
+    return None if cost is None else int((cost * _NANO).to_integral_value())
+
+
+class SQLiteStore(Store):
+    """A store in one SQLite file. Safe for several processes (WAL, busy timeout)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(
+                self.path, isolation_level=None, timeout=30.0, check_same_thread=False
+            )
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA wal_autocheckpoint=10000")
+            self.db.execute("PRAGMA cache_size=-65536")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as e:
+            raise StoreError(
+                f"cannot open the store at {self.path}: {e} — point --store (or CORRAL_STORE) "
+                "at a writable file, or move the damaged file away"
+            ) from None
+        except OSError as e:
+            raise StoreError(f"cannot create the store at {self.path}: {e.strerror}") from None
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"the store at {self.path} was written by a newer Corral (schema {version}); "
+                "upgrade Corral or use another --store"
+            )
+        for i, fn in enumerate(MIGRATIONS[version:], start=version + 1):
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                fn(self.db)
+                self.db.execute(f"PRAGMA user_version={i}")
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    def _tx(self) -> _Tx:
+        return _Tx(self.db)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- runs --------------------------------------------------------------------------
+
+    @staticmethod
+    def _run(row: sqlite3.Row | tuple[Any, ...]) -> RunInfo:
+        return RunInfo(
+            id=row[0],
+            job_name=row[1],
+            spec_hash=row[2],
+            fingerprint=row[3],
+            spec=json.loads(row[4]),
+            status=row[5],
+            stop_reason=row[6],
+            created_at=row[7],
+            updated_at=row[8],
+            ingested_rows=row[9],
+            ingest_done=bool(row[10]),
+            tags=json.loads(row[11]),
+            outputs=json.loads(row[12]),
+            elapsed_s=row[13],
+        )
+
+    _RUN_COLS = (
+        "id, job_name, spec_hash, fingerprint, spec, status, stop_reason, created_at, "
+        "updated_at, ingested_rows, ingest_done, tags, outputs, elapsed_s"
+    )
+
+    def create_run(self, run: RunInfo) -> RunInfo:
+        with self._tx() as db:
+            db.execute(
+                f"INSERT OR IGNORE INTO runs ({self._RUN_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    run.id,
+                    run.job_name,
+                    run.spec_hash,
+                    run.fingerprint,
+                    json.dumps(run.spec),
+                    run.status,
+                    run.stop_reason,
+                    run.created_at,
+                    run.updated_at,
+                    run.ingested_rows,
+                    int(run.ingest_done),
+                    json.dumps(run.tags),
+                    json.dumps(run.outputs),
+                    run.elapsed_s,
+                ),
+            )
+        got = self.get_run(run.id)
+        assert got is not None
+        return got
+
+    def get_run(self, run_id: str) -> RunInfo | None:
+        row = self.db.execute(f"SELECT {self._RUN_COLS} FROM runs WHERE id=?", (run_id,)).fetchone()
+        return self._run(row) if row else None
+
+    def find_runs(self, prefix: str) -> list[RunInfo]:
+        rows = self.db.execute(
+            f"SELECT {self._RUN_COLS} FROM runs WHERE id LIKE ? || '%' OR job_name=? "
+            "ORDER BY updated_at DESC",
+            (prefix, prefix),
+        ).fetchall()
+        return [self._run(r) for r in rows]
+
+    def list_runs(self, limit: int = 50) -> list[RunInfo]:
+        rows = self.db.execute(
+            f"SELECT {self._RUN_COLS} FROM runs ORDER BY updated_at DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [self._run(r) for r in rows]
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        allowed = {
+            "status", "stop_reason", "ingested_rows", "ingest_done", "tags", "outputs", "spec",
+            "elapsed_s",
+        }
+        sets, vals = [], []
+        for k, v in fields.items():
+            if k not in allowed:
+                raise ValueError(k)
+            if k in ("tags", "outputs", "spec"):
+                v = json.dumps(v)
+            elif k == "ingest_done":
+                v = int(v)
+            sets.append(f"{k}=?")
+            vals.append(v)
+        sets.append("updated_at=?")
+        vals.append(time.time())
+        with self._tx() as db:
+            db.execute(f"UPDATE runs SET {', '.join(sets)} WHERE id=?", (*vals, run_id))
+
+    def delete_run(self, run_id: str) -> None:
+        with self._tx() as db:
+            for table in ("records", "ledger", "attempts"):
+                db.execute(f"DELETE FROM {table} WHERE run_id=?", (run_id,))
+            db.execute("DELETE FROM runs WHERE id=?", (run_id,))
+
+    # --- ingestion ---------------------------------------------------------------------
+
+    def ingest(self, run_id: str, records: list[NewRecord], cursor: int) -> None:
+        now = time.time()
+        with self._tx() as db:
+            before = db.total_changes
+            db.executemany(
+                "INSERT INTO records (run_id, key, ordinal, line, content_hash, data, state, "
+                "reason, updated_at) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                [
+                    (run_id, r.key, r.ordinal, r.line, r.content_hash, r.data, r.state, r.reason, now)
+                    for r in records
+                ],
+            )
+            if db.total_changes - before != len(records):
+                self._raise_duplicate(db, run_id, records)
+            db.execute(
+                "UPDATE runs SET ingested_rows=?, status='ingesting', updated_at=? WHERE id=?",
+                (cursor, now, run_id),
+            )
+
+    @staticmethod
+    def _raise_duplicate(db: sqlite3.Connection, run_id: str, records: list[NewRecord]) -> None:
+        seen: dict[str, NewRecord] = {}
+        for r in records:
+            if r.key in seen:
+                raise DuplicateKeyError(r.key, seen[r.key].line, r.line)
+            seen[r.key] = r
+            row = db.execute(
+                "SELECT ordinal, line FROM records WHERE run_id=? AND key=?", (run_id, r.key)
+            ).fetchone()
+            if row is not None and row[0] != r.ordinal:
+                raise DuplicateKeyError(r.key, row[1], r.line)
+        raise DuplicateKeyError("?", None, None)
+
+    def occurrences(self, run_id: str) -> dict[str, int]:
+        rows = self.db.execute(
+            "SELECT content_hash, COUNT(*) FROM records WHERE run_id=? AND content_hash IS NOT NULL "
+            "GROUP BY content_hash",
+            (run_id,),
+        )
+        return {h: n for h, n in rows}
+
+    # --- queue -------------------------------------------------------------------------
+
+    def reclaim(self, run_id: str, is_dead: Any) -> int:
+        now = time.time()
+        owners = [
+            o
+            for (o,) in self.db.execute(
+                "SELECT DISTINCT lease_owner FROM records WHERE run_id=? AND state='leased'",
+                (run_id,),
+            )
+        ]
+        dead = [o for o in owners if o is None or is_dead(o)]
+        with self._tx() as db:
+            n = db.execute(
+                "UPDATE records SET state='pending', lease_owner=NULL, lease_expires=NULL "
+                "WHERE run_id=? AND state='leased' AND lease_expires < ?",
+                (run_id, now),
+            ).rowcount
+            for o in dead:
+                n += db.execute(
+                    "UPDATE records SET state='pending', lease_owner=NULL, lease_expires=NULL "
+                    "WHERE run_id=? AND state='leased' AND lease_owner IS ?",
+                    (run_id, o),
+                ).rowcount
+        return n
+
+    def lease(
+        self, run_id: str, owner: str, n: int, ttl_s: float, below_ordinal: int | None = None
+    ) -> list[LeasedRecord]:
+        limit_ord = below_ordinal if below_ordinal is not None else 1 << 62
+        with self._tx() as db:
+            rows = db.execute(
+                "UPDATE records SET state='leased', lease_owner=?, lease_expires=? "
+                "WHERE run_id=? AND key IN (SELECT key FROM records WHERE run_id=? AND "
+                "state='pending' AND ordinal < ? ORDER BY ordinal LIMIT ?) "
+                "RETURNING key, ordinal, line, data",
+                (owner, time.time() + ttl_s, run_id, run_id, limit_ord, n),
+            ).fetchall()
+        rows.sort(key=lambda r: r[1])
+        return [LeasedRecord(k, o, ln, json.loads(d)) for k, o, ln, d in rows]
+
+    def renew(self, run_id: str, owner: str, ttl_s: float) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE records SET lease_expires=? WHERE run_id=? AND state='leased' "
+                "AND lease_owner=?",
+                (time.time() + ttl_s, run_id, owner),
+            )
+
+    def release(self, run_id: str, owner: str) -> int:
+        with self._tx() as db:
+            return db.execute(
+                "UPDATE records SET state='pending', lease_owner=NULL, lease_expires=NULL "
+                "WHERE run_id=? AND state='leased' AND lease_owner=?",
+                (run_id, owner),
+            ).rowcount
+
+    # --- calls -------------------------------------------------------------------------
+
+    def cached(self, request_hash: str) -> str | None:
+        row = self.db.execute(
+            "SELECT response FROM responses WHERE request_hash=?", (request_hash,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def commit(
+        self,
+        calls: list[CallRecord],
+        attempts: list[AttemptRecord],
+        finals: list[FinalRecord],
+    ) -> None:
+        now = time.time()
+        with self._tx() as db:
+            paid = [c for c in calls if not c.replayed and c.response_json is not None]
+            if paid:
+                db.executemany(
+                    "INSERT OR IGNORE INTO responses (request_hash, model, request, response, "
+                    "created_at) VALUES (?,?,?,?,?)",
+                    [(c.request_hash, c.model, c.request_json, c.response_json, now) for c in paid],
+                )
+            if calls:
+                db.executemany(
+                    "INSERT INTO ledger (run_id, key, step, attempt, request_hash, model, replayed, "
+                    "input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, "
+                    "cost_nanos, latency_s, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    [
+                        (
+                            c.run_id,
+                            c.key,
+                            c.step,
+                            c.attempt,
+                            c.request_hash,
+                            c.model,
+                            int(c.replayed),
+                            c.input_tokens,
+                            c.output_tokens,
+                            c.cached_input_tokens,
+                            c.reasoning_tokens,
+                            0 if c.replayed else _to_nanos(c.cost),
+                            c.latency_s,
+                            now,
+                        )
+                        for c in calls
+                    ],
+                )
+            if attempts:
+                db.executemany(
+                    "INSERT INTO attempts (run_id, key, step, attempt, request_hash, outcome, "
+                    "detail, created_at) VALUES (?,?,?,?,?,?,?,?)",
+                    [
+                        (a.run_id, a.key, a.step, a.attempt, a.request_hash, a.outcome, a.detail, now)
+                        for a in attempts
+                    ],
+                )
+            if finals:
+                db.executemany(
+                    "UPDATE records SET state=?, outputs=?, reason=?, attempts=?, lease_owner=NULL, "
+                    "lease_expires=NULL, updated_at=? WHERE run_id=? AND key=?",
+                    [(f.state, f.outputs, f.reason, f.attempts, now, f.run_id, f.key) for f in finals],
+                )
+
+    # --- reading -----------------------------------------------------------------------
+
+    def counts(self, run_id: str, below_ordinal: int | None = None) -> dict[str, int]:
+        if below_ordinal is None:
+            rows = self.db.execute(
+                "SELECT state, COUNT(*) FROM records WHERE run_id=? GROUP BY state", (run_id,)
+            )
+        else:
+            rows = self.db.execute(
+                "SELECT state, COUNT(*) FROM records WHERE run_id=? AND ordinal < ? GROUP BY state",
+                (run_id, below_ordinal),
+            )
+        return {s: n for s, n in rows}
+
+    def totals(self, run_id: str) -> LedgerTotals:
+        row = self.db.execute(
+            "SELECT COALESCE(SUM(replayed=0),0), COALESCE(SUM(replayed=1),0), "
+            "COALESCE(SUM(CASE WHEN replayed=0 THEN input_tokens END),0), "
+            "COALESCE(SUM(CASE WHEN replayed=0 THEN output_tokens END),0), "
+            "COALESCE(SUM(cost_nanos),0), SUM(replayed=0 AND cost_nanos IS NULL) "
+            "FROM ledger WHERE run_id=?",
+            (run_id,),
+        ).fetchone()
+        unknown = row[5] or 0
+        cost = None if unknown else Decimal(row[4]) / _NANO
+        return LedgerTotals(row[0], row[1], row[2], row[3], cost)
+
+    def iter_records(
+        self, run_id: str, state: str, chunk: int = 2000
+    ) -> Iterator[list[dict[str, Any]]]:
+        last = -1
+        while True:
+            rows = self.db.execute(
+                "SELECT key, ordinal, line, data, outputs, reason FROM records "
+                "WHERE run_id=? AND state=? AND ordinal > ? ORDER BY ordinal LIMIT ?",
+                (run_id, state, last, chunk),
+            ).fetchall()
+            if not rows:
+                return
+            last = rows[-1][1]
+            yield [
+                {
+                    "key": k,
+                    "ordinal": o,
+                    "line": ln,
+                    "data": json.loads(d) if d else None,
+                    "outputs": json.loads(out) if out else None,
+                    "reason": reason,
+                }
+                for k, o, ln, d, out, reason in rows
+            ]
+
+    def record(self, run_id: str, key: str) -> dict[str, Any] | None:
+        row = self.db.execute(
+            "SELECT key, ordinal, line, data, state, reason, outputs, attempts FROM records "
+            "WHERE run_id=? AND key=?",
+            (run_id, key),
+        ).fetchone()
+        if row is None:
+            return None
+        k, o, ln, d, state, reason, out, attempts = row
+        return {
+            "key": k,
+            "ordinal": o,
+            "line": ln,
+            "data": json.loads(d) if d else None,
+            "state": state,
+            "reason": reason,
+            "outputs": json.loads(out) if out else None,
+            "attempts": attempts,
+        }
+
+    def record_calls(self, run_id: str, key: str) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT a.step, a.attempt, a.outcome, a.detail, a.request_hash, r.request, r.response, "
+            "l.replayed, l.input_tokens, l.output_tokens, l.cost_nanos "
+            "FROM attempts a LEFT JOIN responses r ON r.request_hash = a.request_hash "
+            "LEFT JOIN ledger l ON l.run_id = a.run_id AND l.key = a.key "
+            "AND l.request_hash = a.request_hash "
+            "WHERE a.run_id=? AND a.key=? ORDER BY a.id",
+            (run_id, key),
+        ).fetchall()
+        out = []
+        seen: set[tuple[str, int, str | None]] = set()
+        for step, att, outcome, detail, h, req, resp, replayed, tin, tout, nanos in rows:
+            if (step, att, h) in seen:
+                continue
+            seen.add((step, att, h))
+            out.append(
+                {
+                    "step": step,
+                    "attempt": att,
+                    "outcome": outcome,
+                    "detail": detail,
+                    "request_hash": h,
+                    "request": json.loads(req) if req else None,
+                    "response": json.loads(resp) if resp else None,
+                    "replayed": bool(replayed) if replayed is not None else None,
+                    "input_tokens": tin,
+                    "output_tokens": tout,
+                    "cost_usd": None if nanos is None else str(Decimal(nanos) / _NANO),
+                }
+            )
+        return out
+
+
+class _Tx:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.db.execute("COMMIT")
+        else:
+            self.db.execute("ROLLBACK")

@@ -1,0 +1,1 @@
+"""Tasks: the Task extension point and the built-in tasks (classify, extract)."""
