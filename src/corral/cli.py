@@ -49,11 +49,14 @@ _json_option = click.option("--json", "as_json", is_flag=True, help="Print one J
 
 
 def _err() -> Console:
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _out() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal:  # piped or captured: do not cut lines at 80 columns
+        console = Console(highlight=False, soft_wrap=True, width=200)
+    return console
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> None:
@@ -278,7 +281,9 @@ def runs_cmd(n: int, as_json: bool, store: Path | None) -> None:
         if not results:
             _out().print("No runs yet. Start one with: corral run JOB.yaml")
             return
-        t = Table("run", "job", "status", "in", "written", "quarantined", "pending", "calls", "cost")
+        t = Table()
+        for name in ("run", "job", "status", "in", "written", "quarantined", "pending", "calls", "cost"):
+            t.add_column(name, no_wrap=True)
         for r in results:
             t.add_row(
                 r.run, r.job, r.status, f"{r.rows_in:,}", f"{r.written:,}", f"{r.quarantined:,}",

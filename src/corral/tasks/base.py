@@ -112,7 +112,7 @@ class Task(BaseModel):
         if completion.finish_reason in ("refused", "content_filter"):
             raise Refused(f"refused by the model ({completion.finish_reason})")
         try:
-            data = json.loads(completion.text)
+            data = json.loads(completion.text, strict=False)
         except (json.JSONDecodeError, ValueError) as e:
             raise InvalidOutput(f"response is not JSON ({e.msg} at char {e.pos})") from None
         if not isinstance(data, dict):

@@ -15,9 +15,11 @@ ItemType = Literal["string", "number", "integer", "boolean", "date"]
 _JSON_TYPES = {"string": "string", "number": "number", "integer": "integer", "boolean": "boolean"}
 
 
-def _scalar_schema(kind: str) -> dict[str, Any]:
+def _scalar_schema(kind: str, max_length: int | None = None) -> dict[str, Any]:
     if kind == "date":
         return {"type": "string", "format": "date"}
+    if kind == "string" and max_length is not None:
+        return {"type": "string", "maxLength": max_length}
     return {"type": _JSON_TYPES[kind]}
 
 
@@ -31,6 +33,7 @@ class FieldSpec(BaseModel):
     nullable: bool = Field(False, description="allow null when the text does not say")
     values: list[str] | None = Field(None, description="allowed values, for type enum")
     items: ItemType = Field("string", description="element type, for type list")
+    max_length: int | None = Field(None, ge=1, description="longest allowed string, in characters")
 
     @model_validator(mode="after")
     def _enum_values(self) -> FieldSpec:
@@ -38,6 +41,8 @@ class FieldSpec(BaseModel):
             raise ValueError("a field of type enum needs `values: [...]`")
         if self.type != "enum" and self.values is not None:
             raise ValueError("`values` only applies to type enum")
+        if self.max_length is not None and "string" not in (self.type, self.items):
+            raise ValueError("`max_length` only applies to strings")
         return self
 
     def schema(self) -> dict[str, Any]:
@@ -46,9 +51,9 @@ class FieldSpec(BaseModel):
             s: dict[str, Any] = {"enum": vals + [None] if self.nullable else vals}
         else:
             if self.type == "list":
-                base = {"type": "array", "items": _scalar_schema(self.items)}
+                base = {"type": "array", "items": _scalar_schema(self.items, self.max_length)}
             else:
-                base = _scalar_schema(self.type)
+                base = _scalar_schema(self.type, self.max_length)
             s = {"anyOf": [base, {"type": "null"}]} if self.nullable else base
         if self.description:
             s = {**s, "description": self.description}
