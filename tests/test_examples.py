@@ -34,7 +34,7 @@ def test_tickets_example_with_fake_model(tmp_path):
         n = sum(1 for _ in csv.DictReader(f))
     assert n >= 200
     r = s["rows"]
-    assert r["in"] == n == r["written"] + r["quarantined"] + r["review"] + r["skipped"]
+    assert r["in"] == n == r["written"]  # the fake model's answers always satisfy the schema
     with open(ex / "out" / "tickets.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == r["written"]

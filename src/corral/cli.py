@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -76,7 +77,7 @@ def main() -> None:
 @main.command("run")
 @click.argument("job_file", metavar="JOB", type=click.Path(path_type=Path))
 @click.option("--limit", type=click.IntRange(min=0), default=None, help="Process only the first N rows.")
-@click.option("--model", "model_name", default=None, help="Use this model instead of the job's (e.g. fake, local, local:/path/model.gguf).")
+@click.option("--model", "model_name", default=None, help="Use this model instead of the job's: a name (fake, local, local:/path/model.gguf) or a mapping such as '{name: fake, latency: 0.1}'.")
 @_json_option
 @_store_option
 def run_cmd(job_file: Path, limit: int | None, model_name: str | None, as_json: bool, store: Path | None) -> None:
@@ -86,13 +87,19 @@ def run_cmd(job_file: Path, limit: int | None, model_name: str | None, as_json: 
     replayed, never requested again. Progress goes to stderr; the summary to stdout.
     """
     err = _err()
+    model: str | dict[str, Any] | None = model_name
+    if model_name and model_name.lstrip().startswith("{"):
+        try:
+            model = yaml.safe_load(model_name)
+        except yaml.YAMLError:
+            _fail(f"--model {model_name!r} is not a valid mapping; write it like '{{name: fake, latency: 0.1}}'")
     progress = _ProgressView(err) if err.is_terminal else None
     try:
         with progress or _Null():
             result = asyncio.run(
                 run_async(
                     job_file,
-                    model=model_name,
+                    model=model,
                     limit=limit,
                     store=store,
                     progress=progress.update if progress else None,
@@ -142,14 +149,14 @@ class _ProgressView:
             TextColumn("{task.description}"),
             BarColumn(),
             TaskProgressColumn(),
-            TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
+            TextColumn("{task.fields[count]}"),
             TextColumn("{task.fields[rate]}"),
             TimeRemainingColumn(),
             TextColumn("{task.fields[states]}"),
             console=console,
             transient=True,
         )
-        self.task = self.bar.add_task("starting", total=None, rate="", states="")
+        self.task = self.bar.add_task("starting", total=None, rate="", states="", count="")
         self.t0 = time.monotonic()
         self.first: int | None = None
 
@@ -180,6 +187,7 @@ class _ProgressView:
                 states += f" (+{ev['replayed']:,} replayed)"
             self.bar.update(
                 self.task, description="rows", total=ev["in"], completed=finished,
+                count=f"{finished:,}/{ev['in']:,}",
                 rate=f"{rate:,.1f} rows/s" if rate else "", states=states,
             )
 
@@ -206,11 +214,10 @@ def _print_summary(console: Console, r: RunResult, store: Store) -> None:
     t.add_row("Calls", f"{r.calls_made:,} made, {r.calls_replayed:,} replayed from the store")
     t.add_row("Tokens", f"{r.input_tokens:,} input, {r.output_tokens:,} output")
     t.add_row("Cost", _money(r.cost_usd))
-    processed = r.written + r.quarantined + r.review + r.skipped
     t.add_row("Elapsed", f"{r.elapsed_s:,.1f} s")
     if r.outputs:
         t.add_row("Output", r.outputs.get("sink", ""))
-        t.add_row("Quarantine", r.outputs.get("quarantine", "") + f" ({r.quarantined:,} rows)")
+        t.add_row("Quarantine", r.outputs.get("quarantine", "") + f" ({_rows(r.quarantined)})")
     elif r.pending:
         t.add_row("Output", "not written yet: rows are still pending")
     console.print(t)
@@ -225,7 +232,10 @@ def _print_summary(console: Console, r: RunResult, store: Store) -> None:
         console.print("Quarantined, by reason:")
         for reason, n in reasons.most_common(5):
             console.print(f"  {n:>6,}  {reason}   e.g. corral show {r.run} {example[reason]}")
-    del processed
+
+
+def _rows(n: int) -> str:
+    return f"{n:,} row" + ("" if n == 1 else "s")
 
 
 def _reason_kind(reason: str) -> str:

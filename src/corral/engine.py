@@ -232,7 +232,7 @@ class _Committer:
 
     def __init__(self, store: Store, run_id: str, owner: str) -> None:
         self.store = store
-        self.run_id = owner and run_id
+        self.run_id = run_id
         self.owner = owner
         self.calls: list[CallRecord] = []
         self.attempts: list[AttemptRecord] = []

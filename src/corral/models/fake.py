@@ -165,7 +165,9 @@ def _generate(schema: dict[str, Any], rng: random.Random, words: list[str]) -> A
     if kind == "string":
         if schema.get("format") == "date":
             return f"20{rng.randint(20, 26)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
-        return rng.choice(words)
+        word = rng.choice(words)
+        limit = schema.get("maxLength")
+        return word[:limit] if limit else word
     if kind == "integer":
         return rng.randint(1, 100)
     if kind == "number":

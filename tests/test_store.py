@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+
+from corral.errors import StoreError
+from corral.store import SQLiteStore
+from corral.store.base import CallRecord, FinalRecord, NewRecord, RunInfo
+from corral.store.sqlite import MIGRATIONS
+
+
+def new_run(store: SQLiteStore, rid: str = "r1") -> RunInfo:
+    now = time.time()
+    return store.create_run(RunInfo(rid, "job", "h", "f", {}, "created", None, now, now, 0, False, {}))
+
+
+def test_wal_and_migrations(tmp_path):
+    s = SQLiteStore(tmp_path / "s.db")
+    assert s.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert s.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    s.close()
+    SQLiteStore(tmp_path / "s.db").close()  # reopening migrates nothing and fails nothing
+
+
+def test_newer_schema_is_refused(tmp_path):
+    db = sqlite3.connect(tmp_path / "s.db")
+    db.execute("PRAGMA user_version=999")
+    db.close()
+    with pytest.raises(StoreError, match="newer Corral"):
+        SQLiteStore(tmp_path / "s.db")
+
+
+def test_not_a_database(tmp_path):
+    (tmp_path / "s.db").write_text("this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="cannot open the store"):
+        SQLiteStore(tmp_path / "s.db")
+
+
+def test_lease_reclaim_dead_owner_and_expiry(tmp_path):
+    s = SQLiteStore(tmp_path / "s.db")
+    run = new_run(s)
+    s.ingest(run.id, [NewRecord(f"k{i}", i, i + 2, '{"x": 1}') for i in range(10)], 10)
+    a = s.lease(run.id, "host:1:a", 4, 300)
+    assert [r.key for r in a] == ["k0", "k1", "k2", "k3"]
+    b = s.lease(run.id, "host:2:b", 4, -1)  # already expired
+    assert [r.key for r in b] == ["k4", "k5", "k6", "k7"]
+    assert s.counts(run.id) == {"leased": 8, "pending": 2}
+    n = s.reclaim(run.id, lambda owner: owner.startswith("host:1:"))
+    assert n == 8  # 4 of a dead owner + 4 expired
+    assert s.counts(run.id) == {"pending": 10}
+    assert len(s.lease(run.id, "o", 100, 300, below_ordinal=3)) == 3
+
+
+def test_commit_is_atomic_and_ledger_totals(tmp_path):
+    from decimal import Decimal
+
+    s = SQLiteStore(tmp_path / "s.db")
+    run = new_run(s)
+    s.ingest(run.id, [NewRecord("k", 0, 2, "{}")], 1)
+    call = CallRecord(run.id, "k", "step", 0, "v1:abc", "fake", False, 10, 2, 0, 0, Decimal("0.5"), 0.1, "{}", '{"text": "x"}')
+    s.commit([call], [], [FinalRecord(run.id, "k", "done", '{"step": "a"}', None, 1)])
+    assert s.cached("v1:abc") == '{"text": "x"}'
+    t = s.totals(run.id)
+    assert (t.made, t.replayed, t.input_tokens, t.output_tokens, t.cost) == (1, 0, 10, 2, Decimal("0.5"))
+    unknown = CallRecord(run.id, "k", "step", 1, "v1:def", "fake", False, 1, 1, 0, 0, None, 0.1, "{}", "{}")
+    s.commit([unknown], [], [])
+    assert s.totals(run.id).cost is None  # unknown is not zero
+    with pytest.raises(sqlite3.IntegrityError):
+        s.commit([], [], [FinalRecord(run.id, "k", None, None, None, 1)])  # type: ignore[arg-type]
+    assert s.record(run.id, "k")["state"] == "done"  # the failed commit changed nothing
