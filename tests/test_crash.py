@@ -50,11 +50,18 @@ def test_sigkill_then_rerun_loses_and_repeats_nothing(tmp_path):
         proc = subprocess.Popen([corral_bin(), "run", "job.yaml", "--json"], cwd=tmp_path, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(0.7, 1.4))
-        if proc.poll() is None:
+        last_killed = proc.poll() is None
+        if last_killed:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()
     assert kills >= 1, "the run finished before any kill; make it longer"
+    status = subprocess.run([corral_bin(), "status", "crash", "--json"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    st = json.loads(status.stdout)
+    # never "running" once its process is dead
+    assert st["status"] == ("interrupted" if st["rows"]["pending"] else "finished"), (st, last_killed)
+    assert st["rows"]["in"] == st["rows"]["written"] + st["rows"]["pending"]
     final = subprocess.run([corral_bin(), "run", "job.yaml", "--json"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=120)
     assert final.returncode == 0, final.stderr

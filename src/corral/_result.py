@@ -66,6 +66,7 @@ def summarize(
     limit: int | None = None,
     outputs: dict[str, str] | None = None,
     elapsed_s: float | None = None,
+    status: str | None = None,
 ) -> RunResult:
     counts = store.counts(run.id, limit)
     totals = store.totals(run.id)
@@ -74,7 +75,7 @@ def summarize(
     return RunResult(
         run=run.id,
         job=run.job_name,
-        status=run.status,
+        status=status or run.status,
         stop_reason=run.stop_reason,
         rows_in=sum(counts.values()),
         written=counts.get("done", 0),

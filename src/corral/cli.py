@@ -27,7 +27,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn
 from rich.table import Table
 
 from corral._result import RunResult, summarize
-from corral.engine import run_async
+from corral.engine import live_status, run_async
 from corral.errors import CorralError, RunNotFoundError, StoreError, UserError
 from corral.store import STORE_ENV, Store, open_store
 from corral.store.base import RunInfo
@@ -284,7 +284,7 @@ def runs_cmd(n: int, as_json: bool, store: Path | None) -> None:
     """List runs, newest first."""
     st = _open(store)
     try:
-        results = [summarize(st, r) for r in st.list_runs(n)]
+        results = [summarize(st, r, status=live_status(st, r)) for r in st.list_runs(n)]
         if as_json:
             click.echo(json.dumps([r.to_json() for r in results]))
             return
@@ -321,7 +321,7 @@ def status_cmd(run: str | None, as_json: bool, store: Path | None) -> None:
         except UserError as e:
             _fail(str(e))
             return
-        result = summarize(st, info)
+        result = summarize(st, info, status=live_status(st, info))
         if as_json:
             click.echo(json.dumps(result.to_json()))
         else:

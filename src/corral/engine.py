@@ -148,7 +148,8 @@ def run_id_for(job: Job, model: Model, fingerprint: str) -> str:
 
 
 def _ingest(
-    store: Store, run: RunInfo, job: Job, source: Source, limit: int | None, progress: Progress | None
+    store: Store, run: RunInfo, job: Job, source: Source, limit: int | None,
+    progress: Progress | None, stop: asyncio.Event | None = None,
 ) -> RunInfo:
     if run.ingest_done or (limit is not None and run.ingested_rows >= limit):
         return run
@@ -169,6 +170,9 @@ def _ingest(
                 batch = []
                 if progress:
                     progress({"phase": "ingest", "rows": cursor})
+                if stop is not None and stop.is_set():
+                    done = False
+                    break
         if batch:
             store.ingest(run.id, batch, cursor)
     except DuplicateKeyError as e:
@@ -630,6 +634,16 @@ def _owner_dead(owner: str) -> bool:
     return False
 
 
+def live_status(store: Store, run: RunInfo) -> str:
+    """The run's status, with a run whose process died (kill -9, crash) shown as interrupted."""
+    if run.status not in ("created", "ingesting", "running"):
+        return run.status
+    owners = store.lease_owners(run.id)
+    if owners and not all(_owner_dead(o) for o in owners):
+        return "running"
+    return "interrupted"
+
+
 def _load(job: Job | str | Path) -> Job:
     return job if isinstance(job, Job) else Job.load(job)
 
@@ -659,7 +673,7 @@ async def run_async(
         plan = _plan(job, source)
         if progress:
             progress({"phase": "fingerprint"})
-        fingerprint = source.fingerprint()
+        fingerprint = await asyncio.to_thread(source.fingerprint)
         rid = run_id_for(job, m, fingerprint)
         now = time.time()
         run = st.create_run(
@@ -670,7 +684,8 @@ async def run_async(
                 ingest_done=False, tags=job.tags,
             )
         )
-        run = _ingest(st, run, job, source, limit, progress)
+        # reading the input runs on a thread so Ctrl-C is heard between chunks
+        run = await asyncio.to_thread(_ingest, st, run, job, source, limit, progress, stop)
         st.reclaim(run.id, _owner_dead)
         runner = _Runner(job, m, st, run, plan, limit, progress, stop)
         st.update_run(run.id, status="running", stop_reason=None, tags=job.tags)
@@ -681,7 +696,9 @@ async def run_async(
         counts = st.counts(run.id, limit)
         unfinished = counts.get("pending", 0) + counts.get("leased", 0)
         outputs: dict[str, str] = {}
-        complete = not unfinished and (run.ingest_done or limit is not None)
+        complete = not unfinished and (
+            run.ingest_done or (limit is not None and run.ingested_rows >= limit)
+        )
         if complete:
             outputs = _write_outputs(st, run, job, plan)
             status, reason = "finished", None

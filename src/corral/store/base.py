@@ -146,6 +146,10 @@ class Store(ABC):
         self, run_id: str, owner: str, n: int, ttl_s: float, below_ordinal: int | None = None
     ) -> list[LeasedRecord]: ...
     @abstractmethod
+    def lease_owners(self, run_id: str) -> list[str]:
+        """Owners holding leases in the run now."""
+
+    @abstractmethod
     def renew(self, run_id: str, owner: str, ttl_s: float) -> None: ...
     @abstractmethod
     def release(self, run_id: str, owner: str) -> int: ...

@@ -317,14 +317,7 @@ class SQLiteStore(Store):
 
     def reclaim(self, run_id: str, is_dead: Any) -> int:
         now = time.time()
-        owners = [
-            o
-            for (o,) in self.db.execute(
-                "SELECT DISTINCT lease_owner FROM records WHERE run_id=? AND state='leased'",
-                (run_id,),
-            )
-        ]
-        dead = [o for o in owners if o is None or is_dead(o)]
+        dead = [o for o in self.lease_owners(run_id) if is_dead(o)]
         with self._tx() as db:
             n = db.execute(
                 "UPDATE records SET state='pending', lease_owner=NULL, lease_expires=NULL "
@@ -353,6 +346,14 @@ class SQLiteStore(Store):
             ).fetchall()
         rows.sort(key=lambda r: r[1])
         return [LeasedRecord(k, o, ln, json.loads(d)) for k, o, ln, d in rows]
+
+    def lease_owners(self, run_id: str) -> list[str]:
+        rows = self.db.execute(
+            "SELECT DISTINCT lease_owner FROM records WHERE run_id=? AND state='leased' "
+            "AND lease_expires >= ?",
+            (run_id, time.time()),
+        )
+        return [o for (o,) in rows if o is not None]
 
     def renew(self, run_id: str, owner: str, ttl_s: float) -> None:
         with self._tx() as db:
