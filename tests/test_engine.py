@@ -229,9 +229,10 @@ def test_later_step_reference_is_rejected(tmp_path):
         corral.run(make_job(tmp_path, steps=steps), model=FakeModel())
 
 
-def test_budget_stops_and_resumes_without_repeating(tmp_path):
-    job = make_job(tmp_path, budget={"max_calls": 15}, concurrency=1)
-    fake = FakeModel()
+@pytest.mark.parametrize("concurrency", [1, 8])
+def test_budget_stops_and_resumes_without_repeating(tmp_path, concurrency):
+    job = make_job(tmp_path, budget={"max_calls": 15}, concurrency=concurrency)
+    fake = FakeModel(latency=0.01)
     r = corral.run(job, model=fake)
     assert r.status == "stopped" and "max_calls" in (r.stop_reason or "")
     assert r.calls_made == 15 == fake.calls
@@ -263,6 +264,14 @@ def test_stop_event_interrupts_and_releases_leases(tmp_path):
     r2 = corral.run(job, model=fake)
     assert r2.status == "finished" and r2.written == 40
     assert fake.calls == r.pending
+
+
+def test_unwritable_sink_fails_before_any_call(tmp_path):
+    (tmp_path / "out").write_text("a file where a folder should be")
+    fake = FakeModel()
+    with pytest.raises(corral.errors.SinkError):
+        corral.run(make_job(tmp_path), model=fake)
+    assert fake.calls == 0
 
 
 def test_parquet_and_jsonl_sinks(tmp_path):

@@ -353,13 +353,14 @@ class _Runner:
         )
         self.fatal: BaseException | None = None
         self.inflight: dict[str, asyncio.Future[None]] = {}
+        self.reserved = 0  # paid calls in flight, counted against max_calls before they return
 
     # budget ---------------------------------------------------------------------------
 
     def _check_budget(self) -> None:
         b = self.job.budget
         reason = None
-        if b.max_calls is not None and self.c.made >= b.max_calls:
+        if b.max_calls is not None and self.c.made + self.reserved >= b.max_calls:
             reason = f"budget: max_calls {b.max_calls} reached"
         elif b.max_tokens is not None and self.c.input_tokens + self.c.output_tokens >= b.max_tokens:
             reason = f"budget: max_tokens {b.max_tokens} reached"
@@ -408,7 +409,11 @@ class _Runner:
         h: str,
     ) -> Completion:
         t0 = time.perf_counter()
-        comp = await self.model.complete(request)
+        self.reserved += 1
+        try:
+            comp = await self.model.complete(request)
+        finally:
+            self.reserved -= 1
         latency = time.perf_counter() - t0
         u = comp.usage
         self.c.made += 1
@@ -671,6 +676,8 @@ async def run_async(
     try:
         source = open_source(job.source, job.base_dir)
         plan = _plan(job, source)
+        open_sink(job.sink, job.base_dir)  # fail now, not after the work, if it cannot be written
+        open_quarantine_sink(job.sink, job.base_dir)
         if progress:
             progress({"phase": "fingerprint"})
         fingerprint = await asyncio.to_thread(source.fingerprint)
