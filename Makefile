@@ -19,7 +19,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 # The demo classifies and extracts fields from the first ROWS support tickets with the bundled
-# local model (about 1.5 s a ticket on 2 cores). `make demo ROWS=243` runs them all; a second
+# local model (1.5 to 4 s a ticket on 2 cores, two model calls each). `make demo ROWS=243` runs them all; a second
 # `make demo` replays recorded answers instead of computing them again.
 ROWS ?= 40
 demo: $(STAMP)

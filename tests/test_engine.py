@@ -293,3 +293,36 @@ def test_summary_json_shape(tmp_path):
 def test_unknown_price_is_null_not_zero(tmp_path):
     r = corral.run(make_job(tmp_path), model=FakeModel(price_per_call=None))
     assert r.cost_usd is None and r.to_json()["cost_usd"] is None
+
+
+def test_smaller_limit_writes_only_rows_within_it(tmp_path):
+    job = make_job(tmp_path)
+    corral.run(job, model=FakeModel(), limit=10)
+    r = corral.run(job, model=FakeModel(), limit=5)
+    assert (r.rows_in, r.written) == (5, 5)
+    assert [x["id"] for x in read_csv(tmp_path / "out" / "o.csv")] == [f"T{i}" for i in range(1, 6)]
+
+
+def test_max_cost_with_unpriced_model_stops_instead_of_ignoring_it(tmp_path):
+    job = make_job(tmp_path, budget={"max_cost_usd": 1}, concurrency=1)
+    r = corral.run(job, model=FakeModel(price_per_call=None))
+    assert r.status == "stopped" and "reports no price" in (r.stop_reason or "")
+    assert r.calls_made == 1 and r.accounted
+
+
+def test_duplicate_found_after_paid_calls_keeps_the_failed_run(tmp_path):
+    data = "id,subject,body\nA,s,b\nB,s,b\nA,s,c\n"
+    job = make_job(tmp_path, data=data)
+    corral.run(job, model=FakeModel(), limit=1)
+    with pytest.raises(SourceError, match="duplicate key `A`"):
+        corral.run(job, model=FakeModel())
+    st = corral.open_store()
+    runs = st.list_runs()
+    assert runs[0].status == "failed" and "duplicate key" in (runs[0].stop_reason or "")
+    assert st.totals(runs[0].id).made == 1  # the cost of the paid call stays on record
+
+
+def test_self_reference_is_named(tmp_path):
+    steps = [{"name": "mood", "task": "classify", "input": "{mood}", "labels": ["x", "y"]}]
+    with pytest.raises(UserError, match="its own output"):
+        corral.run(make_job(tmp_path, steps=steps), model=FakeModel())

@@ -734,3 +734,14 @@ def test_csv_streaming_memory(tmp_path: Path) -> None:
     assert n == 200_000
     assert peak < 50 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB"
     assert s.fingerprint() == s.fingerprint()
+
+
+def test_unclosed_quote_is_quarantined_not_swallowed(tmp_path):
+    from corral.io import open_source
+    from corral.io.spec import SourceSpec
+
+    p = tmp_path / "uq.csv"
+    p.write_text('id,text\nr1,"open quote\nr2,b\nr3,c\n', encoding="utf-8")
+    rows = list(open_source(SourceSpec(path=str(p)), tmp_path).rows())
+    assert len(rows) == 1 and rows[0].data is None
+    assert "never closed" in rows[0].error and "lines 2-4" in rows[0].error

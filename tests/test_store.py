@@ -70,3 +70,17 @@ def test_commit_is_atomic_and_ledger_totals(tmp_path):
     with pytest.raises(sqlite3.IntegrityError):
         s.commit([], [], [FinalRecord(run.id, "k", None, None, None, 1)])  # type: ignore[arg-type]
     assert s.record(run.id, "k")["state"] == "done"  # the failed commit changed nothing
+
+
+def test_ingesting_rows_another_worker_loaded_is_not_a_duplicate(tmp_path):
+    from corral.store.base import DuplicateKeyError
+
+    s = SQLiteStore(tmp_path / "s.db")
+    run = new_run(s)
+    recs = [NewRecord(f"k{i}", i, i + 2, "{}") for i in range(5)]
+    s.ingest(run.id, recs, 5)
+    s.ingest(run.id, recs, 5)  # the same rows again, as a second process would: no error
+    assert s.counts(run.id) == {"pending": 5}
+    with pytest.raises(DuplicateKeyError) as e:
+        s.ingest(run.id, [NewRecord("k1", 7, 9, "{}")], 8)
+    assert (e.value.key, e.value.first_line, e.value.second_line) == ("k1", 3, 9)

@@ -1,4 +1,4 @@
-"""The ``corral`` command: a thin layer over the library.
+"""Corral runs LLM batch jobs over tables: durable, resumable, budgeted.
 
 Exit codes:
 
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shlex
 import sys
 import time
 from collections import Counter
@@ -125,11 +127,26 @@ def run_cmd(job_file: Path, limit: int | None, model_name: str | None, as_json: 
     if result.status == "interrupted":
         err.print(
             f"Interrupted with {result.pending} rows pending; finished work is saved. "
-            f"Resume with: corral run {job_file}"
+            f"Resume with: {_again(job_file, model_name, limit, store)}"
         )
         sys.exit(EXIT_INTERRUPTED)
-    err.print(f"Stopped: {result.stop_reason}. Run the same command again to resume (raise the budget first).")
+    err.print(
+        f"Stopped: {result.stop_reason}. Raise the budget in the job file, then resume with: "
+        f"{_again(job_file, model_name, limit, store)}"
+    )
     sys.exit(EXIT_STOPPED)
+
+
+def _again(job_file: Path, model: str | None, limit: int | None, store: Path | None) -> str:
+    """The command that resumes this run (the same job, model, limit and store)."""
+    parts = ["corral", "run", str(job_file)]
+    if model:
+        parts += ["--model", model]
+    if limit is not None:
+        parts += ["--limit", str(limit)]
+    if store is not None and not os.environ.get(STORE_ENV):
+        parts += ["--store", str(store)]
+    return shlex.join(parts)
 
 
 class _Null:
@@ -231,7 +248,7 @@ def _print_summary(console: Console, r: RunResult, store: Store) -> None:
                 example.setdefault(reason, rec["key"])
         console.print("Quarantined, by reason:")
         for reason, n in reasons.most_common(5):
-            console.print(f"  {n:>6,}  {reason}   e.g. corral show {r.run} {example[reason]}")
+            console.print(f"  {n:>6,}  {reason}   e.g. corral show {r.run} {shlex.quote(example[reason])}")
 
 
 def _rows(n: int) -> str:
@@ -278,7 +295,7 @@ def _resolve(st: Store, run: str | None) -> RunInfo:
 
 @main.command("runs")
 @click.option("--limit", "n", type=click.IntRange(min=1), default=20, show_default=True, help="How many runs to list.")
-@_json_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of run summaries on stdout.")
 @_store_option
 def runs_cmd(n: int, as_json: bool, store: Path | None) -> None:
     """List runs, newest first."""
@@ -384,10 +401,12 @@ def _print_record(console: Console, info: RunInfo, rec: dict[str, Any], calls: l
         if resp:
             console.print(f"[response · finish {resp['finish_reason']} · {resp['usage']['input_tokens']} in / {resp['usage']['output_tokens']} out tokens]", markup=False)
             console.print(resp["text"], markup=False)
-
-
-def entry() -> None:  # pragma: no cover - kept for `python -m corral`
-    main()
+            if c["outcome"] == "ok":
+                try:
+                    parsed = json.loads(resp["text"], strict=False)
+                    console.print("[parsed answer] " + json.dumps(parsed, ensure_ascii=False), markup=False)
+                except ValueError:
+                    pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -98,7 +98,7 @@ def _plan(job: Job, source: Source) -> _Plan:
     cols = [c.name for c in source.columns]
     if job.key is not None and job.key not in cols:
         raise SourceError(
-            f"key column `{job.key}` is not in {source.path.name}{suggest(job.key, cols)} "
+            f"key column `{job.key}` is not in {source.path.name}{suggest(job.key, cols) or '.'} "
             f"Columns: {', '.join(cols)}. Fix `key:` in the job file, or remove it to key rows by content."
         )
     known = set(cols)
@@ -108,15 +108,19 @@ def _plan(job: Job, source: Source) -> _Plan:
             head = name[0]
             if head in known or head in earlier:
                 continue
-            later = [s.name for s in job.steps[i:]]
-            if head in later:
+            if head == step.name:
+                raise UserError(
+                    f"step `{step.name}` uses {{{head}}}, its own output; a step can only read "
+                    "source columns and earlier steps"
+                )
+            if head in [s.name for s in job.steps[i:]]:
                 raise UserError(
                     f"step `{step.name}` uses {{{head}}}, the output of a later step; "
                     "a step can only read source columns and earlier steps"
                 )
             raise SourceError(
                 f"step `{step.name}` uses {{{'.'.join(name)}}}, which is not a column of "
-                f"{source.path.name} or an earlier step{suggest(head, cols + earlier)} "
+                f"{source.path.name} or an earlier step{suggest(head, cols + earlier) or '.'} "
                 f"Columns: {', '.join(cols)}."
             )
     used = set(cols)
@@ -176,20 +180,30 @@ def _ingest(
         if batch:
             store.ingest(run.id, batch, cursor)
     except DuplicateKeyError as e:
-        store.delete_run(run.id)
         lines = " and ".join(f"line {n}" for n in (e.first_line, e.second_line) if n is not None)
-        raise SourceError(
+        err = SourceError(
             f"duplicate key `{e.key}` in column `{job.key}` of {source.path.name}"
             + (f" ({lines})" if lines else "")
             + "; keys must be unique: fix the data, or remove `key:` to key rows by content"
-        ) from None
-    except UserError:
-        store.delete_run(run.id)
+        )
+        _abandon(store, run, str(err))
+        raise err from None
+    except UserError as e:
+        _abandon(store, run, str(e))
         raise
-    store.update_run(run.id, ingested_rows=cursor, ingest_done=done, status="running")
+    store.update_run(run.id, ingested_rows=max(cursor, run.ingested_rows), ingest_done=done, status="running")
     got = store.get_run(run.id)
     assert got is not None
     return got
+
+
+def _abandon(store: Store, run: RunInfo, reason: str) -> None:
+    """Bad input found while loading: forget the run, unless calls were already paid for in it
+    (an earlier --limit run), whose costs stay on record under a failed run."""
+    if store.has_calls(run.id):
+        store.update_run(run.id, status="failed", stop_reason=reason)
+    else:
+        store.delete_run(run.id)
 
 
 def _new_record(row: SourceRow, key_col: str | None, occurrences: dict[str, int]) -> NewRecord:
@@ -364,7 +378,12 @@ class _Runner:
             reason = f"budget: max_calls {b.max_calls} reached"
         elif b.max_tokens is not None and self.c.input_tokens + self.c.output_tokens >= b.max_tokens:
             reason = f"budget: max_tokens {b.max_tokens} reached"
-        elif b.max_cost_usd is not None and self.c.cost is not None and self.c.cost >= b.max_cost_usd:
+        elif b.max_cost_usd is not None and self.c.cost is None:
+            reason = (
+                f"budget: max_cost_usd is set but model `{self.model.id}` reports no price, "
+                "so spending cannot be bounded; give the model a price or remove max_cost_usd"
+            )
+        elif b.max_cost_usd is not None and self.c.cost >= b.max_cost_usd:
             reason = f"budget: max_cost_usd {b.max_cost_usd} reached"
         if reason:
             self.stop_reason = self.stop_reason or reason
@@ -568,11 +587,13 @@ def _backoff(attempt: int, err: Exception) -> float:
 # --- sinks ----------------------------------------------------------------------------------
 
 
-def _write_outputs(store: Store, run: RunInfo, job: Job, plan: _Plan) -> dict[str, str]:
+def _write_outputs(
+    store: Store, run: RunInfo, job: Job, plan: _Plan, limit: int | None
+) -> dict[str, str]:
     steps = job.steps
 
     def done_rows() -> Any:
-        for chunk in store.iter_records(run.id, "done"):
+        for chunk in store.iter_records(run.id, "done", below_ordinal=limit):
             rows = []
             for r in chunk:
                 row = dict(r["data"] or {})
@@ -585,7 +606,7 @@ def _write_outputs(store: Store, run: RunInfo, job: Job, plan: _Plan) -> dict[st
             yield rows
 
     def quarantined_rows() -> Any:
-        for chunk in store.iter_records(run.id, "quarantined"):
+        for chunk in store.iter_records(run.id, "quarantined", below_ordinal=limit):
             yield [
                 {**(r["data"] or {}), "_key": r["key"], "_line": r["line"], "_reason": r["reason"]}
                 for r in chunk
@@ -597,7 +618,8 @@ def _write_outputs(store: Store, run: RunInfo, job: Job, plan: _Plan) -> dict[st
     if job.key is None:
         # key-less jobs: the sink's key column is the content key
         def keyed_done() -> Any:
-            for chunk, raw in zip(done_rows(), store.iter_records(run.id, "done")):
+            done = store.iter_records(run.id, "done", below_ordinal=limit)
+            for chunk, raw in zip(done_rows(), done):
                 for row, r in zip(chunk, raw):
                     row["_key"] = r["key"]
                 yield chunk
@@ -646,6 +668,8 @@ def live_status(store: Store, run: RunInfo) -> str:
     owners = store.lease_owners(run.id)
     if owners and not all(_owner_dead(o) for o in owners):
         return "running"
+    if run.status in ("created", "ingesting") and time.time() - run.updated_at < 60:
+        return "running"  # still loading rows (each loaded chunk touches the run)
     return "interrupted"
 
 
@@ -691,6 +715,8 @@ async def run_async(
                 ingest_done=False, tags=job.tags,
             )
         )
+        if not run.ingest_done:
+            st.update_run(run.id, status="ingesting")
         # reading the input runs on a thread so Ctrl-C is heard between chunks
         run = await asyncio.to_thread(_ingest, st, run, job, source, limit, progress, stop)
         st.reclaim(run.id, _owner_dead)
@@ -707,7 +733,7 @@ async def run_async(
             run.ingest_done or (limit is not None and run.ingested_rows >= limit)
         )
         if complete:
-            outputs = _write_outputs(st, run, job, plan)
+            outputs = _write_outputs(st, run, job, plan, limit)
             status, reason = "finished", None
         elif runner.stop_reason:
             status, reason = "stopped", runner.stop_reason

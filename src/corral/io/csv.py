@@ -60,7 +60,11 @@ class CsvSource(Source):
 
     def _reader(self, lines: Iterator[str]) -> Any:
         if self.quoting:
-            return csv.reader(lines, delimiter=self.delimiter, quotechar='"', doublequote=True)
+            # strict: an unclosed quote is an error at the end of the file instead of silently
+            # swallowing every row after it into one field
+            return csv.reader(
+                lines, delimiter=self.delimiter, quotechar='"', doublequote=True, strict=True
+            )
         return csv.reader(lines, delimiter=self.delimiter, quoting=csv.QUOTE_NONE)
 
     def _read_header(self) -> list[str]:
@@ -116,8 +120,14 @@ class CsvSource(Source):
                     return
                 except csv.Error as e:
                     if header_seen:
+                        what = str(e)
+                        if "unexpected end of data" in what:
+                            what = (
+                                "a quoted field opened here is never closed, so lines "
+                                f"{line}-{reader.line_num} were read as one row; close the quote"
+                            )
                         if ordinal >= start:
-                            yield SourceRow(ordinal, line, None, f"line {line}: {e}")
+                            yield SourceRow(ordinal, line, None, f"line {line}: {what}")
                         ordinal += 1
                         continue
                     raise SourceError(

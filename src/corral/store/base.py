@@ -23,7 +23,7 @@ class RunInfo:
     spec_hash: str
     fingerprint: str
     spec: dict[str, Any]
-    status: str  # created | ingesting | running | interrupted | stopped | finished | failed
+    status: str  # created | running | interrupted | stopped | finished | failed
     stop_reason: str | None
     created_at: float
     updated_at: float
@@ -126,6 +126,9 @@ class Store(ABC):
     def update_run(self, run_id: str, **fields: Any) -> None: ...
     @abstractmethod
     def delete_run(self, run_id: str) -> None: ...
+    @abstractmethod
+    def has_calls(self, run_id: str) -> bool:
+        """Whether the ledger holds any call of the run."""
 
     # ingestion
     @abstractmethod
@@ -175,7 +178,7 @@ class Store(ABC):
     def totals(self, run_id: str) -> LedgerTotals: ...
     @abstractmethod
     def iter_records(
-        self, run_id: str, state: str, chunk: int = 2000
+        self, run_id: str, state: str, chunk: int = 2000, below_ordinal: int | None = None
     ) -> Iterator[list[dict[str, Any]]]: ...
     @abstractmethod
     def record(self, run_id: str, key: str) -> dict[str, Any] | None: ...

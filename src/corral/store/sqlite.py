@@ -264,6 +264,9 @@ class SQLiteStore(Store):
         with self._tx() as db:
             db.execute(f"UPDATE runs SET {', '.join(sets)} WHERE id=?", (*vals, run_id))
 
+    def has_calls(self, run_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM ledger WHERE run_id=? LIMIT 1", (run_id,)).fetchone() is not None
+
     def delete_run(self, run_id: str) -> None:
         with self._tx() as db:
             for table in ("records", "ledger", "attempts"):
@@ -285,9 +288,10 @@ class SQLiteStore(Store):
                 ],
             )
             if db.total_changes - before != len(records):
+                # rows already there with the same ordinal were loaded by another worker
                 self._raise_duplicate(db, run_id, records)
             db.execute(
-                "UPDATE runs SET ingested_rows=?, status='ingesting', updated_at=? WHERE id=?",
+                "UPDATE runs SET ingested_rows=MAX(ingested_rows, ?), updated_at=? WHERE id=?",
                 (cursor, now, run_id),
             )
 
@@ -303,7 +307,6 @@ class SQLiteStore(Store):
             ).fetchone()
             if row is not None and row[0] != r.ordinal:
                 raise DuplicateKeyError(r.key, row[1], r.line)
-        raise DuplicateKeyError("?", None, None)
 
     def occurrences(self, run_id: str) -> dict[str, int]:
         rows = self.db.execute(
@@ -463,14 +466,15 @@ class SQLiteStore(Store):
         return LedgerTotals(row[0], row[1], row[2], row[3], cost)
 
     def iter_records(
-        self, run_id: str, state: str, chunk: int = 2000
+        self, run_id: str, state: str, chunk: int = 2000, below_ordinal: int | None = None
     ) -> Iterator[list[dict[str, Any]]]:
         last = -1
+        end = below_ordinal if below_ordinal is not None else 1 << 62
         while True:
             rows = self.db.execute(
                 "SELECT key, ordinal, line, data, outputs, reason FROM records "
-                "WHERE run_id=? AND state=? AND ordinal > ? ORDER BY ordinal LIMIT ?",
-                (run_id, state, last, chunk),
+                "WHERE run_id=? AND state=? AND ordinal > ? AND ordinal < ? ORDER BY ordinal LIMIT ?",
+                (run_id, state, last, end, chunk),
             ).fetchall()
             if not rows:
                 return

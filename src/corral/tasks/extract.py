@@ -41,7 +41,8 @@ class FieldSpec(BaseModel):
             raise ValueError("a field of type enum needs `values: [...]`")
         if self.type != "enum" and self.values is not None:
             raise ValueError("`values` only applies to type enum")
-        if self.max_length is not None and "string" not in (self.type, self.items):
+        is_text = self.type == "string" or (self.type == "list" and self.items == "string")
+        if self.max_length is not None and not is_text:
             raise ValueError("`max_length` only applies to strings")
         return self
 

@@ -1,0 +1,234 @@
+"""Write bench/RESULTS.md from bench/results/*.json (every figure comes from those files) and
+the hand-written observations in bench/FINDINGS.md.
+
+Usage: .venv/bin/python bench/make_results.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RES = HERE / "results"
+
+
+def load(name: str) -> dict[str, Any] | None:
+    p = RES / f"{name}.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def verdict(ok: bool) -> str:
+    return "**PASS**" if ok else "**FAIL**"
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    dirty = m.get("git_dirty_files") or []
+    tree = f"commit {m.get('git_commit')}" + (f" + uncommitted changes in {', '.join(dirty)}" if dirty else "")
+    return (f"{m['date']} · {m['nproc']} CPUs ({m['cpu']}), {m['mem_gb']} GB RAM · Python {m['python']} · "
+            f"{m['platform']} · {tree}")
+
+
+def throughput(d: dict[str, Any]) -> list[str]:
+    out = [
+        "## 1. Throughput (fake model, 5,574 SMS rows)",
+        "",
+        f"Run: {machine_line(d['machine'])}",
+        "",
+        f"Script: `.venv/bin/python bench/throughput.py` · each run: `{d['command']}` from the repository root, "
+        "a fresh process and a fresh temporary store; wall = the whole process (interpreter start included). "
+        "A warm-up run comes first and is not in the median.",
+        "",
+        "| run | wall s | rows/s (wall) | engine elapsed_s | rows/s (elapsed_s) | written | quarantined | calls made | replayed |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    w = d["warmup"]
+    out.append(f"| warm-up | {w['wall_s']:.3f} | {w['rows_per_s_wall']:,.0f} | {w['engine_elapsed_s']:.3f} | "
+               f"{w['rows_per_s_engine']:,.0f} | {w['rows']['written']:,} | {w['rows']['quarantined']:,} | "
+               f"{w['calls']['made']:,} | {w['calls']['replayed']:,} |")
+    for r in d["runs"]:
+        out.append(f"| {r['run']} | {r['wall_s']:.3f} | {r['rows_per_s_wall']:,.0f} | {r['engine_elapsed_s']:.3f} | "
+                   f"{r['rows_per_s_engine']:,.0f} | {r['rows']['written']:,} | {r['rows']['quarantined']:,} | "
+                   f"{r['calls']['made']:,} | {r['calls']['replayed']:,} |")
+    out += [
+        "",
+        f"**Median of {len(d['runs'])} runs: {d['median_rows_per_s_wall']:,.0f} rows/s end to end** "
+        f"(wall {d['median_wall_s']:.3f} s); by the engine's own elapsed_s: {d['median_rows_per_s_engine']:,.0f} rows/s "
+        f"({d['median_engine_elapsed_s']:.3f} s). Every run accounted for all rows: {d['all_runs_accounted']}.",
+        "",
+        f"Goal: {d['goal']} — {verdict(d['pass'])}",
+        "",
+    ]
+    return out
+
+
+def crash(d: dict[str, Any], title: str) -> list[str]:
+    c = d["checks"]
+    f = d["final"]["summary"]
+    out = [
+        f"## {title}",
+        "",
+        f"Run: {machine_line(d['machine'])}",
+        "",
+        f"Script: `{d['script']}` · each run: `{d['command']}`. Job: the SMS job with model "
+        f"`{json.dumps(d['job']['model'])}`, absolute source path, temporary parquet sink. "
+        f"A normal run took {d['normal_run_s']:.2f} s (median of {', '.join(f'{x:.2f}' for x in d['calibration_runs_s'])}); "
+        f"kill moments uniform in [{d['kill_window_s'][0]}, {d['kill_window_s'][1]}] s (80% of a normal run), seed {d['seed']}. "
+        f"Calls in flight at once (concurrency): {d['concurrency']}.",
+        "",
+        "| kill | at s | what it hit | exit | records after | call-log lines | ledger paid |",
+        "|---:|---:|---|---:|---|---:|---:|",
+    ]
+    for k in d["kills"]:
+        states = k.get("states") or {}
+        st = ", ".join(f"{s} {n:,}" for s, n in sorted(states.items())) or "(no records yet)"
+        out.append(f"| {k['kill']} | {k['at_s']:.2f} | {k['phase']} | {k['exit_code']} | {st} | "
+                   f"{k['call_log_lines']:,} | {k.get('ledger_paid', 0) or 0:,} |")
+    cl = c["c_ledger"]
+    dd = c["d_repeats"]
+    b = c["b_sink"]
+    rows = f.get("rows", {})
+    out += [
+        "",
+        f"Kills that landed: {d['kills_that_landed']} (mid-run, rows unfinished: {d['kills_mid_run']}). "
+        f"Final run: exit {d['final']['exit_code']}, {d['final']['wall_s']:.2f} s, "
+        f"calls {f.get('calls')}.",
+        "",
+        f"- (a) rows in {rows.get('in'):,} = written {rows.get('written'):,} + quarantined {rows.get('quarantined'):,}; "
+        f"pending {rows.get('pending')}: {verdict(c['a_rows_accounted'])}",
+        f"- (b) sink: {b['rows']:,} rows, {b['distinct_keys']:,} distinct `_key` (quarantine file: {b['quarantine_rows']} rows): "
+        f"{verdict(b['ok'])}",
+        f"- (c) ledger: {cl['paid_rows']:,} paid rows for {cl['distinct_paid_hashes']:,} distinct request hashes "
+        f"({cl['hashes_paid_twice']} hashes paid twice); {cl['replayed_rows']:,} replayed rows; call log "
+        f"{cl['call_log_lines']:,} lines → {cl['extra_calls']} calls made again after a kill, allowed "
+        f"≤ {d['kills_that_landed']} kills × {d['concurrency']} = {cl['allowed_extra']}: {verdict(cl['ok'])}",
+        f"- (d) request hashes in the call log more than once: {dd['hashes_called_more_than_once']} "
+        f"(most calls for one hash: {dd['max_calls_for_one_hash']}); of those paid more than once in the ledger: "
+        f"{dd['repeated_and_paid_twice']}: {verdict(dd['ok'])}",
+    ]
+    if d.get("leftover_temp_files"):
+        out.append(f"- note: temporary sink files left beside the sink by killed processes: "
+                   f"{', '.join('`' + x + '`' for x in d['leftover_temp_files'])}")
+    out += ["", f"Overall: {verdict(d['pass'])}", ""]
+    return out
+
+
+def local_ratio(d: dict[str, Any]) -> list[str]:
+    out = [
+        f"## 3. Bundled local model vs a bare llama-cpp-python loop (tickets, N = {d['n']})",
+        "",
+        f"Run: {machine_line(d['machine'])}",
+        "",
+        "Script: `.venv/bin/python bench/local_ratio.py` · corral: "
+        f"`{d['command_corral']}` (a fresh process and store; wall = the whole process, model load included) · "
+        f"bare loop: `{d['command_bare']}` (row by row, only the loop timed, after the model load) · "
+        f"bare loop in the engine's call order: `{d['command_bare_engine_order']}`. Order of runs: {d['order']}. "
+        "Same Llama parameters as `corral/models/local.py`: n_ctx 2048, n_threads = n_threads_batch = all CPUs, "
+        "seed 0 (load and call), grammar from the canonical (sorted-keys) JSON schema, cached per schema, "
+        "max_tokens and temperature from the request.",
+        "",
+        "| # | side | s | rows/s | output tokens | input tokens | llama.cpp prompt tokens evaluated | load avg before |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for i, (b, c, p) in enumerate(zip(d["bare"], d["corral"], d["bare_engine_order"]), 1):
+        out.append(f"| {i} | bare, row order (loop) | {b['loop_s']:.2f} | {b['rows_per_s']:.3f} | {b['output_tokens']:,} | "
+                   f"{b['input_tokens']:,} | {b['llama_prompt_tokens_evaluated']:,} | {b['loadavg_1m_before']:.2f} |")
+        out.append(f"| {i} | corral (end to end; elapsed_s {c['elapsed_s']:.2f}) | {c['wall_s']:.2f} | "
+                   f"{c['rows_per_s_wall']:.3f} | {c['output_tokens']:,} | {c['input_tokens']:,} | n/a | "
+                   f"{c['loadavg_1m_before']:.2f} |")
+        out.append(f"| {i} | bare, engine order (loop) | {p['loop_s']:.2f} | {p['rows_per_s']:.3f} | {p['output_tokens']:,} | "
+                   f"{p['input_tokens']:,} | {p['llama_prompt_tokens_evaluated']:,} | {p['loadavg_1m_before']:.2f} |")
+    det = d["deterministic"]
+    out += [
+        "",
+        f"Same work: the responses of corral and the row-order loop are identical for "
+        f"{d['identical_responses_row_order']}/{d['responses_compared']} calls "
+        f"(engine-order loop: {d['identical_responses_engine_order']}/{d['responses_compared']}); every side "
+        f"repeated itself exactly across runs: {det}. Corral's call order (from its ledger) is two rows at a time, "
+        f"step by step: {d['engine_order_is_pairs']} (first calls: {', '.join(d['corral_first_calls'])}).",
+        "",
+        f"Medians: bare row order {d['median_bare_rows_per_s']:.3f} rows/s (loop {d['median_bare_loop_s']:.2f} s); "
+        f"bare engine order {d['median_bare_engine_order_rows_per_s']:.3f} rows/s (loop {d['median_bare_engine_order_loop_s']:.2f} s); "
+        f"corral {d['median_corral_rows_per_s_wall']:.3f} rows/s end to end (wall {d['median_corral_wall_s']:.2f} s), "
+        f"{d['median_corral_rows_per_s_elapsed']:.3f} rows/s by elapsed_s ({d['median_corral_elapsed_s']:.2f} s).",
+        "",
+        f"**Ratio corral / bare loop (ratio of medians, end to end): {d['ratio_wall']:.3f}** "
+        f"(by elapsed_s: {d['ratio_elapsed']:.3f}; per interleaved pair: "
+        f"{', '.join(f'{x:.3f}' for x in d['ratio_per_pair_wall'])}).",
+        "",
+        f"Ratio corral / bare loop making the calls in the engine's order: {d['ratio_same_order_wall']:.3f} end to end "
+        f"(by elapsed_s: {d['ratio_same_order_elapsed']:.3f}; per pair "
+        f"{', '.join(f'{x:.3f}' for x in d['ratio_same_order_per_pair_wall'])}).",
+        "",
+        f"Goal: {d['goal']} — {verdict(d['pass'])}",
+        "",
+    ]
+    return out
+
+
+def memory(d: dict[str, Any]) -> list[str]:
+    out = [
+        "## 4. Memory (fake model, generated CSV)",
+        "",
+        f"Run: {machine_line(d['machine'])}",
+        "",
+        f"Script: `{d['script']}` (CSV: columns id,text, text about 60 characters of words, seed {d['csv_seed']}; "
+        "job: one classify step, `key: id`, parquet sink in the temp dir; peak RSS = ru_maxrss of exactly the "
+        "`corral` process, from os.wait4).",
+        "",
+        "| rows | CSV MB | command | peak RSS MB | wall s | rows/s (wall) | rows/s (elapsed_s) | sink rows | store MB |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in d["runs"]:
+        out.append(f"| {r['rows']:,} | {r['csv_mb']} | `{r['command']}` | {r['peak_rss_mb']:.1f} | {r['wall_s']:.1f} | "
+                   f"{r['rows_per_s_wall']:,.0f} | {r['rows_per_s_engine']:,.0f} | {r['sink_rows']:,} | {r['store_mb']:,.0f} |")
+    out.append("")
+    if d.get("rss_growth_1m_over_100k") is not None:
+        out.append(f"Peak RSS for 1,000,000 rows is {d['rss_growth_1m_over_100k']}× that for 100,000 rows (10× the rows).")
+        out.append("")
+    for f in d.get("failures") or []:
+        out.append(f"- failure: {f}")
+    out += [f"Goal: {d['goal']} — {verdict(d['pass'])}", ""]
+    return out
+
+
+def main() -> None:
+    lines = [
+        "# Corral benchmarks",
+        "",
+        "Generated by `bench/make_results.py` from `bench/results/*.json`; rerun everything with "
+        "`.venv/bin/python bench/run_all.py` (or one benchmark with `.venv/bin/python bench/NAME.py`). "
+        "Every figure below is a measurement from those files. The machine is shared and noisy (2 CPUs): "
+        "figures are medians of several runs and ratios come from runs interleaved in one script.",
+        "",
+    ]
+    summary = []
+    sections: list[str] = []
+    if (d := load("throughput")):
+        sections += throughput(d)
+        summary.append(f"| throughput | median {d['median_rows_per_s_wall']:,.0f} rows/s end to end | {d['goal']} | {verdict(d['pass'])} |")
+    if (d := load("crash")):
+        sections += crash(d, "2. Crash safety (SIGKILL ×5, fake model latency 0.002 s)")
+        summary.append(f"| crash | invariants (a)-(d) after {d['kills_that_landed']} kills | nothing lost, duplicated or paid twice | {verdict(d['pass'])} |")
+    if (d := load("crash_latency0.05")):
+        sections += crash(d, "2b. Crash safety, slower fake model (latency 0.05 s) so kills land mid-run")
+        summary.append(f"| crash (latency 0.05) | invariants (a)-(d) after {d['kills_that_landed']} kills ({d['kills_mid_run']} mid-run) | nothing lost, duplicated or paid twice | {verdict(d['pass'])} |")
+    if (d := load("local_ratio")):
+        sections += local_ratio(d)
+        summary.append(f"| local_ratio | ratio {d['ratio_wall']:.3f} (same call order: {d['ratio_same_order_wall']:.3f}) | {d['goal']} | {verdict(d['pass'])} |")
+    if (d := load("memory")):
+        sections += memory(d)
+        big = next((r for r in d["runs"] if r["rows"] == 1_000_000), None)
+        fig = f"{big['peak_rss_mb']:.0f} MB peak RSS at 1M rows" if big else "no 1M-row run"
+        summary.append(f"| memory | {fig} | {d['goal']} | {verdict(d['pass'])} |")
+    lines += ["| benchmark | result | goal | verdict |", "|---|---|---|---|", *summary, "", *sections]
+    findings = HERE / "FINDINGS.md"
+    if findings.exists():
+        lines += [findings.read_text().rstrip(), ""]
+    (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {HERE / 'RESULTS.md'}")
+
+
+if __name__ == "__main__":
+    main()
