@@ -10,7 +10,13 @@ file, across processes. After the final run the script checks:
       call-log lines - paid ledger rows <= kills x concurrency
   (d) every request hash logged more than once is paid at most once in the ledger
 
-Exits 1 if an invariant fails. Usage: .venv/bin/python bench/crash.py [--seed N] [--kills 5]
+Kill moments are uniform in [0.3 s, 80% of a normal run]. A resumed run has less to do, so later
+kills often find the run already finished; --adaptive instead scales each kill's window to the
+share of rows still unfinished (0.8 x (fixed cost + processing time x share left)), and --latency
+slows the fake model, so that kills land mid-run (the second variant in run_all.py).
+
+Exits 1 if an invariant fails.
+Usage: .venv/bin/python bench/crash.py [--seed N] [--kills 5] [--latency 0.002] [--adaptive]
 """
 
 from __future__ import annotations
@@ -78,10 +84,15 @@ def main() -> int:
     ap.add_argument("--kills", type=int, default=5)
     ap.add_argument("--calib-runs", type=int, default=3)
     ap.add_argument("--latency", type=float, default=LATENCY, help="fake model latency per call (s)")
+    ap.add_argument("--adaptive", action="store_true",
+                    help="scale each kill window to the work left, so that kills land mid-run")
     args = ap.parse_args()
     name = "crash" if args.latency == LATENCY else f"crash_latency{args.latency:g}"
+    if args.adaptive:
+        name += "_adaptive"
     seed = args.seed if args.seed is not None else int(time.time()) % 100_000
     extra = "" if args.latency == LATENCY else f" --latency {args.latency:g}"
+    extra += " --adaptive" if args.adaptive else ""
     print(f"seed {seed}, fake latency {args.latency:g} s  (rerun with: .venv/bin/python bench/crash.py --seed {seed}{extra})")
     rng = random.Random(seed)
     failures: list[str] = []
@@ -104,8 +115,21 @@ def main() -> int:
                 raise SystemExit(f"calibration run failed: {p.stderr[-2000:]}")
         normal = median(calib)
         hi = 0.8 * normal
-        print(f"normal run: {normal:.2f} s (runs {', '.join(f'{x:.2f}' for x in calib)}); "
-              f"kills uniform in [0.3, {hi:.2f}] s; concurrency {conc}")
+        # a run with nothing left to do (the fixed cost: start, imports, sinks), for --adaptive
+        startups = []
+        for i in range(args.calib_runs):
+            env = {**os.environ, "CORRAL_STORE": str(tmp / f"calib{i}.db")}
+            env.pop("CORRAL_FAKE_CALL_LOG", None)
+            t0 = time.perf_counter()
+            subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+            startups.append(time.perf_counter() - t0)
+        fixed = median(startups)
+        print(f"normal run: {normal:.2f} s (runs {', '.join(f'{x:.2f}' for x in calib)}); run with nothing left "
+              f"to do: {fixed:.2f} s; concurrency {conc}")
+        if args.adaptive:
+            print(f"kills uniform in [0.3, 0.8 x ({fixed:.2f} + {normal - fixed:.2f} x share of rows unfinished)] s")
+        else:
+            print(f"kills uniform in [0.3, {hi:.2f}] s")
 
         # 2. kills
         store = tmp / "corral.db"
@@ -115,7 +139,12 @@ def main() -> int:
         for k in range(args.kills):
             before = (store_counts(store).get("states") or {})
             already_final = bool(before) and before.get("pending", 0) + before.get("leased", 0) == 0
-            at = rng.uniform(0.3, hi)
+            if args.adaptive:
+                left = (before.get("pending", 0) + before.get("leased", 0)) / SMS_ROWS if before else 1.0
+                k_hi = max(0.3, 0.8 * (fixed + (normal - fixed) * left))
+            else:
+                k_hi = hi
+            at = rng.uniform(0.3, k_hi)
             p = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             t0 = time.perf_counter()
             exited_early = False
@@ -143,7 +172,7 @@ def main() -> int:
                 phase = "mid-run (rows unfinished)"
             else:
                 phase = "after every row was final (writing sinks / exiting)"
-            kills.append({"kill": k + 1, "at_s": round(at, 3), "lived_s": round(lived, 3),
+            kills.append({"kill": k + 1, "window_s": [0.3, round(k_hi, 3)], "at_s": round(at, 3), "lived_s": round(lived, 3),
                           "exit_code": p.returncode, "exited_before_kill": exited_early,
                           "phase": phase, "call_log_lines": lines, **snap})
             print(f"kill {k + 1}: at {at:.2f} s, {phase} (exit {p.returncode}); "
@@ -238,6 +267,9 @@ def main() -> int:
             "concurrency": conc,
             "normal_run_s": round(normal, 3),
             "calibration_runs_s": [round(x, 3) for x in calib],
+            "nothing_left_run_s": round(fixed, 3),
+            "nothing_left_runs_s": [round(x, 3) for x in startups],
+            "adaptive": args.adaptive,
             "kill_window_s": [0.3, round(hi, 3)],
             "kills": kills,
             "kills_that_landed": real_kills,

@@ -66,6 +66,13 @@ def throughput(d: dict[str, Any]) -> list[str]:
 def crash(d: dict[str, Any], title: str) -> list[str]:
     c = d["checks"]
     f = d["final"]["summary"]
+    if d.get("adaptive"):
+        window = (f"kill moments uniform in [0.3, 0.8 × ({d['nothing_left_run_s']:.2f} s fixed cost + "
+                  f"{d['normal_run_s'] - d['nothing_left_run_s']:.2f} s × share of rows unfinished)] "
+                  f"(see the window column), seed {d['seed']}. ")
+    else:
+        window = (f"kill moments uniform in [{d['kill_window_s'][0]}, {d['kill_window_s'][1]}] s "
+                  f"(80% of a normal run), seed {d['seed']}. ")
     out = [
         f"## {title}",
         "",
@@ -74,16 +81,18 @@ def crash(d: dict[str, Any], title: str) -> list[str]:
         f"Script: `{d['script']}` · each run: `{d['command']}`. Job: the SMS job with model "
         f"`{json.dumps(d['job']['model'])}`, absolute source path, temporary parquet sink. "
         f"A normal run took {d['normal_run_s']:.2f} s (median of {', '.join(f'{x:.2f}' for x in d['calibration_runs_s'])}); "
-        f"kill moments uniform in [{d['kill_window_s'][0]}, {d['kill_window_s'][1]}] s (80% of a normal run), seed {d['seed']}. "
+        + window
+        + f"A run with nothing left to do took {d.get('nothing_left_run_s', float('nan')):.2f} s. "
         f"Calls in flight at once (concurrency): {d['concurrency']}.",
         "",
-        "| kill | at s | what it hit | exit | records after | call-log lines | ledger paid |",
-        "|---:|---:|---|---:|---|---:|---:|",
+        "| kill | window s | at s | what it hit | exit | records after | call-log lines | ledger paid |",
+        "|---:|---|---:|---|---:|---|---:|---:|",
     ]
     for k in d["kills"]:
         states = k.get("states") or {}
         st = ", ".join(f"{s} {n:,}" for s, n in sorted(states.items())) or "(no records yet)"
-        out.append(f"| {k['kill']} | {k['at_s']:.2f} | {k['phase']} | {k['exit_code']} | {st} | "
+        win = k.get("window_s") or d["kill_window_s"]
+        out.append(f"| {k['kill']} | {win[0]}–{win[1]} | {k['at_s']:.2f} | {k['phase']} | {k['exit_code']} | {st} | "
                    f"{k['call_log_lines']:,} | {k.get('ledger_paid', 0) or 0:,} |")
     cl = c["c_ledger"]
     dd = c["d_repeats"]
@@ -211,8 +220,8 @@ def main() -> None:
     if (d := load("crash")):
         sections += crash(d, "2. Crash safety (SIGKILL ×5, fake model latency 0.002 s)")
         summary.append(f"| crash | invariants (a)-(d) after {d['kills_that_landed']} kills | nothing lost, duplicated or paid twice | {verdict(d['pass'])} |")
-    if (d := load("crash_latency0.05")):
-        sections += crash(d, "2b. Crash safety, slower fake model (latency 0.05 s) so kills land mid-run")
+    if (d := load("crash_latency0.05_adaptive")):
+        sections += crash(d, "2b. Crash safety, kills aimed mid-run (fake latency 0.05 s, --adaptive kill windows)")
         summary.append(f"| crash (latency 0.05) | invariants (a)-(d) after {d['kills_that_landed']} kills ({d['kills_mid_run']} mid-run) | nothing lost, duplicated or paid twice | {verdict(d['pass'])} |")
     if (d := load("local_ratio")):
         sections += local_ratio(d)

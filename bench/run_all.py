@@ -18,8 +18,8 @@ ROOT = HERE.parent
 BENCHMARKS: list[tuple[str, list[str]]] = [
     ("throughput", ["throughput.py"]),
     ("crash", ["crash.py"]),
-    # the same kills with a slower fake model, so that kills land while rows are unfinished
-    ("crash_latency0.05", ["crash.py", "--latency", "0.05"]),
+    # a slower fake model and kill windows scaled to the work left, so that kills land mid-run
+    ("crash_latency0.05_adaptive", ["crash.py", "--latency", "0.05", "--adaptive"]),
     ("local_ratio", ["local_ratio.py"]),
     ("memory", ["memory.py"]),
 ]

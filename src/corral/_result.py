@@ -71,7 +71,7 @@ def summarize(
     counts = store.counts(run.id, limit)
     totals = store.totals(run.id)
     if outputs is None:
-        outputs = dict(zip(("sink", "quarantine"), run.outputs))
+        outputs = dict(zip(("sink", "quarantine", "skipped"), run.outputs))
     return RunResult(
         run=run.id,
         job=run.job_name,

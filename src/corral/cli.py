@@ -7,6 +7,7 @@ Exit codes:
   1    an unexpected internal error (a bug: please report it with the message)
   2    a usage or input problem (bad job file, missing file or column, unknown model...)
   3    the run stopped before finishing (a budget was reached); run again to resume
+  4    the provider refused the credentials (HTTP 401); fix the API key and run again
   130  interrupted (Ctrl-C); finished work is kept, run the same command again to resume
 """
 
@@ -38,6 +39,7 @@ EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_STOPPED = 3
+EXIT_AUTH = 4
 EXIT_INTERRUPTED = 130
 
 _store_option = click.option(
@@ -130,6 +132,9 @@ def run_cmd(job_file: Path, limit: int | None, model_name: str | None, as_json: 
             f"Resume with: {_again(job_file, model_name, limit, store)}"
         )
         sys.exit(EXIT_INTERRUPTED)
+    if result.status == "failed":
+        err.print(f"Failed: {result.stop_reason}. Resume with: {_again(job_file, model_name, limit, store)}")
+        sys.exit(EXIT_AUTH)
     err.print(
         f"Stopped: {result.stop_reason}. Raise the budget in the job file, then resume with: "
         f"{_again(job_file, model_name, limit, store)}"

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
-import random
 import signal
 import socket
 import threading
@@ -24,9 +24,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+from corral._expr import ConditionError
+from corral._limits import AdaptiveConcurrency, CircuitBreaker, RateLimiter, backoff
 from corral._registry import model_class, suggest
 from corral._result import RunResult, summarize
 from corral.errors import (
+    AuthenticationError,
     ModelNotFoundError,
     OutputError,
     PermanentModelError,
@@ -35,9 +40,17 @@ from corral.errors import (
     TransientModelError,
     UserError,
 )
-from corral.io import Column, Source, SourceRow, open_quarantine_sink, open_sink, open_source
+from corral.io import (
+    Column,
+    Source,
+    SourceRow,
+    open_quarantine_sink,
+    open_side_sink,
+    open_sink,
+    open_source,
+)
 from corral.job import Job, ModelRef
-from corral.models.base import Completion, Model, Request
+from corral.models.base import Completion, Model, Request, Usage
 from corral.store import Store, open_store
 from corral.store.base import (
     AttemptRecord,
@@ -104,7 +117,7 @@ def _plan(job: Job, source: Source) -> _Plan:
     known = set(cols)
     for i, step in enumerate(job.steps):
         earlier = [s.name for s in job.steps[:i]]
-        for name in step.template.names:
+        for name in step.names_used():
             head = name[0]
             if head in known or head in earlier:
                 continue
@@ -197,6 +210,11 @@ def _ingest(
     return got
 
 
+def _dumps(value: Any) -> str:
+    """Compact JSON text (UTF-8, not ASCII-escaped); anything odd becomes its str()."""
+    return orjson.dumps(value, default=str).decode()
+
+
 def _abandon(store: Store, run: RunInfo, reason: str) -> None:
     """Bad input found while loading: forget the run, unless calls were already paid for in it
     (an earlier --limit run), whose costs stay on record under a failed run."""
@@ -216,7 +234,7 @@ def _new_record(row: SourceRow, key_col: str | None, occurrences: dict[str, int]
             state="quarantined",
             reason=f"malformed input: {row.error}",
         )
-    data = json.dumps(row.data, ensure_ascii=False, default=str)
+    data = _dumps(row.data)
     if key_col is not None:
         value = row.data.get(key_col)
         if value is None or value == "":
@@ -231,7 +249,7 @@ def _new_record(row: SourceRow, key_col: str | None, occurrences: dict[str, int]
             )
         return NewRecord(key=str(value), ordinal=row.ordinal, line=row.line, data=data)
     digest = hashlib.sha256(
-        json.dumps(row.data, sort_keys=True, ensure_ascii=False, default=str).encode()
+        orjson.dumps(row.data, option=orjson.OPT_SORT_KEYS, default=str)
     ).hexdigest()[:16]
     n = occurrences.get(digest, 0) + 1
     occurrences[digest] = n
@@ -343,6 +361,7 @@ class _Runner:
         limit: int | None,
         progress: Progress | None,
         stop: asyncio.Event,
+        ref: ModelRef | None = None,
     ) -> None:
         self.job = job
         self.model = model
@@ -368,6 +387,11 @@ class _Runner:
         self.fatal: BaseException | None = None
         self.inflight: dict[str, asyncio.Future[None]] = {}
         self.reserved = 0  # paid calls in flight, counted against max_calls before they return
+        self.ref = ref or ModelRef(name=model.id)
+        self.limiter = RateLimiter(self.ref.rpm, self.ref.tpm)
+        self.gate = AdaptiveConcurrency(self.concurrency, start=min(self.concurrency, 8))
+        self.breaker = CircuitBreaker()
+        self._headers_seen: float | None = None
 
     # budget ---------------------------------------------------------------------------
 
@@ -393,7 +417,7 @@ class _Runner:
     # one call -------------------------------------------------------------------------
 
     async def _ask(
-        self, committer: _Committer, rec: LeasedRecord, step: Task, attempt: int, request: Request
+        self, committer: _Committer, rec: LeasedRecord, step: str, attempt: int, request: Request
     ) -> tuple[str, Completion]:
         h = request.cache_key(self.model.id)
         flying = self.inflight.get(h)
@@ -402,11 +426,11 @@ class _Runner:
                 await asyncio.shield(flying)
         hit = self.store.cached(h)
         if hit is not None:
-            comp = Completion.from_dict(json.loads(hit))
+            comp = Completion.from_dict(orjson.loads(hit))
             self.c.replayed += 1
             committer.add(
                 call=CallRecord(
-                    self.run.id, rec.key, step.name, attempt, h, self.model.id, True,
+                    self.run.id, rec.key, step, attempt, h, self.model.id, True,
                     comp.usage.input_tokens, comp.usage.output_tokens,
                     comp.usage.cached_input_tokens, comp.usage.reasoning_tokens, Decimal(0), 0.0,
                 )
@@ -424,32 +448,108 @@ class _Runner:
             done.set_result(None)
 
     async def _call(
-        self, committer: _Committer, rec: LeasedRecord, step: Task, attempt: int, request: Request,
+        self, committer: _Committer, rec: LeasedRecord, step: str, attempt: int, request: Request,
         h: str,
     ) -> Completion:
-        t0 = time.perf_counter()
-        self.reserved += 1
+        """One paid call through the request layer, recorded before its answer is used."""
+        self.reserved += 1  # counted against max_calls from the budget check on
         try:
-            comp = await self.model.complete(request)
+            comp, latency = await self._retrying(committer, rec, step, attempt, request)
+        except PermanentModelError as e:
+            used = getattr(e, "usage", None)
+            if used is not None:  # the provider billed a call that failed: it still costs
+                self._count(used)
+                committer.add(call=CallRecord(
+                    self.run.id, rec.key, step, attempt, h, self.model.id, False,
+                    used.input_tokens, used.output_tokens, used.cached_input_tokens,
+                    used.reasoning_tokens, used.cost, 0.0))
+            raise
         finally:
             self.reserved -= 1
-        latency = time.perf_counter() - t0
         u = comp.usage
+        self._count(u)
+        await committer.durable(
+            CallRecord(
+                self.run.id, rec.key, step, attempt, h, self.model.id, False,
+                u.input_tokens, u.output_tokens, u.cached_input_tokens, u.reasoning_tokens,
+                u.cost, latency,
+                request_json=_dumps(request.to_dict()),
+                response_json=_dumps(comp.to_dict()),
+            )
+        )
+        return comp
+
+    def _count(self, u: Usage) -> None:
         self.c.made += 1
         self.c.input_tokens += u.input_tokens
         self.c.output_tokens += u.output_tokens
         if self.c.cost is not None:
             self.c.cost = None if u.cost is None else self.c.cost + u.cost
-        await committer.durable(
-            CallRecord(
-                self.run.id, rec.key, step.name, attempt, h, self.model.id, False,
-                u.input_tokens, u.output_tokens, u.cached_input_tokens, u.reasoning_tokens,
-                u.cost, latency,
-                request_json=json.dumps(request.to_dict(), ensure_ascii=False),
-                response_json=json.dumps(comp.to_dict(), ensure_ascii=False),
-            )
-        )
-        return comp
+
+    async def _retrying(
+        self, committer: _Committer, rec: LeasedRecord, step: str, attempt: int, request: Request
+    ) -> tuple[Completion, float]:
+        """Retry transient failures with exponential backoff and full jitter (or the provider's
+        retry-after); an authentication failure stops the run."""
+        retry = 0
+        while True:
+            try:
+                return await self._once(request)
+            except AuthenticationError as e:
+                self.fatal = e
+                self.stop_reason = self.stop_reason or f"authentication failed: {e}"
+                self.stop.set()
+                raise _Stop(str(e)) from None
+            except TransientModelError as e:
+                if retry >= self.ref.max_retries:
+                    raise TransientModelError(f"{e} (after {retry + 1} tries)") from None
+                if self.stop.is_set():
+                    raise _Stop(self.stop_reason or "stopping") from None
+                committer.add(attempt=AttemptRecord(
+                    self.run.id, rec.key, step, attempt, None, "retry", f"try {retry + 1}: {e}"))
+                await asyncio.sleep(backoff(retry, getattr(e, "retry_after", None)))
+                retry += 1
+
+    async def _once(self, request: Request) -> tuple[Completion, float]:
+        probe = await self.breaker.admit()
+        estimate = sum(len(m.content) for m in request.messages) // 4 + request.max_tokens
+        await self.limiter.acquire(estimate)
+        await self.gate.acquire()
+        if self.stop.is_set():  # stopped while this call waited for its turn
+            await self.gate.release("cancelled")
+            raise _Stop(self.stop_reason or "stopping")
+        outcome = "error"
+        t0 = time.perf_counter()
+        try:
+            call = self.model.complete(request)
+            timeout = self.ref.timeout_s
+            try:
+                comp = await (asyncio.wait_for(call, timeout) if timeout else call)
+            except asyncio.TimeoutError:
+                raise TransientModelError(f"no answer within {timeout:g} s") from None
+            outcome = "ok"
+        except RateLimited as e:
+            outcome = "overload"
+            self.breaker.success()  # the provider answered: it is up
+            if e.retry_after:
+                self.limiter.pause(min(e.retry_after, 60.0))
+            raise
+        except TransientModelError:
+            self.breaker.failure()
+            raise
+        except Exception:
+            if probe:
+                self.breaker.success()
+            raise
+        finally:
+            await self.gate.release(outcome)
+            stamp = getattr(self.model, "rate_limits_at", None)
+            if stamp is None or stamp != self._headers_seen:  # only fresh headers
+                self._headers_seen = stamp
+                self.limiter.observe(getattr(self.model, "rate_limits", None))
+        self.breaker.success()
+        self.limiter.settle(estimate, comp.usage.input_tokens + comp.usage.output_tokens)
+        return comp, time.perf_counter() - t0
 
     # one record -----------------------------------------------------------------------
 
@@ -458,42 +558,75 @@ class _Runner:
         outputs: dict[str, Any] = {}
         tries = 0
         for step in self.job.steps:
-            reason = None
-            accepted = False
-            for attempt in range(step.max_attempts):
-                tries += 1
-                request = step.render(context, sample=attempt)
-                try:
-                    h, comp = await self._ask(committer, rec, step, attempt, request)
-                except TransientModelError as e:
-                    reason = f"model error: {e}"
-                    committer.add(attempt=AttemptRecord(self.run.id, rec.key, step.name, attempt, None, "error", str(e)))
-                    await asyncio.sleep(_backoff(attempt, e))
-                    continue
-                except PermanentModelError as e:
-                    reason = f"model error: {e}"
-                    committer.add(attempt=AttemptRecord(self.run.id, rec.key, step.name, attempt, None, "error", str(e)))
-                    break
-                try:
-                    answer = step.parse(comp)
-                except OutputError as e:
-                    reason = str(e)
-                    committer.add(attempt=AttemptRecord(self.run.id, rec.key, step.name, attempt, h, e.kind, str(e)))
-                    continue
-                committer.add(attempt=AttemptRecord(self.run.id, rec.key, step.name, attempt, h, "ok"))
-                value = step.value(answer)
-                context[step.name] = value
-                outputs[step.name] = value
-                accepted = True
-                break
-            if not accepted:
-                n = attempt + 1
-                self._final(
-                    committer, rec, "quarantined", None,
-                    f"step `{step.name}`: {reason} (after {n} attempt{'s' if n > 1 else ''})", tries,
-                )
+            try:
+                runs = step.applies(context)
+            except ConditionError as e:
+                self._final(committer, rec, "quarantined", None, f"step `{step.name}`: when {e}", tries)
                 return
-        self._final(committer, rec, "done", json.dumps(outputs, ensure_ascii=False), None, tries)
+            if not runs:
+                context[step.name] = outputs[step.name] = None
+                committer.add(attempt=AttemptRecord(
+                    self.run.id, rec.key, step.name, 0, None, "not run", f"when: {step.when} is false"))
+                continue
+            short = step.shortcut(context)
+            if short is not None:
+                answer, why = short
+                committer.add(attempt=AttemptRecord(
+                    self.run.id, rec.key, step.name, 0, None, "shortcut",
+                    f"{why}; answer {json.dumps(answer, ensure_ascii=False)}"))
+            else:
+                parts = step.split(context)
+                answers = []
+                for i, part in enumerate(parts):
+                    label = step.name if len(parts) == 1 else f"{step.name}[{i + 1}/{len(parts)}]"
+                    got, n = await self._solve(committer, rec, step, part, label)
+                    tries += n
+                    if isinstance(got, str):
+                        self._final(committer, rec, "quarantined", None, got, tries)
+                        return
+                    answers.append(got)
+                answer = step.combine(answers, parts)
+            value = step.value(answer)
+            context[step.name] = value
+            outputs[step.name] = value
+            skip = step.skip(value)
+            if skip:
+                self._final(committer, rec, "skipped", _dumps(outputs),
+                            f"step `{step.name}`: {skip}", tries)
+                return
+        self._final(committer, rec, "done", _dumps(outputs), None, tries)
+
+    async def _solve(
+        self, committer: _Committer, rec: LeasedRecord, step: Task, context: dict[str, Any],
+        label: str,
+    ) -> tuple[dict[str, Any] | str, int]:
+        """Ask until an answer is accepted: (answer, attempts), or (reason to quarantine, attempts)."""
+        reason = None
+        last: str | None = None
+        attempt = 0
+        for attempt in range(step.max_attempts):
+            request = step.render(context, sample=attempt)
+            if last == "truncated":  # a cut-off answer gets room to finish
+                request = dataclasses.replace(request, max_tokens=request.max_tokens * 2 ** min(attempt, 3))
+            elif last in ("invalid", "refused") and request.temperature == 0:
+                request = dataclasses.replace(request, temperature=0.3)  # the same prompt at 0 repeats itself
+            try:
+                h, comp = await self._ask(committer, rec, label, attempt, request)
+            except (TransientModelError, PermanentModelError) as e:
+                reason = f"model error: {e}"
+                committer.add(attempt=AttemptRecord(self.run.id, rec.key, label, attempt, None, "error", str(e)))
+                break
+            try:
+                answer = step.parse(comp, request)
+            except OutputError as e:
+                reason = str(e)
+                last = e.kind
+                committer.add(attempt=AttemptRecord(self.run.id, rec.key, label, attempt, h, e.kind, str(e)))
+                continue
+            committer.add(attempt=AttemptRecord(self.run.id, rec.key, label, attempt, h, "ok"))
+            return answer, attempt + 1
+        n = attempt + 1
+        return f"step `{label}`: {reason} (after {n} attempt{'s' if n > 1 else ''})", n
 
     def _final(
         self, committer: _Committer, rec: LeasedRecord, state: str, outputs: str | None,
@@ -578,12 +711,6 @@ class _Runner:
         }
 
 
-def _backoff(attempt: int, err: Exception) -> float:
-    if isinstance(err, RateLimited) and err.retry_after is not None:
-        return min(err.retry_after, 60.0)
-    return random.uniform(0, min(0.05 * (2**attempt), 5.0))
-
-
 # --- sinks ----------------------------------------------------------------------------------
 
 
@@ -599,14 +726,15 @@ def _write_outputs(
                 row = dict(r["data"] or {})
                 outs = r["outputs"] or {}
                 for step, pairs in zip(steps, plan.step_columns):
-                    vals = step.to_columns(outs.get(step.name)) if step.name in outs else {}
+                    value = outs.get(step.name)
+                    vals = step.to_columns(value) if value is not None else {}
                     for col, sink_col in pairs:
                         row[sink_col] = vals.get(col)
                 rows.append(row)
             yield rows
 
-    def quarantined_rows() -> Any:
-        for chunk in store.iter_records(run.id, "quarantined", below_ordinal=limit):
+    def set_aside(state: str) -> Any:
+        for chunk in store.iter_records(run.id, state, below_ordinal=limit):
             yield [
                 {**(r["data"] or {}), "_key": r["key"], "_line": r["line"], "_reason": r["reason"]}
                 for r in chunk
@@ -630,8 +758,14 @@ def _write_outputs(
         sink.write(plan.columns, done_rows(), key_col)
     names = {c.name for c in plan.input_columns}
     extra = [Column("_key", "string"), Column("_line", "integer"), Column("_reason", "string")]
-    q.write(plan.input_columns + [c for c in extra if c.name not in names], quarantined_rows(), "_key")
-    return {"sink": _show_path(sink.path), "quarantine": _show_path(q.path)}
+    side_cols = plan.input_columns + [c for c in extra if c.name not in names]
+    q.write(side_cols, set_aside("quarantined"), "_key")
+    outputs = {"sink": _show_path(sink.path), "quarantine": _show_path(q.path)}
+    if any(s.can_skip for s in steps):
+        sk = open_side_sink(job.sink, job.base_dir, "skipped")
+        sk.write(side_cols, set_aside("skipped"), "_key")
+        outputs["skipped"] = _show_path(sk.path)
+    return outputs
 
 
 def _show_path(p: Path) -> str:
@@ -659,6 +793,19 @@ def _owner_dead(owner: str) -> bool:
     except PermissionError:
         return False
     return False
+
+
+_SECRET = ("key", "token", "secret", "password")
+
+
+def _redacted(spec: dict[str, Any]) -> dict[str, Any]:
+    """The job as stored with the run: model options that look like credentials are dropped."""
+    model = dict(spec.get("model") or {})
+    opts = model.get("options") or {}
+    model["options"] = {
+        k: ("<redacted>" if any(w in k.lower() for w in _SECRET) else v) for k, v in opts.items()
+    }
+    return {**spec, "model": model}
 
 
 def live_status(store: Store, run: RunInfo) -> str:
@@ -698,6 +845,8 @@ async def run_async(
     stop = stop or asyncio.Event()
     restore = _install_signals(stop) if handle_signals else None
     try:
+        for step in job.steps:
+            step.bind(job.base_dir)
         source = open_source(job.source, job.base_dir)
         plan = _plan(job, source)
         open_sink(job.sink, job.base_dir)  # fail now, not after the work, if it cannot be written
@@ -710,7 +859,7 @@ async def run_async(
         run = st.create_run(
             RunInfo(
                 id=rid, job_name=job.name, spec_hash=job.spec_hash(), fingerprint=fingerprint,
-                spec={**job.model_dump(mode="json"), "model_id": m.id}, status="created",
+                spec={**_redacted(job.model_dump(mode="json")), "model_id": m.id}, status="created",
                 stop_reason=None, created_at=now, updated_at=now, ingested_rows=0,
                 ingest_done=False, tags=job.tags,
             )
@@ -720,7 +869,8 @@ async def run_async(
         # reading the input runs on a thread so Ctrl-C is heard between chunks
         run = await asyncio.to_thread(_ingest, st, run, job, source, limit, progress, stop)
         st.reclaim(run.id, _owner_dead)
-        runner = _Runner(job, m, st, run, plan, limit, progress, stop)
+        ref = job.model if model is None else (None if isinstance(model, Model) else ModelRef.parse(model))
+        runner = _Runner(job, m, st, run, plan, limit, progress, stop, ref)
         st.update_run(run.id, status="running", stop_reason=None, tags=job.tags)
         try:
             await runner.go()
@@ -735,6 +885,8 @@ async def run_async(
         if complete:
             outputs = _write_outputs(st, run, job, plan, limit)
             status, reason = "finished", None
+        elif runner.fatal is not None:
+            status, reason = "failed", runner.stop_reason
         elif runner.stop_reason:
             status, reason = "stopped", runner.stop_reason
         else:

@@ -14,6 +14,7 @@ Every exception Corral raises on purpose derives from :class:`CorralError`::
     │   ├── TransientModelError   worth retrying: timeouts, overload, connection errors
     │   │   └── RateLimited       the provider asked us to slow down (``retry_after`` seconds)
     │   └── PermanentModelError   retrying will not help: the row is quarantined at once
+    │       └── AuthenticationError  the provider refused the credentials: the run stops
     └── OutputError               a response came back but cannot be used as a value
         ├── Truncated             the model stopped at its output limit
         ├── Refused               the model refused or a content filter stopped it
@@ -39,6 +40,7 @@ __all__ = [
     "TransientModelError",
     "RateLimited",
     "PermanentModelError",
+    "AuthenticationError",
     "OutputError",
     "Truncated",
     "Refused",
@@ -96,6 +98,10 @@ class RateLimited(TransientModelError):
 
 class PermanentModelError(ModelError):
     """A failure that retrying cannot fix (bad request, unknown model on the server...)."""
+
+
+class AuthenticationError(PermanentModelError):
+    """The provider refused the API key (401). Every row would fail, so the run stops."""
 
 
 class OutputError(CorralError):

@@ -38,6 +38,10 @@ class ModelRef(BaseModel):
     name: str
     arg: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    rpm: float | None = Field(None, gt=0, description="requests per minute allowed")
+    tpm: float | None = Field(None, gt=0, description="tokens per minute allowed")
+    timeout_s: float | None = Field(None, gt=0, description="seconds one call may take")
+    max_retries: int = Field(6, ge=0, le=100, description="retries of a call that failed transiently")
 
     @classmethod
     def parse(cls, value: Any) -> ModelRef:
@@ -50,8 +54,12 @@ class ModelRef(BaseModel):
             if "name" not in value:
                 raise ValueError("a model mapping needs `name:` (e.g. {name: fake, latency: 0.1})")
             ref = cls.parse(str(value["name"]))
-            opts = {k: v for k, v in value.items() if k != "name"}
-            return ref.model_copy(update={"options": opts})
+            engine_keys = {"rpm", "tpm", "timeout_s", "max_retries"}
+            opts = {k: v for k, v in value.items() if k != "name" and k not in engine_keys}
+            limits = {k: v for k, v in value.items() if k in engine_keys}
+            return cls.model_validate(
+                {"name": ref.name, "arg": ref.arg, "options": opts, **limits}
+            )
         raise ValueError("model must be a name like `local` or a mapping with `name:`")
 
     def __str__(self) -> str:

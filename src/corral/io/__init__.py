@@ -10,9 +10,11 @@ from corral.io.base import (
     Source,
     SourceRow,
     open_quarantine_sink,
+    open_side_sink,
     open_sink,
     open_source,
     quarantine_spec,
+    side_spec,
 )
 from corral.io.spec import SinkSpec, SourceSpec, format_from_path
 
@@ -27,7 +29,9 @@ __all__ = [
     "SourceSpec",
     "format_from_path",
     "open_quarantine_sink",
+    "open_side_sink",
     "open_sink",
     "open_source",
     "quarantine_spec",
+    "side_spec",
 ]

@@ -222,46 +222,52 @@ def open_sink(spec: SinkSpec, base_dir: Path) -> Sink:
     raise SinkError(_unknown_format(path, "sink"))  # pragma: no cover - Literal guards it
 
 
-def quarantine_spec(spec: SinkSpec) -> SinkSpec:
-    """The sink spec quarantined rows go to.
+def side_spec(spec: SinkSpec, kind: str) -> SinkSpec:
+    """The sink spec for rows set aside as ``kind`` (``quarantine`` or ``skipped``).
 
-    ``spec.quarantine`` if set; otherwise ``NAME.quarantine.EXT`` beside the sink
-    (``out/sms.parquet`` -> ``out/sms.quarantine.parquet``), or for SQLite the same database with
-    table ``TABLE_quarantine``.
+    The job's ``quarantine:`` / ``skipped:`` path if set; otherwise ``NAME.KIND.EXT`` beside the
+    sink (``out/sms.parquet`` -> ``out/sms.quarantine.parquet``), or for SQLite the same database
+    with table ``TABLE_KIND``.
     """
     fmt = spec.format or format_from_path(spec.path)
-    if spec.quarantine:
-        qfmt = format_from_path(spec.quarantine) or fmt
+    override = getattr(spec, kind, None)
+    if override:
+        qfmt = format_from_path(override) or fmt
         table = None
         if qfmt == "sqlite":
-            table = f"{spec.table}_quarantine" if spec.table else "quarantine"
+            table = f"{spec.table}_{kind}" if spec.table else kind
         return SinkSpec(
-            path=spec.quarantine,
+            path=override,
             format=qfmt,  # type: ignore[arg-type]
             table=table,
             delimiter=spec.delimiter if qfmt == fmt else None,
-            quarantine=None,
         )
     if fmt == "sqlite":
-        table = f"{spec.table}_quarantine" if spec.table else None
-        return SinkSpec(
-            path=spec.path, format="sqlite", table=table, delimiter=None, quarantine=None
-        )
+        table = f"{spec.table}_{kind}" if spec.table else None
+        return SinkSpec(path=spec.path, format="sqlite", table=table, delimiter=None)
     p = Path(spec.path)
-    name = f"{p.stem}.quarantine{p.suffix}" if p.suffix else f"{p.name}.quarantine"
+    name = f"{p.stem}.{kind}{p.suffix}" if p.suffix else f"{p.name}.{kind}"
     return SinkSpec(
         path=str(p.with_name(name)),
         format=fmt,  # type: ignore[arg-type]
         table=None,
         delimiter=spec.delimiter,
-        quarantine=None,
     )
 
 
+def quarantine_spec(spec: SinkSpec) -> SinkSpec:
+    """The sink spec quarantined rows go to (see :func:`side_spec`)."""
+    return side_spec(spec, "quarantine")
+
+
 def open_quarantine_sink(spec: SinkSpec, base_dir: Path) -> Sink:
-    """Open the sink for quarantined rows that goes with the sink ``spec`` (see
-    :func:`quarantine_spec`)."""
-    return open_sink(quarantine_spec(spec), base_dir)
+    """Open the sink for quarantined rows that goes with the sink ``spec``."""
+    return open_sink(side_spec(spec, "quarantine"), base_dir)
+
+
+def open_side_sink(spec: SinkSpec, base_dir: Path, kind: str) -> Sink:
+    """Open the sink for rows set aside as ``kind`` (see :func:`side_spec`)."""
+    return open_sink(side_spec(spec, kind), base_dir)
 
 
 # ----------------------------------------------------------------------------- option checks

@@ -55,3 +55,8 @@ class SinkSpec(BaseModel):
         description="where quarantined rows go (default: NAME.quarantine.EXT beside the sink, "
         "or table NAME_quarantine for SQLite)",
     )
+    skipped: str | None = Field(
+        None,
+        description="where rows a filter step skipped go (default: NAME.skipped.EXT beside the "
+        "sink, or table NAME_skipped for SQLite)",
+    )

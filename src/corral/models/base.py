@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import json
+import orjson
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -50,8 +50,8 @@ class Request:
             "temperature": self.temperature,
             "sample": self.sample,
         }
-        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return REQUEST_HASH_VERSION + ":" + hashlib.sha256(blob.encode()).hexdigest()
+        blob = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+        return REQUEST_HASH_VERSION + ":" + hashlib.sha256(blob).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
         return {

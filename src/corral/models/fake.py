@@ -81,11 +81,13 @@ class FakeModel(Model):
         self.script = script
         self.calls = 0
         self.errors = 0
+        self._tries: dict[str, int] = {}
 
     async def complete(self, request: Request) -> Completion:
         self.calls += 1
         key = request.cache_key(self.id)
-        roll = random.Random(f"{self.seed}:{key}")
+        tries = self._tries[key] = self._tries.get(key, 0) + 1  # a retry of a call rolls anew
+        roll = random.Random(f"{self.seed}:{key}:{tries}")
         lo, hi = self.latency
         delay = lo if lo == hi else roll.uniform(lo, hi)
         if delay > 0:

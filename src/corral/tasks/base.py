@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 from abc import abstractmethod
 from functools import cached_property
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 from jsonschema import Draft202012Validator, FormatChecker
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
+from corral._expr import Condition
 from corral._template import Template
 from corral.errors import InvalidOutput, Refused, Truncated
 from corral.io.base import Column
@@ -39,8 +41,13 @@ class Task(BaseModel):
     )
     max_tokens: int = Field(256, ge=1, le=100_000, description="output token limit per call")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="sampling temperature")
+    when: str | None = Field(
+        None, description="run this step only for rows where this expression is true"
+    )
 
     _template: Template = PrivateAttr()
+    _condition: Condition | None = PrivateAttr(default=None)
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
     @field_validator("input")
     @classmethod
@@ -51,8 +58,17 @@ class Task(BaseModel):
             raise ValueError(f"bad template: {e}") from None
         return v
 
+    @field_validator("when")
+    @classmethod
+    def _check_when(cls, v: str | None) -> str | None:
+        if v is not None:
+            Condition.parse(v)
+        return v
+
     def model_post_init(self, __context: Any) -> None:
         self._template = Template.parse(self.input)
+        if self.when is not None:
+            self._condition = Condition.parse(self.when)
 
     # --- the extension point -------------------------------------------------------------
 
@@ -80,15 +96,51 @@ class Task(BaseModel):
         """The sink values of this step, keyed like :meth:`columns`."""
         return {self.name: value}
 
+    def shortcut(self, context: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
+        """An answer reached without asking the model, and why (e.g. a pair blocked as too
+        dissimilar to be a match); ``None`` to ask the model."""
+        return None
+
+    def split(self, context: dict[str, Any]) -> list[dict[str, Any]]:
+        """The contexts of the calls this step makes for a row: one, or one per chunk of a long
+        document. Each is rendered and answered on its own, then :meth:`combine` merges them."""
+        return [context]
+
+    def combine(self, answers: list[dict[str, Any]], parts: list[dict[str, Any]]) -> dict[str, Any]:
+        """Merge the answers of :meth:`split`'s parts into the step's answer."""
+        return answers[0]
+
+    #: whether :meth:`skip` can end rows as ``skipped`` (the run then writes a skipped output)
+    can_skip: ClassVar[bool] = False
+
+    def skip(self, value: Any) -> str | None:
+        """A reason to end the row here in the ``skipped`` state (filters), or ``None``."""
+        return None
+
+    def names_used(self) -> list[tuple[str, ...]]:
+        """Row names this step reads: its template's placeholders and its condition's names."""
+        names = list(self._template.names)
+        if self._condition is not None:
+            names += [(n,) for n in sorted(self._condition.names)]
+        return names
+
+    def applies(self, context: dict[str, Any]) -> bool:
+        """Whether the step runs for this row (its ``when:`` condition)."""
+        return self._condition is None or self._condition(context)
+
     # --- used by the engine --------------------------------------------------------------
+
+    def bind(self, base_dir: Path) -> None:
+        """Called once before a run with the job file's folder (for files a step reads)."""
+        self._base_dir = base_dir
 
     @property
     def template(self) -> Template:
         return self._template
 
     @cached_property
-    def _validator(self) -> Draft202012Validator:
-        return Draft202012Validator(self.output_schema(), format_checker=FormatChecker())
+    def _schema(self) -> dict[str, Any]:
+        return self.output_schema()
 
     def render(self, context: dict[str, Any], sample: int = 0) -> Request:
         system = self.system_prompt()
@@ -99,16 +151,21 @@ class Task(BaseModel):
                 Message("system", system),
                 Message("user", self._template.render(context)),
             ),
-            schema=self.output_schema(),
+            schema=self._schema,
             max_tokens=self.max_tokens,
             temperature=self.temperature,
             sample=sample,
         )
 
-    def parse(self, completion: Completion) -> dict[str, Any]:
-        """Turn a completion into an accepted answer or raise an :class:`OutputError`."""
+    def parse(self, completion: Completion, request: Request | None = None) -> dict[str, Any]:
+        """Turn a completion into an accepted answer or raise an :class:`OutputError`.
+
+        The answer is checked against the request's schema (a task may give each row its own,
+        e.g. the candidates of a reference list), else against :meth:`output_schema`.
+        """
         if completion.finish_reason == "length":
-            raise Truncated(f"truncated: the answer hit the {self.max_tokens}-token output limit")
+            limit = request.max_tokens if request is not None else self.max_tokens
+            raise Truncated(f"truncated: the answer hit the {limit}-token output limit")
         if completion.finish_reason in ("refused", "content_filter"):
             raise Refused(f"refused by the model ({completion.finish_reason})")
         try:
@@ -117,9 +174,32 @@ class Task(BaseModel):
             raise InvalidOutput(f"response is not JSON ({e.msg} at char {e.pos})") from None
         if not isinstance(data, dict):
             raise InvalidOutput(f"response is JSON {type(data).__name__}, expected an object")
-        errors = sorted(self._validator.iter_errors(data), key=lambda e: list(e.path))
+        schema = request.schema if request is not None and request.schema else self._schema
+        errors = sorted(_validator(schema).iter_errors(data), key=lambda e: list(e.path))
         if errors:
             err = errors[0]
             where = "/".join(str(p) for p in err.path) or "answer"
             raise InvalidOutput(f"response breaks the schema at {where}: {err.message}")
         return data
+
+
+_VALIDATORS: dict[str, Draft202012Validator] = {}
+
+
+_BY_ID: dict[int, tuple[dict[str, Any], Draft202012Validator]] = {}
+
+
+def _validator(schema: dict[str, Any]) -> Draft202012Validator:
+    hit = _BY_ID.get(id(schema))
+    if hit is not None and hit[0] is schema:  # the same schema object as last time (a step's own)
+        return hit[1]
+    key = json.dumps(schema, sort_keys=True)
+    v = _VALIDATORS.get(key)
+    if v is None:
+        if len(_VALIDATORS) > 4096:
+            _VALIDATORS.clear()
+        v = _VALIDATORS[key] = Draft202012Validator(schema, format_checker=FormatChecker())
+    if len(_BY_ID) > 256:
+        _BY_ID.clear()
+    _BY_ID[id(schema)] = (schema, v)
+    return v

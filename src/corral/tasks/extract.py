@@ -1,18 +1,46 @@
-"""``extract``: pull typed fields out of text."""
+"""``extract``: pull typed fields out of text, in one call or chunk by chunk for long documents.
+
+With ``chunking:`` a row whose rendered input is longer than ``chunking.size`` characters is
+split into overlapping chunks (:func:`chunk_spans`), each chunk is asked on its own, and each
+field's per-chunk values are merged by the field's ``merge`` rule. A row that fits in one chunk
+makes exactly the call it would make without chunking.
+"""
 
 from __future__ import annotations
 
+import json
+import re
+from collections import Counter
+from functools import cached_property
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
+from corral.errors import InvalidOutput
 from corral.io.base import Column
+from corral.models.base import Message, Request
 from corral.tasks.base import Task
 
 FieldType = Literal["string", "number", "integer", "boolean", "date", "enum", "list"]
 ItemType = Literal["string", "number", "integer", "boolean", "date"]
+MergeRule = Literal["first", "most_common", "all"]
 
 _JSON_TYPES = {"string": "string", "number": "number", "integer": "integer", "boolean": "boolean"}
+
+#: key of an answer that says which chunk (1-based) each merged value came from
+CHUNKS_KEY = "_chunks"
+# keys of a part context; a NUL cannot appear in a column name read from a file
+_CHUNK = "\x00chunk"
+_PART = "\x00part"
 
 
 def _scalar_schema(kind: str, max_length: int | None = None) -> dict[str, Any]:
@@ -21,6 +49,19 @@ def _scalar_schema(kind: str, max_length: int | None = None) -> dict[str, Any]:
     if kind == "string" and max_length is not None:
         return {"type": "string", "maxLength": max_length}
     return {"type": _JSON_TYPES[kind]}
+
+
+def _drop_defaults(
+    model: BaseModel, handler: SerializerFunctionWrapHandler, defaults: dict[str, Any]
+) -> dict[str, Any]:
+    """Serialize ``model`` without keys added after 0.1 while they hold their default, so a job
+    that does not use them keeps its spec hash (and so its run id)."""
+    data = handler(model)
+    if isinstance(data, dict):
+        for key, default in defaults.items():
+            if key in data and getattr(model, key) == default:
+                del data[key]
+    return data
 
 
 class FieldSpec(BaseModel):
@@ -34,6 +75,12 @@ class FieldSpec(BaseModel):
     values: list[str] | None = Field(None, description="allowed values, for type enum")
     items: ItemType = Field("string", description="element type, for type list")
     max_length: int | None = Field(None, ge=1, description="longest allowed string, in characters")
+    max_items: int | None = Field(None, ge=1, description="most elements, for type list")
+    merge: MergeRule = Field(
+        "first",
+        description="how the values of a chunked document's parts are merged: first, "
+        "most_common or all (a list of the distinct values)",
+    )
 
     @model_validator(mode="after")
     def _enum_values(self) -> FieldSpec:
@@ -44,15 +91,23 @@ class FieldSpec(BaseModel):
         is_text = self.type == "string" or (self.type == "list" and self.items == "string")
         if self.max_length is not None and not is_text:
             raise ValueError("`max_length` only applies to strings")
+        if self.max_items is not None and self.type != "list":
+            raise ValueError("`max_items` only applies to type list")
         return self
 
-    def schema(self) -> dict[str, Any]:
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        return _drop_defaults(self, handler, {"merge": "first", "max_items": None})
+
+    def schema(self) -> dict[str, Any]:  # type: ignore[override]
         if self.type == "enum":
             vals: list[Any] = list(self.values or [])
             s: dict[str, Any] = {"enum": vals + [None] if self.nullable else vals}
         else:
             if self.type == "list":
                 base = {"type": "array", "items": _scalar_schema(self.items, self.max_length)}
+                if self.max_items is not None:
+                    base["maxItems"] = self.max_items
             else:
                 base = _scalar_schema(self.type, self.max_length)
             s = {"anyOf": [base, {"type": "null"}]} if self.nullable else base
@@ -64,11 +119,167 @@ class FieldSpec(BaseModel):
         kind = f"one of {', '.join(self.values or [])}" if self.type == "enum" else self.type
         if self.type == "list":
             kind = f"list of {self.items}"
+            if self.max_items is not None:
+                kind += f", at most {self.max_items}"
         if self.type == "date":
             kind = "date as YYYY-MM-DD"
         if self.nullable:
             kind += ", or null if not stated"
         return kind
+
+    def column_type(self) -> str:
+        if self.merge == "all":
+            return "list"
+        return {"enum": "string"}.get(self.type, self.type)
+
+
+def parse_fields(v: Any) -> Any:
+    """``fields:`` shorthand: a bare type name stands for ``{type: NAME}``."""
+    if isinstance(v, dict):
+        return {k: {"type": t} if isinstance(t, str) else t for k, t in v.items()}
+    return v
+
+
+def check_field_names(v: dict[str, FieldSpec]) -> dict[str, FieldSpec]:
+    if not v:
+        raise ValueError("give at least one field")
+    for name in v:
+        if not name.isidentifier():
+            raise ValueError(f"field name {name!r} must be letters, digits and _")
+        if name == CHUNKS_KEY:
+            raise ValueError(f"`{CHUNKS_KEY}` is reserved (it records which chunk a value came from)")
+    return v
+
+
+def fields_schema(fields: dict[str, FieldSpec]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {name: f.schema() for name, f in fields.items()},
+        "required": list(fields),
+        "additionalProperties": False,
+    }
+
+
+def describe_fields(fields: dict[str, FieldSpec]) -> str:
+    lines = []
+    for name, f in fields.items():
+        desc = f": {f.description}" if f.description else ""
+        lines.append(f"- {name} ({f.describe()}){desc}")
+    return "\n".join(lines)
+
+
+# --- chunking -------------------------------------------------------------------------------
+
+
+class Chunking(BaseModel):
+    """How a long input is split: chunks of at most ``size`` characters, each starting up to
+    ``overlap`` characters before the end of the one before it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    size: int = Field(4000, ge=50, le=10_000_000, description="most characters in one chunk")
+    overlap: int = Field(200, ge=0, description="characters a chunk repeats from the one before")
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> Chunking:
+        if self.overlap >= self.size:
+            raise ValueError(
+                f"chunking.overlap ({self.overlap}) must be smaller than chunking.size ({self.size})"
+            )
+        return self
+
+
+_SPACE = re.compile(r"\s")
+# preferred places to end a chunk, best first: a blank line, a line end, a sentence end
+_BREAKS: tuple[tuple[str, int], ...] = (("\n\n", 0), ("\n", 0), (". ", 1), ("? ", 1), ("! ", 1))
+
+
+def _boundary(text: str, lo: int, hi: int) -> int:
+    """Where to end a chunk that may end anywhere in ``[lo, hi]``: after the last paragraph
+    break, else line break, else sentence end, else word; else at ``hi``."""
+    for sep, keep in _BREAKS:
+        i = text.rfind(sep, lo, hi + len(sep) - keep)
+        if i >= lo and i + keep <= hi:
+            return i + keep
+    for i in range(hi, lo - 1, -1):
+        if i < len(text) and text[i].isspace():
+            return i
+    return hi
+
+
+def chunk_spans(text: str, size: int, overlap: int) -> list[tuple[int, int]]:
+    """``(start, end)`` offsets of overlapping chunks of ``text``, each at most ``size`` long.
+
+    A text of at most ``size`` characters is one chunk, the whole text. Otherwise each chunk ends
+    at the last paragraph break in the second half of its window (else line break, sentence end,
+    whitespace; a hard cut only inside a word longer than half a chunk), and the next chunk
+    starts at the first word beginning in the last ``overlap`` characters of the one before.
+    Leading whitespace of a chunk is skipped.
+    """
+    n = len(text)
+    if n <= size:
+        return [(0, n)]
+    spans: list[tuple[int, int]] = []
+    start = 0
+    while True:
+        while start < n and text[start].isspace():
+            start += 1
+        if n - start <= size:
+            if start < n or not spans:
+                spans.append((start, n))
+            return spans
+        hi = start + size
+        lo = start + max(size // 2, overlap + 1)
+        end = _boundary(text, lo, hi)
+        while end > start + overlap + 1 and text[end - 1].isspace():
+            end -= 1
+        spans.append((start, end))
+        nxt = end - overlap  # > start, since end > start + overlap
+        if overlap:
+            m = _SPACE.search(text, nxt, end)
+            if m is not None:
+                nxt = m.end()
+        start = nxt
+
+
+def chunk_text(text: str, size: int, overlap: int) -> list[str]:
+    return [text[s:e] for s, e in chunk_spans(text, size, overlap)]
+
+
+def _canon(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def merge_values(rule: str, values: list[Any], is_list: bool = False) -> tuple[Any, Any]:
+    """Merge one field's per-chunk values (in document order) by ``rule``.
+
+    Returns ``(value, provenance)``: the chunk number (1-based) the value came from, or for
+    ``all`` the chunk number of each listed value; ``None`` where no chunk gave a value.
+    """
+    found = [(i + 1, v) for i, v in enumerate(values) if v is not None]
+    if rule == "all":
+        out: list[Any] = []
+        where: list[int] = []
+        seen: set[str] = set()
+        for i, v in found:
+            for item in v if is_list and isinstance(v, list) else [v]:
+                if item is None:
+                    continue
+                c = _canon(item)
+                if c not in seen:
+                    seen.add(c)
+                    out.append(item)
+                    where.append(i)
+        return out, where
+    if not found:
+        return None, None
+    if rule == "most_common":
+        counts = Counter(_canon(v) for _, v in found)
+        best = max(counts.values())
+        for i, v in found:  # ties go to the earliest
+            if counts[_canon(v)] == best:
+                return v, i
+    return found[0][1], found[0][0]
 
 
 class ExtractStep(Task):
@@ -76,46 +287,120 @@ class ExtractStep(Task):
 
     task: Literal["extract"] = "extract"
     fields: dict[str, FieldSpec] = Field(description="field name -> type or {type, description, ...}")
+    chunking: Chunking | None = Field(
+        None,
+        description="split inputs longer than `size` characters into overlapping chunks, "
+        "ask each, and merge the fields (see each field's `merge`)",
+    )
 
     @field_validator("fields", mode="before")
     @classmethod
     def _shorthand(cls, v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: {"type": t} if isinstance(t, str) else t for k, t in v.items()}
-        return v
+        return parse_fields(v)
 
     @field_validator("fields")
     @classmethod
     def _names(cls, v: dict[str, FieldSpec]) -> dict[str, FieldSpec]:
-        if not v:
-            raise ValueError("give at least one field")
-        for name in v:
-            if not name.isidentifier():
-                raise ValueError(f"field name {name!r} must be letters, digits and _")
+        return check_field_names(v)
+
+    @field_validator("chunking", mode="before")
+    @classmethod
+    def _chunking_shorthand(cls, v: Any) -> Any:
+        if v is True:
+            return {}
+        if v is False:
+            return None
         return v
 
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        return _drop_defaults(self, handler, {"chunking": None})
+
     def output_schema(self) -> dict[str, Any]:
-        return {
-            "type": "object",
-            "properties": {name: f.schema() for name, f in self.fields.items()},
-            "required": list(self.fields),
-            "additionalProperties": False,
-        }
+        return fields_schema(self.fields)
 
     def system_prompt(self) -> str:
-        lines = []
-        for name, f in self.fields.items():
-            desc = f": {f.description}" if f.description else ""
-            lines.append(f"- {name} ({f.describe()}){desc}")
         return (
             "You extract fields from text. Fields:\n"
-            + "\n".join(lines)
+            + describe_fields(self.fields)
             + "\nAnswer with JSON only: an object with exactly these keys."
         )
 
     def columns(self) -> list[Column]:
-        kinds = {"enum": "string"}
-        return [Column(name, kinds.get(f.type, f.type)) for name, f in self.fields.items()]
+        return [Column(name, f.column_type()) for name, f in self.fields.items()]
 
     def to_columns(self, value: Any) -> dict[str, Any]:
         return {name: value.get(name) for name in self.fields}
+
+    # --- chunking ----------------------------------------------------------------------
+
+    @cached_property
+    def _part_fields(self) -> dict[str, FieldSpec]:
+        # a chunk may not mention a field at all: every field may be null in one chunk's answer
+        return {n: f.model_copy(update={"nullable": True}) for n, f in self.fields.items()}
+
+    @cached_property
+    def _part_schema(self) -> dict[str, Any]:
+        return fields_schema(self._part_fields)
+
+    def _part_system(self) -> str:
+        return (
+            "You extract fields from one part of a longer document. Fields:\n"
+            + describe_fields(self._part_fields)
+            + "\nUse null for a field this part does not state; other parts are read separately."
+            + "\nAnswer with JSON only: an object with exactly these keys."
+        )
+
+    def split(self, context: dict[str, Any]) -> list[dict[str, Any]]:
+        if self.chunking is None:
+            return [context]
+        text = self.template.render(context)
+        if len(text) <= self.chunking.size:
+            return [context]
+        chunks = chunk_text(text, self.chunking.size, self.chunking.overlap)
+        n = len(chunks)
+        return [{**context, _CHUNK: c, _PART: (i + 1, n)} for i, c in enumerate(chunks)]
+
+    def render(self, context: dict[str, Any], sample: int = 0) -> Request:
+        if _CHUNK not in context:
+            return super().render(context, sample)
+        i, n = context[_PART]
+        system = self._part_system()
+        if self.instructions:
+            system = system + "\n\n" + self.instructions.strip()
+        return Request(
+            messages=(
+                Message("system", system),
+                Message("user", f"[part {i} of {n}]\n{context[_CHUNK]}"),
+            ),
+            schema=self._part_schema,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            sample=sample,
+        )
+
+    def combine(self, answers: list[dict[str, Any]], parts: list[dict[str, Any]]) -> dict[str, Any]:
+        if len(parts) == 1 and _CHUNK not in parts[0]:
+            answer = answers[0]
+            lists = [n for n, f in self.fields.items() if f.merge == "all"]
+            if not lists:
+                return answer
+            out = dict(answer)
+            for name in lists:
+                out[name] = merge_values("all", [answer.get(name)], self.fields[name].type == "list")[0]
+            return out
+        merged: dict[str, Any] = {}
+        where: dict[str, Any] = {}
+        for name, f in self.fields.items():
+            value, came_from = merge_values(
+                f.merge, [a.get(name) for a in answers], f.type == "list"
+            )
+            if value is None and not f.nullable:
+                raise InvalidOutput(
+                    f"step `{self.name}`: no part of the document gave `{name}`, which is not "
+                    "nullable; make it `nullable: true` if documents may leave it out"
+                )
+            merged[name] = value
+            where[name] = came_from
+        merged[CHUNKS_KEY] = where
+        return merged

@@ -1,0 +1,72 @@
+"""Safe expressions over a row: ``when:`` conditions.
+
+An expression is one Python expression (comparisons, ``and``/``or``/``not``, ``in``, literals,
+attribute access into earlier steps' outputs such as ``details.amount > 100``), evaluated with
+simpleeval: no imports, no calls except a few harmless functions, no dunder access.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from typing import Any
+
+from simpleeval import EvalWithCompoundTypes, InvalidExpression
+
+_FUNCTIONS = {
+    "len": len,
+    "lower": lambda s: s.lower() if isinstance(s, str) else s,
+    "upper": lambda s: s.upper() if isinstance(s, str) else s,
+    "float": float,
+    "int": int,
+    "str": str,
+    "abs": abs,
+    "min": min,
+    "max": max,
+}
+
+
+class _Row(dict):  # type: ignore[type-arg]
+    """A mapping whose values allow ``a.b`` access when they are dicts."""
+
+
+class _Attr(dict):  # type: ignore[type-arg]
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return _wrap(self[name])
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _wrap(v: Any) -> Any:
+    return _Attr(v) if isinstance(v, dict) else v
+
+
+@dataclass(frozen=True)
+class Condition:
+    source: str
+    names: frozenset[str]
+
+    @classmethod
+    def parse(cls, text: str) -> Condition:
+        try:
+            tree = ast.parse(text.strip(), mode="eval")
+        except SyntaxError as e:
+            raise ValueError(f"`{text}` is not a valid expression ({e.msg})") from None
+        names = {
+            n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id not in _FUNCTIONS
+        } - {"True", "False", "None", "true", "false", "null"}
+        return cls(text.strip(), frozenset(names))
+
+    def __call__(self, context: dict[str, Any]) -> bool:
+        names = {k: _wrap(v) for k, v in context.items()}
+        names.update({"true": True, "false": False, "null": None})
+        ev = EvalWithCompoundTypes(names=names, functions=_FUNCTIONS)
+        try:
+            return bool(ev.eval(self.source))
+        except (InvalidExpression, TypeError, ValueError, AttributeError, KeyError) as e:
+            raise ConditionError(f"`{self.source}` could not be evaluated: {e}") from None
+
+
+class ConditionError(Exception):
+    """A condition failed on one row (the row is quarantined with this reason)."""

@@ -1,0 +1,236 @@
+"""The request layer's controls: rate limits, adaptive concurrency, backoff, circuit breaker.
+
+All of them live in the engine, for every model, so providers stay small. They are written for
+one asyncio loop (no locks beyond asyncio's own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class TokenBucket:
+    """``rate`` units per second, holding at most ``burst`` units."""
+
+    def __init__(self, per_minute: float, burst_s: float = 0.1) -> None:
+        self.rate = per_minute / 60.0
+        self.burst_s = burst_s  # a small burst: smooth pacing also satisfies sliding windows
+        self.capacity = max(1.0, self.rate * burst_s)
+        self.level = self.capacity
+        self.stamp = time.monotonic()
+        self.paused_until = 0.0
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def wait_time(self, amount: float) -> float:
+        self._refill()
+        now = time.monotonic()
+        if now < self.paused_until:
+            return self.paused_until - now
+        amount = min(amount, self.capacity)  # a request larger than the bucket waits for a full one
+        if self.level >= amount:
+            return 0.0
+        return (amount - self.level) / self.rate
+
+    def take(self, amount: float) -> None:
+        self._refill()
+        self.level -= amount  # may go negative: a reconciled overrun is paid back by waiting
+
+    def set_rate(self, per_minute: float) -> None:
+        self._refill()
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate * self.burst_s)
+        self.level = min(self.level, self.capacity)
+
+
+class RateLimiter:
+    """Requests per minute and tokens per minute. Tokens are estimated before a call and
+    reconciled with the reported usage after it; provider headers can tighten both."""
+
+    def __init__(self, rpm: float | None = None, tpm: float | None = None) -> None:
+        self.requests = TokenBucket(rpm) if rpm else None
+        self.tokens = TokenBucket(tpm) if tpm else None
+
+    async def acquire(self, tokens: int) -> None:
+        while True:
+            wait = max(0.0, self.paused_until - time.monotonic())
+            if self.requests is not None:
+                wait = max(wait, self.requests.wait_time(1))
+            if self.tokens is not None:
+                wait = max(wait, self.tokens.wait_time(tokens))
+            if wait <= 0:
+                break
+            await asyncio.sleep(min(wait, 5.0))
+        if self.requests is not None:
+            self.requests.take(1)
+        if self.tokens is not None:
+            self.tokens.take(tokens)
+
+    def settle(self, estimated: int, actual: int) -> None:
+        if self.tokens is not None and actual != estimated:
+            self.tokens.take(actual - estimated)
+
+    def observe(self, headers: dict[str, Any] | None) -> None:
+        """Tighten from ``x-ratelimit-*`` (OpenAI) or ``anthropic-ratelimit-*`` headers."""
+        if not headers:
+            return
+        h = {str(k).lower(): v for k, v in headers.items()}
+        for kind, attr in (("requests", "requests"), ("tokens", "tokens")):
+            limit = _num(h.get(f"x-ratelimit-limit-{kind}") or h.get(f"anthropic-ratelimit-{kind}-limit"))
+            remaining = _num(
+                h.get(f"x-ratelimit-remaining-{kind}") or h.get(f"anthropic-ratelimit-{kind}-remaining")
+            )
+            reset = _duration(
+                h.get(f"x-ratelimit-reset-{kind}") or h.get(f"anthropic-ratelimit-{kind}-reset")
+            )
+            bucket = getattr(self, attr)
+            if limit:
+                if bucket is None:
+                    bucket = TokenBucket(limit)
+                    setattr(self, attr, bucket)
+                elif limit / 60.0 < bucket.rate:
+                    bucket.set_rate(limit)
+            if bucket is not None and remaining is not None:
+                bucket._refill()
+                bucket.level = min(bucket.level, remaining)  # the provider's count wins
+                if remaining <= 0 and reset:
+                    bucket.paused_until = max(bucket.paused_until, time.monotonic() + reset)
+
+    def pause(self, seconds: float) -> None:
+        """Hold every caller for ``seconds`` (a 429's retry-after applies to all, not one)."""
+        until = time.monotonic() + seconds
+        self.paused_until = max(self.paused_until, until)
+
+    paused_until: float = 0.0
+
+
+def _num(v: Any) -> float | None:
+    try:
+        return float(v) if v is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+_DUR = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+
+
+def _duration(v: Any) -> float | None:
+    """Seconds from ``"1s"``, ``"6m0s"``, ``"20ms"``, a number, or an RFC 3339 timestamp."""
+    if v is None:
+        return None
+    text = str(v).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = _DUR.findall(text)
+    if parts and "".join(a + b for a, b in parts) == text.replace(" ", ""):
+        scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+        return sum(float(a) * scale[b] for a, b in parts)
+    try:
+        from datetime import datetime
+
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return max(0.0, when.timestamp() - time.time())
+    except ValueError:
+        return None
+
+
+class AdaptiveConcurrency:
+    """Additive increase, multiplicative decrease of the calls allowed in flight.
+
+    Each success raises the limit by ``1/limit`` (about one per round of calls); an overload
+    (429, 503) halves it, at most once per ``cooldown_s`` so one burst of errors counts once.
+    """
+
+    def __init__(self, maximum: int, start: int | None = None, cooldown_s: float = 1.0) -> None:
+        self.maximum = max(1, maximum)
+        self.limit = float(min(self.maximum, start or self.maximum))
+        self.in_flight = 0
+        self.cooldown_s = cooldown_s
+        self.last_cut = 0.0
+        self._cond = asyncio.Condition()
+
+    async def acquire(self) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.in_flight < int(self.limit))
+            self.in_flight += 1
+
+    async def release(self, outcome: str) -> None:
+        async with self._cond:
+            self.in_flight -= 1
+            if outcome == "ok":
+                self.limit = min(float(self.maximum), self.limit + 1.0 / max(self.limit, 1.0))
+            elif outcome == "overload":
+                now = time.monotonic()
+                if now - self.last_cut >= self.cooldown_s:
+                    self.limit = max(1.0, self.limit / 2.0)
+                    self.last_cut = now
+            self._cond.notify_all()
+
+
+@dataclass
+class CircuitBreaker:
+    """Opens after ``threshold`` consecutive failures that look like an outage; while open, one
+    caller at a time probes after a growing pause and everyone else waits, so a provider that is
+    down pauses the run instead of burning every row's retries."""
+
+    threshold: int = 5
+    base_pause_s: float = 1.0
+    max_pause_s: float = 30.0
+    failures: int = 0
+    opened_at: float | None = None
+    pause_s: float = 0.0
+    probing: bool = False
+    _event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def open(self) -> bool:
+        return self.opened_at is not None
+
+    async def admit(self) -> bool:
+        """Wait while open; returns True when this caller is the probe."""
+        while self.opened_at is not None:
+            if not self.probing and time.monotonic() >= self.opened_at + self.pause_s:
+                self.probing = True
+                return True
+            self._event.clear()
+            remaining = self.opened_at + self.pause_s - time.monotonic()
+            try:
+                await asyncio.wait_for(self._event.wait(), timeout=max(0.05, min(remaining, 1.0)))
+            except asyncio.TimeoutError:
+                pass
+        return False
+
+    def success(self) -> None:
+        self.failures = 0
+        if self.opened_at is not None:
+            self.opened_at = None
+            self.probing = False
+            self.pause_s = 0.0
+            self._event.set()
+
+    def failure(self) -> None:
+        self.failures += 1
+        if self.opened_at is not None:
+            self.probing = False
+            self.pause_s = min(self.max_pause_s, max(self.base_pause_s, self.pause_s * 2))
+            self.opened_at = time.monotonic()
+        elif self.failures >= self.threshold:
+            self.opened_at = time.monotonic()
+            self.pause_s = self.base_pause_s
+
+
+def backoff(retry: int, retry_after: float | None, base: float = 0.5, cap: float = 60.0) -> float:
+    """Exponential backoff with full jitter; a provider's retry-after wins when given."""
+    if retry_after is not None:
+        return min(max(retry_after, 0.0), cap)
+    return random.uniform(0, min(cap, base * (2**retry)))

@@ -1,0 +1,435 @@
+"""``openai:MODEL``: OpenAI, or any OpenAI-compatible server, through the official SDK.
+
+``model: openai:gpt-4o-mini`` calls OpenAI's chat completions; with ``base_url`` the same adapter
+talks to vLLM, llama.cpp's server, Ollama, or any server that speaks the chat completions API::
+
+    model: {name: openai:Qwen2.5-7B-Instruct, base_url: "http://localhost:8000/v1"}
+
+The SDK's own retries are off: the engine retries, rate limits and times out calls. Every SDK
+error is translated here, in :meth:`OpenAIModel._translate`, into :class:`RateLimited`,
+:class:`TransientModelError`, :class:`PermanentModelError` or :class:`AuthenticationError`.
+The latest rate-limit headers are kept in :attr:`OpenAIModel.rate_limits` for the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import importlib.util
+import inspect
+import json
+import os
+import time
+from typing import Any
+
+from corral.errors import (
+    ModelError,
+    ModelNotFoundError,
+    PermanentModelError,
+    RateLimited,
+    TransientModelError,
+)
+from corral.models._keys import (
+    AuthenticationError,
+    Price,
+    base_url_tag,
+    find_key,
+    shown_keys_file,
+    price_for,
+    rate_limit_headers,
+    redact,
+    retry_after,
+)
+from corral.models.base import Capabilities, Completion, FinishReason, Model, Request, Usage
+
+__all__ = ["OpenAIModel"]
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+_INSTALL_HINT = "pip install 'corral[openai]'"
+#: models that reject any temperature but the default (reasoning models)
+_NO_TEMPERATURE = ("o1", "o3", "o4", "gpt-5")
+#: JSON-schema keywords that rule out OpenAI's strict structured outputs
+_NOT_STRICT = {
+    "allOf", "not", "if", "then", "else", "oneOf", "patternProperties", "dependentRequired",
+    "dependentSchemas", "unevaluatedProperties", "propertyNames", "contains",
+}
+#: validation-only keywords left out of a strict schema on the wire (the task still checks them)
+_STRIP_STRICT = {"uniqueItems", "minLength", "maxLength", "minProperties", "maxProperties"}
+_SCHEMA_NOTE = "Answer with a JSON object that matches this JSON schema:\n"
+
+
+def _strict_ok(s: Any, root: bool = True) -> bool:
+    """Whether OpenAI's strict mode accepts the schema as it is (every object closed and
+    every property required, no unsupported keyword)."""
+    if not isinstance(s, dict) or _NOT_STRICT & set(s):
+        return False
+    kind = s.get("type")
+    if root and kind != "object":
+        return False
+    if kind == "object" or "properties" in s:
+        props = s.get("properties") or {}
+        if s.get("additionalProperties") is not False or set(s.get("required") or []) != set(props):
+            return False
+        return all(_strict_ok(v, False) for v in props.values())
+    if kind == "array" or "items" in s:
+        return _strict_ok(s.get("items"), False)
+    if "anyOf" in s:
+        return all(_strict_ok(v, False) for v in s["anyOf"])
+    return True
+
+
+def _strict_schema(s: Any) -> Any:
+    """A copy of the schema for strict mode: an ``enum`` without ``type`` gets one, and
+    validation-only keywords strict mode may refuse are left out (answers are still checked
+    against the full schema by the task)."""
+    if isinstance(s, list):
+        return [_strict_schema(x) for x in s]
+    if not isinstance(s, dict):
+        return s
+    out = {k: _strict_schema(v) for k, v in s.items() if k not in _STRIP_STRICT}
+    if "enum" in out and "type" not in out:
+        names = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "NoneType": "null"}
+        kinds = sorted({names.get(type(v).__name__, "string") for v in out["enum"]})
+        if "integer" in kinds and "number" in kinds:
+            kinds.remove("integer")
+        out["type"] = kinds[0] if len(kinds) == 1 else kinds
+    return out
+
+
+def _with_schema_in_prompt(messages: list[dict[str, str]], schema: dict[str, Any]) -> list[dict[str, str]]:
+    note = _SCHEMA_NOTE + json.dumps(schema, ensure_ascii=False)
+    out = [dict(m) for m in messages]
+    for m in out:
+        if m["role"] == "system":
+            m["content"] = m["content"].rstrip() + "\n\n" + note
+            return out
+    return [{"role": "system", "content": note}, *out]
+
+
+def _clean_url(url: str) -> str:
+    return url.strip().rstrip("/")
+
+
+def _shown_url(url: str) -> str:
+    """The URL without credentials, for messages."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return scheme + "://" + rest.split("@", 1)[1]
+    return url
+
+
+class OpenAIModel(Model):
+    """A chat model behind OpenAI's chat completions API.
+
+    ``arg`` is the model name (``gpt-4o-mini``; for other servers, the name they serve).
+    Options (all optional):
+
+    ``base_url``
+        The server, e.g. ``http://localhost:8000/v1``; default ``$OPENAI_BASE_URL``, else OpenAI.
+    ``api_key`` / ``api_key_env``
+        The key, else the environment variable ``api_key_env`` (default ``OPENAI_API_KEY``), else
+        the ``openai`` entry of the keys file. Another server than OpenAI's may need none.
+    ``organization``, ``project``
+        OpenAI organization and project ids (default ``$OPENAI_ORG_ID``, ``$OPENAI_PROJECT_ID``).
+    ``timeout``
+        Seconds the HTTP client waits for an answer (default 60).
+    ``supports_schema``
+        ``True``: send ``response_format`` json_schema. ``False``: send json_object and write the
+        schema in the prompt. ``None`` (default): json_schema, falling back for good to json_object
+        the first time the server rejects it.
+    ``strict``
+        Strict structured outputs: ``None`` (default) when the schema qualifies (every object
+        closed, every property required), else ``True``/``False``.
+    ``logprobs``
+        Ask for token log-probabilities (``Completion.logprobs``).
+    ``send_temperature``
+        Send the step's temperature: ``None`` (default) except for reasoning models (o1, o3, o4,
+        gpt-5...) which reject it.
+    ``max_tokens_param``
+        ``max_completion_tokens`` (default for OpenAI) or ``max_tokens`` (default elsewhere).
+    ``prices``
+        USD per million tokens ``{input, output, cached_input, batch_discount}``, overriding the
+        price table; a model with no price has cost ``None`` (unknown), never 0.
+    ``max_concurrency``, ``context_window``
+        Capabilities the engine reads (default 64 calls in flight; window unknown).
+    ``headers``
+        Extra HTTP headers sent with every call.
+    """
+
+    provider = "openai"
+    capabilities = Capabilities(supports_schema=True, supports_logprobs=True, max_concurrency=64)
+
+    def __init__(
+        self,
+        arg: str | None = None,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        organization: str | None = None,
+        project: str | None = None,
+        timeout: float = 60.0,
+        supports_schema: bool | None = None,
+        strict: bool | None = None,
+        logprobs: bool = False,
+        send_temperature: bool | None = None,
+        max_tokens_param: str | None = None,
+        prices: dict[str, Any] | None = None,
+        max_concurrency: int = 64,
+        context_window: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        if importlib.util.find_spec("openai") is None:
+            raise ModelNotFoundError(f"the openai model needs the openai package; run: {_INSTALL_HINT}")
+        if not arg or not str(arg).strip():
+            raise ModelNotFoundError(
+                "name the model after `openai:`, e.g. `openai:gpt-4o-mini`"
+            )
+        self.name = str(arg).strip()
+        url = base_url if base_url else os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        self.base_url = _clean_url(url)
+        self.is_openai = self.base_url == DEFAULT_BASE_URL
+        self.api_key_env = api_key_env
+        self._key = find_key("openai", api_key, api_key_env, required=self.is_openai)
+        if self._key is None:
+            from corral.models._keys import Secret
+
+            self._key = Secret("no-key")  # servers started without a key accept any
+        self.id = f"openai:{self.name}" + ("" if self.is_openai else f"@{base_url_tag(self.base_url)}")
+        self.organization = organization
+        self.project = project
+        if float(timeout) <= 0:
+            raise ModelNotFoundError("timeout must be a positive number of seconds")
+        self.timeout = float(timeout)
+        self.supports_schema = supports_schema
+        self._schema_mode = "json_object" if supports_schema is False else "json_schema"
+        self.strict = strict
+        self.logprobs = bool(logprobs)
+        if send_temperature is None:
+            send_temperature = not self.name.lower().startswith(_NO_TEMPERATURE)
+        self.send_temperature = bool(send_temperature)
+        if max_tokens_param is None:
+            max_tokens_param = "max_completion_tokens" if self.is_openai else "max_tokens"
+        if max_tokens_param not in ("max_tokens", "max_completion_tokens"):
+            raise ModelNotFoundError("max_tokens_param must be `max_tokens` or `max_completion_tokens`")
+        self.max_tokens_param = max_tokens_param
+        self.price: Price | None = (
+            Price.parse(prices, where="prices") if prices is not None else price_for("openai", self.name)
+        )
+        if int(max_concurrency) < 1:
+            raise ModelNotFoundError("max_concurrency must be at least 1")
+        self.headers = dict(headers or {})
+        self.capabilities = Capabilities(
+            supports_schema=supports_schema is not False,
+            supports_logprobs=True,
+            supports_batch=False,
+            max_concurrency=int(max_concurrency),
+            context_window=context_window,
+        )
+        #: the latest ``x-ratelimit-*`` / ``retry-after`` headers (lower-case name -> value)
+        self.rate_limits: dict[str, str] = {}
+        #: ``time.time()`` when :attr:`rate_limits` was last updated
+        self.rate_limits_at: float | None = None
+        self._sdk: Any = None
+        self._sdk_loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return f"OpenAIModel({self.id!r})"
+
+    # --- the SDK client ----------------------------------------------------------------------
+
+    def _client(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._sdk is None or self._sdk_loop is not loop:
+            import openai
+
+            self._sdk = openai.AsyncOpenAI(
+                api_key=self._key.get(),
+                base_url=self.base_url,
+                organization=self.organization,
+                project=self.project,
+                timeout=self.timeout,
+                max_retries=0,  # the engine owns retries
+                default_headers=self.headers or None,
+            )
+            self._sdk_loop = loop
+        return self._sdk
+
+    async def aclose(self) -> None:
+        sdk, self._sdk = self._sdk, None
+        loop, self._sdk_loop = self._sdk_loop, None
+        if sdk is not None and loop is asyncio.get_running_loop():
+            await sdk.close()
+
+    # --- one call ----------------------------------------------------------------------------
+
+    def params(self, request: Request) -> dict[str, Any]:
+        """The chat completions parameters for a request (what goes on the wire)."""
+        messages = [m.to_dict() for m in request.messages]
+        p: dict[str, Any] = {"model": self.name}
+        if request.schema is not None:
+            if self._schema_mode == "json_schema":
+                strict = _strict_ok(request.schema) if self.strict is None else self.strict
+                schema = _strict_schema(request.schema) if strict else copy.deepcopy(request.schema)
+                p["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {"name": "answer", "schema": schema, "strict": bool(strict)},
+                }
+            else:
+                messages = _with_schema_in_prompt(messages, request.schema)
+                p["response_format"] = {"type": "json_object"}
+        p["messages"] = messages
+        p[self.max_tokens_param] = request.max_tokens
+        if self.send_temperature:
+            p["temperature"] = request.temperature
+        if self.logprobs:
+            p["logprobs"] = True
+        return p
+
+    async def complete(self, request: Request) -> Completion:
+        import openai
+
+        client = self._client()
+        t0 = time.perf_counter()
+        params = self.params(request)
+        failure: ModelError | None = None
+        try:
+            try:
+                raw = await client.chat.completions.with_raw_response.create(**params)
+            except openai.BadRequestError as e:
+                if not self._schema_fallback(e, params):
+                    raise
+                params = self.params(request)
+                raw = await client.chat.completions.with_raw_response.create(**params)
+            self._observe(raw.headers)
+            resp = raw.parse()
+            if inspect.isawaitable(resp):
+                resp = await resp
+        except openai.OpenAIError as e:
+            failure = self._translate(e)
+        if failure is not None:
+            # raised outside the except block: the SDK's exception (whose text may quote the
+            # key, and whose request holds it) is not chained to ours
+            raise failure
+        return self._completion(resp, time.perf_counter() - t0)
+
+    def _schema_fallback(self, e: Any, params: dict[str, Any]) -> bool:
+        """On a server that rejects json_schema, switch to json_object for good (auto mode)."""
+        if self.supports_schema is not None or self._schema_mode != "json_schema":
+            return False
+        if (params.get("response_format") or {}).get("type") != "json_schema":
+            return False
+        text = str(getattr(e, "message", "") or e).lower()
+        if "response_format" in text or "json_schema" in text or "schema" in text:
+            self._schema_mode = "json_object"
+            return True
+        return False
+
+    def _completion(self, resp: Any, latency: float) -> Completion:
+        choices = getattr(resp, "choices", None) or []
+        if not choices:
+            raise TransientModelError(f"{self.id}: the server answered with no choices")
+        choice = choices[0]
+        msg = choice.message
+        text = (msg.content if msg is not None else None) or ""
+        refusal = getattr(msg, "refusal", None) if msg is not None else None
+        finish: FinishReason
+        if refusal:
+            finish, text = "refused", refusal
+        elif choice.finish_reason == "length":
+            finish = "length"
+        elif choice.finish_reason == "content_filter":
+            finish = "content_filter"
+        else:
+            finish = "stop"
+        logprobs = None
+        lp = getattr(choice, "logprobs", None)
+        if lp is not None and getattr(lp, "content", None):
+            logprobs = [float(t.logprob) for t in lp.content]
+        return Completion(
+            text=text,
+            finish_reason=finish,
+            usage=self._usage(getattr(resp, "usage", None)),
+            model=getattr(resp, "model", None) or self.name,
+            latency_s=latency,
+            logprobs=logprobs,
+        )
+
+    def _usage(self, u: Any) -> Usage:
+        if u is None:  # some compatible servers do not report usage: the cost is unknown
+            return Usage(cost=None)
+        prompt = int(u.prompt_tokens or 0)
+        output = int(u.completion_tokens or 0)
+        pd = getattr(u, "prompt_tokens_details", None)
+        cd = getattr(u, "completion_tokens_details", None)
+        cached = int(getattr(pd, "cached_tokens", 0) or 0) if pd is not None else 0
+        reasoning = int(getattr(cd, "reasoning_tokens", 0) or 0) if cd is not None else 0
+        cost = None
+        if self.price is not None:
+            cost = self.price.cost(max(0, prompt - cached), output, cached_input=cached)
+        return Usage(
+            input_tokens=prompt,
+            output_tokens=output,
+            cached_input_tokens=cached,
+            reasoning_tokens=reasoning,
+            cost=cost,
+        )
+
+    # --- the error boundary ------------------------------------------------------------------
+
+    def _observe(self, headers: Any) -> None:
+        found = rate_limit_headers(headers)
+        if found:
+            self.rate_limits = found
+            self.rate_limits_at = time.time()
+
+    def _translate(self, e: Exception) -> ModelError:
+        """The one place SDK errors become Corral's."""
+        import openai
+
+        where = f"{self.id} ({_shown_url(self.base_url)})" if not self.is_openai else self.id
+
+        def say(text: str) -> str:
+            return redact(text, self._key)
+
+        if isinstance(e, openai.APITimeoutError):
+            return TransientModelError(say(f"{where}: no answer within {self.timeout:g} s (timeout)"))
+        if isinstance(e, openai.APIConnectionError):
+            cause = e.__cause__ or e.__context__
+            detail = f": {type(cause).__name__}: {cause}" if cause else ""
+            return TransientModelError(say(f"{where}: cannot reach the server{detail}"))
+        if isinstance(e, openai.APIStatusError):
+            headers = e.response.headers if e.response is not None else None
+            self._observe(headers)
+            status = e.status_code
+            body = e.body if isinstance(e.body, dict) else {}
+            detail = body.get("message") if isinstance(body.get("message"), str) else None
+            detail = detail or str(getattr(e, "message", "") or e)
+            code = body.get("code")
+            rid = getattr(e, "request_id", None)
+            tail = f" (request {rid})" if rid else ""
+            if status == 401:
+                return AuthenticationError(say(
+                    f"{where} rejected the API key (401: {detail}); set {self.api_key_env} to a "
+                    f"valid key (export {self.api_key_env}=...), pass the model's api_key option, "
+                    f"or add it to {shown_keys_file()} as {{\"openai\": \"...\"}}"
+                ))
+            if status == 429:
+                if code == "insufficient_quota":
+                    return PermanentModelError(say(f"{where}: out of quota (429: {detail}){tail}"))
+                return RateLimited(say(f"{where}: rate limited (429: {detail}){tail}"), retry_after=retry_after(headers))
+            if status in (408, 409) or status >= 500:
+                return TransientModelError(say(f"{where}: server error {status}: {detail}{tail}"))
+            if code == "context_length_exceeded":
+                return PermanentModelError(say(
+                    f"{where}: prompt too long for the model's context window (400: {detail}); "
+                    "shorten the input or lower max_tokens"
+                ))
+            if status == 404:
+                return PermanentModelError(say(
+                    f"{where}: not found (404: {detail}); check the model name and base_url{tail}"
+                ))
+            return PermanentModelError(say(f"{where}: request rejected ({status}: {detail}){tail}"))
+        if isinstance(e, openai.APIResponseValidationError):
+            return TransientModelError(say(f"{where}: the server's answer is not a valid chat completion: {e}"))
+        return PermanentModelError(say(f"{where}: {type(e).__name__}: {e}"))

@@ -1,0 +1,85 @@
+"""``filter``: keep the rows for which a yes/no question holds; skip the others, with a reason.
+
+A skipped row is not dropped: it ends in the ``skipped`` state with the model's reason
+(``filtered out: ...``), is counted in the run's summary, and is written to the skipped output
+beside the sink. Later steps run only for kept rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from corral.io.base import Column
+from corral.tasks.base import Task
+
+REASON_MAX = 200
+
+
+class FilterStep(Task):
+    """Ask ``question`` (yes or no) about each row; keep the row when the answer is
+    ``keep_when`` (yes by default), skip it otherwise. The step's column is ``true`` for every
+    written row (null where its ``when:`` kept it from running)."""
+
+    task: Literal["filter"] = "filter"
+    question: str = Field(description="a yes/no question about the input, e.g. `Is this a refund request?`")
+    keep_when: Literal["yes", "no"] = Field(
+        "yes", description="keep rows whose answer is yes (default) or no"
+    )
+
+    can_skip: ClassVar[bool] = True
+
+    @field_validator("question")
+    @classmethod
+    def _a_question(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("`question` must be a yes/no question, e.g. `Is this a refund request?`")
+        return v.strip()
+
+    @field_validator("keep_when", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare yes/no as a boolean
+        if v is True:
+            return "yes"
+        if v is False:
+            return "no"
+        return v
+
+    def output_schema(self) -> dict[str, Any]:
+        return {
+            "type": "object",
+            # the reason first, so a model that writes in order reasons before it decides
+            "properties": {
+                "reason": {"type": "string", "maxLength": REASON_MAX},
+                "keep": {"type": "boolean"},
+            },
+            "required": ["reason", "keep"],
+            "additionalProperties": False,
+        }
+
+    def system_prompt(self) -> str:
+        yes, no = ("true", "false") if self.keep_when == "yes" else ("false", "true")
+        return (
+            "You answer a yes/no question about a text.\n"
+            f"Question: {self.question}\n"
+            f'Set "keep" to {yes} if the answer is yes and to {no} if the answer is no. '
+            'Give the "reason" in one short sentence.\n'
+            'Answer with JSON only: {"reason": "<one sentence>", "keep": true or false}'
+        )
+
+    def columns(self) -> list[Column]:
+        return [Column(self.name, "boolean")]
+
+    def value(self, answer: dict[str, Any]) -> Any:
+        return {"keep": bool(answer["keep"]), "reason": answer.get("reason") or ""}
+
+    def to_columns(self, value: Any) -> dict[str, Any]:
+        return {self.name: value.get("keep") if isinstance(value, dict) else None}
+
+    def skip(self, value: Any) -> str | None:
+        if not isinstance(value, dict) or value.get("keep", True):
+            return None
+        reason = (value.get("reason") or "").strip()
+        return f"filtered out: {reason}" if reason else "filtered out (no reason given)"

@@ -1,0 +1,123 @@
+"""The request layer's controls, on their own."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from corral._limits import AdaptiveConcurrency, CircuitBreaker, RateLimiter, _duration, backoff
+
+
+def test_duration_formats():
+    assert _duration("1s") == 1.0
+    assert _duration("6m0s") == 360.0
+    assert _duration("20ms") == pytest.approx(0.02)
+    assert _duration("1m30.5s") == pytest.approx(90.5)
+    assert _duration("2.5") == 2.5
+    assert _duration(None) is None and _duration("soon") is None
+
+
+def test_rate_limiter_paces_requests():
+    async def go() -> float:
+        lim = RateLimiter(rpm=600)  # 10/s, bursts of at most 10
+        t0 = time.monotonic()
+        for _ in range(25):
+            await lim.acquire(1)
+        return time.monotonic() - t0
+
+    elapsed = asyncio.run(go())
+    assert 1.2 < elapsed < 2.5  # 10 in the first burst, then 15 at 10/s
+
+
+def test_rate_limiter_tokens_and_reconcile():
+    async def go() -> float:
+        lim = RateLimiter(tpm=6000)  # 100 tokens/s
+        await lim.acquire(100)
+        lim.settle(100, 250)  # the call used more than estimated: the overrun is paid back
+        t0 = time.monotonic()
+        await lim.acquire(10)
+        return time.monotonic() - t0
+
+    assert asyncio.run(go()) >= 1.4
+
+
+def test_headers_create_and_tighten_limits():
+    lim = RateLimiter()
+    lim.observe({"x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-requests": "599"})
+    assert lim.requests is not None and lim.requests.rate == pytest.approx(10)
+    lim.observe({"x-ratelimit-limit-requests": "120"})
+    assert lim.requests.rate == pytest.approx(2)
+    lim.observe({"x-ratelimit-limit-requests": "1200"})  # looser headers never loosen
+    assert lim.requests.rate == pytest.approx(2)
+    lim.observe({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2s"})
+    assert lim.requests.wait_time(1) > 1.5
+    anth = RateLimiter()
+    anth.observe({"anthropic-ratelimit-tokens-limit": "60000"})
+    assert anth.tokens is not None and anth.tokens.rate == pytest.approx(1000)
+
+
+def test_adaptive_concurrency_increases_and_halves():
+    async def go() -> tuple[float, float, float]:
+        g = AdaptiveConcurrency(32, start=4, cooldown_s=10)
+        for _ in range(40):
+            await g.acquire()
+            await g.release("ok")
+        grown = g.limit
+        await g.acquire()
+        await g.release("overload")
+        cut = g.limit
+        await g.acquire()
+        await g.release("overload")  # within the cooldown: counted once
+        return grown, cut, g.limit
+
+    grown, cut, again = asyncio.run(go())
+    assert grown > 8
+    assert cut == pytest.approx(grown / 2, rel=0.05)
+    assert again == cut
+
+
+def test_adaptive_concurrency_bounds_in_flight():
+    async def go() -> int:
+        g = AdaptiveConcurrency(3, start=3)
+        peak = 0
+
+        async def call() -> None:
+            nonlocal peak
+            await g.acquire()
+            peak = max(peak, g.in_flight)
+            await asyncio.sleep(0.01)
+            await g.release("ok")
+
+        await asyncio.gather(*(call() for _ in range(20)))
+        return peak
+
+    assert asyncio.run(go()) == 3
+
+
+def test_circuit_breaker_opens_probes_and_closes():
+    async def go() -> list[str]:
+        b = CircuitBreaker(threshold=3, base_pause_s=0.1)
+        events = []
+        for _ in range(3):
+            b.failure()
+        assert b.open
+        probe = await b.admit()  # waits the pause, then this caller probes
+        events.append(f"probe={probe}")
+        waiter = asyncio.create_task(b.admit())
+        await asyncio.sleep(0.05)
+        events.append(f"waiting={not waiter.done()}")
+        b.success()
+        events.append(f"released={await waiter is False}")
+        events.append(f"open={b.open}")
+        return events
+
+    assert asyncio.run(go()) == ["probe=True", "waiting=True", "released=True", "open=False"]
+
+
+def test_backoff_full_jitter_and_retry_after():
+    assert backoff(0, 7.5) == 7.5
+    assert backoff(3, 500) == 60.0  # capped
+    samples = [backoff(4, None) for _ in range(200)]
+    assert 0 <= min(samples) and max(samples) <= 8.0 and len(set(samples)) > 150
