@@ -45,6 +45,8 @@ def call_order(n: int, steps: int, order: str) -> list[tuple[int, int]]:
     then step 2 for both (checked against corral's ledger below)."""
     if order == "rows":
         return [(r, s) for r in range(n) for s in range(steps)]
+    if order == "steps":  # every row's step 1, then every row's step 2 (not what corral does)
+        return [(r, s) for s in range(steps) for r in range(n)]
     out = []
     for base in range(0, n, 2):
         pair = [r for r in (base, base + 1) if r < n]
@@ -205,7 +207,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=30)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--bare", type=int, default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--order", default="rows", choices=["rows", "pairs"], help=argparse.SUPPRESS)
+    ap.add_argument("--order", default="rows", choices=["rows", "pairs", "steps"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.bare is not None:
         print(json.dumps(bare(args.bare, args.order)))

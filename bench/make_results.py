@@ -193,6 +193,11 @@ def memory(d: dict[str, Any]) -> list[str]:
         out.append(f"| {r['rows']:,} | {r['csv_mb']} | `{r['command']}` | {r['peak_rss_mb']:.1f} | {r['wall_s']:.1f} | "
                    f"{r['rows_per_s_wall']:,.0f} | {r['rows_per_s_engine']:,.0f} | {r['sink_rows']:,} | {r['store_mb']:,.0f} |")
     out.append("")
+    for r in d["runs"]:
+        if r.get("store_tables_mb"):
+            out.append(f"Store for {r['rows']:,} rows, MB per table/index (SQLite dbstat): "
+                       + ", ".join(f"{k} {v:,.1f}" for k, v in r["store_tables_mb"].items()) + ".")
+            out.append("")
     if d.get("rss_growth_1m_over_100k") is not None:
         out.append(f"Peak RSS for 1,000,000 rows is {d['rss_growth_1m_over_100k']}× that for 100,000 rows (10× the rows).")
         out.append("")

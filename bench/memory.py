@@ -77,6 +77,20 @@ def make_job(tmp: Path, csv: Path, name: str) -> tuple[Path, Path]:
     return job, sink
 
 
+def store_tables(store: Path) -> dict[str, float]:
+    """MB per table and index in the store (SQLite's dbstat), to see where the disk goes."""
+    import sqlite3
+
+    db = sqlite3.connect(store)
+    try:
+        rows = db.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC").fetchall()
+    except sqlite3.Error:
+        return {}
+    finally:
+        db.close()
+    return {name: round(size / 1e6, 1) for name, size in rows}
+
+
 def run_measured(argv: list[str], env: dict, out: Path) -> tuple[int, float, int]:
     """(exit code, wall seconds, peak RSS in KiB) of one child process."""
     with open(out, "w") as so, open(out.with_suffix(".err"), "w") as se:
@@ -119,6 +133,7 @@ def main() -> int:
             s = last_json_line(out)
             sink_rows = pq.read_metadata(sink).num_rows if sink.exists() else None
             store_mb = sum(f.stat().st_size for f in store.parent.iterdir()) / 1e6
+            tables = store_tables(store)
             r = {
                 "rows": n,
                 "csv_mb": round(csv.stat().st_size / 1e6, 1),
@@ -133,6 +148,7 @@ def main() -> int:
                 "calls": s["calls"],
                 "sink_rows": sink_rows,
                 "store_mb": round(store_mb, 1),
+                "store_tables_mb": tables,
             }
             results.append(r)
             if sink_rows != n:
@@ -140,7 +156,8 @@ def main() -> int:
             if s["rows"]["in"] != n or s["rows"]["pending"] != 0:
                 failures.append(f"{n} rows: summary {s['rows']}")
             print(f"  peak RSS {r['peak_rss_mb']:.1f} MB; wall {wall:.1f} s = {r['rows_per_s_wall']:,.0f} rows/s "
-                  f"(engine {r['rows_per_s_engine']:,.0f} rows/s); sink {sink_rows:,} rows; store {store_mb:.0f} MB",
+                  f"(engine {r['rows_per_s_engine']:,.0f} rows/s); sink {sink_rows:,} rows; store {store_mb:.0f} MB "
+                  f"({', '.join(f'{k} {v:.0f}' for k, v in list(tables.items())[:4])} MB)",
                   flush=True)
             csv.unlink()
     big = next((r for r in results if r["rows"] == 1_000_000), None)

@@ -26,10 +26,6 @@ _FUNCTIONS = {
 }
 
 
-class _Row(dict):  # type: ignore[type-arg]
-    """A mapping whose values allow ``a.b`` access when they are dicts."""
-
-
 class _Attr(dict):  # type: ignore[type-arg]
     def __getattr__(self, name: str) -> Any:
         try:
@@ -60,7 +56,8 @@ class Condition:
 
     def __call__(self, context: dict[str, Any]) -> bool:
         names = {k: _wrap(v) for k, v in context.items()}
-        names.update({"true": True, "false": False, "null": None})
+        for k, v in (("true", True), ("false", False), ("null", None)):
+            names.setdefault(k, v)  # YAML-style literals, unless a column has that name
         ev = EvalWithCompoundTypes(names=names, functions=_FUNCTIONS)
         try:
             return bool(ev.eval(self.source))

@@ -334,7 +334,7 @@ def status_cmd(run: str | None, as_json: bool, store: Path | None) -> None:
     """Show a run's summary (RUN: an id, a prefix of one, or a job name; default: the latest run).
 
     With --json, prints the same object as `corral run --json`; there, elapsed_s is summed over
-    all the run's resumptions.
+    all the run's resumptions, and provider batches still in flight are listed under "batches".
     """
     st = _open(store)
     try:
@@ -344,10 +344,22 @@ def status_cmd(run: str | None, as_json: bool, store: Path | None) -> None:
             _fail(str(e))
             return
         result = summarize(st, info, status=live_status(st, info))
+        in_flight = st.open_batches(info.id)
         if as_json:
-            click.echo(json.dumps(result.to_json()))
+            obj = result.to_json()
+            if in_flight:
+                obj["batches"] = [
+                    {"id": b["id"], "state": b["detail"] or b["state"], "items": b["items"]} for b in in_flight
+                ]
+            click.echo(json.dumps(obj))
         else:
-            _print_summary(_out(), result, st)
+            console = _out()
+            _print_summary(console, result, st)
+            for b in in_flight:
+                console.print(
+                    f"Batch       {b['id']}: {b['items']:,} requests, {b['detail'] or b['state']}"
+                    f" — resume polling with `corral run` on the same job"
+                )
     finally:
         st.close()
 

@@ -340,6 +340,10 @@ class _Stop(Exception):
     """Raised inside a worker when the run must stop scheduling new calls."""
 
 
+class _Deferred(Exception):
+    """The record needs an answer that a provider batch will bring; it waits for the next pass."""
+
+
 @dataclass
 class _Counters:
     states: dict[str, int] = field(default_factory=dict)
@@ -392,6 +396,9 @@ class _Runner:
         self.gate = AdaptiveConcurrency(self.concurrency, start=min(self.concurrency, 8))
         self.breaker = CircuitBreaker()
         self._headers_seen: float | None = None
+        # provider batches: requests this pass needs, and requests that failed too often
+        self.wanted: dict[str, tuple[str, str, int, Request]] = {}
+        self.batch_failed: dict[str, str] = {}
 
     # budget ---------------------------------------------------------------------------
 
@@ -417,7 +424,8 @@ class _Runner:
     # one call -------------------------------------------------------------------------
 
     async def _ask(
-        self, committer: _Committer, rec: LeasedRecord, step: str, attempt: int, request: Request
+        self, committer: _Committer, rec: LeasedRecord, step: str, attempt: int, request: Request,
+        batch: bool = False,
     ) -> tuple[str, Completion]:
         h = request.cache_key(self.model.id)
         flying = self.inflight.get(h)
@@ -438,6 +446,12 @@ class _Runner:
             return h, comp
         if self.stop.is_set():
             raise _Stop(self.stop_reason or "stopping")
+        if batch:
+            failed = self.batch_failed.get(h)
+            if failed is not None:
+                raise TransientModelError(failed)
+            self.wanted.setdefault(h, (rec.key, step, attempt, request))
+            raise _Deferred()
         self._check_budget()
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.inflight[h] = done
@@ -585,7 +599,11 @@ class _Runner:
                         self._final(committer, rec, "quarantined", None, got, tries)
                         return
                     answers.append(got)
-                answer = step.combine(answers, parts)
+                try:
+                    answer = step.combine(answers, parts)
+                except OutputError as e:
+                    self._final(committer, rec, "quarantined", None, f"step `{step.name}`: {e}", tries)
+                    return
             value = step.value(answer)
             context[step.name] = value
             outputs[step.name] = value
@@ -611,7 +629,9 @@ class _Runner:
             elif last in ("invalid", "refused") and request.temperature == 0:
                 request = dataclasses.replace(request, temperature=0.3)  # the same prompt at 0 repeats itself
             try:
-                h, comp = await self._ask(committer, rec, label, attempt, request)
+                h, comp = await self._ask(
+                    committer, rec, label, attempt, request, batch=step.mode == "batch"
+                )
             except (TransientModelError, PermanentModelError) as e:
                 reason = f"model error: {e}"
                 committer.add(attempt=AttemptRecord(self.run.id, rec.key, label, attempt, None, "error", str(e)))
@@ -668,8 +688,8 @@ class _Runner:
                     continue  # left leased; released below
                 try:
                     await self._process(committer, rec)
-                except _Stop:
-                    continue
+                except (_Stop, _Deferred):
+                    continue  # left leased; released when the pass ends
                 except Exception as e:  # a bug or an unexpected model failure: never stop the run
                     self._final(committer, rec, "quarantined", None, f"internal error: {type(e).__name__}: {e}", 1)
 
@@ -696,6 +716,105 @@ class _Runner:
                 self.c.states["pending"] = self.c.states.get("pending", 0) + released
             if self.progress:
                 self.progress({"phase": "run", **self.snapshot()})
+
+    # provider batches ---------------------------------------------------------------
+
+    def load_batch_failures(self) -> None:
+        limit = self.ref.batch_resubmits + 1
+        self.batch_failed = {
+            h: f"batch request failed {n} times (last: {last})"
+            for h, (n, last) in self.store.batch_failures(self.run.id).items()
+            if n >= limit
+        }
+
+    async def batches(self) -> None:
+        """Submit what the last pass needed, then poll every open batch of the run until it
+        ends, and record its answers. Batches are persisted before polling, so a killed run
+        resumes polling them instead of submitting again."""
+        api: Any = self.model
+        wanted, self.wanted = self.wanted, {}
+        if wanted and not self.stop.is_set():
+            self._check_budget_quietly()
+            max_n, max_bytes = api.batch_limits
+            chunk: list[tuple[str, tuple[str, str, int, Request], str]] = []
+            size = 0
+            for h, item in wanted.items():
+                body = _dumps(item[3].to_dict())
+                if chunk and (len(chunk) >= max_n or size + len(body) > max_bytes * 0.9):
+                    await self._submit(api, chunk)
+                    chunk, size = [], 0
+                chunk.append((h, item, body))
+                size += len(body)
+            if chunk:
+                await self._submit(api, chunk)
+        poll = 0
+        while not self.stop.is_set():
+            open_ = self.store.open_batches(self.run.id)
+            if not open_:
+                break
+            for b in open_:
+                status = await self._batch_call(api.poll_batch, b["id"])
+                if status.state == "ended":
+                    await self._fetch(api, b["id"], status)
+                else:
+                    self.store.set_batch_state(b["id"], "submitted", status.detail)
+            if self.progress:
+                self.progress({"phase": "batch", "open": len(self.store.open_batches(self.run.id)), **self.snapshot()})
+            if self.store.open_batches(self.run.id):
+                poll += 1
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), timeout=self.ref.batch_poll_s)
+        self.load_batch_failures()
+
+    def _check_budget_quietly(self) -> None:
+        with contextlib.suppress(_Stop):
+            self._check_budget()
+
+    async def _submit(self, api: Any, chunk: list[tuple[str, tuple[str, str, int, Request], str]]) -> None:
+        if self.stop.is_set():
+            return
+        batch_id = await self._batch_call(api.submit_batch, [(h, item[3]) for h, item, _ in chunk])
+        self.store.add_batch(
+            self.run.id, batch_id, self.model.id,
+            [(h, key, label, attempt, body) for h, (key, label, attempt, _), body in chunk],
+        )
+
+    async def _fetch(self, api: Any, batch_id: str, status: Any) -> None:
+        results = {item.custom_id: item for item in await self._batch_call(api.fetch_batch, batch_id)}
+        calls: list[CallRecord] = []
+        outcomes: dict[str, str] = {}
+        for it in self.store.batch_items(batch_id):
+            h = it["custom_id"]
+            got = results.get(h)
+            comp = got.completion if got is not None else None
+            if comp is None:
+                outcomes[h] = (got.error if got is not None else None) or f"no result ({status.detail or 'ended'})"
+                continue
+            outcomes[h] = "ok"
+            u = comp.usage
+            self._count(u)
+            calls.append(CallRecord(
+                self.run.id, it["key"], it["step"], it["attempt"], h, self.model.id, False,
+                u.input_tokens, u.output_tokens, u.cached_input_tokens, u.reasoning_tokens,
+                u.cost, comp.latency_s, request_json=it["request"], response_json=_dumps(comp.to_dict()),
+            ))
+        self.store.finish_batch(batch_id, calls, outcomes, status.detail)
+
+    async def _batch_call(self, fn: Any, *args: Any) -> Any:
+        retry = 0
+        while True:
+            try:
+                return await fn(*args)
+            except AuthenticationError as e:
+                self.fatal = e
+                self.stop_reason = self.stop_reason or f"authentication failed: {e}"
+                self.stop.set()
+                raise _Stop(str(e)) from None
+            except TransientModelError as e:
+                if retry >= self.ref.max_retries or self.stop.is_set():
+                    raise
+                await asyncio.sleep(backoff(retry, getattr(e, "retry_after", None)))
+                retry += 1
 
     def snapshot(self) -> dict[str, Any]:
         s = self.c.states
@@ -846,7 +965,7 @@ async def run_async(
     restore = _install_signals(stop) if handle_signals else None
     try:
         for step in job.steps:
-            step.bind(job.base_dir)
+            step.bind(job.base_dir, job.source)
         source = open_source(job.source, job.base_dir)
         plan = _plan(job, source)
         open_sink(job.sink, job.base_dir)  # fail now, not after the work, if it cannot be written
@@ -872,8 +991,23 @@ async def run_async(
         ref = job.model if model is None else (None if isinstance(model, Model) else ModelRef.parse(model))
         runner = _Runner(job, m, st, run, plan, limit, progress, stop, ref)
         st.update_run(run.id, status="running", stop_reason=None, tags=job.tags)
+        uses_batch = any(s.mode == "batch" for s in job.steps)
+        if uses_batch and not (m.capabilities.supports_batch and hasattr(m, "submit_batch")):
+            raise UserError(
+                f"a step has `mode: batch` but model `{m.id}` has no batch API; use an openai: "
+                "or anthropic: model, or remove `mode: batch`"
+            )
         try:
-            await runner.go()
+            if uses_batch:
+                runner.load_batch_failures()
+                await runner.batches()  # batches a killed run left open: poll, never resubmit
+            while True:
+                await runner.go()
+                if not runner.wanted or runner.stop.is_set():
+                    break
+                await runner.batches()
+        except _Stop:
+            pass
         finally:
             await m.aclose()
         counts = st.counts(run.id, limit)

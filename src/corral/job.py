@@ -42,6 +42,10 @@ class ModelRef(BaseModel):
     tpm: float | None = Field(None, gt=0, description="tokens per minute allowed")
     timeout_s: float | None = Field(None, gt=0, description="seconds one call may take")
     max_retries: int = Field(6, ge=0, le=100, description="retries of a call that failed transiently")
+    batch_poll_s: float = Field(30.0, gt=0, description="seconds between polls of a provider batch")
+    batch_resubmits: int = Field(
+        2, ge=0, le=20, description="new batches for requests that errored, expired or were cancelled"
+    )
 
     @classmethod
     def parse(cls, value: Any) -> ModelRef:
@@ -54,7 +58,7 @@ class ModelRef(BaseModel):
             if "name" not in value:
                 raise ValueError("a model mapping needs `name:` (e.g. {name: fake, latency: 0.1})")
             ref = cls.parse(str(value["name"]))
-            engine_keys = {"rpm", "tpm", "timeout_s", "max_retries"}
+            engine_keys = {"rpm", "tpm", "timeout_s", "max_retries", "batch_poll_s", "batch_resubmits"}
             opts = {k: v for k, v in value.items() if k != "name" and k not in engine_keys}
             limits = {k: v for k, v in value.items() if k in engine_keys}
             return cls.model_validate(
@@ -180,7 +184,7 @@ class Job(BaseModel):
             "name": self.name,
             "key": self.key,
             "source": self.source.model_dump(mode="json"),
-            "steps": [s.model_dump(mode="json") for s in self.steps],
+            "steps": [s.model_dump(mode="json", exclude={"mode"}) for s in self.steps],
         }
         blob = json.dumps(ident, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()

@@ -8,15 +8,25 @@ Structured output by a forced tool: the request's schema becomes the ``input_sch
 The SDK's own retries are off (the engine owns retries); every SDK error is translated in
 :meth:`AnthropicModel._translate`. The latest ``anthropic-ratelimit-*`` headers are kept in
 :attr:`AnthropicModel.rate_limits` for the engine.
+
+The model also speaks the Message Batches API (:class:`corral.models.base.BatchAPI`): each
+request's ``params`` are exactly what :meth:`AnthropicModel.complete` sends; results are parsed as
+online answers are and priced with the batch discount of the price table. Anthropic accepts
+``custom_id`` values matching ``^[a-zA-Z0-9_-]{1,64}$`` only: other ids (such as Corral's request
+hashes ``v1:<64 hex>``) are encoded reversibly on the way in and decoded on the way out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hashlib
 import importlib.util
 import inspect
 import json
 import os
+import re
 import time
 from typing import Any
 
@@ -38,7 +48,16 @@ from corral.models._keys import (
     redact,
     retry_after,
 )
-from corral.models.base import Capabilities, Completion, FinishReason, Model, Request, Usage
+from corral.models.base import (
+    BatchItem,
+    BatchStatus,
+    Capabilities,
+    Completion,
+    FinishReason,
+    Model,
+    Request,
+    Usage,
+)
 
 __all__ = ["AnthropicModel"]
 
@@ -49,6 +68,61 @@ _TOO_LONG = (
     "the prompt and the answer do not fit in the model's context window; shorten the input "
     "or lower the step's max_tokens"
 )
+#: the Message Batches API's limits: requests per batch, bytes of the create request
+BATCH_LIMITS = (100_000, 256 * 1024 * 1024)
+#: a longer HTTP timeout for sending a batch and streaming its results (up to 256 MB)
+_FILE_TIMEOUT = 600.0
+#: the ``custom_id`` values Anthropic accepts
+_CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+#: ``PREFIX:HEX`` ids (Corral's request hashes are ``v1:<64 hex>``), encoded compactly
+_HEX_ID = re.compile(r"([^:]{0,255}):((?:[0-9a-f]{2})+)", re.S)
+#: ids the adapter encoded start with this (a caller's id that does too is encoded as well)
+_ENCODED = "__"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def encode_custom_id(custom_id: str) -> str | None:
+    """A ``custom_id`` Anthropic accepts that :func:`decode_custom_id` turns back into
+    ``custom_id``; ``None`` when no such encoding fits in 64 characters.
+
+    An id that already fits (and does not start with ``__``) is kept as it is; ``PREFIX:HEX``
+    becomes ``__h`` + base64url(len(PREFIX), PREFIX, bytes of HEX) (46 characters for
+    ``v1:<64 hex>``); anything else of up to 45 bytes becomes ``__b`` + base64url(UTF-8)."""
+    if _CUSTOM_ID.fullmatch(custom_id) and not custom_id.startswith(_ENCODED):
+        return custom_id
+    m = _HEX_ID.fullmatch(custom_id)
+    if m:
+        prefix = m.group(1).encode("utf-8")
+        if len(prefix) < 256:
+            out = _ENCODED + "h" + _b64(bytes([len(prefix)]) + prefix + bytes.fromhex(m.group(2)))
+            if len(out) <= 64:
+                return out
+    out = _ENCODED + "b" + _b64(custom_id.encode("utf-8"))
+    return out if len(out) <= 64 else None
+
+
+def decode_custom_id(sent: str) -> str | None:
+    """The caller's id for an id :func:`encode_custom_id` made (``None`` if it made none such)."""
+    if not sent.startswith(_ENCODED):
+        return sent
+    tag, body = sent[len(_ENCODED) : len(_ENCODED) + 1], sent[len(_ENCODED) + 1 :]
+    try:
+        raw = _unb64(body)
+        if tag == "h" and raw:
+            n = raw[0]
+            return raw[1 : 1 + n].decode("utf-8") + ":" + raw[1 + n :].hex()
+        if tag == "b":
+            return raw.decode("utf-8")
+    except (binascii.Error, ValueError, IndexError):
+        return None
+    return None
 
 
 class ContextWindowExceeded(PermanentModelError):
@@ -87,6 +161,8 @@ class AnthropicModel(Model):
         overriding the price table; unknown models have cost ``None``.
     ``max_concurrency``, ``context_window``
         Capabilities the engine reads (default 64 calls in flight; window unknown).
+    ``supports_batch``
+        Whether the server has the Message Batches API (default ``True``).
     ``headers``
         Extra HTTP headers sent with every call (e.g. ``anthropic-beta``).
     """
@@ -108,6 +184,7 @@ class AnthropicModel(Model):
         prices: dict[str, Any] | None = None,
         max_concurrency: int = 64,
         context_window: int | None = None,
+        supports_batch: bool = True,
         headers: dict[str, str] | None = None,
     ) -> None:
         if importlib.util.find_spec("anthropic") is None:
@@ -145,7 +222,7 @@ class AnthropicModel(Model):
         self.capabilities = Capabilities(
             supports_schema=True,
             supports_logprobs=False,
-            supports_batch=False,
+            supports_batch=bool(supports_batch),
             max_concurrency=int(max_concurrency),
             context_window=context_window,
         )
@@ -153,6 +230,10 @@ class AnthropicModel(Model):
         self.rate_limits: dict[str, str] = {}
         #: ``time.time()`` when :attr:`rate_limits` was last updated
         self.rate_limits_at: float | None = None
+        #: (max requests per batch, max bytes of the batch create request)
+        self.batch_limits: tuple[int, int] = BATCH_LIMITS
+        #: ids too long to encode: the id sent -> the caller's id (kept for this process only)
+        self._custom_ids: dict[str, str] = {}
         self._sdk: Any = None
         self._sdk_loop: asyncio.AbstractEventLoop | None = None
 
@@ -232,8 +313,8 @@ class AnthropicModel(Model):
             raise failure
         return self._completion(msg, time.perf_counter() - t0)
 
-    def _completion(self, msg: Any, latency: float) -> Completion:
-        usage = self._usage(getattr(msg, "usage", None))
+    def _completion(self, msg: Any, latency: float, batch: bool = False) -> Completion:
+        usage = self._usage(getattr(msg, "usage", None), batch=batch)
         stop = getattr(msg, "stop_reason", None)
         if stop == "model_context_window_exceeded":
             raise ContextWindowExceeded(f"{self.id}: too long: {_TOO_LONG}", usage)
@@ -262,7 +343,7 @@ class AnthropicModel(Model):
             latency_s=latency,
         )
 
-    def _usage(self, u: Any) -> Usage:
+    def _usage(self, u: Any, batch: bool = False) -> Usage:
         if u is None:
             return Usage(cost=None)
         fresh = int(getattr(u, "input_tokens", 0) or 0)
@@ -273,7 +354,7 @@ class AnthropicModel(Model):
         thinking = int(getattr(details, "thinking_tokens", 0) or 0) if details is not None else 0
         cost = None
         if self.price is not None:
-            cost = self.price.cost(fresh, output, cached_input=read, cache_write=write)
+            cost = self.price.cost(fresh, output, cached_input=read, cache_write=write, batch=batch)
         # input_tokens counts every prompt token (fresh + cache reads + cache writes), as OpenAI's
         # prompt_tokens does; cached_input_tokens is the cache reads among them
         return Usage(
@@ -283,6 +364,135 @@ class AnthropicModel(Model):
             reasoning_tokens=thinking,
             cost=cost,
         )
+
+    # --- the Message Batches API -------------------------------------------------------------
+
+    def _send_id(self, custom_id: str) -> str:
+        sent = encode_custom_id(custom_id)
+        if sent is None:  # too long to encode: a digest, remembered by this instance
+            sent = _ENCODED + "k" + _b64(hashlib.sha256(custom_id.encode("utf-8")).digest())
+            self._custom_ids[sent] = custom_id
+        return sent
+
+    def _caller_id(self, sent: str) -> str:
+        if sent in self._custom_ids:
+            return self._custom_ids[sent]
+        found = decode_custom_id(sent)
+        return sent if found is None else found
+
+    def batch_requests(self, items: list[tuple[str, Request]]) -> list[dict[str, Any]]:
+        """The ``requests`` of a batch: ``params`` exactly as :meth:`complete` sends them (extra
+        body fields merged in), custom ids encoded when Anthropic would refuse them."""
+        if not items:
+            raise PermanentModelError(f"{self.id}: a batch needs at least one request")
+        most, most_bytes = self.batch_limits
+        if len(items) > most:
+            raise PermanentModelError(
+                f"{self.id}: {len(items)} requests in one batch; the Message Batches API takes at "
+                f"most {most}"
+            )
+        seen: set[str] = set()
+        out = []
+        size = 16
+        for custom_id, request in items:
+            if not isinstance(custom_id, str) or not custom_id:
+                raise PermanentModelError(f"{self.id}: a batch custom_id must be a non-empty string")
+            if custom_id in seen:
+                raise PermanentModelError(f"{self.id}: custom_id {custom_id!r} appears twice in one batch")
+            seen.add(custom_id)
+            params = self.params(request)
+            extra = params.pop("extra_body", None)
+            if extra:
+                params.update(extra)
+            entry = {"custom_id": self._send_id(custom_id), "params": params}
+            size += len(json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode("utf-8")) + 1
+            out.append(entry)
+        if size > most_bytes:
+            raise PermanentModelError(
+                f"{self.id}: the batch is {size} bytes; the Message Batches API takes at most "
+                f"{most_bytes} bytes: split it into smaller batches"
+            )
+        return out
+
+    async def submit_batch(self, items: list[tuple[str, Request]]) -> str:
+        """Create a message batch; returns its id."""
+        import anthropic
+
+        requests = self.batch_requests(items)
+        failure: ModelError | None = None
+        try:
+            batch = await self._client().messages.batches.create(
+                requests=requests, timeout=max(self.timeout, _FILE_TIMEOUT)
+            )
+        except anthropic.AnthropicError as e:
+            failure = self._translate(e)
+        if failure is not None:
+            raise failure
+        return str(batch.id)
+
+    async def poll_batch(self, batch_id: str) -> BatchStatus:
+        """The batch's state: ``ended`` once its ``processing_status`` is ``ended``."""
+        import anthropic
+
+        failure: ModelError | None = None
+        try:
+            batch = await self._client().messages.batches.retrieve(batch_id)
+        except anthropic.AnthropicError as e:
+            failure = self._translate(e)
+        if failure is not None:
+            raise failure
+        status = str(getattr(batch, "processing_status", "") or "")
+        rc = getattr(batch, "request_counts", None)
+        counts: dict[str, int] = {}
+        if rc is not None:
+            raw = rc.model_dump() if hasattr(rc, "model_dump") else dict(rc)
+            counts = {str(k): int(v or 0) for k, v in raw.items() if isinstance(v, (int, type(None)))}
+        return BatchStatus(
+            id=str(batch.id),
+            state="ended" if status == "ended" else "in_progress",
+            counts=counts,
+            detail=status,
+        )
+
+    async def fetch_batch(self, batch_id: str) -> list[BatchItem]:
+        """Every item of an ended batch: ``succeeded`` answers parsed as online ones and priced
+        at the batch price; ``errored`` with the provider's message; ``expired``; ``cancelled``."""
+        import anthropic
+
+        failure: ModelError | None = None
+        found: dict[str, BatchItem] = {}
+        try:
+            results = await self._client().messages.batches.results(
+                batch_id, timeout=max(self.timeout, _FILE_TIMEOUT)
+            )
+            async for r in results:
+                cid = self._caller_id(str(r.custom_id))
+                if cid not in found:
+                    found[cid] = self._batch_result(cid, r.result)
+        except anthropic.AnthropicError as e:
+            failure = self._translate(e)
+        if failure is not None:
+            raise failure
+        return list(found.values())
+
+    def _batch_result(self, cid: str, result: Any) -> BatchItem:
+        kind = getattr(result, "type", None)
+        if kind == "succeeded":
+            try:
+                return BatchItem(cid, self._completion(result.message, 0.0, batch=True))
+            except ModelError as e:  # e.g. the context window filled up: the call is a failure
+                return BatchItem(cid, None, f"errored: {e}")
+        if kind == "expired":
+            return BatchItem(cid, None, "expired")
+        if kind in ("canceled", "cancelled"):
+            return BatchItem(cid, None, "cancelled")
+        if kind == "errored":
+            resp = getattr(result, "error", None)
+            err = getattr(resp, "error", None) if resp is not None else None
+            etype = getattr(err, "type", None) or "error"
+            msg = getattr(err, "message", None) or ""
+            return BatchItem(cid, None, redact(f"errored: {etype}: {msg}", self._key))
+        return BatchItem(cid, None, f"errored: unknown batch result type {kind!r}")
 
     # --- the error boundary ------------------------------------------------------------------
 

@@ -152,3 +152,59 @@ class Model(ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release resources (threads, connections). Called once when a run ends."""
+
+
+# --- provider batch APIs ---------------------------------------------------------------------
+
+from typing import Protocol, runtime_checkable  # noqa: E402 - kept with the batch interface
+
+
+@dataclass(slots=True)
+class BatchItem:
+    """The outcome of one request of a provider batch, matched to the caller's ``custom_id``."""
+
+    custom_id: str
+    #: ``None`` when the item failed
+    completion: Completion | None
+    #: why it failed: ``"errored: ..."`` (the provider's message), ``"expired"``, ``"cancelled"``
+    #: (or ``"failed: ..."`` when the provider rejected the whole batch)
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class BatchStatus:
+    """Where a provider batch stands."""
+
+    id: str
+    #: ``"in_progress"`` or ``"ended"`` (results can be fetched: completed, expired, cancelled or
+    #: failed as a whole)
+    state: str
+    #: the provider's own counts, e.g. ``{"total", "completed", "failed"}`` (OpenAI) or
+    #: ``{"processing", "succeeded", "errored", "canceled", "expired"}`` (Anthropic)
+    counts: dict[str, int]
+    #: the provider's status text (``validating``, ``finalizing``, ``expired``...)
+    detail: str = ""
+
+
+@runtime_checkable
+class BatchAPI(Protocol):
+    """A model that can also answer requests through its provider's batch API (cheaper, slower).
+
+    ``custom_id`` values are the caller's and must be unique within a batch; the adapter maps them
+    to what the provider accepts and back.
+    """
+
+    #: (max requests per batch, max bytes per batch input)
+    batch_limits: tuple[int, int]
+
+    async def submit_batch(self, items: list[tuple[str, Request]]) -> str:
+        """Submit ``(custom_id, request)`` pairs as one batch; returns the provider's batch id."""
+        ...
+
+    async def poll_batch(self, batch_id: str) -> BatchStatus:
+        """The batch's state now."""
+        ...
+
+    async def fetch_batch(self, batch_id: str) -> list[BatchItem]:
+        """Every item of an ended batch, matched by ``custom_id``, in any order."""
+        ...

@@ -70,7 +70,8 @@ def bundled_gguf_path() -> Path:
 
 
 def _canonical(schema: dict[str, Any]) -> str:
-    return json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # key order is kept: it is the order the model writes the fields in (reasoning first...)
+    return json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
 
 
 class LocalModel(Model):
@@ -169,6 +170,8 @@ class LocalModel(Model):
                 raise PermanentModelError(
                     f"the local model cannot turn this JSON schema into a grammar: {e}"
                 ) from e
+            if len(self._grammars) >= 256:  # per-row schemas (reference candidates) vary: bound it
+                self._grammars.pop(next(iter(self._grammars)))
             self._grammars[key] = grammar
         return grammar
 

@@ -9,6 +9,11 @@ The SDK's own retries are off: the engine retries, rate limits and times out cal
 error is translated here, in :meth:`OpenAIModel._translate`, into :class:`RateLimited`,
 :class:`TransientModelError`, :class:`PermanentModelError` or :class:`AuthenticationError`.
 The latest rate-limit headers are kept in :attr:`OpenAIModel.rate_limits` for the engine.
+
+The model also speaks OpenAI's Batch API (:class:`corral.models.base.BatchAPI`): each request
+becomes one JSONL line whose body is exactly what :meth:`OpenAIModel.complete` would send, the
+file is uploaded (``purpose="batch"``) and a ``/v1/chat/completions`` batch created; results are
+parsed as online answers are and priced with the batch discount of the price table.
 """
 
 from __future__ import annotations
@@ -40,7 +45,16 @@ from corral.models._keys import (
     redact,
     retry_after,
 )
-from corral.models.base import Capabilities, Completion, FinishReason, Model, Request, Usage
+from corral.models.base import (
+    BatchItem,
+    BatchStatus,
+    Capabilities,
+    Completion,
+    FinishReason,
+    Model,
+    Request,
+    Usage,
+)
 
 __all__ = ["OpenAIModel"]
 
@@ -56,6 +70,13 @@ _NOT_STRICT = {
 #: validation-only keywords left out of a strict schema on the wire (the task still checks them)
 _STRIP_STRICT = {"uniqueItems", "minLength", "maxLength", "minProperties", "maxProperties"}
 _SCHEMA_NOTE = "Answer with a JSON object that matches this JSON schema:\n"
+#: the Batch API's limits: requests per batch, bytes of the input file
+BATCH_LIMITS = (50_000, 200 * 1024 * 1024)
+_BATCH_ENDPOINT = "/v1/chat/completions"
+#: batch statuses after which nothing changes and results can be fetched
+_BATCH_ENDED = ("completed", "expired", "cancelled", "failed")
+#: a longer HTTP timeout for uploading and downloading batch files (up to 200 MB)
+_FILE_TIMEOUT = 600.0
 
 
 def _strict_ok(s: Any, root: bool = True) -> bool:
@@ -106,6 +127,19 @@ def _with_schema_in_prompt(messages: list[dict[str, str]], schema: dict[str, Any
     return [{"role": "system", "content": note}, *out]
 
 
+def _batch_errors(batch: Any) -> str:
+    """The validation errors of a failed batch, in one line."""
+    errors = getattr(batch, "errors", None)
+    data = getattr(errors, "data", None) if errors is not None else None
+    out = []
+    for e in (data or [])[:3]:
+        line = getattr(e, "line", None)
+        msg = getattr(e, "message", None) or getattr(e, "code", None) or "invalid"
+        out.append(f"line {line}: {msg}" if line else str(msg))
+    more = len(data or []) - len(out)
+    return "; ".join(out) + (f" (and {more} more)" if more > 0 else "")
+
+
 def _clean_url(url: str) -> str:
     return url.strip().rstrip("/")
 
@@ -152,6 +186,9 @@ class OpenAIModel(Model):
         price table; a model with no price has cost ``None`` (unknown), never 0.
     ``max_concurrency``, ``context_window``
         Capabilities the engine reads (default 64 calls in flight; window unknown).
+    ``supports_batch``
+        Whether the server has OpenAI's Batch API (files + batches), default ``True``; set it
+        ``False`` for OpenAI-compatible servers that only serve chat completions.
     ``headers``
         Extra HTTP headers sent with every call.
     """
@@ -177,6 +214,7 @@ class OpenAIModel(Model):
         prices: dict[str, Any] | None = None,
         max_concurrency: int = 64,
         context_window: int | None = None,
+        supports_batch: bool = True,
         headers: dict[str, str] | None = None,
     ) -> None:
         if importlib.util.find_spec("openai") is None:
@@ -222,7 +260,7 @@ class OpenAIModel(Model):
         self.capabilities = Capabilities(
             supports_schema=supports_schema is not False,
             supports_logprobs=True,
-            supports_batch=False,
+            supports_batch=bool(supports_batch),
             max_concurrency=int(max_concurrency),
             context_window=context_window,
         )
@@ -230,6 +268,8 @@ class OpenAIModel(Model):
         self.rate_limits: dict[str, str] = {}
         #: ``time.time()`` when :attr:`rate_limits` was last updated
         self.rate_limits_at: float | None = None
+        #: (max requests per batch, max bytes of the batch's input file)
+        self.batch_limits: tuple[int, int] = BATCH_LIMITS
         self._sdk: Any = None
         self._sdk_loop: asyncio.AbstractEventLoop | None = None
 
@@ -325,7 +365,7 @@ class OpenAIModel(Model):
             return True
         return False
 
-    def _completion(self, resp: Any, latency: float) -> Completion:
+    def _completion(self, resp: Any, latency: float, batch: bool = False) -> Completion:
         choices = getattr(resp, "choices", None) or []
         if not choices:
             raise TransientModelError(f"{self.id}: the server answered with no choices")
@@ -349,13 +389,13 @@ class OpenAIModel(Model):
         return Completion(
             text=text,
             finish_reason=finish,
-            usage=self._usage(getattr(resp, "usage", None)),
+            usage=self._usage(getattr(resp, "usage", None), batch=batch),
             model=getattr(resp, "model", None) or self.name,
             latency_s=latency,
             logprobs=logprobs,
         )
 
-    def _usage(self, u: Any) -> Usage:
+    def _usage(self, u: Any, batch: bool = False) -> Usage:
         if u is None:  # some compatible servers do not report usage: the cost is unknown
             return Usage(cost=None)
         prompt = int(u.prompt_tokens or 0)
@@ -366,7 +406,7 @@ class OpenAIModel(Model):
         reasoning = int(getattr(cd, "reasoning_tokens", 0) or 0) if cd is not None else 0
         cost = None
         if self.price is not None:
-            cost = self.price.cost(max(0, prompt - cached), output, cached_input=cached)
+            cost = self.price.cost(max(0, prompt - cached), output, cached_input=cached, batch=batch)
         return Usage(
             input_tokens=prompt,
             output_tokens=output,
@@ -374,6 +414,194 @@ class OpenAIModel(Model):
             reasoning_tokens=reasoning,
             cost=cost,
         )
+
+    # --- the Batch API -----------------------------------------------------------------------
+
+    def batch_input(self, items: list[tuple[str, Request]]) -> bytes:
+        """The JSONL input file of a batch: one line per item, whose body is exactly what
+        :meth:`complete` sends for that request."""
+        if not items:
+            raise PermanentModelError(f"{self.id}: a batch needs at least one request")
+        most, most_bytes = self.batch_limits
+        if len(items) > most:
+            raise PermanentModelError(
+                f"{self.id}: {len(items)} requests in one batch; the Batch API takes at most {most}"
+            )
+        seen: set[str] = set()
+        lines = []
+        for custom_id, request in items:
+            if not isinstance(custom_id, str) or not custom_id:
+                raise PermanentModelError(f"{self.id}: a batch custom_id must be a non-empty string")
+            if custom_id in seen:
+                raise PermanentModelError(f"{self.id}: custom_id {custom_id!r} appears twice in one batch")
+            seen.add(custom_id)
+            line = {"custom_id": custom_id, "method": "POST", "url": _BATCH_ENDPOINT, "body": self.params(request)}
+            lines.append(json.dumps(line, ensure_ascii=False, separators=(",", ":")))
+        data = ("\n".join(lines) + "\n").encode("utf-8")
+        if len(data) > most_bytes:
+            raise PermanentModelError(
+                f"{self.id}: the batch input is {len(data)} bytes; the Batch API takes at most "
+                f"{most_bytes} bytes: split it into smaller batches"
+            )
+        return data
+
+    async def submit_batch(self, items: list[tuple[str, Request]]) -> str:
+        """Upload the requests as a JSONL file and create a batch; returns the batch id."""
+        import openai
+
+        data = self.batch_input(items)
+        client = self._client()
+        failure: ModelError | None = None
+        file_id: str | None = None
+        try:
+            f = await client.files.create(
+                file=("corral-batch.jsonl", data, "application/jsonl"), purpose="batch",
+                timeout=max(self.timeout, _FILE_TIMEOUT),
+            )
+            file_id = f.id
+            batch = await client.batches.create(
+                input_file_id=f.id, endpoint=_BATCH_ENDPOINT, completion_window="24h",
+            )
+        except openai.OpenAIError as e:
+            failure = self._translate(e)
+        if failure is not None:
+            if file_id is not None:  # the upload is of no use without its batch
+                try:
+                    await client.files.delete(file_id)
+                except openai.OpenAIError:
+                    pass
+            raise failure
+        return str(batch.id)
+
+    async def _batch(self, batch_id: str) -> Any:
+        import openai
+
+        failure: ModelError | None = None
+        try:
+            batch = await self._client().batches.retrieve(batch_id)
+        except openai.OpenAIError as e:
+            failure = self._translate(e)
+        if failure is not None:
+            raise failure
+        return batch
+
+    async def poll_batch(self, batch_id: str) -> BatchStatus:
+        """The batch's state: ``ended`` once completed, expired, cancelled or failed."""
+        return self._status(await self._batch(batch_id))
+
+    def _status(self, batch: Any) -> BatchStatus:
+        status = str(getattr(batch, "status", "") or "")
+        rc = getattr(batch, "request_counts", None)
+        counts: dict[str, int] = {}
+        if rc is not None:
+            raw = rc.model_dump() if hasattr(rc, "model_dump") else dict(rc)
+            counts = {str(k): int(v or 0) for k, v in raw.items() if isinstance(v, (int, type(None)))}
+        detail = status
+        if status == "failed":
+            why = _batch_errors(batch)
+            if why:
+                detail = f"failed: {why}"
+        return BatchStatus(
+            id=str(batch.id),
+            state="ended" if status in _BATCH_ENDED else "in_progress",
+            counts=counts,
+            detail=redact(detail, self._key),
+        )
+
+    async def _file_text(self, file_id: str) -> str:
+        import openai
+
+        failure: ModelError | None = None
+        try:
+            content = await self._client().files.content(file_id, timeout=max(self.timeout, _FILE_TIMEOUT))
+            text = content.text
+        except openai.OpenAIError as e:
+            failure = self._translate(e)
+        if failure is not None:
+            raise failure
+        return text
+
+    async def fetch_batch(self, batch_id: str) -> list[BatchItem]:
+        """Every item of an ended batch: answers parsed as online ones and priced at the batch
+        price; failed lines as errors; requests without a result as ``expired``/``cancelled``."""
+        batch = await self._batch(batch_id)
+        status = str(getattr(batch, "status", "") or "")
+        if status not in _BATCH_ENDED:
+            raise PermanentModelError(
+                f"{self.id}: batch {batch_id} has not ended ({status}); poll it until it has"
+            )
+        found: dict[str, BatchItem] = {}
+        for fid in (getattr(batch, "output_file_id", None), getattr(batch, "error_file_id", None)):
+            if not fid:
+                continue
+            for line in (await self._file_text(fid)).splitlines():
+                item = self._batch_line(line)
+                if item is not None and item.custom_id not in found:
+                    found[item.custom_id] = item
+        rc = getattr(batch, "request_counts", None)
+        total = int(getattr(rc, "total", 0) or 0) if rc is not None else 0
+        if status == "failed" or total == 0 or len(found) < total:
+            # requests with no line in either file (read from the input file, only when the
+            # counts say some are missing): what happened to the batch happened to them
+            if status == "expired":
+                why = "expired"
+            elif status == "cancelled":
+                why = "cancelled"
+            elif status == "failed":
+                why = "failed: " + (_batch_errors(batch) or "the batch was rejected")
+            else:
+                why = "errored: the batch output has no result for this request"
+            why = redact(why, self._key)
+            input_id = getattr(batch, "input_file_id", None)
+            if input_id:
+                for line in (await self._file_text(input_id)).splitlines():
+                    try:
+                        cid = json.loads(line).get("custom_id")
+                    except (ValueError, AttributeError):
+                        continue
+                    if isinstance(cid, str) and cid not in found:
+                        found[cid] = BatchItem(cid, None, why)
+        return list(found.values())
+
+    def _batch_line(self, line: str) -> BatchItem | None:
+        """One line of an output or error file."""
+        import openai.types.chat
+
+        if not line.strip():
+            return None
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            return None
+        if not isinstance(obj, dict) or not isinstance(obj.get("custom_id"), str):
+            return None
+        cid = obj["custom_id"]
+        err = obj.get("error")
+        resp = obj.get("response") if isinstance(obj.get("response"), dict) else None
+        if isinstance(err, dict) and err:
+            code = err.get("code")
+            if code == "batch_expired":
+                return BatchItem(cid, None, "expired")
+            if code == "batch_cancelled":
+                return BatchItem(cid, None, "cancelled")
+            return BatchItem(cid, None, redact(f"errored: {code}: {err.get('message')}", self._key))
+        if resp is None:
+            return BatchItem(cid, None, "errored: the batch line has neither a response nor an error")
+        status = resp.get("status_code")
+        body = resp.get("body")
+        if status != 200 or not isinstance(body, dict):
+            e = body.get("error") if isinstance(body, dict) else None
+            if isinstance(e, dict):
+                kind = e.get("code") or e.get("type") or "error"
+                msg = e.get("message") or ""
+            else:
+                kind, msg = "error", json.dumps(body)[:500]
+            return BatchItem(cid, None, redact(f"errored: {status} {kind}: {msg}", self._key))
+        try:
+            completion = self._completion(openai.types.chat.ChatCompletion.construct(**body), 0.0, batch=True)
+        except ModelError as e:
+            return BatchItem(cid, None, f"errored: {e}")
+        return BatchItem(cid, completion)
 
     # --- the error boundary ------------------------------------------------------------------
 

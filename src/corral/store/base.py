@@ -185,5 +185,25 @@ class Store(ABC):
     @abstractmethod
     def record_calls(self, run_id: str, key: str) -> list[dict[str, Any]]: ...
 
+    # provider batches
+    @abstractmethod
+    def add_batch(
+        self, run_id: str, batch_id: str, model: str, items: list[tuple[str, str, str, int, str]]
+    ) -> None:
+        """Persist a submitted batch and its items (custom_id, key, step, attempt, request)."""
+
+    @abstractmethod
+    def open_batches(self, run_id: str) -> list[dict[str, Any]]: ...
+    @abstractmethod
+    def set_batch_state(self, batch_id: str, state: str, detail: str | None = None) -> None: ...
+    @abstractmethod
+    def batch_items(self, batch_id: str) -> list[dict[str, Any]]: ...
+    @abstractmethod
+    def batch_failures(self, run_id: str) -> dict[str, tuple[int, str]]: ...
+    @abstractmethod
+    def finish_batch(
+        self, batch_id: str, calls: list[CallRecord], outcomes: dict[str, str], detail: str | None
+    ) -> None: ...
+
     @abstractmethod
     def close(self) -> None: ...

@@ -122,6 +122,38 @@ def m001_initial(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m002_batches(db: sqlite3.Connection) -> None:
+    _script(
+        db,
+        """
+        CREATE TABLE batches (
+            id TEXT PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            model TEXT NOT NULL,
+            state TEXT NOT NULL,
+            detail TEXT,
+            n_items INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE INDEX batches_run ON batches (run_id, state);
+        CREATE TABLE batch_items (
+            batch_id TEXT NOT NULL,
+            custom_id TEXT NOT NULL,
+            run_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            step TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            request TEXT NOT NULL,
+            outcome TEXT,
+            UNIQUE (batch_id, custom_id)
+        );
+        CREATE INDEX batch_items_hash ON batch_items (run_id, custom_id);
+        """,
+    )
+
+
 def _to_nanos(cost: Decimal | None) -> int | None:
     return None if cost is None else int((cost * _NANO).to_integral_value())
 
@@ -388,55 +420,136 @@ class SQLiteStore(Store):
         attempts: list[AttemptRecord],
         finals: list[FinalRecord],
     ) -> None:
+        with self._tx() as db:
+            self._write(db, calls, attempts, finals)
+
+    @staticmethod
+    def _write(
+        db: sqlite3.Connection,
+        calls: list[CallRecord],
+        attempts: list[AttemptRecord],
+        finals: list[FinalRecord],
+    ) -> None:
+        now = time.time()
+        paid = [c for c in calls if not c.replayed and c.response_json is not None]
+        if paid:
+            db.executemany(
+                "INSERT OR IGNORE INTO responses (request_hash, model, request, response, "
+                "created_at) VALUES (?,?,?,?,?)",
+                [(c.request_hash, c.model, c.request_json, c.response_json, now) for c in paid],
+            )
+        if calls:
+            db.executemany(
+                "INSERT INTO ledger (run_id, key, step, attempt, request_hash, model, replayed, "
+                "input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, "
+                "cost_nanos, latency_s, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        c.run_id,
+                        c.key,
+                        c.step,
+                        c.attempt,
+                        c.request_hash,
+                        c.model,
+                        int(c.replayed),
+                        c.input_tokens,
+                        c.output_tokens,
+                        c.cached_input_tokens,
+                        c.reasoning_tokens,
+                        0 if c.replayed else _to_nanos(c.cost),
+                        c.latency_s,
+                        now,
+                    )
+                    for c in calls
+                ],
+            )
+        if attempts:
+            db.executemany(
+                "INSERT INTO attempts (run_id, key, step, attempt, request_hash, outcome, "
+                "detail, created_at) VALUES (?,?,?,?,?,?,?,?)",
+                [
+                    (a.run_id, a.key, a.step, a.attempt, a.request_hash, a.outcome, a.detail, now)
+                    for a in attempts
+                ],
+            )
+        if finals:
+            db.executemany(
+                "UPDATE records SET state=?, outputs=?, reason=?, attempts=?, lease_owner=NULL, "
+                "lease_expires=NULL, updated_at=? WHERE run_id=? AND key=?",
+                [(f.state, f.outputs, f.reason, f.attempts, now, f.run_id, f.key) for f in finals],
+            )
+
+    # --- provider batches --------------------------------------------------------------
+
+    def add_batch(self, run_id: str, batch_id: str, model: str, items: list[tuple[str, str, str, int, str]]) -> None:
         now = time.time()
         with self._tx() as db:
-            paid = [c for c in calls if not c.replayed and c.response_json is not None]
-            if paid:
-                db.executemany(
-                    "INSERT OR IGNORE INTO responses (request_hash, model, request, response, "
-                    "created_at) VALUES (?,?,?,?,?)",
-                    [(c.request_hash, c.model, c.request_json, c.response_json, now) for c in paid],
-                )
-            if calls:
-                db.executemany(
-                    "INSERT INTO ledger (run_id, key, step, attempt, request_hash, model, replayed, "
-                    "input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, "
-                    "cost_nanos, latency_s, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    [
-                        (
-                            c.run_id,
-                            c.key,
-                            c.step,
-                            c.attempt,
-                            c.request_hash,
-                            c.model,
-                            int(c.replayed),
-                            c.input_tokens,
-                            c.output_tokens,
-                            c.cached_input_tokens,
-                            c.reasoning_tokens,
-                            0 if c.replayed else _to_nanos(c.cost),
-                            c.latency_s,
-                            now,
-                        )
-                        for c in calls
-                    ],
-                )
-            if attempts:
-                db.executemany(
-                    "INSERT INTO attempts (run_id, key, step, attempt, request_hash, outcome, "
-                    "detail, created_at) VALUES (?,?,?,?,?,?,?,?)",
-                    [
-                        (a.run_id, a.key, a.step, a.attempt, a.request_hash, a.outcome, a.detail, now)
-                        for a in attempts
-                    ],
-                )
-            if finals:
-                db.executemany(
-                    "UPDATE records SET state=?, outputs=?, reason=?, attempts=?, lease_owner=NULL, "
-                    "lease_expires=NULL, updated_at=? WHERE run_id=? AND key=?",
-                    [(f.state, f.outputs, f.reason, f.attempts, now, f.run_id, f.key) for f in finals],
-                )
+            db.execute(
+                "INSERT INTO batches (id, run_id, model, state, detail, n_items, created_at, updated_at) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                (batch_id, run_id, model, "submitted", None, len(items), now, now),
+            )
+            db.executemany(
+                "INSERT INTO batch_items (batch_id, custom_id, run_id, key, step, attempt, request) "
+                "VALUES (?,?,?,?,?,?,?)",
+                [(batch_id, c, run_id, k, st, a, r) for c, k, st, a, r in items],
+            )
+
+    def open_batches(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT id, model, state, detail, n_items, created_at FROM batches "
+            "WHERE run_id=? AND state != 'fetched' ORDER BY created_at",
+            (run_id,),
+        ).fetchall()
+        return [
+            {"id": i, "model": m, "state": st, "detail": d, "items": n, "created_at": c}
+            for i, m, st, d, n, c in rows
+        ]
+
+    def set_batch_state(self, batch_id: str, state: str, detail: str | None = None) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE batches SET state=?, detail=?, updated_at=? WHERE id=?",
+                (state, detail, time.time(), batch_id),
+            )
+
+    def batch_items(self, batch_id: str) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT custom_id, key, step, attempt, request FROM batch_items WHERE batch_id=?",
+            (batch_id,),
+        ).fetchall()
+        return [
+            {"custom_id": c, "key": k, "step": st, "attempt": a, "request": r}
+            for c, k, st, a, r in rows
+        ]
+
+    def batch_failures(self, run_id: str) -> dict[str, tuple[int, str]]:
+        """request hash -> (how many batch submissions of it failed, the last reason)."""
+        out: dict[str, tuple[int, str]] = {}
+        rows = self.db.execute(
+            "SELECT custom_id, outcome FROM batch_items WHERE run_id=? AND outcome IS NOT NULL "
+            "AND outcome != 'ok' ORDER BY rowid",
+            (run_id,),
+        )
+        for c, outcome in rows:
+            out[c] = (out.get(c, (0, ""))[0] + 1, outcome)
+        return out
+
+    def finish_batch(
+        self, batch_id: str, calls: list[CallRecord], outcomes: dict[str, str], detail: str | None
+    ) -> None:
+        """Record a fetched batch in one transaction: its answers (cache + ledger) and each
+        item's outcome, and mark it fetched, so a crash never fetches half a batch twice."""
+        with self._tx() as db:
+            self._write(db, calls, [], [])
+            db.executemany(
+                "UPDATE batch_items SET outcome=? WHERE batch_id=? AND custom_id=?",
+                [(o, batch_id, c) for c, o in outcomes.items()],
+            )
+            db.execute(
+                "UPDATE batches SET state='fetched', detail=?, updated_at=? WHERE id=?",
+                (detail, time.time(), batch_id),
+            )
 
     # --- reading -----------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import json
 from abc import abstractmethod
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from jsonschema import Draft202012Validator, FormatChecker
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
@@ -22,6 +22,7 @@ from corral._expr import Condition
 from corral._template import Template
 from corral.errors import InvalidOutput, Refused, Truncated
 from corral.io.base import Column
+from corral.io.spec import SourceSpec
 from corral.models.base import Completion, Message, Request
 
 _STEP_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -43,6 +44,9 @@ class Task(BaseModel):
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="sampling temperature")
     when: str | None = Field(
         None, description="run this step only for rows where this expression is true"
+    )
+    mode: Literal["online", "batch"] = Field(
+        "online", description="`batch` sends the step's calls through the provider's batch API"
     )
 
     _template: Template = PrivateAttr()
@@ -130,8 +134,9 @@ class Task(BaseModel):
 
     # --- used by the engine --------------------------------------------------------------
 
-    def bind(self, base_dir: Path) -> None:
-        """Called once before a run with the job file's folder (for files a step reads)."""
+    def bind(self, base_dir: Path, source: SourceSpec | None = None) -> None:
+        """Called once before a run with the job file's folder (for files a step reads) and the
+        job's source (for steps that read the data itself, such as normalize's ``clean``)."""
         self._base_dir = base_dir
 
     @property

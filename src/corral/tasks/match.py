@@ -125,7 +125,7 @@ class MatchStep(Task):
             self._right = Template.parse(self.right)
 
     @property
-    def mode(self) -> Literal["pair", "reference"]:
+    def kind(self) -> Literal["pair", "reference"]:
         return "pair" if self.right is not None else "reference"
 
     # --- the reference -------------------------------------------------------------------
@@ -163,12 +163,12 @@ class MatchStep(Task):
     # --- the Task hooks --------------------------------------------------------------------
 
     def output_schema(self) -> dict[str, Any]:
-        if self.mode == "pair":
+        if self.kind == "pair":
             return _schema("same", {"type": "boolean"})
         return _schema("match", {"type": ["string", "null"]})
 
     def system_prompt(self) -> str:
-        return _PAIR if self.mode == "pair" else _PICK
+        return _PAIR if self.kind == "pair" else _PICK
 
     def names_used(self) -> list[tuple[str, ...]]:
         names = super().names_used()
@@ -178,12 +178,12 @@ class MatchStep(Task):
         return names
 
     def columns(self) -> list[Column]:
-        kind = "boolean" if self.mode == "pair" else "string"
+        kind = "boolean" if self.kind == "pair" else "string"
         return [Column(self.name, kind), Column(f"{self.name}_reason", "string")]
 
     def shortcut(self, context: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
         left = self._left.render(context).strip()
-        if self.mode == "pair":
+        if self.kind == "pair":
             if self.block is None:
                 return None
             assert self._right is not None
@@ -206,7 +206,7 @@ class MatchStep(Task):
         if self.instructions:
             system = system + "\n\n" + self.instructions.strip()
         left = self._left.render(context).strip()
-        if self.mode == "pair":
+        if self.kind == "pair":
             assert self._right is not None
             user = f"A: {left}\nB: {self._right.render(context).strip()}"
             schema = self._schema
@@ -224,7 +224,7 @@ class MatchStep(Task):
         )
 
     def to_columns(self, value: Any) -> dict[str, Any]:
-        field = "same" if self.mode == "pair" else "match"
+        field = "same" if self.kind == "pair" else "match"
         return {self.name: value.get(field), f"{self.name}_reason": value.get("reason")}
 
 

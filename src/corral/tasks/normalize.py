@@ -183,7 +183,7 @@ class NormalizeStep(Task):
         return self
 
     @property
-    def mode(self) -> Literal["free", "reference", "clean"]:
+    def kind(self) -> Literal["free", "reference", "clean"]:
         if self.clean is not None:
             return "clean"
         return "free" if self.reference is None else "reference"
@@ -277,13 +277,13 @@ class NormalizeStep(Task):
     # --- the Task hooks --------------------------------------------------------------------
 
     def output_schema(self) -> dict[str, Any]:
-        if self.mode == "free":
+        if self.kind == "free":
             return _free_schema(self.to or "text", None)
         # each row's own schema narrows this to {"enum": [candidates..., null]}
         return _pick_schema(None)
 
     def system_prompt(self) -> str:
-        if self.mode == "free":
+        if self.kind == "free":
             return (
                 f"You rewrite a messy value in canonical form{_KIND[self.to or 'text']}. "
                 '"value": the canonical form, or null if the text has none; '
@@ -300,7 +300,7 @@ class NormalizeStep(Task):
         return names
 
     def columns(self) -> list[Column]:
-        mode = self.mode
+        mode = self.kind
         if mode == "free":
             kind = self.to or "text"
             return [Column(self.name, _COLUMN_TYPE[kind]), Column(f"{self.name}_span", "string")]
@@ -309,7 +309,7 @@ class NormalizeStep(Task):
         return [Column(f"{self.name}_{c}", "string") for c in self.clean or {}]
 
     def shortcut(self, context: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
-        mode = self.mode
+        mode = self.kind
         if mode == "free":
             if not self._template.render(context).strip():
                 return {"value": None, "span": ""}, "empty value"
@@ -326,7 +326,7 @@ class NormalizeStep(Task):
         return known, why
 
     def split(self, context: dict[str, Any]) -> list[dict[str, Any]]:
-        if self.mode != "clean":
+        if self.kind != "clean":
             return [context]
         known, todo, _ = self._triage(context)
         row = self._template.render(context).strip() if self.input else ""
@@ -369,11 +369,11 @@ class NormalizeStep(Task):
         if self.instructions:
             system = system + "\n\n" + self.instructions.strip()
         schema: dict[str, Any]
-        if self.mode == "free":
+        if self.kind == "free":
             user = self._template.render(context)
             schema = _free_schema(self.to or "text", len(user.strip()))
         else:
-            if self.mode == "clean":
+            if self.kind == "clean":
                 col, value = context["column"], context["value"]
                 index = self._index_all()[col]
                 head = (f"Row: {context['row']}\n" if context.get("row") else "") + f"Column: {col}\n"
@@ -393,7 +393,7 @@ class NormalizeStep(Task):
         )
 
     def combine(self, answers: list[dict[str, Any]], parts: list[dict[str, Any]]) -> dict[str, Any]:
-        mode = self.mode
+        mode = self.kind
         if mode == "free":
             return answers[0]
         if mode == "reference":
@@ -408,12 +408,12 @@ class NormalizeStep(Task):
         return {c: out.get(c) for c in self.clean or {}}
 
     def value(self, answer: dict[str, Any]) -> Any:
-        if self.mode == "reference":
+        if self.kind == "reference":
             return answer.get("value")
         return answer
 
     def to_columns(self, value: Any) -> dict[str, Any]:
-        mode = self.mode
+        mode = self.kind
         if mode == "free":
             return {self.name: value.get("value"), f"{self.name}_span": value.get("span")}
         if mode == "reference":
