@@ -194,6 +194,13 @@ def memory(d: dict[str, Any]) -> list[str]:
                    f"{r['rows_per_s_wall']:,.0f} | {r['rows_per_s_engine']:,.0f} | {r['sink_rows']:,} | {r['store_mb']:,.0f} |")
     out.append("")
     for r in d["runs"]:
+        prof = r.get("rss_profile")
+        if prof:
+            out.append(f"RSS over the {r['rows']:,}-row run (sampled every 0.5 s from /proc, MB at that share of the run): "
+                       + ", ".join(f"{k} {v:,.0f}" for k, v in prof["rss_mb_at"].items())
+                       + f"; highest sample {prof['peak_sample_mb']:,.0f} MB at {prof['peak_sample_at_s']:.0f} s of {prof['run_s']:.0f} s.")
+            out.append("")
+    for r in d["runs"]:
         if r.get("store_tables_mb"):
             out.append(f"Store for {r['rows']:,} rows, MB per table/index (SQLite dbstat): "
                        + ", ".join(f"{k} {v:,.1f}" for k, v in r["store_tables_mb"].items()) + ".")

@@ -91,15 +91,47 @@ def store_tables(store: Path) -> dict[str, float]:
     return {name: round(size / 1e6, 1) for name, size in rows}
 
 
-def run_measured(argv: list[str], env: dict, out: Path) -> tuple[int, float, int]:
-    """(exit code, wall seconds, peak RSS in KiB) of one child process."""
+def run_measured(argv: list[str], env: dict, out: Path) -> tuple[int, float, int, list[tuple[float, float]]]:
+    """(exit code, wall seconds, peak RSS in KiB, RSS samples [(s, MB)] every 0.5 s) of one child."""
+    import threading
+
+    samples: list[tuple[float, float]] = []
     with open(out, "w") as so, open(out.with_suffix(".err"), "w") as se:
         t0 = time.perf_counter()
         p = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=so, stderr=se)
+        done = threading.Event()
+
+        def sample() -> None:
+            status = Path(f"/proc/{p.pid}/status")
+            while not done.wait(0.5):
+                try:
+                    for line in status.read_text().splitlines():
+                        if line.startswith("VmRSS:"):
+                            samples.append((round(time.perf_counter() - t0, 1), round(int(line.split()[1]) / 1024, 1)))
+                except (OSError, ValueError):
+                    pass
+
+        th = threading.Thread(target=sample, daemon=True)
+        th.start()
         _, status, ru = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t0
+        done.set()
+        th.join()
         p.returncode = os.waitstatus_to_exitcode(status)
-    return p.returncode, wall, ru.ru_maxrss
+    return p.returncode, wall, ru.ru_maxrss, samples
+
+
+def rss_profile(samples: list[tuple[float, float]]) -> dict:
+    """RSS at 10/25/50/75/90% of the run and when the peak sample came."""
+    if not samples:
+        return {}
+    end = samples[-1][0]
+    at = {}
+    for q in (10, 25, 50, 75, 90):
+        t = end * q / 100
+        at[f"{q}%"] = min(samples, key=lambda s: abs(s[0] - t))[1]
+    peak = max(samples, key=lambda s: s[1])
+    return {"rss_mb_at": at, "peak_sample_mb": peak[1], "peak_sample_at_s": peak[0], "run_s": end}
 
 
 def main() -> int:
@@ -123,7 +155,8 @@ def main() -> int:
             env = {**os.environ, "CORRAL_STORE": str(store)}
             env.pop("CORRAL_FAKE_CALL_LOG", None)
             print(f"{n:,} rows: CSV {csv.stat().st_size / 1e6:.1f} MB generated in {gen_s:.1f} s; running...", flush=True)
-            rc, wall, maxrss_kb = run_measured(argv, env, tmp / f"out{n}.json")
+            rc, wall, maxrss_kb, samples = run_measured(argv, env, tmp / f"out{n}.json")
+            prof = rss_profile(samples)
             out = (tmp / f"out{n}.json").read_text()
             if rc != 0:
                 err = (tmp / f"out{n}.err").read_text()[-2000:]
@@ -149,8 +182,14 @@ def main() -> int:
                 "sink_rows": sink_rows,
                 "store_mb": round(store_mb, 1),
                 "store_tables_mb": tables,
+                "rss_profile": prof,
+                "rss_samples_mb": samples[:: max(1, len(samples) // 200)],
             }
             results.append(r)
+            if prof:
+                print(f"  RSS over the run (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in prof["rss_mb_at"].items())
+                      + f"; highest sample {prof['peak_sample_mb']:.0f} MB at {prof['peak_sample_at_s']:.0f} s "
+                      f"of {prof['run_s']:.0f} s", flush=True)
             if sink_rows != n:
                 failures.append(f"{n} rows: sink has {sink_rows} rows")
             if s["rows"]["in"] != n or s["rows"]["pending"] != 0:

@@ -919,10 +919,9 @@ _SECRET = ("key", "token", "secret", "password")
 
 def _redacted(spec: dict[str, Any]) -> dict[str, Any]:
     """The job as stored with the run: model options that look like credentials are dropped."""
-    model = dict(spec.get("model") or {})
-    opts = model.get("options") or {}
-    model["options"] = {
-        k: ("<redacted>" if any(w in k.lower() for w in _SECRET) else v) for k, v in opts.items()
+    model = {
+        k: ("<redacted>" if any(w in k.lower() for w in _SECRET) else v)
+        for k, v in (spec.get("model") or {}).items()
     }
     return {**spec, "model": model}
 

@@ -20,6 +20,7 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -68,6 +69,19 @@ class ModelRef(BaseModel):
 
     def __str__(self) -> str:
         return self.name + (f":{self.arg}" if self.arg else "")
+
+    @model_serializer(mode="plain")
+    def _as_written(self) -> dict[str, Any]:
+        """Serialized the way it is written in a job file, so a dump loads back as the same."""
+        out: dict[str, Any] = {"name": str(self), **self.options}
+        for k in ("rpm", "tpm", "timeout_s"):
+            if getattr(self, k) is not None:
+                out[k] = getattr(self, k)
+        defaults = {"max_retries": 6, "batch_poll_s": 30.0, "batch_resubmits": 2}
+        for k, d in defaults.items():
+            if getattr(self, k) != d:
+                out[k] = getattr(self, k)
+        return out
 
 
 class Budget(BaseModel):

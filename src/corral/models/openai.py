@@ -336,7 +336,9 @@ class OpenAIModel(Model):
         try:
             try:
                 raw = await client.chat.completions.with_raw_response.create(**params)
-            except openai.BadRequestError as e:
+            except (openai.BadRequestError, openai.UnprocessableEntityError,
+                    openai.InternalServerError) as e:
+                # some servers (llama-cpp-python's) reject json_schema with a 422 or even a 500
                 if not self._schema_fallback(e, params):
                     raise
                 params = self.params(request)
@@ -360,7 +362,9 @@ class OpenAIModel(Model):
         if (params.get("response_format") or {}).get("type") != "json_schema":
             return False
         text = str(getattr(e, "message", "") or e).lower()
-        if "response_format" in text or "json_schema" in text or "schema" in text:
+        status = getattr(e, "status_code", 400)
+        rejected = "response_format" in text and "json_schema" in text
+        if rejected or (status == 400 and ("json_schema" in text or "schema" in text)):
             self._schema_mode = "json_object"
             return True
         return False
