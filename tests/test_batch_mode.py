@@ -54,6 +54,7 @@ def test_batch_mode_runs_every_step_through_batches_at_half_price(tmp_path, prov
     kind = "batches" if provider == "openai" else "message_batches"
     assert subs[kind] == 2  # one batch per step (the second step needs the first's answers)
     assert r.calls_made == 60
+    assert r.calls_replayed == 0  # batch answers are paid calls, not replays
     # the same job online, on a fresh store, costs twice as much
     os.environ["CORRAL_STORE"] = str(tmp_path / "online.db")
     with ProviderServer() as srv:

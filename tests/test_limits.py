@@ -121,3 +121,12 @@ def test_backoff_full_jitter_and_retry_after():
     assert backoff(3, 500) == 60.0  # capped
     samples = [backoff(4, None) for _ in range(200)]
     assert 0 <= min(samples) and max(samples) <= 8.0 and len(set(samples)) > 150
+
+
+def test_breaker_counts_only_the_probes_failures_while_open():
+    b = CircuitBreaker(threshold=3, base_pause_s=1.0)
+    for _ in range(12):  # the calls in flight when it opened all fail at once
+        b.failure()
+    assert b.open and b.pause_s == 1.0
+    b.failure(probe=True)
+    assert b.pause_s == 2.0

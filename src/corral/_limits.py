@@ -218,12 +218,15 @@ class CircuitBreaker:
             self.pause_s = 0.0
             self._event.set()
 
-    def failure(self) -> None:
+    def failure(self, probe: bool = False) -> None:
+        """A failure that looks like an outage. While open, only the probe's own failure counts
+        (and doubles the pause); calls that were in flight when it opened do not."""
         self.failures += 1
         if self.opened_at is not None:
-            self.probing = False
-            self.pause_s = min(self.max_pause_s, max(self.base_pause_s, self.pause_s * 2))
-            self.opened_at = time.monotonic()
+            if probe:
+                self.probing = False
+                self.pause_s = min(self.max_pause_s, max(self.base_pause_s, self.pause_s * 2))
+                self.opened_at = time.monotonic()
         elif self.failures >= self.threshold:
             self.opened_at = time.monotonic()
             self.pause_s = self.base_pause_s

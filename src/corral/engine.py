@@ -399,6 +399,7 @@ class _Runner:
         # provider batches: requests this pass needs, and requests that failed too often
         self.wanted: dict[str, tuple[str, str, int, Request]] = {}
         self.batch_failed: dict[str, str] = {}
+        self.batch_paid: set[str] = set()
 
     # budget ---------------------------------------------------------------------------
 
@@ -435,6 +436,8 @@ class _Runner:
         hit = self.store.cached(h)
         if hit is not None:
             comp = Completion.from_dict(orjson.loads(hit))
+            if batch and h in self.batch_paid:
+                return h, comp  # paid in this run's batch, already in the ledger: not a replay
             self.c.replayed += 1
             committer.add(
                 call=CallRecord(
@@ -527,8 +530,9 @@ class _Runner:
     async def _once(self, request: Request) -> tuple[Completion, float]:
         probe = await self.breaker.admit()
         estimate = sum(len(m.content) for m in request.messages) // 4 + request.max_tokens
-        await self.limiter.acquire(estimate)
+        # a slot first, then the rate token: paced calls leave one by one, not in a burst
         await self.gate.acquire()
+        await self.limiter.acquire(estimate)
         if self.stop.is_set():  # stopped while this call waited for its turn
             await self.gate.release("cancelled")
             raise _Stop(self.stop_reason or "stopping")
@@ -549,7 +553,7 @@ class _Runner:
                 self.limiter.pause(min(e.retry_after, 60.0))
             raise
         except TransientModelError:
-            self.breaker.failure()
+            self.breaker.failure(probe)
             raise
         except Exception:
             if probe:
@@ -720,6 +724,7 @@ class _Runner:
     # provider batches ---------------------------------------------------------------
 
     def load_batch_failures(self) -> None:
+        self.batch_paid = self.store.batch_answered(self.run.id)
         limit = self.ref.batch_resubmits + 1
         self.batch_failed = {
             h: f"batch request failed {n} times (last: {last})"

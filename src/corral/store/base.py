@@ -201,6 +201,10 @@ class Store(ABC):
     @abstractmethod
     def batch_failures(self, run_id: str) -> dict[str, tuple[int, str]]: ...
     @abstractmethod
+    def batch_answered(self, run_id: str) -> set[str]:
+        """Request hashes the run's batches answered (paid and in the ledger already)."""
+
+    @abstractmethod
     def finish_batch(
         self, batch_id: str, calls: list[CallRecord], outcomes: dict[str, str], detail: str | None
     ) -> None: ...

@@ -535,6 +535,12 @@ class SQLiteStore(Store):
             out[c] = (out.get(c, (0, ""))[0] + 1, outcome)
         return out
 
+    def batch_answered(self, run_id: str) -> set[str]:
+        rows = self.db.execute(
+            "SELECT custom_id FROM batch_items WHERE run_id=? AND outcome='ok'", (run_id,)
+        )
+        return {c for (c,) in rows}
+
     def finish_batch(
         self, batch_id: str, calls: list[CallRecord], outcomes: dict[str, str], detail: str | None
     ) -> None:
