@@ -41,7 +41,7 @@ def machine() -> dict[str, Any]:
         )
     except (OSError, StopIteration):
         mem_kb = 0
-    commit = _git("rev-parse", "--short", "HEAD")
+    commit = _git("rev-parse", "--short", "HEAD").strip()
     dirty = _git("status", "--porcelain", "--untracked-files=no")
     return {
         "nproc": os.cpu_count(),
@@ -51,15 +51,16 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "git_commit": commit,
-        "git_dirty_files": [ln[3:] for ln in dirty.splitlines()] if dirty else [],
+        "git_dirty_files": [ln[3:] for ln in dirty.splitlines() if ln.strip()],
     }
 
 
 def _git(*args: str) -> str:
     try:
+        # no strip(): `git status --porcelain` lines start with a meaningful space
         return subprocess.run(
             ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
-        ).stdout.strip()
+        ).stdout.rstrip("\n")
     except OSError:
         return ""
 
@@ -94,3 +95,64 @@ def last_json_line(text: str) -> dict[str, Any]:
         if line.startswith("{"):
             return json.loads(line)
     raise ValueError(f"no JSON object in output: {text[-500:]!r}")
+
+
+# --- noise: how busy the machine was with other processes ------------------------------------
+
+
+def _cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies over all CPUs since boot, from /proc/stat."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = f[3] + (f[4] if len(f) > 4 else 0)
+    total = sum(f[:8])
+    return total - idle, total
+
+
+def busy_share(seconds: float = 1.0) -> float:
+    """Share of all CPUs busy over the next `seconds` (0..1)."""
+    import time
+
+    b0, t0 = _cpu_jiffies()
+    time.sleep(seconds)
+    b1, t1 = _cpu_jiffies()
+    return (b1 - b0) / max(1, t1 - t0)
+
+
+def wait_for_quiet(threshold: float = 0.15, max_wait_s: float = 300.0) -> tuple[float, float]:
+    """Wait until the CPUs are less than `threshold` busy for a second (at most `max_wait_s`).
+    Returns (seconds waited, busy share seen last)."""
+    import time
+
+    t0 = time.perf_counter()
+    share = busy_share()
+    while share >= threshold and time.perf_counter() - t0 < max_wait_s:
+        share = busy_share()
+    return time.perf_counter() - t0, share
+
+
+def run_child(argv: list[str], env: dict | None = None, cwd: Path = ROOT) -> dict:
+    """Run a command; return its exit code, wall time, stdout/stderr, its own CPU seconds and
+    the share of the machine's CPU that other processes used meanwhile."""
+    import tempfile
+    import time
+
+    with tempfile.TemporaryFile("w+") as so, tempfile.TemporaryFile("w+") as se:
+        b0, t0j = _cpu_jiffies()
+        t0 = time.perf_counter()
+        p = subprocess.Popen(argv, cwd=cwd, env=env, stdout=so, stderr=se, text=True)
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        b1, t1j = _cpu_jiffies()
+        so.seek(0)
+        se.seek(0)
+        out, err = so.read(), se.read()
+    hz = os.sysconf("SC_CLK_TCK")
+    ncpu = os.cpu_count() or 1
+    child_cpu = ru.ru_utime + ru.ru_stime
+    busy_s = (b1 - b0) / hz
+    others = max(0.0, busy_s - child_cpu)
+    return {
+        "rc": os.waitstatus_to_exitcode(status), "wall_s": wall, "stdout": out, "stderr": err,
+        "cpu_s": child_cpu, "others_cpu_share": others / (wall * ncpu) if wall > 0 else 0.0,
+        "maxrss_kb": ru.ru_maxrss,
+    }

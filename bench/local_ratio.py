@@ -4,8 +4,8 @@ llama-cpp-python, in-process) next to a bare llama-cpp-python loop over the same
 The bare loop builds the requests with corral itself (Job.load, the same source reader, each
 step's render()) and calls Llama.create_chat_completion with the parameters the adapter uses
 (corral/models/local.py): n_ctx 2048, n_threads = n_threads_batch = os.cpu_count(), seed 0 at
-load and per call, the GBNF grammar from LlamaGrammar.from_json_schema of the canonical
-(sort_keys) schema, cached per schema, max_tokens and temperature from the request. Only the loop
+load and per call, the GBNF grammar from LlamaGrammar.from_json_schema of the adapter's own
+corral.models.local._canonical(schema), cached per schema, max_tokens and temperature from the request. Only the loop
 is timed (after the model is loaded); corral is timed end to end (process start, imports, model
 load, run, sinks) and its own elapsed_s is reported too.
 
@@ -29,7 +29,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CORRAL, PY, ROOT, cmdline, last_json_line, median, write_result  # noqa: E402
+from _common import (  # noqa: E402
+    CORRAL, PY, ROOT, cmdline, last_json_line, median, run_child, wait_for_quiet, write_result,
+)
 
 JOB = ROOT / "examples" / "tickets.yaml"
 GOAL = 0.9
@@ -60,7 +62,7 @@ def bare(n: int, order: str) -> dict:
 
     import corral
     from corral.io import open_source
-    from corral.models.local import bundled_gguf_path
+    from corral.models.local import _canonical, bundled_gguf_path
 
     job = corral.Job.load(JOB)
     source = open_source(job.source, job.base_dir)
@@ -98,7 +100,7 @@ def bare(n: int, order: str) -> dict:
         context = contexts_live[ri]
         step = job.steps[si]
         request = step.render(context)
-        key = json.dumps(request.schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        key = _canonical(request.schema)  # the adapter's own schema -> grammar text
         grammar = grammars.get(key)
         if grammar is None:
             grammar = grammars[key] = llama_cpp.LlamaGrammar.from_json_schema(key, verbose=False)
@@ -125,7 +127,11 @@ def bare(n: int, order: str) -> dict:
         # later steps see this step's value only if their template uses it (as in the engine)
         if any(name[0] == step.name for s in job.steps for name in s.template.names):
             try:
-                context[step.name] = step.value(step.parse(_completion(text)))
+                try:
+                    answer = step.parse(_completion(text), request)
+                except TypeError:  # older parse(completion) signature
+                    answer = step.parse(_completion(text))
+                context[step.name] = step.value(answer)
             except Exception:
                 pass
     loop_s = time.perf_counter() - t0
@@ -156,16 +162,26 @@ def loadavg() -> float:
         return float("nan")
 
 
+QUIET = {"threshold": 0.15, "max_wait_s": 300.0}
+
+
+def _start() -> dict:
+    """Wait (bounded) for the shared machine to be quiet; note how busy it was."""
+    waited, share = wait_for_quiet(QUIET["threshold"], QUIET["max_wait_s"])
+    return {"waited_for_quiet_s": round(waited, 1), "busy_share_before": round(share, 3),
+            "loadavg_1m_before": loadavg()}
+
+
 def run_bare(n: int, order: str) -> dict:
-    la = loadavg()
-    t0 = time.perf_counter()
-    p = subprocess.run([PY, __file__, "--bare", str(n), "--order", order], cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if p.returncode != 0:
-        raise SystemExit(f"bare loop failed: {p.stderr[-3000:]}")
-    r = last_json_line(p.stdout)
-    r["process_wall_s"] = wall
-    r["loadavg_1m_before"] = la
+    pre = _start()
+    c = run_child([PY, __file__, "--bare", str(n), "--order", order])
+    if c["rc"] != 0:
+        raise SystemExit(f"bare loop failed: {c['stderr'][-3000:]}")
+    r = last_json_line(c["stdout"])
+    r.update(pre)
+    r["process_wall_s"] = c["wall_s"]
+    r["process_cpu_s"] = c["cpu_s"]
+    r["others_cpu_share"] = round(c["others_cpu_share"], 3)
     r["rows_per_s"] = r["rows"] / r["loop_s"]
     return r
 
@@ -174,13 +190,12 @@ def run_corral(n: int, tmp: Path, i: int) -> dict:
     store = tmp / f"store{i}" / "corral.db"
     store.parent.mkdir()
     argv = [CORRAL, "run", str(JOB), "--limit", str(n), "--json", "--store", str(store)]
-    la = loadavg()
-    t0 = time.perf_counter()
-    p = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if p.returncode != 0:
-        raise SystemExit(f"corral run failed (exit {p.returncode}): {p.stderr[-3000:]}")
-    s = last_json_line(p.stdout)
+    pre = _start()
+    c = run_child(argv)
+    wall = c["wall_s"]
+    if c["rc"] != 0:
+        raise SystemExit(f"corral run failed (exit {c['rc']}): {c['stderr'][-3000:]}")
+    s = last_json_line(c["stdout"])
     import sqlite3
 
     db = sqlite3.connect(store)
@@ -192,7 +207,9 @@ def run_corral(n: int, tmp: Path, i: int) -> dict:
     db.close()
     texts = {(k, st): json.loads(resp)["text"] for k, st, resp in rows}
     return {
-        "loadavg_1m_before": la,
+        **pre,
+        "others_cpu_share": round(c["others_cpu_share"], 3),
+        "process_cpu_s": c["cpu_s"],
         "wall_s": wall, "elapsed_s": s["elapsed_s"], "rows": s["rows"], "calls": s["calls"],
         # the ledger's latency_s of the local model includes the wait in its one-thread queue
         "ledger_latency_s_sum": model_s,
@@ -224,7 +241,8 @@ def main() -> int:
               f"{b['rows_per_s']:.3f} rows/s (load {b['load_s']:.2f} s); {b['output_tokens']} output / "
               f"{b['input_tokens']} input tokens; llama.cpp evaluated {b['llama_prompt_tokens_evaluated']} "
               f"prompt tokens in {b['llama_prompt_eval_s']:.1f} s, generated {b['llama_tokens_generated']} in "
-              f"{b['llama_generate_s']:.1f} s; load avg {b['loadavg_1m_before']:.2f}", flush=True)
+              f"{b['llama_generate_s']:.1f} s; other processes used {b['others_cpu_share']:.0%} of the CPUs "
+              f"(waited {b['waited_for_quiet_s']:.0f} s for quiet)", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="corral-bench-local-") as d:
         tmp = Path(d)
@@ -237,7 +255,8 @@ def main() -> int:
             print(f"corral              {i + 1}: {c['rows']['written']} written, {c['calls']['made']} calls in "
                   f"{c['wall_s']:.2f} s end to end = {c['rows_per_s_wall']:.3f} rows/s (elapsed_s {c['elapsed_s']:.2f} = "
                   f"{c['rows_per_s_elapsed']:.3f} rows/s); {c['output_tokens']} output / {c['input_tokens']} input tokens; "
-                  f"load avg {c['loadavg_1m_before']:.2f}", flush=True)
+                  f"other processes used {c['others_cpu_share']:.0%} of the CPUs (waited {c['waited_for_quiet_s']:.0f} s for quiet)",
+                  flush=True)
             p = run_bare(n, "pairs")
             pairs_runs.append(p)
             show_bare("bare (engine order)", i, p)
@@ -277,6 +296,8 @@ def main() -> int:
     ratio_same_order_el = med_ce / med_p
     per_pair = [c["rows_per_s_wall"] / b["rows_per_s"] for b, c in zip(bares, corrals)]
     per_pair_same = [c["rows_per_s_wall"] / b["rows_per_s"] for b, c in zip(pairs_runs, corrals)]
+    clean = [i for i, (b, c, q) in enumerate(zip(bares, corrals, pairs_runs))
+             if max(b["others_cpu_share"], c["others_cpu_share"], q["others_cpu_share"]) < 0.10]
     passed = ratio >= GOAL
     print(f"responses identical to corral's: row-order loop {same_rows}/{len(keys) * len(job.steps)}, "
           f"engine-order loop {same_pairs}/{len(keys) * len(job.steps)}; deterministic across reps: {det}; "
@@ -287,6 +308,9 @@ def main() -> int:
           f"per pair {', '.join(f'{x:.3f}' for x in per_pair)}; goal >= {GOAL}: {'PASS' if passed else 'FAIL'}")
     print(f"ratio corral / bare (same call order as the engine): {ratio_same_order:.3f} end to end "
           f"({ratio_same_order_el:.3f} by elapsed_s); per pair {', '.join(f'{x:.3f}' for x in per_pair_same)}")
+
+    print(f"rounds where other processes used < 10% of the CPUs on every side: "
+          f"{[i + 1 for i in clean] or 'none'} (the machine is shared; see others_cpu_share)")
 
     for b in bares + pairs_runs:
         b.pop("texts")
@@ -323,6 +347,8 @@ def main() -> int:
         "identical_responses_engine_order": same_pairs,
         "responses_compared": len(keys) * len(job.steps),
         "deterministic": det,
+        "quiet_rounds": [i + 1 for i in clean],
+        "quiet_wait": QUIET,
         "goal": f"corral rows/s (end to end) / bare rows/s (plain row-order loop) >= {GOAL}",
         "pass": passed,
     })

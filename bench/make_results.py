@@ -30,6 +30,10 @@ def machine_line(m: dict[str, Any]) -> str:
             f"{m['platform']} · {tree}")
 
 
+def _share(r: dict[str, Any]) -> str:
+    return f"{r['others_cpu_share']:.0%}" if "others_cpu_share" in r else "n/a"
+
+
 def throughput(d: dict[str, Any]) -> list[str]:
     out = [
         "## 1. Throughput (fake model, 5,574 SMS rows)",
@@ -40,17 +44,17 @@ def throughput(d: dict[str, Any]) -> list[str]:
         "a fresh process and a fresh temporary store; wall = the whole process (interpreter start included). "
         "A warm-up run comes first and is not in the median.",
         "",
-        "| run | wall s | rows/s (wall) | engine elapsed_s | rows/s (elapsed_s) | written | quarantined | calls made | replayed |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| run | wall s | rows/s (wall) | engine elapsed_s | rows/s (elapsed_s) | written | quarantined | calls made | replayed | CPU used by other processes |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     w = d["warmup"]
     out.append(f"| warm-up | {w['wall_s']:.3f} | {w['rows_per_s_wall']:,.0f} | {w['engine_elapsed_s']:.3f} | "
                f"{w['rows_per_s_engine']:,.0f} | {w['rows']['written']:,} | {w['rows']['quarantined']:,} | "
-               f"{w['calls']['made']:,} | {w['calls']['replayed']:,} |")
+               f"{w['calls']['made']:,} | {w['calls']['replayed']:,} | {_share(w)} |")
     for r in d["runs"]:
         out.append(f"| {r['run']} | {r['wall_s']:.3f} | {r['rows_per_s_wall']:,.0f} | {r['engine_elapsed_s']:.3f} | "
                    f"{r['rows_per_s_engine']:,.0f} | {r['rows']['written']:,} | {r['rows']['quarantined']:,} | "
-                   f"{r['calls']['made']:,} | {r['calls']['replayed']:,} |")
+                   f"{r['calls']['made']:,} | {r['calls']['replayed']:,} | {_share(r)} |")
     out += [
         "",
         f"**Median of {len(d['runs'])} runs: {d['median_rows_per_s_wall']:,.0f} rows/s end to end** "
@@ -123,6 +127,12 @@ def crash(d: dict[str, Any], title: str) -> list[str]:
     return out
 
 
+def _others(r: dict[str, Any]) -> str:
+    if "others_cpu_share" in r:
+        return f"{r['others_cpu_share']:.0%}"
+    return f"load avg {r['loadavg_1m_before']:.2f}"
+
+
 def local_ratio(d: dict[str, Any]) -> list[str]:
     out = [
         f"## 3. Bundled local model vs a bare llama-cpp-python loop (tickets, N = {d['n']})",
@@ -134,20 +144,20 @@ def local_ratio(d: dict[str, Any]) -> list[str]:
         f"bare loop: `{d['command_bare']}` (row by row, only the loop timed, after the model load) · "
         f"bare loop in the engine's call order: `{d['command_bare_engine_order']}`. Order of runs: {d['order']}. "
         "Same Llama parameters as `corral/models/local.py`: n_ctx 2048, n_threads = n_threads_batch = all CPUs, "
-        "seed 0 (load and call), grammar from the canonical (sorted-keys) JSON schema, cached per schema, "
+        "seed 0 (load and call), grammar from the adapter's own `_canonical(schema)` text, cached per schema, "
         "max_tokens and temperature from the request.",
         "",
-        "| # | side | s | rows/s | output tokens | input tokens | llama.cpp prompt tokens evaluated | load avg before |",
+        "| # | side | s | rows/s | output tokens | input tokens | llama.cpp prompt tokens evaluated | CPU used by other processes meanwhile |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for i, (b, c, p) in enumerate(zip(d["bare"], d["corral"], d["bare_engine_order"]), 1):
         out.append(f"| {i} | bare, row order (loop) | {b['loop_s']:.2f} | {b['rows_per_s']:.3f} | {b['output_tokens']:,} | "
-                   f"{b['input_tokens']:,} | {b['llama_prompt_tokens_evaluated']:,} | {b['loadavg_1m_before']:.2f} |")
+                   f"{b['input_tokens']:,} | {b['llama_prompt_tokens_evaluated']:,} | {_others(b)} |")
         out.append(f"| {i} | corral (end to end; elapsed_s {c['elapsed_s']:.2f}) | {c['wall_s']:.2f} | "
                    f"{c['rows_per_s_wall']:.3f} | {c['output_tokens']:,} | {c['input_tokens']:,} | n/a | "
-                   f"{c['loadavg_1m_before']:.2f} |")
+                   f"{_others(c)} |")
         out.append(f"| {i} | bare, engine order (loop) | {p['loop_s']:.2f} | {p['rows_per_s']:.3f} | {p['output_tokens']:,} | "
-                   f"{p['input_tokens']:,} | {p['llama_prompt_tokens_evaluated']:,} | {p['loadavg_1m_before']:.2f} |")
+                   f"{p['input_tokens']:,} | {p['llama_prompt_tokens_evaluated']:,} | {_others(p)} |")
     det = d["deterministic"]
     out += [
         "",
@@ -169,6 +179,12 @@ def local_ratio(d: dict[str, Any]) -> list[str]:
         f"Ratio corral / bare loop making the calls in the engine's order: {d['ratio_same_order_wall']:.3f} end to end "
         f"(by elapsed_s: {d['ratio_same_order_elapsed']:.3f}; per pair "
         f"{', '.join(f'{x:.3f}' for x in d['ratio_same_order_per_pair_wall'])}).",
+        "",
+        f"Rounds in which other processes used under 10% of the CPUs on every side: "
+        f"{d.get('quiet_rounds', 'not recorded')}. Before each run the script waits (at most "
+        f"{(d.get('quiet_wait') or {}).get('max_wait_s', '?')} s) for the machine to be under "
+        f"{(d.get('quiet_wait') or {}).get('threshold', '?')} busy; llama.cpp runs 2 threads on 2 CPUs, so "
+        "any other busy process slows it a lot, and unevenly.",
         "",
         f"Goal: {d['goal']} — {verdict(d['pass'])}",
         "",
@@ -247,7 +263,11 @@ def main() -> None:
     findings = HERE / "FINDINGS.md"
     if findings.exists():
         lines += [findings.read_text().rstrip(), ""]
-    (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    # sections written by other benchmark suites (bench/providers, bench/etl) are kept as they are
+    old = (HERE / "RESULTS.md").read_text() if (HERE / "RESULTS.md").exists() else ""
+    marks = [old.find(m) for m in ("## Providers and the request queue", "## ETL tier") if m in old]
+    kept = old[min(marks):].rstrip() if marks else ""
+    (HERE / "RESULTS.md").write_text("\n".join(lines).rstrip() + "\n" + ("\n" + kept + "\n" if kept else ""))
     print(f"wrote {HERE / 'RESULTS.md'}")
 
 

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _etl import DATA, RESULTS, accounted, prf, read_jsonl, run_corral, write_result, yaml_str  # noqa: E402
 
+from _common import machine  # noqa: E402
 from corral.tasks._reference import similarity  # noqa: E402
 
 TEST = DATA / "entity_matching" / "abt-buy" / "test.ndjson"
@@ -153,6 +154,8 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=250, help="pairs for --part local")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threshold", type=float, default=0.4)
+    ap.add_argument("--model", default="local",
+                    help="model for --part local, e.g. '{name: local, n_threads: 1}'")
     args = ap.parse_args()
 
     raw = [json.loads(line) for line in TEST.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -176,6 +179,7 @@ def main() -> None:
                 job = write_job(sub, TEST, t, key=None)
                 res = run_corral(job, sub / "corral.db", "fake")
                 runs[str(t)] = {
+                    "run_at": machine(),
                     "threshold": t,
                     "command": res["command"].replace(str(sub), "$TMP"),
                     "exit_code": res["exit_code"],
@@ -199,7 +203,7 @@ def main() -> None:
             src = folder / "abt_buy_sample.jsonl"
             src.write_text("".join(json.dumps(r) + "\n" for r in picked), encoding="utf-8")
             job = write_job(folder, src, args.threshold, key="pair_id")
-            res = run_corral(job, folder / "corral.db", "local")
+            res = run_corral(job, folder / "corral.db", args.model)
             s = res["summary"]
             scored = score(folder, picked)
             result["local_sample"] = {
@@ -210,7 +214,9 @@ def main() -> None:
                     "positives": sum(r["label"] for r in picked),
                     "pair_ids": [r["pair_id"] for r in picked],
                 },
+                "run_at": machine(),
                 "threshold": args.threshold,
+                "model": args.model,
                 "command": res["command"].replace(str(folder), "$TMP"),
                 "exit_code": res["exit_code"],
                 "summary": s,

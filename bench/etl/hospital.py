@@ -200,7 +200,7 @@ def main() -> None:
         "per_column": per_col,
         "examples_[tid,column,dirty,output,clean]": examples,
     }
-    name = "hospital" if args.model == "local" else f"hospital_{args.model}"
+    name = "hospital_fake" if args.model.startswith("fake") else "hospital"
     path = write_result(name, result)
     f_ = result["figures"]
     print(f"model {args.model}, rows {len(tids)} (seed {result['sample']['seed']})")

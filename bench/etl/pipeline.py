@@ -25,6 +25,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _etl import RESULTS, ROOT, accounted, run_corral, write_result  # noqa: E402
+from _common import machine  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "pipeline.yaml"
 NEW_QUESTION = "Is the customer asking to get money returned to them (refund, chargeback or store credit)?"
@@ -104,6 +105,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--part", choices=["fake", "local"], required=True)
     ap.add_argument("--limit", type=int, default=20, help="rows for --part local")
+    ap.add_argument("--model", default="local",
+                    help="model for --part local, e.g. '{name: local, n_threads: 1}'")
     args = ap.parse_args()
 
     out_path = RESULTS / "pipeline.json"
@@ -114,7 +117,7 @@ def main() -> None:
         folder = Path(tmp)
         original, edited, old_q = write_jobs(folder)
         store = folder / "corral.db"
-        model = "fake" if args.part == "fake" else "local"
+        model = "fake" if args.part == "fake" else args.model
         limit = None if args.part == "fake" else args.limit
         first = one_run(original, store, model, folder, limit)
         show(f"{model} first run", first)
@@ -123,6 +126,7 @@ def main() -> None:
         result[args.part] = {
             "model": model,
             "limit": limit,
+            "run_at": machine(),
             "job": "examples/pipeline.yaml (source made absolute, sink in $TMP)",
             "edit": {"step": "wants_money_back", "question_before": old_q, "question_after": NEW_QUESTION},
             "first_run": first,

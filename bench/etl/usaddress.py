@@ -45,7 +45,7 @@ FIELDS = {
 }
 
 
-def write_job(folder: Path, source: Path) -> Path:
+def write_job(folder: Path, source: Path, max_length: int) -> Path:
     lines = [
         "name: usaddress-extract",
         f"source: {yaml_str(str(source))}",
@@ -61,6 +61,7 @@ def write_job(folder: Path, source: Path) -> Path:
             f"      {name}:",
             "        type: string",
             "        nullable: true",
+            *([f"        max_length: {max_length}"] if max_length else []),
             f"        description: {yaml_str(desc)}",
         ]
     lines += ["model: local", "sink: out/usaddress.jsonl"]
@@ -92,6 +93,10 @@ def main() -> None:
     ap.add_argument("--model", default="local")
     ap.add_argument("--sample", type=int, default=120)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="", help="results name (default usaddress / usaddress_fake)")
+    ap.add_argument("--max-length", type=int, default=30,
+                    help="max_length of every field (0: none). Without it the bundled model can "
+                         "repeat itself inside a string until max_tokens (see RESULTS.md)")
     args = ap.parse_args()
 
     with FLAT.open(newline="", encoding="utf-8") as f:
@@ -106,7 +111,7 @@ def main() -> None:
             "".join(json.dumps({"addr_id": i, "address": rows[i]["address"]}) + "\n" for i in ids),
             encoding="utf-8",
         )
-        job = write_job(folder, src)
+        job = write_job(folder, src, args.max_length)
         job_text = job.read_text()
         res = run_corral(job, folder / "corral.db", args.model)
         s = res["summary"]
@@ -153,6 +158,7 @@ def main() -> None:
     result = {
         "data": {"file": "../shared/data/usaddress/labeled_flat.csv", "rows": len(rows)},
         "model": args.model,
+        "max_length": args.max_length,
         "sample": {"n": len(ids), "seed": args.seed,
                    "how": "random.Random(seed).sample(range(1513), n)", "addr_ids": ids},
         "job": job_text.replace(str(folder), "$TMP"),
@@ -173,7 +179,9 @@ def main() -> None:
         "per_field": per_field,
         "examples_wrong_loose_[addr_id,field,gold,pred]": examples,
     }
-    name = "usaddress" if args.model == "local" else f"usaddress_{args.model}"
+    name = "usaddress_fake" if args.model.startswith("fake") else "usaddress"
+    if args.out:
+        name = args.out
     path = write_result(name, result)
     print(f"model {args.model}, sample {len(ids)} seed {args.seed}")
     print(f"  rows {json.dumps(s['rows'])} accounted={accounted(s)} calls {json.dumps(s['calls'])} "
