@@ -160,6 +160,7 @@ def main() -> int:
             lines = len(log.read_text().splitlines()) if log.exists() else 0
             snap = store_counts(store)
             states = snap.get("states") or {}
+            before_lines = kills[-1]["call_log_lines"] if kills else 0
             if already_final:
                 phase = "nothing left to do (every row was final before this attempt)"
                 if exited_early:
@@ -168,6 +169,8 @@ def main() -> int:
                 phase = "process had already exited (run finished before the kill moment)"
             elif not states:
                 phase = "starting up (no records in the store yet)"
+            elif states.get("done", 0) == before.get("done", 0) and lines == before_lines:
+                phase = "start-up (killed before it made progress)"
             elif states.get("pending", 0) + states.get("leased", 0) > 0:
                 phase = "mid-run (rows unfinished)"
             else:

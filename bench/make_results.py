@@ -180,6 +180,9 @@ def local_ratio(d: dict[str, Any]) -> list[str]:
         f"(by elapsed_s: {d['ratio_same_order_elapsed']:.3f}; per pair "
         f"{', '.join(f'{x:.3f}' for x in d['ratio_same_order_per_pair_wall'])}).",
         "",
+        f"Runs during which other processes used ≥ {(d.get('quiet_wait') or {}).get('max_others_share', '?')} of the CPUs "
+        f"were discarded and run again (at most {(d.get('quiet_wait') or {}).get('retries', '?')} times): "
+        f"{len(d.get('discarded_attempts') or [])} discarded attempts, kept in the JSON. "
         f"Rounds in which other processes used under 10% of the CPUs on every side: "
         f"{d.get('quiet_rounds', 'not recorded')}. Before each run the script waits (at most "
         f"{(d.get('quiet_wait') or {}).get('max_wait_s', '?')} s) for the machine to be under "

@@ -58,7 +58,7 @@ def ledger(store: Path, run_id: str) -> dict[str, dict[str, int]]:
 
 
 def step_counts(store: Path, run_id: str) -> dict[str, Any]:
-    """Per step: rows where it ran, was skipped by `when:`, from the records' outputs."""
+    """Record states in the store for the run (done, skipped, quarantined...)."""
     db = sqlite3.connect(store)
     states = dict(db.execute(
         "SELECT state, COUNT(*) FROM records WHERE run_id = ? GROUP BY state", (run_id,)

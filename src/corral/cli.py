@@ -399,7 +399,7 @@ def _print_record(console: Console, info: RunInfo, rec: dict[str, Any], calls: l
         console.print(f"source line: {rec['line']}")
     console.print("input:", markup=False)
     for k, v in (rec["data"] or {}).items():
-        console.print(f"  {k}: {v}", markup=False)
+        console.print(f"  {k}: {v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}", markup=False)
     if rec["outputs"]:
         console.print("outputs:", markup=False)
         for k, v in rec["outputs"].items():

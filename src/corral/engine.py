@@ -625,13 +625,16 @@ class _Runner:
         """Ask until an answer is accepted: (answer, attempts), or (reason to quarantine, attempts)."""
         reason = None
         last: str | None = None
+        grown = False
         attempt = 0
         for attempt in range(step.max_attempts):
             request = step.render(context, sample=attempt)
-            if last == "truncated":  # a cut-off answer gets room to finish
-                request = dataclasses.replace(request, max_tokens=request.max_tokens * 2 ** min(attempt, 3))
-            elif last in ("invalid", "refused") and request.temperature == 0:
-                request = dataclasses.replace(request, temperature=0.3)  # the same prompt at 0 repeats itself
+            if last is not None and request.temperature == 0:
+                # the same prompt at temperature 0 repeats itself: a retry samples a little
+                request = dataclasses.replace(request, temperature=0.3)
+            grown = grown or last == "truncated"
+            if grown:  # a cut-off answer gets twice the room to finish (once, not growing on)
+                request = dataclasses.replace(request, max_tokens=request.max_tokens * 2)
             try:
                 h, comp = await self._ask(
                     committer, rec, label, attempt, request, batch=step.mode == "batch"
