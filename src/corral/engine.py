@@ -513,10 +513,7 @@ class _Runner:
             try:
                 return await self._once(request)
             except AuthenticationError as e:
-                self.fatal = e
-                self.stop_reason = self.stop_reason or f"authentication failed: {e}"
-                self.stop.set()
-                raise _Stop(str(e)) from None
+                raise self._fatal(e) from None
             except TransientModelError as e:
                 if retry >= self.ref.max_retries:
                     raise TransientModelError(f"{e} (after {retry + 1} tries)") from None
@@ -808,16 +805,20 @@ class _Runner:
             ))
         self.store.finish_batch(batch_id, calls, outcomes, status.detail)
 
+    def _fatal(self, e: Exception) -> _Stop:
+        """The provider refused the credentials: every row would fail, so the run stops."""
+        self.fatal = e
+        self.stop_reason = self.stop_reason or f"authentication failed: {e}"
+        self.stop.set()
+        return _Stop(str(e))
+
     async def _batch_call(self, fn: Any, *args: Any) -> Any:
         retry = 0
         while True:
             try:
                 return await fn(*args)
             except AuthenticationError as e:
-                self.fatal = e
-                self.stop_reason = self.stop_reason or f"authentication failed: {e}"
-                self.stop.set()
-                raise _Stop(str(e)) from None
+                raise self._fatal(e) from None
             except TransientModelError as e:
                 if retry >= self.ref.max_retries or self.stop.is_set():
                     raise
