@@ -251,6 +251,9 @@ def main() -> None:
     if (d := load("crash")):
         sections += crash(d, "2. Crash safety (SIGKILL ×5, fake model latency 0.002 s)")
         summary.append(f"| crash | invariants (a)-(d) after {d['kills_that_landed']} kills | nothing lost, duplicated or paid twice | {verdict(d['pass'])} |")
+    if (d := load("crash_adaptive")):
+        sections += crash(d, "2a. Crash safety, kills aimed at unfinished work (fake latency 0.002 s, --adaptive kill windows)")
+        summary.append(f"| crash (adaptive) | invariants (a)-(d) after {d['kills_that_landed']} kills ({d['kills_mid_run']} with rows unfinished) | nothing lost, duplicated or paid twice | {verdict(d['pass'])} |")
     if (d := load("crash_latency0.05_adaptive")):
         sections += crash(d, "2b. Crash safety, kills aimed mid-run (fake latency 0.05 s, --adaptive kill windows)")
         summary.append(f"| crash (latency 0.05) | invariants (a)-(d) after {d['kills_that_landed']} kills ({d['kills_mid_run']} mid-run) | nothing lost, duplicated or paid twice | {verdict(d['pass'])} |")
