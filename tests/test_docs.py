@@ -126,6 +126,8 @@ SPEC_CLASSES = [
     corral.ClassifyStep,
     corral.ExtractStep,
     corral.FieldSpec,
+    corral.job.RecordBudget,
+    *__import__("corral._registry", fromlist=["x"]).strategy_classes().values(),
 ]
 
 

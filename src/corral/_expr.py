@@ -23,6 +23,10 @@ _FUNCTIONS = {
     "abs": abs,
     "min": min,
     "max": max,
+    "sum": sum,
+    "round": round,
+    "all": all,
+    "any": any,
 }
 
 

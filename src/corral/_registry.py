@@ -11,6 +11,7 @@ from corral.errors import ModelNotFoundError, UserError
 
 TASK_GROUP = "corral.tasks"
 MODEL_GROUP = "corral.models"
+STRATEGY_GROUP = "corral.strategies"
 
 
 @cache
@@ -26,6 +27,10 @@ def _group(group: str) -> dict[str, Any]:
 
 def task_classes() -> dict[str, type]:
     return {name: ep.load() for name, ep in sorted(_group(TASK_GROUP).items())}
+
+
+def strategy_classes() -> dict[str, type]:
+    return {name: ep.load() for name, ep in sorted(_group(STRATEGY_GROUP).items())}
 
 
 def model_names() -> list[str]:

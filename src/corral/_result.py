@@ -71,7 +71,10 @@ def summarize(
     counts = store.counts(run.id, limit)
     totals = store.totals(run.id)
     if outputs is None:
-        outputs = dict(zip(("sink", "quarantine", "skipped"), run.outputs))
+        outputs = (
+            dict(run.outputs) if isinstance(run.outputs, dict)
+            else dict(zip(("sink", "quarantine", "skipped"), run.outputs))
+        )
     return RunResult(
         run=run.id,
         job=run.job_name,
@@ -91,3 +94,4 @@ def summarize(
         elapsed_s=run.elapsed_s if elapsed_s is None else elapsed_s,
         outputs=outputs,
     )
+

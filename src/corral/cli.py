@@ -33,7 +33,7 @@ from corral._result import RunResult, summarize
 from corral.engine import live_status, run_async
 from corral.errors import CorralError, RunNotFoundError, StoreError, UserError
 from corral.store import STORE_ENV, Store, open_store
-from corral.store.base import RunInfo
+from corral.store.base import DECISIONS, RunInfo
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -240,18 +240,24 @@ def _print_summary(console: Console, r: RunResult, store: Store) -> None:
     if r.outputs:
         t.add_row("Output", r.outputs.get("sink", ""))
         t.add_row("Quarantine", r.outputs.get("quarantine", "") + f" ({_rows(r.quarantined)})")
+        if "review" in r.outputs:
+            t.add_row("Review", r.outputs["review"] + f" ({_rows(r.review)})")
+        if "skipped" in r.outputs:
+            t.add_row("Skipped", r.outputs["skipped"] + f" ({_rows(r.skipped)})")
     elif r.pending:
         t.add_row("Output", "not written yet: rows are still pending")
     console.print(t)
-    if r.quarantined:
+    for state, title, n_state in (("quarantined", "Quarantined", r.quarantined), ("review", "Held for review", r.review)):
+        if not n_state:
+            continue
         reasons: Counter[str] = Counter()
         example: dict[str, str] = {}
-        for chunk in store.iter_records(r.run, "quarantined"):
+        for chunk in store.iter_records(r.run, state):
             for rec in chunk:
                 reason = _reason_kind(rec["reason"] or "")
                 reasons[reason] += 1
                 example.setdefault(reason, rec["key"])
-        console.print("Quarantined, by reason:")
+        console.print(f"{title}, by reason:")
         for reason, n in reasons.most_common(5):
             console.print(f"  {n:>6,}  {reason}   e.g. corral show {r.run} {shlex.quote(example[reason])}")
 
@@ -383,11 +389,12 @@ def show_cmd(run: str, key: str, as_json: bool, store: Path | None) -> None:
         if rec is None:
             _fail(f"run {info.id} has no record with key `{key}` — keys are the job's `key:` column values (see the sink's columns)")
             return
-        calls = st.record_calls(info.id, key)
+        trace = st.record_calls(info.id, key)
+        calls = [c for c in trace if c["outcome"] not in DECISIONS]
         if as_json:
-            click.echo(json.dumps({"run": info.id, **rec, "calls": calls}, default=str))
+            click.echo(json.dumps({"run": info.id, **rec, "calls": calls, "trace": trace}, default=str))
             return
-        _print_record(_out(), info, rec, calls)
+        _print_record(_out(), info, rec, trace)
     finally:
         st.close()
 

@@ -30,6 +30,7 @@ from corral._expr import ConditionError
 from corral._limits import AdaptiveConcurrency, CircuitBreaker, RateLimiter, backoff
 from corral._registry import model_class, suggest
 from corral._result import RunResult, summarize
+from corral._solver import OutOfBudget, RecordUse, StepSolver
 from corral.errors import (
     AuthenticationError,
     ModelNotFoundError,
@@ -82,8 +83,14 @@ def make_model(ref: ModelRef | str | dict[str, Any], base_dir: Path | None = Non
         candidate = base_dir / arg
         if candidate.exists():
             arg = str(candidate.resolve())
+    options = dict(ref.options)
+    if base_dir is not None:  # file options of a model are relative to the job file's folder
+        for key in getattr(cls, "path_options", ()):
+            v = options.get(key)
+            if isinstance(v, str) and v and not os.path.isabs(v):
+                options[key] = str((base_dir / v).resolve())
     try:
-        return cls(arg, **ref.options)
+        return cls(arg, **options)
     except TypeError as e:
         raise ModelNotFoundError(f"model `{ref}`: {e}; check the options under `model:`") from None
     except ValueError as e:
@@ -354,6 +361,30 @@ class _Counters:
     cost: Decimal | None = Decimal(0)
 
 
+@dataclass(eq=False)
+class _Client:
+    """One model and its own request layer: rate limits, concurrency, circuit breaker."""
+
+    model: Model
+    ref: ModelRef
+    limiter: RateLimiter
+    gate: AdaptiveConcurrency
+    breaker: CircuitBreaker
+    headers_seen: float | None = None
+    #: the most one paid call has cost (reserved for each call while a cost budget is set)
+    cost_est: Decimal | None = None
+    most_output: int | None = None
+    probing: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    def build(cls, model: Model, ref: ModelRef, concurrency: int) -> _Client:
+        return cls(
+            model, ref, RateLimiter(ref.rpm, ref.tpm),
+            AdaptiveConcurrency(concurrency, start=min(concurrency, 8)), CircuitBreaker(),
+        )
+
+
 class _Runner:
     def __init__(
         self,
@@ -366,6 +397,7 @@ class _Runner:
         progress: Progress | None,
         stop: asyncio.Event,
         ref: ModelRef | None = None,
+        extra: dict[str, tuple[Model, ModelRef]] | None = None,
     ) -> None:
         self.job = job
         self.model = model
@@ -392,10 +424,15 @@ class _Runner:
         self.inflight: dict[str, asyncio.Future[None]] = {}
         self.reserved = 0  # paid calls in flight, counted against max_calls before they return
         self.ref = ref or ModelRef(name=model.id)
-        self.limiter = RateLimiter(self.ref.rpm, self.ref.tpm)
-        self.gate = AdaptiveConcurrency(self.concurrency, start=min(self.concurrency, 8))
-        self.breaker = CircuitBreaker()
-        self._headers_seen: float | None = None
+        self.main = _Client.build(model, self.ref, self.concurrency)
+        self.clients: dict[str, _Client] = {}
+        for name, (m, r) in (extra or {}).items():
+            cap = m.capabilities.max_concurrency
+            self.clients[name] = _Client.build(m, r, 1 if cap <= 1 else min(cap, job.concurrency or 32))
+        b = job.budget
+        self.budgeted = any(v is not None for v in (b.max_calls, b.max_tokens, b.max_cost_usd))
+        self.cost_reserved = Decimal(0)
+        self.tokens_reserved = 0
         # provider batches: requests this pass needs, and requests that failed too often
         self.wanted: dict[str, tuple[str, str, int, Request]] = {}
         self.batch_failed: dict[str, str] = {}
@@ -403,32 +440,91 @@ class _Runner:
 
     # budget ---------------------------------------------------------------------------
 
-    def _check_budget(self) -> None:
+    def client(self, name: str | None) -> _Client:
+        """The client of a model a strategy names (``None``: the job's model)."""
+        if name is None:
+            return self.main
+        return self.clients[name]
+
+    def _check_budget(self, cost: Decimal = Decimal(0), tokens: int = 0) -> None:
+        """Stop if the run's budget has no room for one more call of the given estimate (on
+        top of the calls in flight, which hold their own reservations)."""
         b = self.job.budget
         reason = None
+        used = self.c.input_tokens + self.c.output_tokens + self.tokens_reserved
         if b.max_calls is not None and self.c.made + self.reserved >= b.max_calls:
             reason = f"budget: max_calls {b.max_calls} reached"
-        elif b.max_tokens is not None and self.c.input_tokens + self.c.output_tokens >= b.max_tokens:
+        elif b.max_tokens is not None and (used >= b.max_tokens or used + tokens > b.max_tokens):
             reason = f"budget: max_tokens {b.max_tokens} reached"
         elif b.max_cost_usd is not None and self.c.cost is None:
             reason = (
                 f"budget: max_cost_usd is set but model `{self.model.id}` reports no price, "
                 "so spending cannot be bounded; give the model a price or remove max_cost_usd"
             )
-        elif b.max_cost_usd is not None and self.c.cost >= b.max_cost_usd:
-            reason = f"budget: max_cost_usd {b.max_cost_usd} reached"
+        elif b.max_cost_usd is not None and (
+            self.c.cost >= b.max_cost_usd
+            or self.c.cost + self.cost_reserved + cost > b.max_cost_usd
+        ):
+            reason = (
+                f"budget: max_cost_usd {b.max_cost_usd} reached "
+                f"(spent {self.c.cost}; the next call would pass it)"
+            )
         if reason:
             self.stop_reason = self.stop_reason or reason
             self.stop.set()
             raise _Stop(reason)
 
+    async def _reserve(self, client: _Client, request: Request) -> tuple[Decimal, int]:
+        """Hold room in the run's budget for one call before it is made: the most a call of this
+        model has cost so far, and its prompt plus the largest answer so far. While a model's
+        price is still unknown, its calls go one at a time until the first is settled."""
+        b = self.job.budget
+        tokens = 0
+        if b.max_tokens is not None:
+            out = client.most_output if client.most_output is not None else request.max_tokens
+            tokens = sum(len(m.content) for m in request.messages) // 4 + out
+        cost = Decimal(0)
+        if b.max_cost_usd is not None:
+            while client.cost_est is None and client.probing:
+                await client.wake.wait()
+            if client.cost_est is None:
+                client.probing = True
+            else:
+                cost = client.cost_est
+        try:
+            self._check_budget(cost, tokens)
+        except _Stop:
+            self._wake(client)
+            raise
+        self.cost_reserved += cost
+        self.tokens_reserved += tokens
+        return cost, tokens
+
+    def _settle(self, client: _Client, held: tuple[Decimal, int], comp: Completion | None) -> None:
+        self.cost_reserved -= held[0]
+        self.tokens_reserved -= held[1]
+        if comp is not None:
+            u = comp.usage
+            if u.cost is not None:
+                client.cost_est = max(client.cost_est or Decimal(0), u.cost)
+            client.most_output = max(client.most_output or 0, u.output_tokens)
+        self._wake(client)
+
+    @staticmethod
+    def _wake(client: _Client) -> None:
+        if client.probing:
+            client.probing = False
+            client.wake.set()
+            client.wake = asyncio.Event()
+
     # one call -------------------------------------------------------------------------
 
     async def _ask(
         self, committer: _Committer, rec: LeasedRecord, step: str, attempt: int, request: Request,
-        batch: bool = False,
+        batch: bool = False, client: _Client | None = None, strategy: str | None = None,
     ) -> tuple[str, Completion]:
-        h = request.cache_key(self.model.id)
+        client = client or self.main
+        h = request.cache_key(client.model.id)
         flying = self.inflight.get(h)
         if flying is not None:  # the same request is in flight for another record: wait for it
             with contextlib.suppress(Exception):
@@ -441,9 +537,10 @@ class _Runner:
             self.c.replayed += 1
             committer.add(
                 call=CallRecord(
-                    self.run.id, rec.key, step, attempt, h, self.model.id, True,
+                    self.run.id, rec.key, step, attempt, h, client.model.id, True,
                     comp.usage.input_tokens, comp.usage.output_tokens,
                     comp.usage.cached_input_tokens, comp.usage.reasoning_tokens, Decimal(0), 0.0,
+                    strategy=strategy,
                 )
             )
             return h, comp
@@ -455,31 +552,35 @@ class _Runner:
                 raise TransientModelError(failed)
             self.wanted.setdefault(h, (rec.key, step, attempt, request))
             raise _Deferred()
-        self._check_budget()
+        held = await self._reserve(client, request) if self.budgeted else None
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.inflight[h] = done
+        comp: Completion | None = None
         try:
-            return h, await self._call(committer, rec, step, attempt, request, h)
+            comp = await self._call(committer, rec, step, attempt, request, h, client, strategy)
+            return h, comp
         finally:
+            if held is not None:
+                self._settle(client, held, comp)
             del self.inflight[h]
             done.set_result(None)
 
     async def _call(
         self, committer: _Committer, rec: LeasedRecord, step: str, attempt: int, request: Request,
-        h: str,
+        h: str, client: _Client, strategy: str | None,
     ) -> Completion:
         """One paid call through the request layer, recorded before its answer is used."""
         self.reserved += 1  # counted against max_calls from the budget check on
         try:
-            comp, latency = await self._retrying(committer, rec, step, attempt, request)
+            comp, latency = await self._retrying(committer, rec, step, attempt, request, client)
         except PermanentModelError as e:
             used = getattr(e, "usage", None)
             if used is not None:  # the provider billed a call that failed: it still costs
                 self._count(used)
                 committer.add(call=CallRecord(
-                    self.run.id, rec.key, step, attempt, h, self.model.id, False,
+                    self.run.id, rec.key, step, attempt, h, client.model.id, False,
                     used.input_tokens, used.output_tokens, used.cached_input_tokens,
-                    used.reasoning_tokens, used.cost, 0.0))
+                    used.reasoning_tokens, used.cost, 0.0, strategy=strategy))
             raise
         finally:
             self.reserved -= 1
@@ -487,11 +588,12 @@ class _Runner:
         self._count(u)
         await committer.durable(
             CallRecord(
-                self.run.id, rec.key, step, attempt, h, self.model.id, False,
+                self.run.id, rec.key, step, attempt, h, client.model.id, False,
                 u.input_tokens, u.output_tokens, u.cached_input_tokens, u.reasoning_tokens,
                 u.cost, latency,
                 request_json=_dumps(request.to_dict()),
                 response_json=_dumps(comp.to_dict()),
+                strategy=strategy,
             )
         )
         return comp
@@ -504,18 +606,19 @@ class _Runner:
             self.c.cost = None if u.cost is None else self.c.cost + u.cost
 
     async def _retrying(
-        self, committer: _Committer, rec: LeasedRecord, step: str, attempt: int, request: Request
+        self, committer: _Committer, rec: LeasedRecord, step: str, attempt: int, request: Request,
+        client: _Client,
     ) -> tuple[Completion, float]:
         """Retry transient failures with exponential backoff and full jitter (or the provider's
         retry-after); an authentication failure stops the run."""
         retry = 0
         while True:
             try:
-                return await self._once(request)
+                return await self._once(request, client)
             except AuthenticationError as e:
                 raise self._fatal(e) from None
             except TransientModelError as e:
-                if retry >= self.ref.max_retries:
+                if retry >= client.ref.max_retries:
                     raise TransientModelError(f"{e} (after {retry + 1} tries)") from None
                 if self.stop.is_set():
                     raise _Stop(self.stop_reason or "stopping") from None
@@ -524,20 +627,20 @@ class _Runner:
                 await asyncio.sleep(backoff(retry, getattr(e, "retry_after", None)))
                 retry += 1
 
-    async def _once(self, request: Request) -> tuple[Completion, float]:
-        probe = await self.breaker.admit()
+    async def _once(self, request: Request, c: _Client) -> tuple[Completion, float]:
+        probe = await c.breaker.admit()
         estimate = sum(len(m.content) for m in request.messages) // 4 + request.max_tokens
         # a slot first, then the rate token: paced calls leave one by one, not in a burst
-        await self.gate.acquire()
-        await self.limiter.acquire(estimate)
+        await c.gate.acquire()
+        await c.limiter.acquire(estimate)
         if self.stop.is_set():  # stopped while this call waited for its turn
-            await self.gate.release("cancelled")
+            await c.gate.release("cancelled")
             raise _Stop(self.stop_reason or "stopping")
         outcome = "error"
         t0 = time.perf_counter()
         try:
-            call = self.model.complete(request)
-            timeout = self.ref.timeout_s
+            call = c.model.complete(request)
+            timeout = c.ref.timeout_s
             try:
                 comp = await (asyncio.wait_for(call, timeout) if timeout else call)
             except asyncio.TimeoutError:
@@ -545,25 +648,25 @@ class _Runner:
             outcome = "ok"
         except RateLimited as e:
             outcome = "overload"
-            self.breaker.success()  # the provider answered: it is up
+            c.breaker.success()  # the provider answered: it is up
             if e.retry_after:
-                self.limiter.pause(min(e.retry_after, 60.0))
+                c.limiter.pause(min(e.retry_after, 60.0))
             raise
         except TransientModelError:
-            self.breaker.failure(probe)
+            c.breaker.failure(probe)
             raise
         except Exception:
             if probe:
-                self.breaker.success()
+                c.breaker.success()
             raise
         finally:
-            await self.gate.release(outcome)
-            stamp = getattr(self.model, "rate_limits_at", None)
-            if stamp is None or stamp != self._headers_seen:  # only fresh headers
-                self._headers_seen = stamp
-                self.limiter.observe(getattr(self.model, "rate_limits", None))
-        self.breaker.success()
-        self.limiter.settle(estimate, comp.usage.input_tokens + comp.usage.output_tokens)
+            await c.gate.release(outcome)
+            stamp = getattr(c.model, "rate_limits_at", None)
+            if stamp is None or stamp != c.headers_seen:  # only fresh headers
+                c.headers_seen = stamp
+                c.limiter.observe(getattr(c.model, "rate_limits", None))
+        c.breaker.success()
+        c.limiter.settle(estimate, comp.usage.input_tokens + comp.usage.output_tokens)
         return comp, time.perf_counter() - t0
 
     # one record -----------------------------------------------------------------------
@@ -572,6 +675,7 @@ class _Runner:
         context: dict[str, Any] = dict(rec.data)
         outputs: dict[str, Any] = {}
         tries = 0
+        use = RecordUse()
         for step in self.job.steps:
             try:
                 runs = step.applies(context)
@@ -594,12 +698,28 @@ class _Runner:
                 answers = []
                 for i, part in enumerate(parts):
                     label = step.name if len(parts) == 1 else f"{step.name}[{i + 1}/{len(parts)}]"
-                    got, n = await self._solve(committer, rec, step, part, label)
-                    tries += n
-                    if isinstance(got, str):
-                        self._final(committer, rec, "quarantined", None, got, tries)
+                    solver = StepSolver(self, committer, rec, step, part, label, use)
+                    try:
+                        out = await step.strategy.solve(solver)
+                    except OutOfBudget as e:
+                        tries += solver.seq
+                        best = solver.best
+                        solver.note("budget", str(e), answer=best[0] if best else None)
+                        held = _with_best(outputs, step, best[0] if best else None, part)
+                        self._final(committer, rec, "review", held, f"step `{label}`: {e}", tries)
                         return
-                    answers.append(got)
+                    tries += solver.seq
+                    if out.answer is None:
+                        self._final(committer, rec, "quarantined", None,
+                                    f"step `{label}`: {out.error}", tries)
+                        return
+                    if out.problems:
+                        held = _with_best(outputs, step, out.answer, part)
+                        self._final(committer, rec, "review", held,
+                                    f"step `{label}`: {'; '.join(out.problems)}", tries)
+                        return
+                    solver.accepted(out)
+                    answers.append(out.answer)
                 try:
                     answer = step.combine(answers, parts)
                 except OutputError as e:
@@ -614,43 +734,6 @@ class _Runner:
                             f"step `{step.name}`: {skip}", tries)
                 return
         self._final(committer, rec, "done", _dumps(outputs), None, tries)
-
-    async def _solve(
-        self, committer: _Committer, rec: LeasedRecord, step: Task, context: dict[str, Any],
-        label: str,
-    ) -> tuple[dict[str, Any] | str, int]:
-        """Ask until an answer is accepted: (answer, attempts), or (reason to quarantine, attempts)."""
-        reason = None
-        last: str | None = None
-        grown = False
-        attempt = 0
-        for attempt in range(step.max_attempts):
-            request = step.render(context, sample=attempt)
-            if last is not None and request.temperature == 0:
-                # the same prompt at temperature 0 repeats itself: a retry samples a little
-                request = dataclasses.replace(request, temperature=0.3)
-            grown = grown or last == "truncated"
-            if grown:  # a cut-off answer gets twice the room to finish (once, not growing on)
-                request = dataclasses.replace(request, max_tokens=request.max_tokens * 2)
-            try:
-                h, comp = await self._ask(
-                    committer, rec, label, attempt, request, batch=step.mode == "batch"
-                )
-            except (TransientModelError, PermanentModelError) as e:
-                reason = f"model error: {e}"
-                committer.add(attempt=AttemptRecord(self.run.id, rec.key, label, attempt, None, "error", str(e)))
-                break
-            try:
-                answer = step.parse(comp, request)
-            except OutputError as e:
-                reason = str(e)
-                last = e.kind
-                committer.add(attempt=AttemptRecord(self.run.id, rec.key, label, attempt, h, e.kind, str(e)))
-                continue
-            committer.add(attempt=AttemptRecord(self.run.id, rec.key, label, attempt, h, "ok"))
-            return answer, attempt + 1
-        n = attempt + 1
-        return f"step `{label}`: {reason} (after {n} attempt{'s' if n > 1 else ''})", n
 
     def _final(
         self, committer: _Committer, rec: LeasedRecord, state: str, outputs: str | None,
@@ -839,6 +922,17 @@ class _Runner:
         }
 
 
+def _with_best(
+    outputs: dict[str, Any], step: Task, answer: dict[str, Any] | None, part: dict[str, Any]
+) -> str:
+    """Step outputs so far plus the best answer of the step a record is held at, for review."""
+    held = dict(outputs)
+    if answer is not None:
+        with contextlib.suppress(Exception):  # a chunk's answer may not stand for the whole
+            held[step.name] = step.value(step.combine([answer], [part]))
+    return _dumps(held)
+
+
 # --- sinks ----------------------------------------------------------------------------------
 
 
@@ -893,6 +987,28 @@ def _write_outputs(
         sk = open_side_sink(job.sink, job.base_dir, "skipped")
         sk.write(side_cols, set_aside("skipped"), "_key")
         outputs["skipped"] = _show_path(sk.path)
+    if job.can_review() or store.counts(run.id, limit).get("review", 0):
+        # rows held for a person: their input, the best answers reached, and why
+        rv = open_side_sink(job.sink, job.base_dir, "review")
+        rv_cols = plan.columns + [c for c in extra if c.name not in {x.name for x in plan.columns}]
+
+        def review_rows() -> Any:
+            for chunk in store.iter_records(run.id, "review", below_ordinal=limit):
+                rows = []
+                for r in chunk:
+                    row = dict(r["data"] or {})
+                    outs = r["outputs"] or {}
+                    for step, pairs in zip(steps, plan.step_columns):
+                        value = outs.get(step.name)
+                        vals = step.to_columns(value) if value is not None else {}
+                        for col, sink_col in pairs:
+                            row[sink_col] = vals.get(col)
+                    row.update(_key=r["key"], _line=r["line"], _reason=r["reason"])
+                    rows.append(row)
+                yield rows
+
+        rv.write(rv_cols, review_rows(), "_key")
+        outputs["review"] = _show_path(rv.path)
     return outputs
 
 
@@ -928,11 +1044,12 @@ _SECRET = ("key", "token", "secret", "password")
 
 def _redacted(spec: dict[str, Any]) -> dict[str, Any]:
     """The job as stored with the run: model options that look like credentials are dropped."""
-    model = {
-        k: ("<redacted>" if any(w in k.lower() for w in _SECRET) else v)
-        for k, v in (spec.get("model") or {}).items()
-    }
-    return {**spec, "model": model}
+
+    def clean(ref: dict[str, Any]) -> dict[str, Any]:
+        return {k: ("<redacted>" if any(w in k.lower() for w in _SECRET) else v) for k, v in ref.items()}
+
+    models = {name: clean(ref or {}) for name, ref in (spec.get("models") or {}).items()}
+    return {**spec, "model": clean(spec.get("model") or {}), "models": models}
 
 
 def live_status(store: Store, run: RunInfo) -> str:
@@ -945,6 +1062,17 @@ def live_status(store: Store, run: RunInfo) -> str:
     if run.status in ("created", "ingesting") and time.time() - run.updated_at < 60:
         return "running"  # still loading rows (each loaded chunk touches the run)
     return "interrupted"
+
+
+def _strategy_models(job: Job) -> dict[str, tuple[Model, ModelRef]]:
+    """The models the steps' strategies name, built once per run."""
+    out: dict[str, tuple[Model, ModelRef]] = {}
+    for step in job.steps:
+        for name in step.strategy.models():
+            if name not in out:
+                ref = job.model_ref(name)
+                out[name] = (make_model(ref, job.base_dir), ref)
+    return out
 
 
 def _load(job: Job | str | Path) -> Job:
@@ -997,7 +1125,8 @@ async def run_async(
         run = await asyncio.to_thread(_ingest, st, run, job, source, limit, progress, stop)
         st.reclaim(run.id, _owner_dead)
         ref = job.model if model is None else (None if isinstance(model, Model) else ModelRef.parse(model))
-        runner = _Runner(job, m, st, run, plan, limit, progress, stop, ref)
+        extra = _strategy_models(job)
+        runner = _Runner(job, m, st, run, plan, limit, progress, stop, ref, extra)
         st.update_run(run.id, status="running", stop_reason=None, tags=job.tags)
         uses_batch = any(s.mode == "batch" for s in job.steps)
         if uses_batch and not (m.capabilities.supports_batch and hasattr(m, "submit_batch")):
@@ -1018,6 +1147,8 @@ async def run_async(
             pass
         finally:
             await m.aclose()
+            for other, _ in extra.values():
+                await other.aclose()
         counts = st.counts(run.id, limit)
         unfinished = counts.get("pending", 0) + counts.get("leased", 0)
         outputs: dict[str, str] = {}
@@ -1035,7 +1166,7 @@ async def run_async(
             status, reason = "interrupted", "interrupted"
         elapsed = time.monotonic() - started
         st.update_run(
-            run.id, status=status, stop_reason=reason, outputs=list(outputs.values()),
+            run.id, status=status, stop_reason=reason, outputs=outputs,
             elapsed_s=run.elapsed_s + elapsed,
         )
         final = st.get_run(run.id)

@@ -84,6 +84,20 @@ class ModelRef(BaseModel):
         return out
 
 
+class RecordBudget(BaseModel):
+    """Limits on one record's calls, over all its steps. A record that would pass one goes to
+    review with its best answer so far and reason ``budget``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_calls: int | None = Field(None, ge=1, description="calls one record may use")
+    max_tokens: int | None = Field(None, ge=1, description="tokens (in + out) one record may use")
+    max_cost: Decimal | None = Field(None, gt=0, description="USD one record may cost")
+
+    def active(self) -> bool:
+        return any(v is not None for v in (self.max_calls, self.max_tokens, self.max_cost))
+
+
 class Budget(BaseModel):
     """Run-wide limits. A run that reaches one stops cleanly and resumes with a larger one."""
 
@@ -92,6 +106,9 @@ class Budget(BaseModel):
     max_cost_usd: Decimal | None = Field(None, ge=0, description="stop before spending more")
     max_tokens: int | None = Field(None, ge=0, description="stop before using more tokens")
     max_calls: int | None = Field(None, ge=0, description="stop before making more paid calls")
+    per_record: RecordBudget = Field(
+        default_factory=RecordBudget, description="limits on each record's calls, tokens and cost"
+    )
 
 
 def _step_union() -> Any:
@@ -114,6 +131,10 @@ class Job(BaseModel):
     key: str | None = Field(None, description="column with a unique id per row (else a content hash)")
     steps: list[StepType] = Field(min_length=1, description="what to ask about each row, in order")  # type: ignore[valid-type]
     model: ModelRef = Field(default_factory=lambda: ModelRef(name="local"), description="model name")
+    models: dict[str, ModelRef] = Field(
+        default_factory=dict,
+        description="more models by name, for strategies (`model: NAME` in a strategy)",
+    )
     sink: SinkSpec = Field(description="output file or table")
     budget: Budget = Field(default_factory=Budget, description="run-wide limits")
     tags: dict[str, str] = Field(default_factory=dict, description="labels kept with the run's costs")
@@ -131,6 +152,13 @@ class Job(BaseModel):
     def _model_ref(cls, v: Any) -> Any:
         return ModelRef.parse(v)
 
+    @field_validator("models", mode="before")
+    @classmethod
+    def _model_refs(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {str(k): ModelRef.parse(x) for k, x in v.items()}
+        return v
+
     @field_validator("tags", mode="before")
     @classmethod
     def _tag_values(cls, v: Any) -> Any:
@@ -145,7 +173,36 @@ class Job(BaseModel):
             if s.name in seen:
                 raise ValueError(f"two steps are named `{s.name}`; step names must be unique")
             seen.add(s.name)
+        from corral._registry import model_names
+
+        known = model_names()
+        for s in self.steps:
+            for name in s.strategy.models():
+                if name in self.models:
+                    continue
+                base = name.partition(":")[0].strip()
+                if base not in known:
+                    choices = sorted(self.models) + known
+                    raise ValueError(
+                        f"step `{s.name}`: strategy model `{name}` is neither a key of `models:` "
+                        f"nor an installed model{suggest(name, choices)} Choose from: "
+                        f"{', '.join(choices)}."
+                    )
         return self
+
+    def can_review(self) -> bool:
+        """Whether rows can be held for review (checks, per-record budgets, deliberation)."""
+        return self.budget.per_record.active() or any(
+            s.checks or s.strategy.name != "single" for s in self.steps
+        )
+
+    def model_ref(self, name: str | None) -> ModelRef:
+        """The model a strategy names: a key of ``models:``, a model name, or the job's model."""
+        if name is None:
+            return self.model
+        if name in self.models:
+            return self.models[name]
+        return ModelRef.parse(name)
 
     # --- loading ---------------------------------------------------------------------
 
@@ -194,12 +251,16 @@ class Job(BaseModel):
 
         Where the job writes, its budget and tags are left out: changing them resumes the run.
         """
-        ident = {
+        ident: dict[str, Any] = {
             "name": self.name,
             "key": self.key,
             "source": self.source.model_dump(mode="json"),
             "steps": [s.model_dump(mode="json", exclude={"mode"}) for s in self.steps],
         }
+        if self.models:  # what strategies call is part of what the job computes
+            ident["models"] = {
+                k: {"name": str(r), **r.options} for k, r in sorted(self.models.items())
+            }
         blob = json.dumps(ident, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 

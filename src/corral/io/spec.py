@@ -60,3 +60,8 @@ class SinkSpec(BaseModel):
         description="where rows a filter step skipped go (default: NAME.skipped.EXT beside the "
         "sink, or table NAME_skipped for SQLite)",
     )
+    review: str | None = Field(
+        None,
+        description="where rows held for review go (default: NAME.review.EXT beside the sink, "
+        "or table NAME_review for SQLite)",
+    )

@@ -14,6 +14,12 @@ request's ``params`` are exactly what :meth:`AnthropicModel.complete` sends; res
 online answers are and priced with the batch discount of the price table. Anthropic accepts
 ``custom_id`` values matching ``^[a-zA-Z0-9_-]{1,64}$`` only: other ids (such as Corral's request
 hashes ``v1:<64 hex>``) are encoded reversibly on the way in and decoded on the way out.
+
+A request's ``reasoning_effort`` turns on extended thinking: ``thinking: {type: enabled,
+budget_tokens}`` with the budget of :data:`THINKING_BUDGETS`, ``max_tokens`` raised by the budget
+(the answer keeps the request's own ``max_tokens``), no temperature, and, since Anthropic refuses
+a forced tool with thinking, ``tool_choice: {type: auto}`` with the system prompt naming the tool
+that gives the answer. The text of the ``thinking`` blocks becomes :attr:`Completion.reasoning`.
 """
 
 from __future__ import annotations
@@ -78,6 +84,9 @@ _CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _HEX_ID = re.compile(r"([^:]{0,255}):((?:[0-9a-f]{2})+)", re.S)
 #: ids the adapter encoded start with this (a caller's id that does too is encoded as well)
 _ENCODED = "__"
+#: extended thinking's ``budget_tokens`` for each reasoning effort (Anthropic's minimum is 1024)
+THINKING_BUDGETS = {"low": 1024, "medium": 4096, "high": 16384}
+_TOOL_NOTE = "Give your answer by calling the `{name}` tool: its input is the answer itself."
 
 
 def _b64(data: bytes) -> str:
@@ -155,7 +164,8 @@ class AnthropicModel(Model):
         The name of that tool (default ``answer``).
     ``send_temperature``
         Send the step's temperature (default ``False``: the SDK's Messages API has no
-        ``temperature`` parameter; ``True`` sends it as an extra body field).
+        ``temperature`` parameter; ``True`` sends it as an extra body field, except with
+        extended thinking, which allows only the default).
     ``prices``
         USD per million tokens ``{input, output, cached_input, cache_write, batch_discount}``,
         overriding the price table; unknown models have cost ``None``.
@@ -269,7 +279,11 @@ class AnthropicModel(Model):
         messages = [
             {"role": m.role, "content": m.content} for m in request.messages if m.role != "system"
         ]
-        p: dict[str, Any] = {"model": self.name, "max_tokens": request.max_tokens}
+        budget = self._thinking_budget(request)
+        # thinking tokens count against max_tokens, which must exceed the budget: the answer
+        # keeps the request's own max_tokens on top of it
+        max_tokens = request.max_tokens + budget if budget is not None else request.max_tokens
+        p: dict[str, Any] = {"model": self.name, "max_tokens": max_tokens}
         schema = request.schema
         mode = self.structured
         if schema is not None and mode == "tool" and schema.get("type") != "object":
@@ -281,7 +295,14 @@ class AnthropicModel(Model):
                     "description": "Give the answer: the tool's input is the answer itself.",
                     "input_schema": schema,
                 }]
-                p["tool_choice"] = {"type": "tool", "name": self.tool_name}
+                if budget is None:
+                    p["tool_choice"] = {"type": "tool", "name": self.tool_name}
+                else:
+                    # extended thinking refuses a forced tool: let the model choose, and say
+                    # which tool carries the answer (a text answer is read as text, as ever)
+                    p["tool_choice"] = {"type": "auto"}
+                    note = _TOOL_NOTE.format(name=self.tool_name)
+                    system = (system.rstrip() + "\n\n" + note) if system else note
             elif mode == "json_schema":
                 p["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
             else:
@@ -290,9 +311,23 @@ class AnthropicModel(Model):
         if system:
             p["system"] = system
         p["messages"] = messages or [{"role": "user", "content": ""}]
-        if self.send_temperature:
+        if budget is not None:
+            p["thinking"] = {"type": "enabled", "budget_tokens": budget}
+        elif self.send_temperature:  # thinking allows no temperature but the default
             p["extra_body"] = {"temperature": request.temperature}
         return p
+
+    def _thinking_budget(self, request: Request) -> int | None:
+        """Extended thinking's budget for the request's ``reasoning_effort`` (``None``: off)."""
+        effort = request.reasoning_effort
+        if effort is None:
+            return None
+        budget = THINKING_BUDGETS.get(str(effort).strip().lower())
+        if budget is None:
+            raise PermanentModelError(
+                f"{self.id}: reasoning must be one of {', '.join(THINKING_BUDGETS)}, not {effort!r}"
+            )
+        return budget
 
     async def complete(self, request: Request) -> Completion:
         import anthropic
@@ -326,6 +361,9 @@ class AnthropicModel(Model):
                 break
         if text is None:
             text = "".join(getattr(b, "text", "") or "" for b in blocks if getattr(b, "type", None) == "text")
+        # extended thinking's blocks (redacted_thinking blocks carry no readable text)
+        thoughts = [getattr(b, "thinking", None) for b in blocks if getattr(b, "type", None) == "thinking"]
+        thoughts = [t for t in thoughts if isinstance(t, str) and t.strip()]
         finish: FinishReason
         if stop == "max_tokens":
             finish = "length"
@@ -341,6 +379,7 @@ class AnthropicModel(Model):
             usage=usage,
             model=getattr(msg, "model", None) or self.name,
             latency_s=latency,
+            reasoning="\n\n".join(thoughts) or None,
         )
 
     def _usage(self, u: Any, batch: bool = False) -> Usage:

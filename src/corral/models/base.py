@@ -39,6 +39,8 @@ class Request:
     max_tokens: int = 256
     temperature: float = 0.0
     sample: int = 0
+    #: the provider's reasoning setting (``low``, ``medium``, ``high``) or ``None`` for none
+    reasoning_effort: str | None = None
 
     def cache_key(self, model_id: str) -> str:
         """Versioned content hash of everything that determines the response."""
@@ -50,17 +52,22 @@ class Request:
             "temperature": self.temperature,
             "sample": self.sample,
         }
+        if self.reasoning_effort is not None:  # only when set, so earlier hashes stay valid
+            payload["reasoning_effort"] = self.reasoning_effort
         blob = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
         return REQUEST_HASH_VERSION + ":" + hashlib.sha256(blob).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "messages": [m.to_dict() for m in self.messages],
             "schema": self.schema,
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "sample": self.sample,
         }
+        if self.reasoning_effort is not None:
+            out["reasoning_effort"] = self.reasoning_effort
+        return out
 
 
 @dataclass(slots=True)
@@ -84,10 +91,13 @@ class Completion:
     model: str = ""
     latency_s: float = 0.0
     logprobs: list[float] | None = None
+    #: the model's own reasoning text, when the provider returns it (kept in the trace only)
+    reasoning: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "text": self.text,
+            "reasoning": self.reasoning,
             "finish_reason": self.finish_reason,
             "model": self.model,
             "latency_s": self.latency_s,
@@ -111,6 +121,7 @@ class Completion:
             model=d.get("model", ""),
             latency_s=d.get("latency_s", 0.0),
             logprobs=d.get("logprobs"),
+            reasoning=d.get("reasoning"),
             usage=Usage(
                 input_tokens=u.get("input_tokens", 0),
                 output_tokens=u.get("output_tokens", 0),

@@ -14,6 +14,12 @@ The model also speaks OpenAI's Batch API (:class:`corral.models.base.BatchAPI`):
 becomes one JSONL line whose body is exactly what :meth:`OpenAIModel.complete` would send, the
 file is uploaded (``purpose="batch"``) and a ``/v1/chat/completions`` batch created; results are
 parsed as online answers are and priced with the batch discount of the price table.
+
+A request's ``reasoning_effort`` (``low``, ``medium``, ``high``) is sent as the chat completions
+parameter ``reasoning_effort``, online and in batches alike. The reasoning text some compatible
+servers return (``message.reasoning_content`` or ``message.reasoning``: vLLM, DeepSeek,
+llama.cpp's server) becomes :attr:`Completion.reasoning`; OpenAI itself returns none, only the
+count in ``completion_tokens_details.reasoning_tokens``.
 """
 
 from __future__ import annotations
@@ -138,6 +144,23 @@ def _batch_errors(batch: Any) -> str:
         out.append(f"line {line}: {msg}" if line else str(msg))
     more = len(data or []) - len(out)
     return "; ".join(out) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _reasoning_of(msg: Any) -> str | None:
+    """The reasoning text an OpenAI-compatible server put in the message, if any:
+    ``reasoning_content`` (vLLM, DeepSeek, llama.cpp's server) or ``reasoning`` (newer vLLM,
+    OpenRouter). The SDK's typed message has no such fields: they are extra fields, read as
+    attributes or from ``model_extra``. Only non-empty strings count."""
+    if msg is None:
+        return None
+    extra = msg if isinstance(msg, dict) else (getattr(msg, "model_extra", None) or {})
+    for name in ("reasoning_content", "reasoning"):
+        value = extra.get(name) if isinstance(extra, dict) else None
+        if value is None and not isinstance(msg, dict):
+            value = getattr(msg, name, None)
+        if isinstance(value, str) and value.strip():
+            return value
+    return None
 
 
 def _clean_url(url: str) -> str:
@@ -324,6 +347,10 @@ class OpenAIModel(Model):
             p["temperature"] = request.temperature
         if self.logprobs:
             p["logprobs"] = True
+        if request.reasoning_effort is not None:
+            # the documented chat completions parameter of reasoning models (vLLM and other
+            # compatible servers accept it too); the server decides which values it allows
+            p["reasoning_effort"] = request.reasoning_effort
         return p
 
     async def complete(self, request: Request) -> Completion:
@@ -397,6 +424,7 @@ class OpenAIModel(Model):
             model=getattr(resp, "model", None) or self.name,
             latency_s=latency,
             logprobs=logprobs,
+            reasoning=_reasoning_of(msg),
         )
 
     def _usage(self, u: Any, batch: bool = False) -> Usage:

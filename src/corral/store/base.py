@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+#: attempt outcomes that are a strategy's decisions rather than a model call
+DECISIONS = frozenset({"vote", "critique", "best", "escalate", "accepted", "budget"})
+
 STATES = ("pending", "leased", "done", "quarantined", "review", "skipped")
 FINAL_STATES = ("done", "quarantined", "review", "skipped")
 
@@ -30,7 +33,8 @@ class RunInfo:
     ingested_rows: int
     ingest_done: bool
     tags: dict[str, str]
-    outputs: list[str] = field(default_factory=list)
+    #: what the run wrote last: {sink, quarantine, skipped?, review?} -> path
+    outputs: dict[str, str] | list[str] = field(default_factory=dict)
     elapsed_s: float = 0.0
 
 
@@ -72,6 +76,7 @@ class CallRecord:
     latency_s: float
     request_json: str | None = None  # set for paid calls: cached with the response
     response_json: str | None = None
+    strategy: str | None = None  # which strategy (and stage) made the call
 
 
 @dataclass(slots=True)
@@ -81,8 +86,11 @@ class AttemptRecord:
     step: str
     attempt: int
     request_hash: str | None
-    outcome: str  # ok | truncated | refused | invalid | error
+    #: a call's outcome (ok, checks, truncated, refused, invalid, error, retry) or a strategy's
+    #: decision (vote, critique, best, escalate, accepted, budget)
+    outcome: str
     detail: str | None = None
+    data: str | None = None  # JSON: answer, confidence, votes, critique... (the trace)
 
 
 @dataclass(slots=True)

@@ -154,6 +154,19 @@ def m002_batches(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m003_traces(db: sqlite3.Connection) -> None:
+    """Strategy traces: attempts carry structured data (answers, votes, critiques, escalations),
+    and the ledger attributes each call to the strategy that made it."""
+    _script(
+        db,
+        """
+        ALTER TABLE attempts ADD COLUMN data TEXT;
+        ALTER TABLE ledger ADD COLUMN strategy TEXT
+        """,
+    )
+
+
 def _to_nanos(cost: Decimal | None) -> int | None:
     return None if cost is None else int((cost * _NANO).to_integral_value())
 
@@ -442,7 +455,7 @@ class SQLiteStore(Store):
             db.executemany(
                 "INSERT INTO ledger (run_id, key, step, attempt, request_hash, model, replayed, "
                 "input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, "
-                "cost_nanos, latency_s, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "cost_nanos, latency_s, created_at, strategy) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [
                     (
                         c.run_id,
@@ -459,6 +472,7 @@ class SQLiteStore(Store):
                         0 if c.replayed else _to_nanos(c.cost),
                         c.latency_s,
                         now,
+                        c.strategy,
                     )
                     for c in calls
                 ],
@@ -466,9 +480,10 @@ class SQLiteStore(Store):
         if attempts:
             db.executemany(
                 "INSERT INTO attempts (run_id, key, step, attempt, request_hash, outcome, "
-                "detail, created_at) VALUES (?,?,?,?,?,?,?,?)",
+                "detail, created_at, data) VALUES (?,?,?,?,?,?,?,?,?)",
                 [
-                    (a.run_id, a.key, a.step, a.attempt, a.request_hash, a.outcome, a.detail, now)
+                    (a.run_id, a.key, a.step, a.attempt, a.request_hash, a.outcome, a.detail, now,
+                     a.data)
                     for a in attempts
                 ],
             )
@@ -633,7 +648,7 @@ class SQLiteStore(Store):
     def record_calls(self, run_id: str, key: str) -> list[dict[str, Any]]:
         rows = self.db.execute(
             "SELECT a.step, a.attempt, a.outcome, a.detail, a.request_hash, r.request, r.response, "
-            "l.replayed, l.input_tokens, l.output_tokens, l.cost_nanos "
+            "l.replayed, l.input_tokens, l.output_tokens, l.cost_nanos, a.data "
             "FROM attempts a LEFT JOIN responses r ON r.request_hash = a.request_hash "
             "LEFT JOIN ledger l ON l.run_id = a.run_id AND l.key = a.key "
             "AND l.request_hash = a.request_hash "
@@ -642,8 +657,8 @@ class SQLiteStore(Store):
         ).fetchall()
         out = []
         seen: set[tuple[str, int, str | None]] = set()
-        for step, att, outcome, detail, h, req, resp, replayed, tin, tout, nanos in rows:
-            if (step, att, h) in seen:
+        for step, att, outcome, detail, h, req, resp, replayed, tin, tout, nanos, data in rows:
+            if h is not None and (step, att, h) in seen:
                 continue
             seen.add((step, att, h))
             out.append(
@@ -659,6 +674,7 @@ class SQLiteStore(Store):
                     "input_tokens": tin,
                     "output_tokens": tout,
                     "cost_usd": None if nanos is None else str(Decimal(nanos) / _NANO),
+                    "data": json.loads(data) if data else None,
                 }
             )
         return out

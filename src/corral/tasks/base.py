@@ -16,14 +16,17 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from jsonschema import Draft202012Validator, FormatChecker
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SerializeAsAny, field_validator, model_validator
 
-from corral._expr import Condition
+from corral._expr import Condition, ConditionError
 from corral._template import Template
 from corral.errors import InvalidOutput, Refused, Truncated
 from corral.io.base import Column
 from corral.io.spec import SourceSpec
 from corral.models.base import Completion, Message, Request
+from corral.strategies import parse_strategy
+from corral.strategies.base import Strategy
+from corral.strategies.single import Single
 
 _STEP_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -48,9 +51,23 @@ class Task(BaseModel):
     mode: Literal["online", "batch"] = Field(
         "online", description="`batch` sends the step's calls through the provider's batch API"
     )
+    strategy: SerializeAsAny[Strategy] = Field(
+        default_factory=Single,
+        description="how much to think per record: single, vote, refine, best_of or cascade",
+    )
+    checks: list[str] = Field(
+        default_factory=list,
+        description="expressions every answer must satisfy (answer fields and row columns by name)",
+    )
+    reasoning: bool | Literal["low", "medium", "high"] = Field(
+        False,
+        description="true: the model writes its reasoning before the answer; low/medium/high: "
+        "the provider's reasoning setting. Kept in the trace, not the sink",
+    )
 
     _template: Template = PrivateAttr()
     _condition: Condition | None = PrivateAttr(default=None)
+    _checks: list[Condition] = PrivateAttr(default_factory=list)
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
     @field_validator("input")
@@ -69,10 +86,37 @@ class Task(BaseModel):
             Condition.parse(v)
         return v
 
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _parse_strategy(cls, v: Any) -> Any:
+        return parse_strategy(v)
+
+    @field_validator("checks", mode="before")
+    @classmethod
+    def _check_checks(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [v]
+        if isinstance(v, list):
+            for c in v:
+                if not isinstance(c, str):
+                    raise ValueError("each check is an expression string, e.g. `total >= 0`")
+                Condition.parse(c)
+        return v
+
     def model_post_init(self, __context: Any) -> None:
         self._template = Template.parse(self.input)
         if self.when is not None:
             self._condition = Condition.parse(self.when)
+        self._checks = [Condition.parse(c) for c in self.checks]
+
+    @model_validator(mode="after")
+    def _reasoning_free(self) -> Task:
+        if self.reasoning is True and "reasoning" in (self.output_schema().get("properties") or {}):
+            raise ValueError(
+                "`reasoning: true` adds a `reasoning` field, but this step's answer already has "
+                "one; rename that field"
+            )
+        return self
 
     # --- the extension point -------------------------------------------------------------
 
@@ -127,6 +171,22 @@ class Task(BaseModel):
         if self._condition is not None:
             names += [(n,) for n in sorted(self._condition.names)]
         return names
+
+    def failed_checks(self, answer: dict[str, Any], context: dict[str, Any]) -> list[str]:
+        """The ``checks:`` this answer fails, as readable problems (empty when it passes)."""
+        if not self._checks:
+            return []
+        names = {**context, **answer, "answer": answer}
+        out = []
+        for c in self._checks:
+            try:
+                ok = c(names)
+            except ConditionError as e:
+                out.append(f"check {e}")
+                continue
+            if not ok:
+                out.append(f"check `{c.source}` failed")
+        return out
 
     def applies(self, context: dict[str, Any]) -> bool:
         """Whether the step runs for this row (its ``when:`` condition)."""

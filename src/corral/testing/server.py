@@ -109,6 +109,21 @@ class _Answer:
     completion_tokens: int
     cached_tokens: int
     reasoning_tokens: int
+    #: the model's reasoning text, when the request asked for reasoning
+    reasoning_text: str | None = None
+
+
+#: the ``reasoning_effort`` values OpenAI documents
+_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+_THINKING_DOCS = "https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
+
+
+def _thought(user_text: str) -> str:
+    """The reasoning text answered to a request that asks for reasoning (from its words)."""
+    words = list(dict.fromkeys(_WORD.findall(user_text)))[:6]
+    about = ", ".join(words) if words else "nothing in particular"
+    return (f"The request mentions {about}. Weighing it step by step, the answer is the JSON "
+            "value the schema asks for.")
 
 
 def _tokens(text: str) -> int:
@@ -250,6 +265,17 @@ class ProviderServer:
         ``cache_ratio``: share of prompt tokens reported as cached; ``reasoning_tokens`` added
         to each completion; ``answer(body, provider)`` returns the answer (a JSON value, or a
         str for raw text) instead of the derived one.
+    Reasoning
+        A request with ``reasoning_effort`` (OpenAI; one of ``none``, ``minimal``, ``low``,
+        ``medium``, ``high``, ``xhigh``, else 400) gets a reasoning text in
+        ``message.reasoning_content`` (as vLLM and DeepSeek answer) and its tokens in
+        ``completion_tokens_details.reasoning_tokens``. A request with ``thinking: {type:
+        enabled, budget_tokens}`` (Anthropic) is checked as Anthropic does (a budget of at least
+        1024 and below ``max_tokens``, no forced ``tool_choice``, no ``temperature`` but 1: else
+        400), and gets a ``thinking`` block before its answer, its tokens in
+        ``usage.output_tokens_details.thinking_tokens``; with ``tool_choice`` ``auto`` the answer
+        comes through the first tool. The reasoning's tokens are ``reasoning_tokens`` when set,
+        else those of its text. The parameters are in :attr:`bodies` as sent.
     Batches
         ``batch_polls``: polls until a batch is done; ``expire_batches``: half the lines expire;
         ``batch_failure_rate``: share of lines that fail.
@@ -580,10 +606,15 @@ class ProviderServer:
 
     def _generate(self, provider: str, body: dict[str, Any], schema: dict[str, Any] | None,
                   prompt_text: str, user_text: str, max_tokens: int, dice: random.Random,
-                  ) -> _Answer:
+                  think: bool = False) -> _Answer:
         prompt_tokens = _tokens(prompt_text)
         cached = int(prompt_tokens * float(self.cache_ratio))
         reasoning = int(self.reasoning_tokens)
+        thought: str | None = None
+        if think:  # the reasoning comes first and counts against max_tokens
+            thought = _thought(user_text)
+            reasoning = reasoning or _tokens(thought)
+            max_tokens = max(1, max_tokens - reasoning)
         r = dice.random()
         if self.answer is not None:
             value = self.answer(body, provider)
@@ -596,7 +627,7 @@ class ProviderServer:
 
         def done(text: str, finish: str, value: Any = value, out: int | None = None) -> _Answer:
             completion = (_tokens(text) if out is None else out) + reasoning
-            return _Answer(value, text, finish, prompt_tokens, completion, cached, reasoning)
+            return _Answer(value, text, finish, prompt_tokens, completion, cached, reasoning, thought)
 
         if r < self.refusal_rate:
             return done("I'm sorry, but I can't help with that request.", "refusal", None)
@@ -665,6 +696,12 @@ class ProviderServer:
                     "invalid_request_error", "invalid_value", "response_format.type"))
         if schema is None:
             schema = _schema_in(texts)
+        effort = body.get("reasoning_effort")
+        if effort is not None and effort not in _EFFORTS:
+            raise _HTTPError(400, _openai_error(
+                f"Invalid value: '{effort}'. Supported values are: "
+                + ", ".join(f"'{e}'" for e in _EFFORTS[:-1]) + f", and '{_EFFORTS[-1]}'.",
+                "invalid_request_error", "invalid_value", "reasoning_effort"))
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 4096
         prompt_text = "\n".join(texts)
         prompt_tokens = _tokens(prompt_text)
@@ -676,7 +713,8 @@ class ProviderServer:
                 "invalid_request_error", "context_length_exceeded", "messages"))
         if dice is None:
             dice = self._call_faults(OPENAI, route, raw, prompt_tokens + int(max_tokens))
-        ans = self._generate(OPENAI, body, schema, prompt_text, "\n".join(user), int(max_tokens), dice)
+        ans = self._generate(OPENAI, body, schema, prompt_text, "\n".join(user), int(max_tokens), dice,
+                             think=effort not in (None, "none"))
         message: dict[str, Any] = {"role": "assistant", "content": ans.text, "refusal": None}
         finish = {"stop": "stop", "length": "length", "malformed": "stop"}.get(ans.finish, ans.finish)
         if ans.finish == "refusal":
@@ -684,6 +722,8 @@ class ProviderServer:
             finish = "stop"
         elif ans.finish == "content_filter":
             message = {"role": "assistant", "content": None, "refusal": None}
+        if ans.reasoning_text is not None:  # as vLLM, DeepSeek and llama.cpp's server send it
+            message["reasoning_content"] = ans.reasoning_text
         choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
         if body.get("logprobs") and message.get("content"):
             content = message["content"]
@@ -929,12 +969,15 @@ class ProviderServer:
             if not isinstance(t, dict) or not t.get("name") or not isinstance(t.get("input_schema"), dict):
                 raise _HTTPError(400, _anthropic_error(400, "tools: each tool needs name and input_schema"))
             texts.append(json.dumps(t["input_schema"]))
+        think = self._thinking(body, max_tokens, choice)
         if isinstance(choice, dict) and choice.get("type") == "tool":
             forced = next((t for t in tools if t.get("name") == choice.get("name")), None)
             if forced is None:
                 raise _HTTPError(400, _anthropic_error(400, f"tool_choice: no tool named '{choice.get('name')}' in tools"))
         elif isinstance(choice, dict) and choice.get("type") == "any" and tools:
             forced = tools[0]
+        elif think and tools and (not choice or (isinstance(choice, dict) and choice.get("type") == "auto")):
+            forced = tools[0]  # a thinking model left to choose answers through the tool
         schema: dict[str, Any] | None = None
         fmt = (body.get("output_config") or {}).get("format") if isinstance(body.get("output_config"), dict) else None
         if forced is not None:
@@ -951,12 +994,13 @@ class ProviderServer:
                 400, f"prompt is too long: {prompt_tokens} tokens > {self.context_window} maximum"))
         if dice is None:
             dice = self._call_faults(ANTHROPIC, route, raw, prompt_tokens + max_tokens)
-        ans = self._generate(ANTHROPIC, body, schema, prompt_text, "\n".join(user), max_tokens, dice)
+        ans = self._generate(ANTHROPIC, body, schema, prompt_text, "\n".join(user), max_tokens, dice,
+                             think=think)
         if (ans.finish == "stop" and self.context_window is not None
                 and prompt_tokens + ans.completion_tokens > int(self.context_window)):
             room = max(1, int(self.context_window) - prompt_tokens)
             ans = _Answer(_cut(ans.value), ans.text[: room * 4], "context", ans.prompt_tokens,
-                          room, ans.cached_tokens, ans.reasoning_tokens)
+                          room, ans.cached_tokens, ans.reasoning_tokens, ans.reasoning_text)
         content: list[dict[str, Any]]
         stop = {"stop": "end_turn", "length": "max_tokens", "refusal": "refusal",
                 "context": "model_context_window_exceeded", "malformed": "end_turn"}[ans.finish]
@@ -972,6 +1016,9 @@ class ProviderServer:
             content = [{"type": "tool_use", "id": "toolu_" + uuid.uuid4().hex[:24], "name": forced["name"], "input": value}]
             if ans.finish == "stop":
                 stop = "tool_use"
+        if ans.reasoning_text is not None:
+            sig = hashlib.sha256(ans.reasoning_text.encode()).hexdigest()
+            content = [{"type": "thinking", "thinking": ans.reasoning_text, "signature": "sig_" + sig}, *content]
         resp = {
             "id": "msg_" + uuid.uuid4().hex[:24],
             "type": "message",
@@ -989,7 +1036,40 @@ class ProviderServer:
                 "service_tier": "standard",
             },
         }
+        if ans.reasoning_text is not None:
+            resp["usage"]["output_tokens_details"] = {"thinking_tokens": ans.reasoning_tokens}
         return resp, ans
+
+    def _thinking(self, body: dict[str, Any], max_tokens: int, choice: Any) -> bool:
+        """Whether the request turns extended thinking on; 400 where Anthropic would refuse it."""
+        thinking = body.get("thinking")
+        if thinking is None:
+            return False
+        kind = thinking.get("type") if isinstance(thinking, dict) else None
+        if kind == "disabled":
+            return False
+        if kind == "enabled":
+            budget = thinking.get("budget_tokens")
+            if not isinstance(budget, int) or isinstance(budget, bool):
+                raise _HTTPError(400, _anthropic_error(400, "thinking.enabled.budget_tokens: Field required"))
+            if budget < 1024:
+                raise _HTTPError(400, _anthropic_error(
+                    400, "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"))
+            if max_tokens <= budget:
+                raise _HTTPError(400, _anthropic_error(
+                    400, f"`max_tokens` must be greater than `thinking.budget_tokens`. Please consult "
+                    f"our documentation at {_THINKING_DOCS}#max-tokens-and-context-window-size"))
+        elif kind != "adaptive":
+            raise _HTTPError(400, _anthropic_error(
+                400, f"thinking.type: Input should be 'enabled', 'disabled' or 'adaptive', not {kind!r}"))
+        if isinstance(choice, dict) and choice.get("type") in ("tool", "any"):
+            raise _HTTPError(400, _anthropic_error(400, "Thinking may not be enabled when tool_choice forces tool use."))
+        temperature = body.get("temperature")
+        if temperature is not None and temperature != 1:
+            raise _HTTPError(400, _anthropic_error(
+                400, f"`temperature` may only be set to 1 when thinking is enabled. Please consult our "
+                f"documentation at {_THINKING_DOCS}#feature-compatibility"))
+        return True
 
     def _create_msg_batch(self, body: dict[str, Any]) -> dict[str, Any]:
         reqs = body.get("requests")

@@ -1,0 +1,294 @@
+"""The engine's side of a strategy: one record's step, asked through the engine's request layer.
+
+A :class:`StepSolver` renders the step's prompt with a fresh sample index for every call, so the
+sequence of requests is a function of the answers already recorded: a resumed record replays its
+calls from the cache and takes the same path. It keeps the record's budget and the trace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from corral.errors import OutputError, PermanentModelError, TransientModelError
+from corral.job import RecordBudget
+from corral.models.base import Completion, Message, Request
+from corral.store.base import AttemptRecord, LeasedRecord
+from corral.strategies.base import Outcome, Sample
+from corral.tasks.base import Task, _validator
+
+if TYPE_CHECKING:  # pragma: no cover
+    from corral.engine import _Committer, _Runner
+
+
+class OutOfBudget(Exception):
+    """The record would pass its per-record budget with one more call."""
+
+
+@dataclass(slots=True)
+class RecordUse:
+    """What one record has used so far, over all its steps (paid and replayed calls alike, so a
+    resumed record makes the same decisions)."""
+
+    calls: int = 0
+    tokens: int = 0
+    cost: Decimal = Decimal(0)
+    most_output: int = 0
+    most_cost: Decimal = Decimal(0)
+
+    def add(self, comp: Completion) -> None:
+        u = comp.usage
+        self.calls += 1
+        self.tokens += u.input_tokens + u.output_tokens
+        self.most_output = max(self.most_output, u.output_tokens)
+        if u.cost is not None:
+            self.cost += u.cost
+            self.most_cost = max(self.most_cost, u.cost)
+
+    def check(self, budget: RecordBudget, request: Request) -> None:
+        """Raise :class:`OutOfBudget` if one more call (estimated from this record's largest so
+        far) could pass a limit."""
+        if budget.max_calls is not None and self.calls + 1 > budget.max_calls:
+            raise OutOfBudget(f"budget: record max_calls {budget.max_calls} reached")
+        if budget.max_tokens is not None:
+            estimate = _prompt_tokens(request) + self.most_output
+            if self.tokens + estimate > budget.max_tokens:
+                raise OutOfBudget(
+                    f"budget: record max_tokens {budget.max_tokens} reached "
+                    f"({self.tokens} used, next call about {estimate})"
+                )
+        if budget.max_cost is not None and self.cost + self.most_cost > budget.max_cost:
+            raise OutOfBudget(f"budget: record max_cost {budget.max_cost} USD reached ({self.cost} used)")
+
+
+def _prompt_tokens(request: Request) -> int:
+    return sum(len(m.content) for m in request.messages) // 4
+
+
+def confidence(comp: Completion) -> float | None:
+    """The probability of the answer's tokens, from the model's log-probabilities."""
+    if not comp.logprobs:
+        return None
+    return math.exp(max(-700.0, sum(comp.logprobs)))
+
+
+class StepSolver:
+    """Implements :class:`corral.strategies.base.Solver` for one record's step (or chunk)."""
+
+    def __init__(
+        self, runner: _Runner, committer: _Committer, rec: LeasedRecord, step: Task,
+        context: dict[str, Any], label: str, use: RecordUse,
+    ) -> None:
+        self.runner = runner
+        self.committer = committer
+        self.rec = rec
+        self.step = step
+        self.context = context
+        self.label = label
+        self.use = use
+        self.seq = 0  # sample index of the next call: distinct calls get distinct cache keys
+        self.path: list[str] = [step.strategy.name]
+        self.best: tuple[dict[str, Any], float | None, str | None] | None = None
+        self.first_hash: str | None = None
+        self._base: Request | None = None
+
+    # --- the Solver protocol ----------------------------------------------------------
+
+    @property
+    def input_text(self) -> str:
+        return "\n".join(m.content for m in self._request(0).messages if m.role == "user")
+
+    async def sample(
+        self,
+        *,
+        model: str | None = None,
+        temperature: float | None = None,
+        repair: tuple[dict[str, Any], list[str]] | None = None,
+        role: str = "sample",
+    ) -> Sample:
+        step = self.step
+        client = self.runner.client(model)
+        reason = "no answer"
+        last: str | None = None
+        grown = False
+        tries = 0
+        role = "repair" if repair is not None else role
+        for tries in range(1, step.max_attempts + 1):
+            n = self.seq
+            self.seq += 1
+            request = self._request(n)
+            if temperature is not None:
+                request = dataclasses.replace(request, temperature=temperature)
+            elif last is not None and request.temperature == 0:
+                # the same prompt at temperature 0 repeats itself: a retry samples a little
+                request = dataclasses.replace(request, temperature=0.3)
+            if repair is not None:
+                request = _with_repair(request, *repair, reasoning=step.reasoning is True)
+            grown = grown or last == "truncated"
+            if grown:  # a cut-off answer gets twice the room to finish (once, not growing on)
+                request = dataclasses.replace(request, max_tokens=request.max_tokens * 2)
+            try:
+                h, comp = await self._call(request, n, client)
+            except (TransientModelError, PermanentModelError) as e:
+                reason = f"model error: {e}"
+                self._attempt(n, None, "error", str(e), role=role)
+                break
+            try:
+                answer = step.parse(comp, request)
+            except OutputError as e:
+                reason = str(e)
+                last = e.kind
+                self._attempt(n, h, e.kind, str(e), role=role)
+                continue
+            reasoning = comp.reasoning
+            if step.reasoning is True:
+                reasoning = answer.pop("reasoning", None)
+            problems = step.failed_checks(answer, self.context)
+            conf = confidence(comp)
+            self._attempt(
+                n, h, "checks" if problems else "ok", "; ".join(problems) or None, role=role,
+                answer=answer, confidence=conf, problems=problems or None, model=client.model.id,
+                reasoning=reasoning,
+            )
+            if self.first_hash is None:
+                self.first_hash = h
+            return Sample(answer, problems, None, conf, client.model.id, reasoning)
+        return Sample(
+            None, error=f"{reason} (after {tries} attempt{'s' if tries > 1 else ''})",
+            model=client.model.id,
+        )
+
+    async def ask_json(
+        self, messages: list[Message], schema: dict[str, Any], *, model: str | None, role: str
+    ) -> dict[str, Any] | None:
+        client = self.runner.client(model)
+        n = self.seq
+        self.seq += 1
+        request = Request(messages=tuple(messages), schema=schema, max_tokens=400, temperature=0.0, sample=n)
+        try:
+            h, comp = await self._call(request, n, client)
+        except (TransientModelError, PermanentModelError) as e:
+            self._attempt(n, None, "error", str(e), role=role)
+            return None
+        try:
+            data = json.loads(comp.text, strict=False)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            errors = list(_validator(schema).iter_errors(data))
+            if errors:
+                raise ValueError(errors[0].message)
+        except ValueError as e:
+            self._attempt(n, h, "invalid", f"{role} answer unusable: {e}", role=role)
+            return None
+        self._attempt(n, h, "ok", None, role=role, answer=data, model=client.model.id)
+        return data
+
+    def check(self, answer: dict[str, Any]) -> list[str]:
+        return self.step.failed_checks(answer, self.context)
+
+    def note(self, event: str, detail: str | None = None, **data: Any) -> None:
+        self._attempt(self.seq, None, event, detail, **data)
+
+    def offer(
+        self, answer: dict[str, Any] | None, confidence: float | None, reasoning: str | None = None
+    ) -> None:
+        if answer is not None:
+            self.best = (answer, confidence, reasoning)
+
+    @contextlib.contextmanager
+    def within(self, label: str) -> Iterator[None]:
+        self.path.append(label)
+        try:
+            yield
+        finally:
+            self.path.pop()
+
+    # --- the engine's side ------------------------------------------------------------
+
+    def accepted(self, out: Outcome) -> None:
+        """Record the accepted answer: what ``corral export traces`` turns into a worked example."""
+        answer = out.answer or {}
+        self._attempt(
+            self.seq, self.first_hash, "accepted", None, answer=answer, confidence=out.confidence,
+            reasoning=out.reasoning, calls=self.seq,
+        )
+
+    @property
+    def strategy(self) -> str:
+        return "/".join(self.path)
+
+    def _request(self, n: int) -> Request:
+        if self._base is None:
+            self._base = _with_reasoning(self.step, self.step.render(self.context, sample=0))
+        if n == 0:
+            return self._base
+        return _with_reasoning(self.step, self.step.render(self.context, sample=n))
+
+    async def _call(self, request: Request, n: int, client: Any) -> tuple[str, Completion]:
+        budget = self.runner.job.budget.per_record
+        if budget.active():
+            self.use.check(budget, request)
+        h, comp = await self.runner._ask(
+            self.committer, self.rec, self.label, n, request,
+            batch=self.step.mode == "batch" and client is self.runner.main,
+            client=client, strategy=self.strategy,
+        )
+        self.use.add(comp)
+        return h, comp
+
+    def _attempt(self, n: int, h: str | None, outcome: str, detail: str | None, **data: Any) -> None:
+        data = {k: v for k, v in data.items() if v is not None}
+        data["strategy"] = self.strategy
+        self.committer.add(attempt=AttemptRecord(
+            self.runner.run.id, self.rec.key, self.label, n, h, outcome, detail,
+            data=json.dumps(data, ensure_ascii=False, default=str),
+        ))
+
+
+def _with_reasoning(step: Task, request: Request) -> Request:
+    """Add the step's reasoning: a ``reasoning`` field before the answer, or the provider's setting."""
+    if step.reasoning is True and request.schema is not None:
+        schema = dict(request.schema)
+        schema["properties"] = {
+            "reasoning": {"type": "string", "description": "brief step-by-step reasoning"},
+            **(schema.get("properties") or {}),
+        }
+        schema["required"] = ["reasoning", *[r for r in schema.get("required", []) if r != "reasoning"]]
+        first, *rest = request.messages
+        if first.role == "system":
+            note = (
+                "\n\nFirst think briefly, step by step, in the `reasoning` field; then give the "
+                "answer in the other fields."
+            )
+            messages = (Message("system", first.content + note), *rest)
+        else:
+            messages = request.messages
+        return dataclasses.replace(request, schema=schema, messages=messages)
+    if isinstance(step.reasoning, str):
+        return dataclasses.replace(request, reasoning_effort=step.reasoning)
+    return request
+
+
+def _with_repair(
+    request: Request, answer: dict[str, Any], problems: list[str], reasoning: bool
+) -> Request:
+    """The step's prompt, the latest answer and its problems: the context does not grow."""
+    shown = {k: v for k, v in answer.items() if k != "reasoning"} if not reasoning else answer
+    listing = "\n".join(f"- {p}" for p in problems)
+    return dataclasses.replace(
+        request,
+        messages=(
+            *request.messages,
+            Message("assistant", json.dumps(shown, ensure_ascii=False)),
+            Message(
+                "user",
+                f"That answer has problems:\n{listing}\nReply with the corrected answer as JSON only.",
+            ),
+        ),
+    )
