@@ -170,7 +170,7 @@ class StepSolver:
         client = self.runner.client(model)
         n = self.seq
         self.seq += 1
-        request = Request(messages=tuple(messages), schema=schema, max_tokens=400, temperature=0.0, sample=n)
+        request = Request(messages=tuple(messages), schema=schema, max_tokens=200, temperature=0.0, sample=n)
         try:
             h, comp = await self._call(request, n, client)
         except (TransientModelError, PermanentModelError) as e:

@@ -433,6 +433,8 @@ class _Runner:
         self.budgeted = any(v is not None for v in (b.max_calls, b.max_tokens, b.max_cost_usd))
         self.cost_reserved = Decimal(0)
         self.tokens_reserved = 0
+        self.reserved_calls = 0  # calls holding a budget reservation
+        self.settled = asyncio.Event()  # set (and replaced) each time a reservation settles
         # provider batches: requests this pass needs, and requests that failed too often
         self.wanted: dict[str, tuple[str, str, int, Request]] = {}
         self.batch_failed: dict[str, str] = {}
@@ -449,6 +451,13 @@ class _Runner:
     def _check_budget(self, cost: Decimal = Decimal(0), tokens: int = 0) -> None:
         """Stop if the run's budget has no room for one more call of the given estimate (on
         top of the calls in flight, which hold their own reservations)."""
+        reason = self._over_budget(cost, tokens)
+        if reason:
+            self.stop_reason = self.stop_reason or reason
+            self.stop.set()
+            raise _Stop(reason)
+
+    def _over_budget(self, cost: Decimal = Decimal(0), tokens: int = 0) -> str | None:
         b = self.job.budget
         reason = None
         used = self.c.input_tokens + self.c.output_tokens + self.tokens_reserved
@@ -469,10 +478,7 @@ class _Runner:
                 f"budget: max_cost_usd {b.max_cost_usd} reached "
                 f"(spent {self.c.cost}; the next call would pass it)"
             )
-        if reason:
-            self.stop_reason = self.stop_reason or reason
-            self.stop.set()
-            raise _Stop(reason)
+        return reason
 
     async def _reserve(self, client: _Client, request: Request) -> tuple[Decimal, int]:
         """Hold room in the run's budget for one call before it is made: the most a call of this
@@ -491,16 +497,22 @@ class _Runner:
                 client.probing = True
             else:
                 cost = client.cost_est
+        # no room: while other calls hold reservations, wait for them to settle (they may cost
+        # less, or not happen); stop only when this call alone would pass the limit
+        while self._over_budget(cost, tokens) and self.reserved_calls > 0 and not self.stop.is_set():
+            await self.settled.wait()
         try:
             self._check_budget(cost, tokens)
         except _Stop:
             self._wake(client)
             raise
+        self.reserved_calls += 1
         self.cost_reserved += cost
         self.tokens_reserved += tokens
         return cost, tokens
 
     def _settle(self, client: _Client, held: tuple[Decimal, int], comp: Completion | None) -> None:
+        self.reserved_calls -= 1
         self.cost_reserved -= held[0]
         self.tokens_reserved -= held[1]
         if comp is not None:
@@ -509,6 +521,8 @@ class _Runner:
                 client.cost_est = max(client.cost_est or Decimal(0), u.cost)
             client.most_output = max(client.most_output or 0, u.output_tokens)
         self._wake(client)
+        self.settled.set()
+        self.settled = asyncio.Event()
 
     @staticmethod
     def _wake(client: _Client) -> None:

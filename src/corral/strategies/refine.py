@@ -19,7 +19,7 @@ CRITIC_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
         "ok": {"type": "boolean"},
-        "problems": {"type": "array", "items": {"type": "string", "maxLength": 300}, "maxItems": 5},
+        "problems": {"type": "array", "items": {"type": "string", "maxLength": 200}, "maxItems": 3},
     },
     "required": ["ok", "problems"],
     "additionalProperties": False,
