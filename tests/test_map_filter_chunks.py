@@ -574,7 +574,7 @@ def test_pipeline_in_python_counts_calls_per_step(tmp_path):
 # --- the examples ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["map", "filter", "pipeline", "longdoc"])
+@pytest.mark.parametrize("name", ["map", "filter", "pipeline", "longdoc", "deliberate"])
 def test_new_examples_run_with_the_fake_model(tmp_path, name):
     ex = copy_examples(tmp_path)
     s = cli_json(["run", f"examples/{name}.yaml", "--model", "fake"], tmp_path)
@@ -600,6 +600,18 @@ def test_new_examples_run_with_the_fake_model(tmp_path, name):
         assert n > 1 and steps == [f"terms[{i}/{n}]" for i in range(1, n + 1)]
         assert set(rec["outputs"]["terms"]["_chunks"]) == {
             "parties", "effective_date", "total_value", "notice_days", "governing_law"}
+    if name == "deliberate":
+        # the fake model answers the same for every sample of a row, so every vote stops at 2;
+        # its made-up order ids are words of the ticket (a few cut by max_length fail the check
+        # and are repaired, at most twice each)
+        made = s["calls"]["made"]
+        assert r["in"] == 243 and 243 * 3 < made <= 243 * 3 + 2 * 243
+        review = read_csv(tmp_path / s["outputs"]["review"])
+        assert len(review) == r["review"] and r["written"] + r["review"] == 243
+        assert all("check `" in x["_reason"] for x in review)
+        rec = cli_json(["show", s["run"], "T-1004"], tmp_path)
+        events = [c["outcome"] for c in rec["trace"]]
+        assert events.count("vote") == 1 and events.count("accepted") == 2
 
 
 def test_map_and_filter_are_registered_tasks():

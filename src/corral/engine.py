@@ -480,7 +480,7 @@ class _Runner:
             )
         return reason
 
-    async def _reserve(self, client: _Client, request: Request) -> tuple[Decimal, int]:
+    async def _reserve(self, client: _Client, request: Request) -> list[Any]:
         """Hold room in the run's budget for one call before it is made: the most a call of this
         model has cost so far, and its prompt plus the largest answer so far. While a model's
         price is still unknown, its calls go one at a time until the first is settled."""
@@ -509,9 +509,10 @@ class _Runner:
         self.reserved_calls += 1
         self.cost_reserved += cost
         self.tokens_reserved += tokens
-        return cost, tokens
+        return [cost, tokens, False]  # (cost, tokens, settled)
 
-    def _settle(self, client: _Client, held: tuple[Decimal, int], comp: Completion | None) -> None:
+    def _settle(self, client: _Client, held: list[Any], comp: Completion | None) -> None:
+        held[2] = True
         self.reserved_calls -= 1
         self.cost_reserved -= held[0]
         self.tokens_reserved -= held[1]
@@ -569,19 +570,17 @@ class _Runner:
         held = await self._reserve(client, request) if self.budgeted else None
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.inflight[h] = done
-        comp: Completion | None = None
         try:
-            comp = await self._call(committer, rec, step, attempt, request, h, client, strategy)
-            return h, comp
+            return h, await self._call(committer, rec, step, attempt, request, h, client, strategy, held)
         finally:
-            if held is not None:
-                self._settle(client, held, comp)
+            if held is not None and not held[2]:  # the call failed before it was counted
+                self._settle(client, held, None)
             del self.inflight[h]
             done.set_result(None)
 
     async def _call(
         self, committer: _Committer, rec: LeasedRecord, step: str, attempt: int, request: Request,
-        h: str, client: _Client, strategy: str | None,
+        h: str, client: _Client, strategy: str | None, held: list[Any] | None = None,
     ) -> Completion:
         """One paid call through the request layer, recorded before its answer is used."""
         self.reserved += 1  # counted against max_calls from the budget check on
@@ -600,6 +599,8 @@ class _Runner:
             self.reserved -= 1
         u = comp.usage
         self._count(u)
+        if held is not None:  # counted: the reservation gives way to the real usage at once
+            self._settle(client, held, comp)
         await committer.durable(
             CallRecord(
                 self.run.id, rec.key, step, attempt, h, client.model.id, False,

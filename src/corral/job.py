@@ -185,7 +185,7 @@ class Job(BaseModel):
                     choices = sorted(self.models) + known
                     raise ValueError(
                         f"step `{s.name}`: strategy model `{name}` is neither a key of `models:` "
-                        f"nor an installed model{suggest(name, choices)} Choose from: "
+                        f"nor an installed model{suggest(name, choices) or '.'} Choose from: "
                         f"{', '.join(choices)}."
                     )
         return self
@@ -255,14 +255,36 @@ class Job(BaseModel):
             "name": self.name,
             "key": self.key,
             "source": self.source.model_dump(mode="json"),
-            "steps": [s.model_dump(mode="json", exclude={"mode"}) for s in self.steps],
+            "steps": [_step_identity(s) for s in self.steps],
         }
-        if self.models:  # what strategies call is part of what the job computes
+        if self.models:  # what strategies call is part of what the job computes (not credentials)
             ident["models"] = {
-                k: {"name": str(r), **r.options} for k, r in sorted(self.models.items())
+                k: {"name": str(r), **{o: v for o, v in r.options.items() if not _secret(o)}}
+                for k, r in sorted(self.models.items())
             }
         blob = json.dumps(ident, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
+
+
+#: step keys added after jobs already had run ids: left out of the identity at their defaults, so
+#: a job that does not use them keeps the run id it had
+_LATER_DEFAULTS: dict[str, Any] = {
+    "strategy": {"name": "single", "model": None},
+    "checks": [],
+    "reasoning": False,
+}
+
+
+def _step_identity(step: Task) -> dict[str, Any]:
+    d = step.model_dump(mode="json", exclude={"mode"})
+    for k, default in _LATER_DEFAULTS.items():
+        if d.get(k) == default:
+            d.pop(k, None)
+    return d
+
+
+def _secret(option: str) -> bool:
+    return any(w in option.lower() for w in ("key", "token", "secret", "password"))
 
 
 # --- error messages ------------------------------------------------------------------------
@@ -347,9 +369,9 @@ def _describe(exc: ValidationError, data: dict[str, Any]) -> str:
         where = _where(loc[:-1], data)
         msg = f"missing `{loc[-1]}`" + (f" in {where}" if where else " at the top level")
     else:
-        where = _where(loc, data) or "job"
+        where = _where(loc, data)
         text = e["msg"].removeprefix("Value error, ")
-        msg = f"{where}: {text}"
+        msg = f"{where}: {text}" if where else text
     if len(errors) > 1:
         msg += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
     return msg

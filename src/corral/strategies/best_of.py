@@ -54,7 +54,8 @@ class BestOf(Strategy):
                 error = s.error
                 continue
             judged = await self._judge(ctx, s) if self.judge else None
-            passed = not s.problems and (judged is None or judged >= self.judge_pass)
+            # an unusable judge reply scores 0: the branch does not pass on the judge's silence
+            passed = not s.problems and (not self.judge or (judged or 0) >= self.judge_pass)
             score = (1.0 if passed else 0.0, -len(s.problems), judged or 0, s.confidence or 0.0)
             scores.append({"branch": i + 1, "problems": s.problems, "judge": judged, "passed": passed})
             if best is None or score > best[0]:

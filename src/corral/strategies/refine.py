@@ -83,7 +83,10 @@ class Refine(Strategy):
         verdict = await ctx.ask_json(
             messages, CRITIC_SCHEMA, model=self.critic_model or self.model, role="critic"
         )
-        if verdict is None or verdict.get("ok", True):
+        if verdict is None:
+            ctx.note("critique", "the critic's reply was unusable: the answer stands on its checks")
+            return []
+        if verdict.get("ok", True):
             return []
         found = [str(p) for p in verdict.get("problems") or [] if str(p).strip()]
         return found or ["the critic rejected the answer without saying why"]

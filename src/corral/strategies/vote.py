@@ -29,6 +29,16 @@ class Vote(Strategy):
     temperature: float = Field(0.7, ge=0.0, le=2.0, description="sampling temperature of the votes")
     adaptive: bool = Field(True, description="stop early; false always samples `samples` answers")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _small_votes(cls, data: Any) -> Any:
+        # `samples: 1` alone means one answer: the default min_samples follows it down
+        if isinstance(data, dict) and "min_samples" not in data:
+            n = data.get("samples")
+            if isinstance(n, int) and 1 <= n < 2:
+                data = {**data, "min_samples": n}
+        return data
+
     @model_validator(mode="after")
     def _bounds(self) -> Vote:
         if self.min_samples > self.samples:
