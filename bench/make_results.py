@@ -271,7 +271,7 @@ def main() -> None:
         lines += [findings.read_text().rstrip(), ""]
     # sections written by other benchmark suites (bench/providers, bench/etl) are kept as they are
     old = (HERE / "RESULTS.md").read_text() if (HERE / "RESULTS.md").exists() else ""
-    marks = [old.find(m) for m in ("## Providers and the request queue", "## ETL tier") if m in old]
+    marks = [old.find(m) for m in ("## Providers and the request queue", "## ETL tier", "## Deliberation") if m in old]
     kept = old[min(marks):].rstrip() if marks else ""
     (HERE / "RESULTS.md").write_text("\n".join(lines).rstrip() + "\n" + ("\n" + kept + "\n" if kept else ""))
     print(f"wrote {HERE / 'RESULTS.md'}")

@@ -68,7 +68,7 @@ def configs() -> list[tuple[str, str, dict[str, Any], Any, dict[str, Any]]]:
                     {"name": "cascade", "threshold": t, "stages": ["single", {"name": "single", "model": "strong"}]},
                     strong60))
     for m in ("cheap", "mid", "strong"):
-        out.append(("single", f"single @{m}", model(m), "single"))
+        out.append(("single", f"single @{m}", model(m), "single", model("strong")))
     for m in ("cheap", "mid", "strong"):
         out.append(("vote", f"vote fixed k=5 @{m}", model(m), {"name": "vote", "samples": 5, "adaptive": False},
                     model("strong")))

@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from corral import _export
 from corral._result import RunResult, summarize
 from corral.engine import live_status, run_async
 from corral.errors import CorralError, RunNotFoundError, StoreError, UserError
@@ -273,6 +274,101 @@ def _reason_kind(reason: str) -> str:
     return reason.split(" (after")[0][:120]
 
 
+# --- corral calibrate ----------------------------------------------------------------------
+
+
+@main.command("calibrate")
+@click.argument("job_file", metavar="JOB", type=click.Path(path_type=Path))
+@click.option("--labels", "labels", metavar="FILE", type=click.Path(path_type=Path), default=None, help="Required. Labeled rows (CSV, TSV or JSONL): the key column and the expected answer.")
+@click.option("--target", type=float, default=0.95, show_default=True, help="Accuracy to reach, from 0 to 1.")
+@click.option("--step", "step", metavar="NAME", default=None, help="Step to calibrate (default: the job's last step; earlier steps run as written).")
+@click.option("--sample", metavar="N", type=int, default=200, show_default=True, help="Labeled rows to measure on, sampled from the labeled keys in the source.")
+@click.option("--seed", metavar="N", type=int, default=0, show_default=True, help="Seed of the sample.")
+@click.option("--key-column", metavar="NAME", default=None, help="Key column of the labels and the source (default: the job's `key:`).")
+@click.option("--label-column", metavar="NAME", default=None, help="Column of the labels file with the expected answer (default: the step's name, else `label`).")
+@click.option("--candidates", metavar="FILE", default=None, help="YAML/JSON file (or inline list) of strategies to try instead of the default grid.")
+@click.option("--model", "model_name", metavar="NAME", default=None, help="Use this model instead of the job's, as in `corral run`.")
+@_json_option
+@_store_option
+def calibrate_cmd(
+    job_file: Path, labels: Path | None, target: float, step: str | None, sample: int, seed: int,
+    key_column: str | None, label_column: str | None, candidates: str | None, model_name: str | None,
+    as_json: bool, store: Path | None,
+) -> None:
+    """Measure strategies for a step on a labeled sample and report the cheapest one that
+    reaches --target accuracy, with its measured accuracy and cost (exit 1 if none does).
+
+    Candidates share the store, so a call two of them make is paid once; each candidate's cost
+    counts its replayed calls at the price first paid. Progress goes to stderr.
+    """
+    from rich.text import Text
+
+    from corral import _calibrate as cal
+    from corral.store import default_store_path
+
+    err = _err()
+    if labels is None:
+        _fail("--labels FILE is required: a CSV, TSV or JSONL file with the key column and the expected answer")
+    model: Any = model_name
+    if model_name and model_name.lstrip().startswith("{"):
+        try:
+            model = yaml.safe_load(model_name)
+        except yaml.YAMLError:
+            _fail(f"--model {model_name!r} is not a valid mapping; write it like '{{name: fake, latency: 0.1}}'")
+
+    def progress(i: int, n: int, m: cal.Measured) -> None:
+        per_k = "n/a" if m.cost_per_1000 is None else f"${float(m.cost_per_1000):,.4f}/1k rows"
+        err.print(f"[{i}/{n}] {m.candidate.label}: {m.accuracy:.1%} correct, {m.calls_per_row:.2f} calls/row, "
+                  f"{per_k} (run {m.run}{'' if m.status == 'finished' else ', ' + m.status})", markup=False)
+
+    try:
+        plan = cal.prepare(job_file, labels=labels, target=target, step=step, sample=sample, seed=seed,
+                           key_column=key_column, label_column=label_column, model=model,
+                           candidates=candidates, store_path=store or default_store_path())
+        err.print(f"Calibrating step `{plan.step.name}` of {plan.job.name}: {len(plan.candidates)} candidates "
+                  f"on {len(plan.sample_rows):,} labeled rows (of {plan.overlap:,} labeled in the source)", markup=False)
+        st = open_store(store)
+        try:
+            report = asyncio.run(cal.calibrate_async(plan, st, progress, handle_signals=True))
+        finally:
+            st.close()
+    except cal.Interrupted as e:
+        err.print(f"{e}; finished work is saved. Run the same command again to resume.", markup=False)
+        sys.exit(EXIT_INTERRUPTED)
+    except (UserError, StoreError) as e:
+        _fail(str(e))
+        return
+    except CorralError as e:
+        _fail(str(e), EXIT_INTERNAL)
+        return
+    chosen, best = report.chosen, report.most_accurate
+    if as_json:
+        click.echo(json.dumps(report.to_json()))
+        sys.exit(EXIT_OK if chosen else EXIT_INTERNAL)
+    out = _out()
+    t = Table(title=f"step `{report.step}` · {report.rows:,} labeled rows · target {report.target:.1%}")
+    for name in ("", "strategy", "accuracy", "95% interval", "calls/row", "tokens/row", "cost/1k rows", "held", "quarantined"):
+        t.add_column(name, no_wrap=name != "strategy", justify="left" if name in ("", "strategy") else "right")
+    for m in report.results:
+        lo, hi = m.interval
+        t.add_row(
+            "✓" if m is chosen else "", Text(m.candidate.label + (" (current)" if m.candidate.current else "")),
+            f"{m.accuracy:.1%}", f"{lo:.1%}–{hi:.1%}", f"{m.calls_per_row:.2f}", f"{m.tokens_per_row:,.0f}",
+            "n/a" if m.cost_per_1000 is None else f"${float(m.cost_per_1000):,.4f}", f"{m.held:,}", f"{m.quarantined:,}",
+        )
+    out.print(t)
+    if chosen is None:
+        out.print(f"No candidate reaches {report.target:.1%} accuracy. The most accurate is {best.candidate.label if best else '-'}"
+                  f" at {best.accuracy if best else 0:.1%}.", markup=False)
+        sys.exit(EXIT_INTERNAL)
+    per_k = "an unknown cost" if chosen.cost_per_1000 is None else f"${float(chosen.cost_per_1000):,.4f} per 1,000 rows"
+    lo, hi = chosen.interval
+    out.print(f"Cheapest reaching {report.target:.1%}: {chosen.candidate.label} — accuracy {chosen.accuracy:.1%} "
+              f"({lo:.1%}–{hi:.1%}), {chosen.calls_per_row:.2f} calls/row, {per_k}.", markup=False)
+    out.print(f"Paste into step `{report.step}`:\n", markup=False)
+    out.print(cal.snippet(chosen.candidate.strategy).rstrip(), markup=False)
+
+
 # --- corral runs / status / show ---------------------------------------------------------
 
 
@@ -373,11 +469,14 @@ def status_cmd(run: str | None, as_json: bool, store: Path | None) -> None:
 @main.command("show")
 @click.argument("run")
 @click.argument("key")
+@click.option("--full", is_flag=True, help="Print every call's prompt in full, even when an earlier attempt had the same one.")
 @_json_option
 @_store_option
-def show_cmd(run: str, key: str, as_json: bool, store: Path | None) -> None:
-    """Show one record: its input, state and reason, and every attempt with the rendered
-    prompt, the raw response and the parsed answer."""
+def show_cmd(run: str, key: str, full: bool, as_json: bool, store: Path | None) -> None:
+    """Show one record and how its answer was reached: its input, state and reason, every call
+    (role, strategy, model, prompt, raw response, parsed answer, confidence, reasoning, failed
+    checks) and the strategy's decisions (votes, critiques, best-of scores, escalations, budget
+    stops, the accepted answer)."""
     st = _open(store)
     try:
         try:
@@ -394,14 +493,16 @@ def show_cmd(run: str, key: str, as_json: bool, store: Path | None) -> None:
         if as_json:
             click.echo(json.dumps({"run": info.id, **rec, "calls": calls, "trace": trace}, default=str))
             return
-        _print_record(_out(), info, rec, trace)
+        _print_record(_out(), info, rec, trace, full=full)
     finally:
         st.close()
 
 
-def _print_record(console: Console, info: RunInfo, rec: dict[str, Any], calls: list[dict[str, Any]]) -> None:
+def _print_record(
+    console: Console, info: RunInfo, rec: dict[str, Any], trace: list[dict[str, Any]], full: bool = False
+) -> None:
     console.rule(f"run {info.id} · record {rec['key']}")
-    console.print(f"state: {rec['state']}" + (f"   reason: {rec['reason']}" if rec["reason"] else ""))
+    console.print(f"state: {rec['state']}" + (f"   reason: {rec['reason']}" if rec["reason"] else ""), markup=False)
     if rec["line"]:
         console.print(f"source line: {rec['line']}")
     console.print("input:", markup=False)
@@ -411,26 +512,228 @@ def _print_record(console: Console, info: RunInfo, rec: dict[str, Any], calls: l
         console.print("outputs:", markup=False)
         for k, v in rec["outputs"].items():
             console.print(f"  {k}: {json.dumps(v, ensure_ascii=False)}", markup=False)
-    for c in calls:
-        tag = "replayed" if c["replayed"] else "paid call" if c["replayed"] is False else "no response"
-        console.rule(f"step {c['step']} · attempt {c['attempt'] + 1} · {c['outcome']} · {tag}", style="dim")
-        if c["detail"]:
-            console.print(f"detail: {c['detail']}", markup=False)
-        req = c["request"]
-        if req:
-            for m in req["messages"]:
+    prompts: dict[str, list[tuple[int, list[dict[str, Any]]]]] = {}  # step -> prompts printed in full
+    for c in trace:
+        if c["outcome"] in DECISIONS:
+            for i, line in enumerate(_decision_lines(c)):
+                console.print(("» " if i == 0 else "    ") + line, style="bold" if i == 0 else None, markup=False)
+            continue
+        _print_call(console, c, prompts.setdefault(c["step"], []), full)
+
+
+def _print_call(console: Console, c: dict[str, Any], seen: list[tuple[int, list[dict[str, Any]]]], full: bool) -> None:
+    data = c["data"] or {}
+    resp = c["response"]
+    number = c["attempt"] + 1
+    tag = "replayed" if c["replayed"] else "paid call" if c["replayed"] is False else "no response"
+    head = [f"step {c['step']}", f"attempt {number}"]
+    if data.get("role"):
+        head.append(str(data["role"]))
+    console.rule(" · ".join([*head, c["outcome"], tag]), style="dim")
+    about = []
+    if data.get("strategy"):
+        about.append(f"strategy {data['strategy']}")
+    model = data.get("model") or (resp or {}).get("model")
+    if model and c["request"]:
+        about.append(f"model {model}")
+    if data.get("confidence") is not None:
+        about.append(f"confidence {_conf(data['confidence'])}")
+    if about:
+        console.print(" · ".join(about), markup=False)
+    problems = [str(p) for p in data.get("problems") or []]
+    if c["detail"] and c["detail"] != "; ".join(problems):
+        console.print(f"detail: {c['detail']}", markup=False)
+    req = c["request"]
+    if req:
+        messages = list(req["messages"])
+        shown = same = 0
+        if not full:
+            for n, earlier in seen:
+                if len(earlier) <= len(messages) and messages[: len(earlier)] == earlier and len(earlier) > shown:
+                    shown, same = len(earlier), n
+            if shown:
+                rest = " (then:)" if shown < len(messages) else ""
+                console.print(f"(same prompt as attempt {same}){rest}", style="dim", markup=False)
+        if shown < len(messages):
+            if shown == 0:
+                seen.append((number, messages))
+            for m in messages[shown:]:
                 console.print(f"[{m['role']}]", markup=False)
                 console.print(m["content"], markup=False)
-        resp = c["response"]
-        if resp:
-            console.print(f"[response · finish {resp['finish_reason']} · {resp['usage']['input_tokens']} in / {resp['usage']['output_tokens']} out tokens]", markup=False)
-            console.print(resp["text"], markup=False)
-            if c["outcome"] == "ok":
-                try:
-                    parsed = json.loads(resp["text"], strict=False)
-                    console.print("[parsed answer] " + json.dumps(parsed, ensure_ascii=False), markup=False)
-                except ValueError:
-                    pass
+    if resp:
+        usage = resp["usage"]
+        console.print(
+            f"[response · finish {resp['finish_reason']} · {usage['input_tokens']} in / {usage['output_tokens']} out tokens]",
+            markup=False,
+        )
+        console.print(resp["text"], markup=False)
+        answer = data.get("answer")
+        if answer is None and c["outcome"] == "ok":
+            try:
+                answer = json.loads(resp["text"], strict=False)
+            except ValueError:
+                pass
+        if answer is not None:
+            console.print("[parsed answer] " + json.dumps(answer, ensure_ascii=False), markup=False)
+    reasoning = data.get("reasoning") or (resp or {}).get("reasoning")
+    if reasoning:
+        console.print("[reasoning]", markup=False)
+        console.print(str(reasoning), markup=False)
+    if problems:
+        console.print("[failed checks]", markup=False)
+        for p in problems:
+            console.print(f"- {p}", markup=False)
+
+
+def _decision_lines(c: dict[str, Any]) -> list[str]:
+    """A strategy's decision as one short line (and, for some, indented lines under it)."""
+    d = c["data"] or {}
+    kind = c["outcome"]
+    detail = c["detail"] or ""
+    if kind == "vote" and d.get("fields"):
+        notes = [f"agreement {_conf(d.get('agreement'))}"]
+        if d.get("failed"):
+            notes.append(f"{d['failed']} sample{'s' * (d['failed'] > 1)} without an answer")
+        if d.get("stopped"):
+            notes.append(f"stopped: {d['stopped']}")
+        tail = f"({'; '.join(notes)})"
+        fields: dict[str, dict[str, int]] = d["fields"]
+        if len(fields) == 1:
+            (votes,) = fields.values()
+            return [f"vote: {_tally(votes)} {tail}"]
+        return [f"vote, {d.get('answers', '?')} answers {tail}:", *(f"{k}: {_tally(v)}" for k, v in fields.items())]
+    if kind == "critique" and "problems" in d:
+        problems = [str(p) for p in d["problems"] or []]
+        if not problems:
+            return [f"critique: {detail or 'no problems'}"]
+        head = f"critique of answer {int(d.get('round', 0)) + 1}:"
+        if len(problems) == 1:
+            return [f"{head} {problems[0]}"]
+        return [head, *(f"- {p}" for p in problems)]
+    if kind == "best" and d.get("branches") is not None:
+        parts = []
+        for b in d["branches"]:
+            s = f"branch {b.get('branch')} " + ("passed" if b.get("passed") else "failed")
+            if b.get("judge") is not None:
+                s += f", judge {b['judge']}/10"
+            if b.get("problems"):
+                n = len(b["problems"])
+                s += f", {n} failed check{'s' * (n > 1)}"
+            parts.append(s)
+        return [f"best_of: {'; '.join(parts)} -> kept branch {d.get('kept')}"]
+    if kind == "escalate" and "stage" in d:
+        stage = d["stage"]
+        conf, threshold = d.get("confidence"), d.get("threshold")
+        bar = f"threshold {threshold:g}" if threshold is not None else "no threshold"
+        if d.get("escalate"):
+            why = str(d.get("why") or detail)
+            if why.startswith("confidence ") and conf is not None:
+                return [f"escalate: stage {stage} -> stage {stage + 1}: confidence {_conf(conf)} < {bar}"]
+            return [f"escalate: stage {stage} -> stage {stage + 1}: {why} (confidence {_conf(conf)}, {bar})"]
+        if conf is None:
+            return [f"cascade: stage {stage} accepted (no confidence measure, {bar}; checks passed)"]
+        return [f"cascade: stage {stage} accepted (confidence {_conf(conf)} >= {bar}; checks passed)"]
+    if kind == "budget":
+        best = d.get("answer")
+        tail = f"; best answer so far {_compact(best)}" if best is not None else "; no answer yet"
+        return [f"budget: {detail.removeprefix('budget: ')}{tail}"]
+    if kind == "accepted" and "answer" in d:
+        notes = []
+        if d.get("confidence") is not None:
+            notes.append(f"confidence {_conf(d['confidence'])}")
+        if d.get("calls") is not None:
+            notes.append(f"{d['calls']} call{'s' * (d['calls'] != 1)}")
+        return [f"accepted: {_compact(d['answer'])}" + (f" ({', '.join(notes)})" if notes else "")]
+    return [f"{kind}: {detail}" if detail else kind]
+
+
+def _tally(votes: dict[str, int]) -> str:
+    """``{'"billing"': 3, '"account"': 1}`` -> ``billing 3, account 1 -> billing`` (the leader first)."""
+    ranked = sorted(votes.items(), key=lambda kv: -kv[1])  # stable: ties keep the vote's order
+    shown = [f"{_value(v)} {n}" for v, n in ranked]
+    return f"{', '.join(shown)} -> {_value(ranked[0][0])}" if ranked else "no votes"
+
+
+def _value(canonical_json: str) -> str:
+    try:
+        v = json.loads(canonical_json)
+    except ValueError:
+        return canonical_json
+    return v if isinstance(v, str) else _compact(v)
+
+
+def _compact(v: Any) -> str:
+    return json.dumps(v, ensure_ascii=False, separators=(", ", ": "))
+
+
+def _conf(c: Any) -> str:
+    if c is None:
+        return "n/a"
+    c = float(c)
+    return f"{c:.2f}" if c == 0 or c >= 0.01 else f"{c:.1e}"
+
+
+# --- corral export ---------------------------------------------------------------------------
+
+
+@main.group("export")
+def export_group() -> None:
+    """Export a run's data for other tools.
+
+    \b
+      traces   accepted answers with their prompts, as chat-format JSONL for fine-tuning
+    """
+
+
+@export_group.command("traces", short_help="Accepted answers with their prompts, as chat-format JSONL.")
+@click.argument("run")
+@click.option("--format", "fmt", type=click.Choice(_export.FORMATS), default="sft", show_default=True,
+              help="Output format: sft = one chat example a line, {messages: [system, user, assistant], metadata}.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write to this file (atomically: a temporary file renamed when complete). Default: stdout.")
+@click.option("--reasoning", is_flag=True, help="Put the model's reasoning first in the assistant's answer, as a \"reasoning\" key, where the trace has it.")
+@click.option("--step", "step", metavar="NAME", default=None, help="Export this step's answers only (default: every step's).")
+@_store_option
+def export_traces_cmd(run: str, fmt: str, output: Path | None, reasoning: bool, step: str | None, store: Path | None) -> None:
+    """Write a run's accepted answers as worked examples (RUN: an id, a prefix of one, or a job
+    name): one JSON line per step answer of every written (`done`) record, with the step's system
+    and user prompt and the answer as the assistant's message. Rows in review or quarantine are
+    left out. A one-line summary goes to stderr."""
+    st = _open(store)
+    try:
+        try:
+            info = _resolve(st, run)
+        except UserError as e:
+            _fail(str(e))
+            return
+        steps = _export.step_names(info)
+        if step is not None and step not in steps:
+            _fail(f"run {info.id} has no step `{step}` — its steps are: {', '.join(steps)}")
+            return
+        stats = _export.ExportStats()
+        examples = _export.sft_examples(st, info, step=step, reasoning=reasoning, stats=stats)
+        try:
+            _export.write_jsonl(examples, output if output is not None else sys.stdout)
+        except BrokenPipeError:  # `| head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            sys.exit(EXIT_OK)
+        except OSError as e:
+            _fail(f"cannot write {output}: {e.strerror or e}")
+            return
+    finally:
+        st.close()
+    where = str(output) if output is not None else "stdout"
+    line = f"wrote {_count(stats.examples, 'example')} from {_count(stats.records, 'record')} to {where}"
+    notes = []
+    if reasoning:
+        notes.append(f"{stats.with_reasoning:,} with reasoning, {stats.examples - stats.with_reasoning:,} without")
+    if stats.no_prompt:
+        notes.append(f"{stats.no_prompt:,} left out: their prompt is not in the store")
+    _err().print(line + (f" ({'; '.join(notes)})" if notes else ""), markup=False)
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n:,} {what}" + ("" if n == 1 else "s")
 
 
 if __name__ == "__main__":  # pragma: no cover

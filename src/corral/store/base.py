@@ -185,6 +185,13 @@ class Store(ABC):
     @abstractmethod
     def totals(self, run_id: str) -> LedgerTotals: ...
     @abstractmethod
+    def run_spend(self, run_id: str) -> dict[str, Any]:
+        """What the run's calls cost in all, replays counted at the price first paid for them:
+        ``{calls, input_tokens, output_tokens, cost}`` summed over the run's ledger rows, each
+        read from its recorded response's usage; ``cost`` is a Decimal, or None when some
+        call's price is unknown."""
+
+    @abstractmethod
     def iter_records(
         self, run_id: str, state: str, chunk: int = 2000, below_ordinal: int | None = None
     ) -> Iterator[list[dict[str, Any]]]: ...

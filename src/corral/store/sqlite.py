@@ -599,6 +599,31 @@ class SQLiteStore(Store):
         cost = None if unknown else Decimal(row[4]) / _NANO
         return LedgerTotals(row[0], row[1], row[2], row[3], cost)
 
+    def run_spend(self, run_id: str) -> dict[str, Any]:
+        rows = self.db.execute(
+            "SELECT l.replayed, l.input_tokens, l.output_tokens, l.cost_nanos, r.response "
+            "FROM ledger l LEFT JOIN responses r ON r.request_hash = l.request_hash "
+            "WHERE l.run_id=?",
+            (run_id,),
+        )
+        calls = tokens_in = tokens_out = 0
+        cost: Decimal | None = Decimal(0)
+        for replayed, tin, tout, nanos, response in rows:
+            calls += 1
+            if response is not None:
+                usage = json.loads(response).get("usage") or {}
+                tokens_in += int(usage.get("input_tokens") or 0)
+                tokens_out += int(usage.get("output_tokens") or 0)
+                price = usage.get("cost")
+                paid = None if price is None else Decimal(str(price))
+            else:  # a billed call that failed: no response, the ledger row holds its usage
+                tokens_in += tin
+                tokens_out += tout
+                paid = None if nanos is None else Decimal(nanos) / _NANO
+            if cost is not None:
+                cost = None if paid is None else cost + paid
+        return {"calls": calls, "input_tokens": tokens_in, "output_tokens": tokens_out, "cost": cost}
+
     def iter_records(
         self, run_id: str, state: str, chunk: int = 2000, below_ordinal: int | None = None
     ) -> Iterator[list[dict[str, Any]]]:
