@@ -867,7 +867,7 @@ def test_strategy_model_in_models_or_installed_is_accepted(tmp_path):
     for strategy, models in (
         ({"name": "vote", "model": "cheap"}, {"cheap": "fake:x"}),
         ({"name": "vote", "model": "fake:other"}, {}),
-        ({"name": "refine", "critic_model": "fake"}, {}),
+        ({"name": "refine", "critic": "Is it right?", "critic_model": "fake"}, {}),
     ):
         job = Job.from_dict({"name": "t", "source": "in.csv", "key": "id", "models": models,
                              "steps": [classify(strategy=strategy)], "sink": "o.csv"}, base_dir=tmp_path)
@@ -1100,3 +1100,23 @@ def test_spec_hash_of_a_job_without_strategies_is_unchanged_by_the_feature(tmp_p
                         base_dir=tmp_path)
     # the hash this job had at the commit before strategies (34dc8d4)
     assert job.spec_hash() == "3387e620669f1f3424739c1942b5633ca0aad0afdccb3c3a8191494e7f463536"
+
+
+@pytest.mark.parametrize("strategy, says", [
+    ({"name": "refine"}, "strategy `refine` has nothing to check answers with; add `checks:`"),
+    ({"name": "best_of"}, "strategy `best_of` has nothing to score answers with; add `checks:`"),
+    ({"name": "cascade", "stages": ["single", {"name": "refine"}]}, "strategy `refine` has nothing"),
+    ({"name": "refine", "critic_model": "fake"}, "`critic_model` is set but `critic` is not"),
+])
+def test_strategy_without_a_verifier_is_a_one_line_error(tmp_path, strategy, says):
+    write(tmp_path / "in.csv", "id,text\nr1,x\n")
+    d = {"name": "t", "source": "in.csv", "key": "id", "sink": "o.csv",
+         "steps": [classify(strategy=strategy)]}
+    with pytest.raises(JobSpecError) as e:
+        Job.from_dict(d, base_dir=tmp_path)
+    assert says in str(e.value) and "\n" not in str(e.value)
+    # with checks on the step, refine and best_of have what they need
+    if "critic_model" not in strategy:
+        ok = Job.from_dict({**d, "steps": [classify(strategy=strategy, checks=["label != 'zz'"])]},
+                           base_dir=tmp_path)
+        assert ok.steps[0].checks == ["label != 'zz'"]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from corral.errors import OutputError, PermanentModelError, TransientModelError
 from corral.job import RecordBudget
 from corral.models.base import Completion, Message, Request
@@ -231,8 +232,8 @@ class StepSolver:
         return _with_reasoning(self.step, self.step.render(self.context, sample=n))
 
     async def _call(self, request: Request, n: int, client: Any) -> tuple[str, Completion]:
-        budget = self.runner.job.budget.per_record
-        if budget.active():
+        budget = self.runner.record_budget
+        if budget is not None:
             self.use.check(budget, request)
         h, comp = await self.runner._ask(
             self.committer, self.rec, self.label, n, request,
@@ -247,7 +248,7 @@ class StepSolver:
         data["strategy"] = self.strategy
         self.committer.add(attempt=AttemptRecord(
             self.runner.run.id, self.rec.key, self.label, n, h, outcome, detail,
-            data=json.dumps(data, ensure_ascii=False, default=str),
+            data=orjson.dumps(data, default=str).decode(),
         ))
 
 

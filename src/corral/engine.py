@@ -431,6 +431,7 @@ class _Runner:
             self.clients[name] = _Client.build(m, r, 1 if cap <= 1 else min(cap, job.concurrency or 32))
         b = job.budget
         self.budgeted = any(v is not None for v in (b.max_calls, b.max_tokens, b.max_cost_usd))
+        self.record_budget = b.per_record if b.per_record.active() else None
         self.cost_reserved = Decimal(0)
         self.tokens_reserved = 0
         self.reserved_calls = 0  # calls holding a budget reservation

@@ -110,6 +110,28 @@ class Task(BaseModel):
         self._checks = [Condition.parse(c) for c in self.checks]
 
     @model_validator(mode="after")
+    def _strategy_has_a_verifier(self) -> Task:
+        stages = getattr(self.strategy, "stages", None) or [self.strategy]
+        for st in stages:
+            if st.name == "refine" and getattr(st, "critic_model", None) and not getattr(st, "critic", None):
+                raise ValueError("strategy `refine`: `critic_model` is set but `critic` is not; "
+                                 "give the critic its instructions with `critic:`")
+            if st.name == "best_of" and getattr(st, "judge_model", None) and not getattr(st, "judge", None):
+                raise ValueError("strategy `best_of`: `judge_model` is set but `judge` is not; "
+                                 "give the judge its instructions with `judge:`")
+            if st.name == "refine" and not self.checks and not getattr(st, "critic", None):
+                raise ValueError(
+                    "strategy `refine` has nothing to check answers with; add `checks:` to the "
+                    "step or a `critic:` to the strategy"
+                )
+            if st.name == "best_of" and not self.checks and not getattr(st, "judge", None):
+                raise ValueError(
+                    "strategy `best_of` has nothing to score answers with; add `checks:` to the "
+                    "step or a `judge:` to the strategy"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _reasoning_free(self) -> Task:
         if self.reasoning is True and "reasoning" in (self.output_schema().get("properties") or {}):
             raise ValueError(
