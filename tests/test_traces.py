@@ -258,6 +258,8 @@ def test_export_sft_lines_match_the_sink(tmp_path):
         if meta["step"] == "topic":
             assert x["messages"][0]["content"].startswith(SYSTEM)
             assert answer == {"label": row["topic"]}  # no reasoning without --reasoning
+            # ... and the prompt does not ask for it either
+            assert "reasoning" not in x["messages"][0]["content"]
             assert meta["strategy"] == "vote" and meta["confidence"] == 1.0 and meta["calls"] == 2
         else:
             assert answer == {"who": row["who"], "n": row["n"]}
@@ -313,3 +315,18 @@ def test_export_errors_are_one_line_with_exit_2(tmp_path):
     target = tmp_path / "t.jsonl"
     res = cli("export", "traces", run, "--step", "nope", "-o", str(target))
     assert res.exit_code == 2 and not target.exists()
+
+
+def test_export_includes_a_filters_no_answers_from_skipped_records(tmp_path):
+    job = make_job(tmp_path, {"k1": "keep me", "k2": "drop me", "k3": "keep too"}, [
+        {"name": "wanted", "task": "filter", "input": "{text}", "question": "Is it worth keeping?"},
+    ])
+    fake = FakeModel(script=lambda r: {"reason": "said so", "keep": "drop" not in user(r)})
+    r = corral.run(job, model=fake)
+    assert (r.written, r.skipped) == (2, 1)
+    res = cli("export", "traces", r.run)
+    assert res.exit_code == 0, res.output
+    lines = jsonl(res.stdout)
+    got = {x["metadata"]["key"]: json.loads(x["messages"][2]["content"]) for x in lines}
+    assert set(got) == {"k1", "k2", "k3"}
+    assert [v["keep"] for k, v in sorted(got.items())] == [True, False, True]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from corral._solver import REASONING_NOTE
 from corral.store.base import RunInfo, Store
 
 FORMATS = ("sft",)
@@ -57,15 +58,22 @@ def accepted_events(trace: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(found.values())
 
 
-def prompt_messages(request: dict[str, Any] | None) -> list[dict[str, str]] | None:
+def prompt_messages(
+    request: dict[str, Any] | None, reasoning: bool = True
+) -> list[dict[str, str]] | None:
     """The first system message and the first user message of a recorded request (a repair's
-    assistant and user turns come after them and are left out)."""
+    assistant and user turns come after them and are left out). Without ``reasoning``, the
+    instruction to reason first that ``reasoning: true`` adds is taken out of the system prompt,
+    so the example asks for what its answer gives."""
     if not request:
         return None
     messages = request.get("messages") or []
     out: list[dict[str, str]] = []
     if messages and messages[0].get("role") == "system":
-        out.append({"role": "system", "content": messages[0]["content"]})
+        system = messages[0]["content"]
+        if not reasoning:
+            system = system.replace(REASONING_NOTE, "")
+        out.append({"role": "system", "content": system})
     user = next((m for m in messages if m.get("role") == "user"), None)
     if user is None:
         return None
@@ -84,10 +92,18 @@ def sft_examples(
     store: Store, info: RunInfo, *, step: str | None = None, reasoning: bool = False,
     stats: ExportStats | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Chat-format examples, one per accepted answer of each ``done`` record (of ``step`` only
-    when given), in source order: ``{"messages": [system, user, assistant], "metadata": {...}}``."""
+    """Chat-format examples, one per accepted answer of each ``done`` record, then of each
+    ``skipped`` one (a filter's "no" is an accepted answer too); of ``step`` only when given:
+    ``{"messages": [system, user, assistant], "metadata": {...}}``."""
     stats = stats if stats is not None else ExportStats()
-    for chunk in store.iter_records(info.id, "done"):
+    for state in ("done", "skipped"):
+        yield from _state_examples(store, info, state, step, reasoning, stats)
+
+
+def _state_examples(
+    store: Store, info: RunInfo, state: str, step: str | None, reasoning: bool, stats: ExportStats
+) -> Iterator[dict[str, Any]]:
+    for chunk in store.iter_records(info.id, state):
         for rec in chunk:
             got = 0
             for ev in accepted_events(store.record_calls(info.id, rec["key"])):
@@ -98,7 +114,7 @@ def sft_examples(
                 answer = data.get("answer")
                 if not isinstance(answer, dict):
                     continue
-                messages = prompt_messages(ev["request"])
+                messages = prompt_messages(ev["request"], reasoning)
                 if messages is None:
                     stats.no_prompt += 1
                     continue

@@ -252,6 +252,13 @@ class StepSolver:
         ))
 
 
+#: appended to the system prompt of a step with ``reasoning: true``
+REASONING_NOTE = (
+    "\n\nFirst think briefly, step by step, in the `reasoning` field; then give the answer in the "
+    "other fields."
+)
+
+
 def _with_reasoning(step: Task, request: Request) -> Request:
     """Add the step's reasoning: a ``reasoning`` field before the answer, or the provider's setting."""
     if step.reasoning is True and request.schema is not None:
@@ -263,11 +270,7 @@ def _with_reasoning(step: Task, request: Request) -> Request:
         schema["required"] = ["reasoning", *[r for r in schema.get("required", []) if r != "reasoning"]]
         first, *rest = request.messages
         if first.role == "system":
-            note = (
-                "\n\nFirst think briefly, step by step, in the `reasoning` field; then give the "
-                "answer in the other fields."
-            )
-            messages = (Message("system", first.content + note), *rest)
+            messages = (Message("system", first.content + REASONING_NOTE), *rest)
         else:
             messages = request.messages
         return dataclasses.replace(request, schema=schema, messages=messages)
