@@ -130,3 +130,39 @@ def test_stale_rate_limit_headers_do_not_keep_pausing(tmp_path):
             return time.monotonic() - t0
 
     assert asyncio.run(go()) < 20
+
+
+@pytest.mark.parametrize("provider, status, code", [
+    ("openai", 429, "insufficient_quota"),
+    ("anthropic", 402, None),
+])
+def test_an_account_out_of_quota_stops_the_run_with_exit_4_then_resumes(tmp_path, provider, status, code):
+    with ProviderServer(fail_status=status, fail_code=code, fail_message="You exceeded your current quota") as srv:
+        url = srv.openai_url if provider == "openai" else srv.url
+        name = "openai:gpt-4o-mini" if provider == "openai" else "anthropic:claude-3-5-haiku-latest"
+        write(tmp_path / "in.csv", "id,text\n" + "".join(f"r{i},t{i}\n" for i in range(40)))
+        write(tmp_path / "job.yaml", f"""\
+name: quota
+source: in.csv
+key: id
+model: {{name: "{name}", base_url: "{url}", api_key: "k"}}
+steps:
+  - {{name: cat, task: classify, input: "{{text}}", labels: [a, b]}}
+sink: out/o.csv
+""")
+        p = subprocess.run([corral_bin(), "run", "job.yaml", "--json"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+        served = sum(s.calls for s in srv.served_by_status().values())
+        assert p.returncode == 4, p.stderr
+        s = json.loads(p.stdout)
+        # stopped at once: no row was quarantined one by one, every row is still to do
+        assert s["status"] == "failed" and s["rows"]["quarantined"] == 0 and s["rows"]["pending"] == 40
+        assert "account out of quota" in p.stderr and "add credit" in p.stderr
+        assert served < 40
+        # credit added: the same command resumes and finishes
+        srv.configure(fail_status=None, fail_code=None)
+        p = subprocess.run([corral_bin(), "run", "job.yaml", "--json"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    s = json.loads(p.stdout)
+    assert s["status"] == "finished" and s["rows"]["written"] == 40

@@ -34,6 +34,7 @@ from corral._solver import OutOfBudget, RecordUse, StepSolver
 from corral.errors import (
     AuthenticationError,
     ModelNotFoundError,
+    QuotaExceeded,
     OutputError,
     PermanentModelError,
     RateLimited,
@@ -631,7 +632,7 @@ class _Runner:
         while True:
             try:
                 return await self._once(request, client)
-            except AuthenticationError as e:
+            except (AuthenticationError, QuotaExceeded) as e:
                 raise self._fatal(e) from None
             except TransientModelError as e:
                 if retry >= client.ref.max_retries:
@@ -907,7 +908,8 @@ class _Runner:
     def _fatal(self, e: Exception) -> _Stop:
         """The provider refused the credentials: every row would fail, so the run stops."""
         self.fatal = e
-        self.stop_reason = self.stop_reason or f"authentication failed: {e}"
+        what = "account out of quota" if isinstance(e, QuotaExceeded) else "authentication failed"
+        self.stop_reason = self.stop_reason or f"{what}: {e}"
         self.stop.set()
         return _Stop(str(e))
 
@@ -916,7 +918,7 @@ class _Runner:
         while True:
             try:
                 return await fn(*args)
-            except AuthenticationError as e:
+            except (AuthenticationError, QuotaExceeded) as e:
                 raise self._fatal(e) from None
             except TransientModelError as e:
                 if retry >= self.ref.max_retries or self.stop.is_set():

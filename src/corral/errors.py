@@ -14,7 +14,8 @@ Every exception Corral raises on purpose derives from :class:`CorralError`::
     │   ├── TransientModelError   worth retrying: timeouts, overload, connection errors
     │   │   └── RateLimited       the provider asked us to slow down (``retry_after`` seconds)
     │   └── PermanentModelError   retrying will not help: the row is quarantined at once
-    │       └── AuthenticationError  the provider refused the credentials: the run stops
+    │       ├── AuthenticationError  the provider refused the credentials: the run stops
+    │       └── QuotaExceeded     the account is out of credit or quota: the run stops
     └── OutputError               a response came back but cannot be used as a value
         ├── Truncated             the model stopped at its output limit
         ├── Refused               the model refused or a content filter stopped it
@@ -41,6 +42,7 @@ __all__ = [
     "RateLimited",
     "PermanentModelError",
     "AuthenticationError",
+    "QuotaExceeded",
     "OutputError",
     "Truncated",
     "Refused",
@@ -102,6 +104,11 @@ class PermanentModelError(ModelError):
 
 class AuthenticationError(PermanentModelError):
     """The provider refused the API key (401). Every row would fail, so the run stops."""
+
+
+class QuotaExceeded(PermanentModelError):
+    """The provider says the account is out of credit or quota (OpenAI ``insufficient_quota``,
+    Anthropic 402 ``billing_error``): every row would fail, so the run stops."""
 
 
 class OutputError(CorralError):

@@ -40,6 +40,7 @@ from corral.errors import (
     ModelError,
     ModelNotFoundError,
     PermanentModelError,
+    QuotaExceeded,
     RateLimited,
     TransientModelError,
 )
@@ -568,6 +569,11 @@ class AnthropicModel(Model):
                     f"{where} rejected the API key (401: {detail}); set {self.api_key_env} to a "
                     f"valid key (export {self.api_key_env}=...), pass the model's api_key option, "
                     f"or add it to {shown_keys_file()} as {{\"anthropic\": \"...\"}}"
+                ))
+            if status == 402 or "credit balance" in detail.lower():
+                return QuotaExceeded(say(
+                    f"{where}: the account is out of credit ({status}: {detail}){tail}; add credit "
+                    "in the provider's billing settings, then run again"
                 ))
             if status == 429:
                 return RateLimited(

@@ -37,6 +37,7 @@ from corral.errors import (
     ModelError,
     ModelNotFoundError,
     PermanentModelError,
+    QuotaExceeded,
     RateLimited,
     TransientModelError,
 )
@@ -676,7 +677,10 @@ class OpenAIModel(Model):
                 ))
             if status == 429:
                 if code == "insufficient_quota":
-                    return PermanentModelError(say(f"{where}: out of quota (429: {detail}){tail}"))
+                    return QuotaExceeded(say(
+                        f"{where}: the account is out of quota (429: {detail}){tail}; add credit "
+                        "or raise the limit in the provider's billing settings, then run again"
+                    ))
                 return RateLimited(say(f"{where}: rate limited (429: {detail}){tail}"), retry_after=retry_after(headers))
             if status in (408, 409) or status >= 500:
                 return TransientModelError(say(f"{where}: server error {status}: {detail}{tail}"))

@@ -249,7 +249,8 @@ class ProviderServer:
     Failures
         ``error_rate``: share answered with one of ``error_codes`` (default 500 and 503, mixed).
         ``timeout_rate``: share that hang for ``hang_s`` and then close the connection.
-        ``fail_status`` / ``fail_message``: answer every model call with this status.
+        ``fail_status`` / ``fail_message`` / ``fail_code``: answer every model call with this
+        status (and, for OpenAI, this error ``code``, e.g. ``insufficient_quota``).
         ``down``: while true every request fails: ``down_mode="503"`` (default) or ``"reset"``
         (the connection is closed without a response).
         ``api_key``: require this key (``Authorization: Bearer`` or ``x-api-key``), else 401;
@@ -296,6 +297,7 @@ class ProviderServer:
         hang_s: float = 10.0,
         fail_status: int | None = None,
         fail_message: str | None = None,
+        fail_code: str | None = None,
         truncation_rate: float = 0.0,
         refusal_rate: float = 0.0,
         content_filter_rate: float = 0.0,
@@ -326,7 +328,8 @@ class ProviderServer:
             latency_s=latency_s, rpm=rpm, tpm=tpm, rate_window_s=rate_window_s,
             ratelimit_rate=ratelimit_rate, retry_after_s=retry_after_s, error_rate=error_rate,
             error_codes=error_codes, timeout_rate=timeout_rate, hang_s=hang_s,
-            fail_status=fail_status, fail_message=fail_message, truncation_rate=truncation_rate,
+            fail_status=fail_status, fail_message=fail_message, fail_code=fail_code,
+            truncation_rate=truncation_rate,
             refusal_rate=refusal_rate, content_filter_rate=content_filter_rate,
             malformed_rate=malformed_rate, context_window=context_window,
             context_exceeded_rate=context_exceeded_rate, cache_ratio=cache_ratio,
@@ -587,7 +590,9 @@ class ProviderServer:
         r = dice.random()
         if self.fail_status is not None:
             status = int(self.fail_status)
-            raise _HTTPError(status, _error_body(provider, status, self.fail_message or _DEFAULT_MESSAGES.get(status, f"error {status}")))
+            raise _HTTPError(status, _error_body(
+                provider, status, self.fail_message or _DEFAULT_MESSAGES.get(status, f"error {status}"),
+                getattr(self, "fail_code", None)))
         if r < self.ratelimit_rate:
             wait = float(self.retry_after_s)
             raise self._too_many(provider, f"Rate limit reached. Please try again in {_duration(wait)}.", wait)
