@@ -330,3 +330,18 @@ def test_export_includes_a_filters_no_answers_from_skipped_records(tmp_path):
     got = {x["metadata"]["key"]: json.loads(x["messages"][2]["content"]) for x in lines}
     assert set(got) == {"k1", "k2", "k3"}
     assert [v["keep"] for k, v in sorted(got.items())] == [True, False, True]
+
+
+def test_status_breaks_spend_down_by_step_strategy_and_model(tmp_path):
+    run = cascade_run(tmp_path)
+    res = cli("status", run, "--json")
+    assert res.exit_code == 0, res.output
+    obj = json.loads(res.stdout)
+    by = {(m["step"], m["strategy"]): m for m in obj["by_step"]}
+    # easy: 2 votes; split: 5 votes + 1 escalated call; bad: 2 votes (failing the check) + 1
+    assert by[("topic", "cascade/stage 1 (vote)")]["calls"] == 2 + 5 + 2
+    assert by[("topic", "cascade/stage 2 (single)")]["calls"] == 2
+    assert sum(m["calls"] for m in obj["by_step"]) == obj["calls"]["made"] == 11
+    assert all(m["model"] == "fake" and m["replayed"] == 0 for m in obj["by_step"])
+    text = cli("status", run).stdout
+    assert "By step, strategy and model" in text and "cascade/stage 2 (single)" in text

@@ -447,8 +447,12 @@ def status_cmd(run: str | None, as_json: bool, store: Path | None) -> None:
             return
         result = summarize(st, info, status=live_status(st, info))
         in_flight = st.open_batches(info.id)
+        spend = st.breakdown(info.id)
         if as_json:
             obj = result.to_json()
+            obj["by_step"] = [
+                {**m, "cost": None if m["cost"] is None else float(m["cost"])} for m in spend
+            ]
             if in_flight:
                 obj["batches"] = [
                     {"id": b["id"], "state": b["detail"] or b["state"], "items": b["items"]} for b in in_flight
@@ -457,6 +461,8 @@ def status_cmd(run: str | None, as_json: bool, store: Path | None) -> None:
         else:
             console = _out()
             _print_summary(console, result, st)
+            if spend:
+                _print_spend(console, spend)
             for b in in_flight:
                 console.print(
                     f"Batch       {b['id']}: {b['items']:,} requests, {b['detail'] or b['state']}"
@@ -464,6 +470,19 @@ def status_cmd(run: str | None, as_json: bool, store: Path | None) -> None:
                 )
     finally:
         st.close()
+
+
+def _print_spend(console: Console, spend: list[dict[str, Any]]) -> None:
+    """Calls, tokens and cost by step, strategy (and stage) and model: what each extra call bought."""
+    t = Table(title="By step, strategy and model", title_justify="left", box=None, pad_edge=False)
+    for col in ("step", "strategy", "model", "calls", "replayed", "tokens in", "tokens out", "cost"):
+        t.add_column(col, justify="right" if col not in ("step", "strategy", "model") else "left")
+    for m in spend:
+        t.add_row(
+            m["step"], m["strategy"] or "", m["model"], f"{m['calls']:,}", f"{m['replayed']:,}",
+            f"{m['input_tokens']:,}", f"{m['output_tokens']:,}", _money(m["cost"]),
+        )
+    console.print(t)
 
 
 @main.command("show")

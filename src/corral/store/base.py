@@ -185,6 +185,11 @@ class Store(ABC):
     @abstractmethod
     def totals(self, run_id: str) -> LedgerTotals: ...
     @abstractmethod
+    def breakdown(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's ledger grouped by step (chunks of a step together), strategy and model:
+        ``step, strategy, model, calls, replayed, input_tokens, output_tokens, cost`` (paid calls'
+        tokens and cost; cost ``None`` when a price is unknown)."""
+    @abstractmethod
     def run_spend(self, run_id: str) -> dict[str, Any]:
         """What the run's calls cost in all, replays counted at the price first paid for them:
         ``{calls, input_tokens, output_tokens, cost}`` summed over the run's ledger rows, each

@@ -599,6 +599,35 @@ class SQLiteStore(Store):
         cost = None if unknown else Decimal(row[4]) / _NANO
         return LedgerTotals(row[0], row[1], row[2], row[3], cost)
 
+    def breakdown(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT step, strategy, model, SUM(replayed=0), SUM(replayed=1), "
+            "COALESCE(SUM(CASE WHEN replayed=0 THEN input_tokens END),0), "
+            "COALESCE(SUM(CASE WHEN replayed=0 THEN output_tokens END),0), "
+            "COALESCE(SUM(cost_nanos),0), SUM(replayed=0 AND cost_nanos IS NULL), MIN(id) "
+            "FROM ledger WHERE run_id=? GROUP BY step, strategy, model",
+            (run_id,),
+        ).fetchall()
+        merged: dict[tuple[str, str | None, str], dict[str, Any]] = {}
+        for step, strategy, model, paid, replayed, tin, tout, nanos, unknown, first in rows:
+            name = step.split("[", 1)[0]  # `details[2/3]`: a chunk of step `details`
+            k = (name, strategy, model)
+            m = merged.setdefault(k, {
+                "step": name, "strategy": strategy, "model": model, "calls": 0, "replayed": 0,
+                "input_tokens": 0, "output_tokens": 0, "cost": Decimal(0), "_first": first,
+            })
+            m["calls"] += paid or 0
+            m["replayed"] += replayed or 0
+            m["input_tokens"] += tin
+            m["output_tokens"] += tout
+            m["_first"] = min(m["_first"], first)
+            if unknown or m["cost"] is None:
+                m["cost"] = None
+            else:
+                m["cost"] += Decimal(nanos) / _NANO
+        out = sorted(merged.values(), key=lambda m: m.pop("_first"))
+        return out
+
     def run_spend(self, run_id: str) -> dict[str, Any]:
         rows = self.db.execute(
             "SELECT l.replayed, l.input_tokens, l.output_tokens, l.cost_nanos, r.response "
