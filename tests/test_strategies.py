@@ -37,6 +37,11 @@ def make_job(
     return Job.from_dict(d, base_dir=tmp_path)
 
 
+def is_accepted(a: dict[str, Any]) -> bool:
+    """An acceptance: an `accepted` event, or a call whose answer was accepted as it is."""
+    return a["outcome"] == "accepted" or (a.get("data") or {}).get("accepted") is True
+
+
 def classify(**kw: Any) -> dict[str, Any]:
     return {"name": "cat", "task": "classify", "input": "{text}", "labels": ["a", "b", "c"], **kw}
 
@@ -585,7 +590,7 @@ def test_cascade_single_stage_confidence_from_logprobs_drives_escalation(tmp_pat
     answered_by = {k: ("strong" if k in strong else "cheap") for k in texts}
     for k, row in out.items():
         # the accepted answer is the one the answering stage gave
-        acc = [a for a in attempts(db, r.run, k) if a["outcome"] == "accepted"][0]
+        acc = [a for a in attempts(db, r.run, k) if is_accepted(a)][0]
         assert acc["data"]["answer"] == {"label": row["cat"]}
         stage = "stage 2 (single on strong)" if answered_by[k] == "strong" else "stage 1 (single on cheap)"
         samples = [a for a in attempts(db, r.run, k) if a["outcome"] == "ok"]
@@ -789,7 +794,8 @@ def test_reasoning_field_comes_first_and_stays_out_of_the_sink(tmp_path):
     sample = [t for t in rec_json["trace"] if t["outcome"] == "ok"][0]
     assert sample["data"]["reasoning"] == "because it says so"
     assert sample["data"]["answer"] == {"label": "b"}  # the reasoning is not part of the answer
-    accepted = [t for t in rec_json["trace"] if t["outcome"] == "accepted"][0]
+    accepted = [t for t in rec_json["trace"] if is_accepted(t)][0]
+    assert accepted is sample  # a single call's answer: accepted on the call's own row
     assert accepted["data"]["reasoning"] == "because it says so"
     assert rec_json["outputs"] == {"cat": "b"}
 

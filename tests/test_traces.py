@@ -122,7 +122,10 @@ def test_show_json_is_unchanged(tmp_path):
     rec = json.loads(res.stdout)
     assert {"run", "key", "state", "calls", "trace"} <= set(rec)
     outcomes = [c["outcome"] for c in rec["trace"]]
-    assert outcomes == ["ok"] * 5 + ["vote", "escalate", "ok", "accepted"]
+    assert outcomes == ["ok"] * 5 + ["vote", "escalate", "ok"]
+    # stage 2's single answer was accepted as it is: the acceptance is on that call's row
+    assert rec["trace"][-1]["data"]["accepted"] is True and rec["trace"][-1]["data"]["calls"] == 6
+    assert not any((c["data"] or {}).get("accepted") for c in rec["trace"][:-1])
     assert [c["outcome"] for c in rec["calls"]] == ["ok"] * 6
     assert rec["trace"][5]["data"]["fields"] == {"label": {'"a"': 3, '"b"': 2}}
 

@@ -105,6 +105,19 @@ def sms(lines: list[str]) -> None:
             f"| {r['strategy']} | {r['accuracy']:.3f} | {r['spam_recall']} | {r['spam_precision']} | "
             f"{r['written']} / {r['review']} / {r['quarantined']} | {r['calls']:,} | {r['calls_per_row']:.2f} | "
             f"{r['input_tokens'] + r['output_tokens']:,} | {r['tokens_per_row']:.0f} |")
+    by = {r["strategy"].split()[0]: r for r in runs}
+    if "refine" in by and "single" in by:
+        # refine's first answer is single's (same prompt, temperature 0); every other call is a
+        # critic call or a repair: repairs = calls - 2 x single's calls
+        repairs = by["refine"]["calls"] - 2 * by["single"]["calls"]
+        said = ("the 135M critic approved every answer it was shown, so refine returned single's "
+                "answers at twice the calls" if repairs == 0 else "the critic asked for repairs")
+        lines += ["", f"`refine` made {by['single']['calls']} first answers, as many critic calls and "
+                  f"{repairs} repair calls: {said}."]
+        if "vote" in by:
+            d = by["vote"]["accuracy"] - by["single"]["accuracy"]
+            lines[-1] += (f" `vote` (samples at temperature 0.7) changed accuracy by {100 * d:+.1f} "
+                          f"points against `single` at {by['vote']['calls_per_row']:.2f} calls a row.")
     lines.append("")
 
 

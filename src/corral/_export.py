@@ -53,7 +53,8 @@ def accepted_events(trace: list[dict[str, Any]]) -> list[dict[str, Any]]:
     record processed twice, after a crash, replays to the same answer)."""
     found: dict[str, dict[str, Any]] = {}
     for ev in trace:
-        if ev["outcome"] == "accepted":
+        # an event of its own, or (a single call's answer accepted as it is) the call's own row
+        if ev["outcome"] == "accepted" or (ev.get("data") or {}).get("accepted") is True:
             found[ev["step"]] = ev
     return list(found.values())
 

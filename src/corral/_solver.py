@@ -98,6 +98,9 @@ class StepSolver:
         self.best: tuple[dict[str, Any], float | None, str | None] | None = None
         self.first_hash: str | None = None
         self._base: Request | None = None
+        # the latest usable answer's attempt, held back until the next event: when it is the
+        # answer accepted as it is (a single call), the acceptance is written on the same row
+        self._pending: tuple[int, str | None, str, str | None, dict[str, Any], dict[str, Any]] | None = None
 
     # --- the Solver protocol ----------------------------------------------------------
 
@@ -152,11 +155,17 @@ class StepSolver:
                 reasoning = answer.pop("reasoning", None)
             problems = step.failed_checks(answer, self.context)
             conf = confidence(comp)
-            self._attempt(
-                n, h, "checks" if problems else "ok", "; ".join(problems) or None, role=role,
-                answer=answer, confidence=conf, problems=problems or None, model=client.model.id,
-                reasoning=reasoning,
-            )
+            data: dict[str, Any] = {
+                "role": role, "answer": answer, "model": client.model.id, "strategy": self.strategy,
+            }
+            if conf is not None:
+                data["confidence"] = conf
+            if problems:
+                data["problems"] = problems
+            if reasoning is not None:
+                data["reasoning"] = reasoning
+            self.flush()
+            self._pending = (n, h, "checks" if problems else "ok", "; ".join(problems) or None, data, answer)
             if self.first_hash is None:
                 self.first_hash = h
             return Sample(answer, problems, None, conf, client.model.id, reasoning)
@@ -194,6 +203,7 @@ class StepSolver:
         return self.step.failed_checks(answer, self.context)
 
     def note(self, event: str, detail: str | None = None, **data: Any) -> None:
+        self.flush()
         self._attempt(self.seq, None, event, detail, **data)
 
     def offer(
@@ -213,7 +223,19 @@ class StepSolver:
     # --- the engine's side ------------------------------------------------------------
 
     def accepted(self, out: Outcome) -> None:
-        """Record the accepted answer: what ``corral export traces`` turns into a worked example."""
+        """Record the accepted answer: what ``corral export traces`` turns into a worked example.
+
+        When it is the latest call's answer as it is (a `single` step), the acceptance goes on
+        that call's row (``data.accepted``); otherwise it is an ``accepted`` event of its own."""
+        p = self._pending
+        if p is not None and p[5] is out.answer and p[2] == "ok":
+            self._pending = None
+            n, h, outcome, detail, data, _ = p
+            data["accepted"] = True
+            data["calls"] = self.seq
+            self._write(n, h, outcome, detail, data)
+            return
+        self.flush()
         answer = out.answer or {}
         self._attempt(
             self.seq, self.first_hash, "accepted", None, answer=answer, confidence=out.confidence,
@@ -231,7 +253,14 @@ class StepSolver:
             return self._base
         return _with_reasoning(self.step, self.step.render(self.context, sample=n))
 
+    def flush(self) -> None:
+        """Write the attempt held back for a possible acceptance (before any later event)."""
+        p, self._pending = self._pending, None
+        if p is not None:
+            self._write(*p[:5])
+
     async def _call(self, request: Request, n: int, client: Any) -> tuple[str, Completion]:
+        self.flush()
         budget = self.runner.record_budget
         if budget is not None:
             self.use.check(budget, request)
@@ -244,8 +273,11 @@ class StepSolver:
         return h, comp
 
     def _attempt(self, n: int, h: str | None, outcome: str, detail: str | None, **data: Any) -> None:
-        data = {k: v for k, v in data.items() if v is not None}
-        data["strategy"] = self.strategy
+        self.flush()
+        self._write(n, h, outcome, detail, {k: v for k, v in data.items() if v is not None})
+
+    def _write(self, n: int, h: str | None, outcome: str, detail: str | None, data: dict[str, Any]) -> None:
+        data.setdefault("strategy", self.strategy)
         self.committer.add(attempt=AttemptRecord(
             self.runner.run.id, self.rec.key, self.label, n, h, outcome, detail,
             data=orjson.dumps(data, default=str).decode(),

@@ -538,6 +538,9 @@ def _print_record(
                 console.print(("» " if i == 0 else "    ") + line, style="bold" if i == 0 else None, markup=False)
             continue
         _print_call(console, c, prompts.setdefault(c["step"], []), full)
+        if (c["data"] or {}).get("accepted") is True:  # this call's answer was accepted as it is
+            line = _decision_lines({**c, "outcome": "accepted"})[0]
+            console.print("» " + line, style="bold", markup=False)
 
 
 def _print_call(console: Console, c: dict[str, Any], seen: list[tuple[int, list[dict[str, Any]]]], full: bool) -> None:

@@ -725,7 +725,12 @@ class _Runner:
                         held = _with_best(outputs, step, best[0] if best else None, part)
                         self._final(committer, rec, "review", held, f"step `{label}`: {e}", tries)
                         return
+                    except BaseException:
+                        solver.flush()  # what was learned before a stop is kept in the trace
+                        raise
                     tries += solver.seq
+                    if out.answer is None or out.problems:
+                        solver.flush()
                     if out.answer is None:
                         self._final(committer, rec, "quarantined", None,
                                     f"step `{label}`: {out.error}", tries)
@@ -959,7 +964,7 @@ def _write_outputs(
 ) -> dict[str, str]:
     steps = job.steps
 
-    def done_rows() -> Any:
+    def done_rows(with_key: bool = False) -> Any:
         for chunk in store.iter_records(run.id, "done", below_ordinal=limit):
             rows = []
             for r in chunk:
@@ -970,6 +975,8 @@ def _write_outputs(
                     vals = step.to_columns(value) if value is not None else {}
                     for col, sink_col in pairs:
                         row[sink_col] = vals.get(col)
+                if with_key:  # key-less jobs: the sink's key column is the content key
+                    row["_key"] = r["key"]
                 rows.append(row)
             yield rows
 
@@ -984,16 +991,8 @@ def _write_outputs(
     sink = open_sink(job.sink, job.base_dir)
     q = open_quarantine_sink(job.sink, job.base_dir)
     if job.key is None:
-        # key-less jobs: the sink's key column is the content key
-        def keyed_done() -> Any:
-            done = store.iter_records(run.id, "done", below_ordinal=limit)
-            for chunk, raw in zip(done_rows(), done):
-                for row, r in zip(chunk, raw):
-                    row["_key"] = r["key"]
-                yield chunk
-
         cols = plan.columns + [Column("_key", "string")]
-        sink.write(cols, keyed_done(), key_col)
+        sink.write(cols, done_rows(with_key=True), key_col)
     else:
         sink.write(plan.columns, done_rows(), key_col)
     names = {c.name for c in plan.input_columns}

@@ -196,7 +196,7 @@ class Task(BaseModel):
 
     def failed_checks(self, answer: dict[str, Any], context: dict[str, Any]) -> list[str]:
         """The ``checks:`` this answer fails, as readable problems (empty when it passes)."""
-        if not self._checks:
+        if not self.checks:  # a plain field: private attributes are slow to read on a model
             return []
         names = {**context, **answer, "answer": answer}
         out = []
@@ -212,7 +212,7 @@ class Task(BaseModel):
 
     def applies(self, context: dict[str, Any]) -> bool:
         """Whether the step runs for this row (its ``when:`` condition)."""
-        return self._condition is None or self._condition(context)
+        return self.when is None or self._condition(context)  # type: ignore[misc]
 
     # --- used by the engine --------------------------------------------------------------
 
@@ -229,14 +229,22 @@ class Task(BaseModel):
     def _schema(self) -> dict[str, Any]:
         return self.output_schema()
 
-    def render(self, context: dict[str, Any], sample: int = 0) -> Request:
+    @cached_property
+    def _system(self) -> str:
         system = self.system_prompt()
         if self.instructions:
             system = system + "\n\n" + self.instructions.strip()
+        return system
+
+    @cached_property
+    def _tpl(self) -> Template:
+        return self._template  # read once: private attributes are slow to read on a model
+
+    def render(self, context: dict[str, Any], sample: int = 0) -> Request:
         return Request(
             messages=(
-                Message("system", system),
-                Message("user", self._template.render(context)),
+                Message("system", self._system),
+                Message("user", self._tpl.render(context)),
             ),
             schema=self._schema,
             max_tokens=self.max_tokens,
