@@ -152,3 +152,20 @@ def test_yaml_errors_are_one_line(tmp_path: Path):
 def test_bad_template():
     with pytest.raises(JobSpecError, match="empty placeholder"):
         job(steps=[{"name": "x", "task": "classify", "input": "{}", "labels": ["a", "b"]}])
+
+
+def test_parse_remembers_valid_texts_per_schema_without_sharing_answers():
+    from corral.errors import InvalidOutput
+    from corral.models.base import Completion
+
+    ab = ClassifyStep(name="c", input="{t}", labels=["a", "b"])
+    xy = ClassifyStep(name="d", input="{t}", labels=["x", "y"])
+    text = '{"label": "a"}'
+    first = ab.parse(Completion(text))
+    first["label"] = "changed"  # a caller may change its answer (reasoning is popped, say)
+    assert ab.parse(Completion(text)) == {"label": "a"}  # a fresh answer each time
+    # a text that passed one schema is still checked against another
+    with pytest.raises(InvalidOutput, match="breaks the schema"):
+        xy.parse(Completion(text))
+    with pytest.raises(InvalidOutput):
+        ab.parse(Completion('{"label": "c"}'))

@@ -190,7 +190,7 @@ class StepSolver:
             data = json.loads(comp.text, strict=False)
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
-            errors = list(_validator(schema).iter_errors(data))
+            errors = list(_validator(schema)[0].iter_errors(data))
             if errors:
                 raise ValueError(errors[0].message)
         except ValueError as e:
