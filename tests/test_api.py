@@ -33,6 +33,7 @@ def test_errors_tree_is_documented_and_rooted():
 def test_one_abstract_method_per_extension_point():
     assert corral.Model.__abstractmethods__ == frozenset({"complete"})
     assert corral.Task.__abstractmethods__ == frozenset({"output_schema"})
+    assert corral.Strategy.__abstractmethods__ == frozenset({"solve"})
 
 
 def test_builtins_register_through_entry_points():
@@ -42,3 +43,5 @@ def test_builtins_register_through_entry_points():
     tasks = {ep.name for ep in entry_points(group="corral.tasks")}
     assert {"fake", "local"} <= models
     assert {"classify", "extract"} <= tasks
+    strategies = {ep.name for ep in entry_points(group="corral.strategies")}
+    assert strategies == {"single", "vote", "refine", "best_of", "cascade"}

@@ -10,7 +10,7 @@ import sqlite3
 import threading
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from click.testing import CliRunner
@@ -1126,3 +1126,38 @@ def test_strategy_without_a_verifier_is_a_one_line_error(tmp_path, strategy, say
         ok = Job.from_dict({**d, "steps": [classify(strategy=strategy, checks=["label != 'zz'"])]},
                            base_dir=tmp_path)
         assert ok.steps[0].checks == ["label != 'zz'"]
+
+
+def test_a_strategy_written_outside_corral_runs_from_python(tmp_path):
+    """The docs' example strategy (docs/models.md), passed as an instance."""
+    from corral import Outcome, Solver, Strategy
+
+    class TwoInARow(Strategy):
+        name: Literal["two_in_a_row"] = "two_in_a_row"
+        limit: int = 6
+
+        async def solve(self, ctx: Solver) -> Outcome:
+            last = None
+            for _ in range(self.limit):
+                s = await ctx.sample(model=self.model, temperature=0.7)
+                if s.answer is None:
+                    continue
+                ctx.offer(s.answer, None)
+                if s.answer == last:
+                    return Outcome(s.answer, 1.0, ctx.check(s.answer))
+                last = s.answer
+            ctx.note("vote", f"no two answers in a row agreed in {self.limit} samples")
+            return Outcome(last, 0.0, ["no two answers in a row agreed"])
+
+    rows = {"r1": "aab", "r2": "abab"}  # the text is the answers' order: r1 agrees at once
+
+    def script(req: Request) -> dict[str, Any]:
+        order = user_text(req)
+        return {"label": order[req.sample % len(order)]}
+
+    job = make_job(tmp_path, rows, classify(strategy=TwoInARow(limit=4)))
+    fake = FakeModel(script=script)
+    r = corral.run(job, model=fake, store=tmp_path / "s.db")
+    assert (r.written, r.review) == (1, 1) and fake.calls == 2 + 4
+    assert read_csv(tmp_path / "out" / "o.csv")[0]["cat"] == "a"
+    assert job.steps[0].model_dump(mode="json")["strategy"] == {"name": "two_in_a_row", "model": None, "limit": 4}

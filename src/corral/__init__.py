@@ -11,6 +11,7 @@ from corral import errors
 from corral.errors import CorralError, UserError
 from corral.io.base import Column
 from corral.models.base import Capabilities, Completion, Message, Model, Request, Usage
+from corral.strategies.base import Outcome, Sample, Solver, Strategy
 from corral.tasks.base import Task
 
 from corral._result import RunResult  # noqa: I001
@@ -37,10 +38,14 @@ __all__ = [
     "Message",
     "Model",
     "ModelRef",
+    "Outcome",
     "Request",
     "RunResult",
     "SQLiteStore",
+    "Sample",
+    "Solver",
     "Store",
+    "Strategy",
     "Task",
     "Usage",
     "UserError",
