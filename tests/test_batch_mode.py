@@ -117,3 +117,22 @@ def test_batch_mode_needs_a_batch_model(tmp_path):
                         base_dir=tmp_path)
     with pytest.raises(corral.UserError, match="no batch API"):
         corral.run(job, model=corral.FakeModel())
+
+
+def test_a_vote_in_batch_mode_takes_one_batch_per_round_and_finishes(tmp_path):
+    with ProviderServer() as srv:
+        write(tmp_path / "in.csv", "id,text\n" + "".join(f"r{i},ticket {i} about a late parcel\n" for i in range(10)))
+        job = Job.from_dict({
+            "name": "bvote", "source": "in.csv", "key": "id",
+            "model": {"name": "openai:gpt-4o-mini", "base_url": srv.openai_url, "api_key": KEY,
+                      "batch_poll_s": 0.1, "prices": PRICES},
+            "steps": [{"name": "cat", "task": "classify", "input": "{text}", "labels": ["a", "b"],
+                       "mode": "batch", "strategy": {"name": "vote", "samples": 3}}],
+            "sink": "out/v.csv",
+        }, base_dir=tmp_path)
+        r = corral.run(job, store=tmp_path / "s.db")
+        subs = dict(srv.submissions)
+    assert r.status == "finished" and r.written == 10 and r.accounted
+    # each vote round is one batch: at least the two samples every vote needs, at most three
+    assert 2 <= subs["batches"] <= 3
+    assert 20 <= r.calls_made <= 30 and r.calls_replayed == 0
