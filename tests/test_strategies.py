@@ -172,7 +172,7 @@ def test_single_failing_check_holds_the_row_for_review(tmp_path):
     assert len(review) == 1
     held = review[0]
     assert held["id"] == "r2" and float(held["amount"]) == -3.0
-    assert held["_reason"] == "step `ex`: check `amount >= 0` failed"
+    assert held["_reason"] == "step `ex`: check `amount >= 0` failed (amount = -3.0)"
     assert read_csv(tmp_path / "out" / "o.quarantine.csv") == []
 
 
@@ -341,14 +341,15 @@ def test_refine_repairs_a_failing_answer_with_the_answer_and_problems_last(tmp_p
     assert repair.messages[-2].role == "assistant"
     assert json.loads(repair.messages[-2].content) == {"amount": -10.0}
     assert repair.messages[-1].role == "user"
-    assert "check `amount > 0` failed" in repair.messages[-1].content
+    # the problem names the check and what the answer had
+    assert "check `amount > 0` failed (amount = -10.0)" in repair.messages[-1].content
     assert repair.sample != first.sample
     trace = attempts(db, r.run, "r1")
     roles = [a["data"].get("role") for a in trace if a["outcome"] in ("ok", "checks")]
     assert roles == ["sample", "repair"]
     crit = [a for a in trace if a["outcome"] == "critique"]
     assert [c["data"]["round"] for c in crit] == [0, 1]
-    assert crit[0]["data"]["problems"] == ["check `amount > 0` failed"]
+    assert crit[0]["data"]["problems"] == ["check `amount > 0` failed (amount = -10.0)"]
 
 
 def test_refine_context_does_not_grow_and_gives_up_after_rounds(tmp_path):
@@ -369,7 +370,7 @@ def test_refine_context_does_not_grow_and_gives_up_after_rounds(tmp_path):
     review = read_csv(tmp_path / r.outputs["review"])
     assert len(review) == 1
     assert review[0]["id"] == "r1" and float(review[0]["amount"]) == -3.0
-    assert review[0]["_reason"] == "step `ex`: check `amount > 0` failed"
+    assert review[0]["_reason"].startswith("step `ex`: check `amount > 0` failed (amount = ")
 
 
 def test_refine_critic_on_its_own_model_sends_problems_back(tmp_path, strategy_models):
@@ -465,7 +466,7 @@ def test_best_of_with_no_passing_branch_holds_the_row(tmp_path):
     assert fake.calls == 3
     assert (r.written, r.review) == (0, 1)
     held = read_csv(tmp_path / r.outputs["review"])[0]
-    assert held["_reason"] == "step `ex`: check `amount > 0` failed"
+    assert held["_reason"].startswith("step `ex`: check `amount > 0` failed (amount = ")
 
 
 # --- cascade --------------------------------------------------------------------------------

@@ -102,10 +102,10 @@ def test_show_cascade_renders_votes_escalations_checks_and_the_accepted_answer(t
     assert full.count(SYSTEM) == 6 and "same prompt as" not in full
 
     out = show(run, "bad")
-    assert "[failed checks]\n- check `label != 'c'` failed" in out
+    assert "[failed checks]\n- check `label != 'c'` failed (label = \"c\")" in out
     assert "» vote: c 2 -> c (agreement 1.00; stopped: agreement 1.00 >= 1 after 2 answers)" in out
     assert (
-        "» escalate: stage 1 -> stage 2: checks failed: check `label != 'c'` failed "
+        "» escalate: stage 1 -> stage 2: checks failed: check `label != 'c'` failed (label = \"c\") "
         "(confidence 1.00, threshold 0.9)"
     ) in out
     assert "detail: check" not in out  # the failed checks are not repeated as the detail
@@ -158,8 +158,8 @@ def test_show_refine_renders_failed_checks_critiques_and_the_repair(tmp_path):
 
     out = show(run, "fixable")
     assert "step ex · attempt 1 · sample · checks · paid call" in out
-    assert "[failed checks]\n- check `amount >= 0` failed" in out
-    assert "» critique of answer 1: check `amount >= 0` failed" in out
+    assert "[failed checks]\n- check `amount >= 0` failed (amount = -5)" in out
+    assert "» critique of answer 1: check `amount >= 0` failed (amount = -5)" in out
     # the repair repeats the step's prompt, then adds the answer and its problems
     assert "step ex · attempt 2 · repair · ok · paid call" in out
     assert "(same prompt as attempt 1) (then:)\n[assistant]\n{\"amount\": -5}\n[user]\nThat answer has problems:" in out
@@ -169,9 +169,9 @@ def test_show_refine_renders_failed_checks_critiques_and_the_repair(tmp_path):
     assert out.index("» critique of answer 1") < out.index("attempt 2 ·") < out.index("» critique: accepted")
 
     out = show(run, "stubborn")
-    assert "state: review   reason: step `ex`: check `amount >= 0` failed" in out
+    assert "state: review   reason: step `ex`: check `amount >= 0` failed (amount = " in out
     assert out.count("» critique of answer") == 2
-    assert "» critique of answer 2: check `amount >= 0` failed" in out
+    assert "» critique of answer 2: check `amount >= 0` failed (amount = " in out
     assert "» accepted" not in out
 
 

@@ -206,8 +206,9 @@ class Task(BaseModel):
             except ConditionError as e:
                 out.append(f"check {e}")
                 continue
-            if not ok:
-                out.append(f"check `{c.source}` failed")
+            if not ok:  # say what the answer had, so a repair (and a reader) sees why
+                shown = [f"{k} = {json.dumps(answer[k], ensure_ascii=False)}" for k in sorted(c.names) if k in answer]
+                out.append(f"check `{c.source}` failed" + (f" ({', '.join(shown)})" if shown else ""))
         return out
 
     def applies(self, context: dict[str, Any]) -> bool:
