@@ -147,6 +147,37 @@ def budget(lines: list[str]) -> None:
     ]
 
 
+def calibrate(lines: list[str]) -> None:
+    d = load("calibrate_b77")
+    if d is None:
+        return
+    rep, full = d["report"], d["chosen_on_all_rows"]
+    target = rep.get("target")
+    lines += [
+        "### `corral calibrate` on banking77",
+        "",
+        f"`{d['command']}` ({at(d['machine'])}): the job's step is a cascade cheap -> strong (the "
+        f"noisy labelers above); calibrate measured its default grid on a seeded sample of "
+        f"{rep['candidates'][0]['rows']:,} labeled rows, all candidates in one store.",
+        "",
+        "| candidate | accuracy (95% interval) | calls / row | cost / 1,000 rows | meets target |",
+        "|---|---|---|---|---|",
+    ]
+    for c in rep["candidates"]:
+        lo, hi = c["interval"]
+        cost = "n/a" if c["cost_per_1000_rows"] is None else f"${c['cost_per_1000_rows']:.3f}"
+        lines.append(f"| {c['strategy']} | {c['accuracy']:.3f} ({lo:.3f}-{hi:.3f}) | {c['calls_per_row']:.2f} | "
+                     f"{cost} | {'yes' if c['meets_target'] else 'no'} |")
+    ch = rep.get("chosen")
+    if ch:
+        lines += ["", f"Chosen for target {target}: {ch['strategy']}, {ch['accuracy']:.3f} on the sample at "
+                  f"${ch['cost_per_1000_rows']:.3f} per 1,000 rows."]
+    if full:
+        lines.append(f"Run on all {full['rows']:,} rows in a fresh store: accuracy {full['accuracy']:.4f}, "
+                     f"{full['calls']:,} calls, ${full['cost_per_1k_rows']:.3f} per 1,000 rows.")
+    lines.append("")
+
+
 def speed(lines: list[str]) -> None:
     p = HERE.parent / "results" / "throughput_ab.json"
     if not p.exists():
@@ -173,6 +204,7 @@ def main() -> None:
     banking(lines)
     sms(lines)
     budget(lines)
+    calibrate(lines)
     speed(lines)
     text = TARGET.read_text(encoding="utf-8")
     section = "\n".join(lines).rstrip() + "\n"
