@@ -205,7 +205,13 @@ class _ProgressView:
             states = f"✓{ev['done']:,}"
             if ev["quarantined"]:
                 states += f" ✗{ev['quarantined']:,}"
+            if ev["review"]:
+                states += f" review {ev['review']:,}"
+            if ev["skipped"]:
+                states += f" skipped {ev['skipped']:,}"
             states += f" calls {ev['made']:,}"
+            if ev.get("cost") is not None:
+                states += f" ${ev['cost']:.4f}"
             if ev["replayed"]:
                 states += f" (+{ev['replayed']:,} replayed)"
             self.bar.update(

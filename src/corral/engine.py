@@ -942,6 +942,7 @@ class _Runner:
             "pending": s.get("pending", 0) + s.get("leased", 0),
             "made": self.c.made,
             "replayed": self.c.replayed,
+            "cost": None if self.c.cost is None or not self.c.cost else float(self.c.cost),
         }
 
 
