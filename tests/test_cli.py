@@ -205,3 +205,20 @@ def test_ctrl_c_checkpoints_and_says_how_to_resume(tmp_path):
     assert "Resume with: corral run job.yaml" in err
     s2 = json.loads(corral("run", "job.yaml", "--json", cwd=tmp_path, check=True).stdout)
     assert s2["rows"]["written"] == 300 and s2["calls"]["made"] == 300
+
+
+def test_progress_states_show_review_skipped_and_spend():
+    import io
+
+    from rich.console import Console
+
+    from corral.cli import _ProgressView
+
+    view = _ProgressView(Console(file=io.StringIO(), force_terminal=True, width=200))
+    ev = {"phase": "run", "in": 60, "done": 30, "quarantined": 1, "review": 2, "skipped": 0,
+          "pending": 27, "made": 64, "replayed": 12, "cost": 0.064}
+    view.update(ev)
+    states = view.bar.tasks[0].fields["states"]
+    assert states == "✓30 ✗1 review 2 calls 64 (+12 replayed) $0.0640"
+    view.update({**ev, "review": 0, "skipped": 3, "replayed": 0, "cost": None})
+    assert view.bar.tasks[0].fields["states"] == "✓30 ✗1 skipped 3 calls 64"

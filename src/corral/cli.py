@@ -210,10 +210,10 @@ class _ProgressView:
             if ev["skipped"]:
                 states += f" skipped {ev['skipped']:,}"
             states += f" calls {ev['made']:,}"
-            if ev.get("cost") is not None:
-                states += f" ${ev['cost']:.4f}"
             if ev["replayed"]:
                 states += f" (+{ev['replayed']:,} replayed)"
+            if ev.get("cost") is not None:
+                states += f" ${ev['cost']:.4f}"
             self.bar.update(
                 self.task, description="rows", total=ev["in"], completed=finished,
                 count=f"{finished:,}/{ev['in']:,}",
