@@ -1162,3 +1162,16 @@ def test_a_strategy_written_outside_corral_runs_from_python(tmp_path):
     assert (r.written, r.review) == (1, 1) and fake.calls == 2 + 4
     assert read_csv(tmp_path / "out" / "o.csv")[0]["cat"] == "a"
     assert job.steps[0].model_dump(mode="json")["strategy"] == {"name": "two_in_a_row", "model": None, "limit": 4}
+
+
+def test_a_cost_cap_with_an_unpriced_strategy_model_stops_and_names_it(tmp_path):
+    rows = {f"r{i}": f"text {i}" for i in range(6)}
+    step = classify(strategy={"name": "cascade", "threshold": 1.0,
+                              "stages": [{"name": "vote", "samples": 2}, {"name": "single", "model": "strong"}]})
+    job = make_job(tmp_path, rows, step, models={"strong": {"name": "fake:strong", "price_per_call": None}},
+                   budget={"max_cost_usd": 10})
+    # votes disagree, so every row escalates to the unpriced model
+    fake = FakeModel(price_per_call=0.001, script=lambda r: {"label": "ab"[r.sample % 2]})
+    r = corral.run(job, model=fake, store=tmp_path / "s.db")
+    assert r.status == "stopped" and r.pending > 0
+    assert "model `fake:strong` reports no price" in (r.stop_reason or "")

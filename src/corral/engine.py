@@ -436,6 +436,7 @@ class _Runner:
         self.cost_reserved = Decimal(0)
         self.tokens_reserved = 0
         self.reserved_calls = 0  # calls holding a budget reservation
+        self.unpriced: str | None = None  # the first model whose call came back without a price
         self.settled = asyncio.Event()  # set (and replaced) each time a reservation settles
         # provider batches: requests this pass needs, and requests that failed too often
         self.wanted: dict[str, tuple[str, str, int, Request]] = {}
@@ -469,7 +470,7 @@ class _Runner:
             reason = f"budget: max_tokens {b.max_tokens} reached"
         elif b.max_cost_usd is not None and self.c.cost is None:
             reason = (
-                f"budget: max_cost_usd is set but model `{self.model.id}` reports no price, "
+                f"budget: max_cost_usd is set but model `{self.unpriced or self.model.id}` reports no price, "
                 "so spending cannot be bounded; give the model a price or remove max_cost_usd"
             )
         elif b.max_cost_usd is not None and (
@@ -601,6 +602,8 @@ class _Runner:
             self.reserved -= 1
         u = comp.usage
         self._count(u)
+        if u.cost is None:
+            self.unpriced = self.unpriced or client.model.id
         if held is not None:  # counted: the reservation gives way to the real usage at once
             self._settle(client, held, comp)
         await committer.durable(
