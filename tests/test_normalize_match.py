@@ -550,3 +550,20 @@ def test_example_job_runs_with_the_fake_model(tmp_path, name, sink):
         skus = {x["sku"] for x in read_csv(ex / "data" / "products_catalog.csv")}
         assert {x["catalog"] for x in rows} <= skus | {""}
         assert any(x["same_reason"].startswith("blocked:") for x in rows)
+
+
+def test_editing_a_reference_file_starts_a_new_run_and_keeps_unchanged_answers(tmp_path):
+    vendors_file(tmp_path)
+    data = csv_text(["id", "vendor"], [[1, "Globx Inc."], [2, "stark ind"]])
+    job = make_job(tmp_path, [VENDOR_STEP], data)
+    fake = FakeModel(script=lambda r: {"value": enum_of(r)[0]})
+    first = corral.run(job, model=fake)
+    again = corral.run(make_job(tmp_path, [VENDOR_STEP], data), model=fake)
+    assert again.run == first.run and fake.calls == 2  # same file: the same run, replayed
+    # a new entry in the reference list: a new run, since answers may now differ
+    ref = tmp_path / "ref" / "vendors.csv"
+    ref.write_text(ref.read_text(encoding="utf-8") + "V99,Globx Trading\n", encoding="utf-8")
+    edited = corral.run(make_job(tmp_path, [VENDOR_STEP], data), model=fake)
+    assert edited.run != first.run and edited.written == 2
+    # a row whose candidates did not change asks the same question: replayed, not paid again
+    assert edited.calls_replayed >= 1 and edited.calls_made + edited.calls_replayed == 2

@@ -280,6 +280,9 @@ def _step_identity(step: Task) -> dict[str, Any]:
     for k, default in _LATER_DEFAULTS.items():
         if d.get(k) == default:
             d.pop(k, None)
+    bound = step.identity()  # e.g. a reference file's content
+    if bound:
+        d["_bound"] = bound
     return d
 
 

@@ -8,6 +8,8 @@ that narrows a long list to the few entries worth showing the model for one row.
 
 from __future__ import annotations
 
+import hashlib
+
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -251,3 +253,19 @@ class Index:
 def similarity(a: str, b: str) -> float:
     """0..1: rapidfuzz token_set_ratio of the two texts, lowercased, punctuation removed."""
     return fuzz.token_set_ratio(a, b, processor=utils.default_process) / 100.0
+
+
+def file_digest(spec: FileSpec, base_dir: Path) -> str:
+    """SHA-256 of a reference file's bytes (part of the run identity of the step that reads it)."""
+    assert spec.path is not None
+    path = Path(spec.path).expanduser()
+    if not path.is_absolute():
+        path = base_dir / path
+    h = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return "unreadable"  # binding reported it already
+    return h.hexdigest()

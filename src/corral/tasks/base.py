@@ -211,6 +211,11 @@ class Task(BaseModel):
                 out.append(f"check `{c.source}` failed" + (f" ({', '.join(shown)})" if shown else ""))
         return out
 
+    def identity(self) -> dict[str, Any]:
+        """What the step computes from besides its keys, known once bound (e.g. the content of a
+        reference file): part of the run's identity, so editing that file starts a new run."""
+        return {}
+
     def applies(self, context: dict[str, Any]) -> bool:
         """Whether the step runs for this row (its ``when:`` condition)."""
         return self.when is None or self._condition(context)  # type: ignore[misc]

@@ -27,6 +27,7 @@ from corral.io import SourceSpec
 from corral.io.base import Column
 from corral.models.base import Message, Request
 from corral.tasks._reference import (
+    file_digest,
     Index,
     ReferenceSpec,
     count_values,
@@ -206,6 +207,12 @@ class NormalizeStep(Task):
         self._indexes = None
         if self.reference is not None or self.clean is not None:
             self._index_all()
+
+    def identity(self) -> dict[str, Any]:
+        ref = self.reference
+        if ref is None or isinstance(ref, list) or ref.path is None:
+            return {}
+        return {"reference_sha256": file_digest(ref, self._base_dir)}
 
     def _index_all(self) -> dict[str, Index]:
         if self._indexes is None:
