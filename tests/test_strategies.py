@@ -1175,3 +1175,37 @@ def test_a_cost_cap_with_an_unpriced_strategy_model_stops_and_names_it(tmp_path)
     r = corral.run(job, model=fake, store=tmp_path / "s.db")
     assert r.status == "stopped" and r.pending > 0
     assert "model `fake:strong` reports no price" in (r.stop_reason or "")
+
+
+class _Overlap(corral.Model):
+    """A model that counts how many of its calls are in flight at once."""
+
+    id = "overlap"
+    capabilities = corral.Capabilities(supports_schema=True, max_concurrency=8)
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.most = 0
+
+    async def complete(self, request: Request) -> corral.Completion:
+        import asyncio
+
+        self.now += 1
+        self.most = max(self.most, self.now)
+        await asyncio.sleep(0.02)
+        self.now -= 1
+        return corral.Completion('{"who": "Ann"}', usage=corral.Usage(1, 1, cost=None))
+
+
+@pytest.mark.parametrize("per_record, overlapped", [(None, True), ({"max_calls": 50}, False)])
+def test_chunks_of_one_record_are_asked_at_once_unless_a_record_budget_orders_them(tmp_path, per_record, overlapped):
+    long_text = " ".join(f"word{i}" for i in range(400))  # about 3,000 characters: several chunks
+    step = extract({"who": {"type": "string", "nullable": True}}, chunking={"size": 600, "overlap": 50})
+    extra = {"concurrency": 4}  # one record only: any overlap is between its own chunks
+    if per_record:
+        extra["budget"] = {"per_record": per_record}
+    job = make_job(tmp_path, {"r1": long_text}, step, **extra)
+    m = _Overlap()
+    r = corral.run(job, model=m, store=tmp_path / "s.db")
+    assert r.written == 1 and r.calls_made >= 4
+    assert (m.most > 1) is overlapped

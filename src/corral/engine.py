@@ -31,6 +31,7 @@ from corral._limits import AdaptiveConcurrency, CircuitBreaker, RateLimiter, bac
 from corral._registry import model_class, suggest
 from corral._result import RunResult, summarize
 from corral._solver import OutOfBudget, RecordUse, StepSolver
+from corral.strategies.base import Outcome
 from corral.errors import (
     AuthenticationError,
     ModelNotFoundError,
@@ -715,36 +716,56 @@ class _Runner:
                     f"{why}; answer {json.dumps(answer, ensure_ascii=False)}"))
             else:
                 parts = step.split(context)
+                n = len(parts)
+                solvers = [
+                    StepSolver(self, committer, rec, step, part,
+                               step.name if n == 1 else f"{step.name}[{i + 1}/{n}]", use)
+                    for i, part in enumerate(parts)
+                ]
+                results: list[Outcome | OutOfBudget | BaseException] = []
+                if n > 1 and self.record_budget is None:
+                    # the chunks of a long document are independent (each has its own sample
+                    # numbers): ask them at once; with a per-record budget they go in order so
+                    # a resumed record spends the same way
+                    results = list(await asyncio.gather(
+                        *(self._strategy(step, sv) for sv in solvers), return_exceptions=True))
+                else:
+                    for sv in solvers:
+                        got = await self._strategy(step, sv)
+                        results.append(got)
+                        if isinstance(got, OutOfBudget) or got.answer is None or got.problems:
+                            break
+                failed = next((r for r in results if isinstance(r, BaseException)
+                               and not isinstance(r, OutOfBudget)), None)
+                if failed is not None:  # a stop, a deferral to a provider batch, or a bug
+                    for sv in solvers:
+                        sv.flush()  # what was learned before it is kept in the trace
+                    raise failed
+                tries += sum(sv.seq for sv in solvers)
                 answers = []
-                for i, part in enumerate(parts):
-                    label = step.name if len(parts) == 1 else f"{step.name}[{i + 1}/{len(parts)}]"
-                    solver = StepSolver(self, committer, rec, step, part, label, use)
-                    try:
-                        out = await step.strategy.solve(solver)
-                    except OutOfBudget as e:
-                        tries += solver.seq
-                        best = solver.best
-                        solver.note("budget", str(e), answer=best[0] if best else None)
+                for sv, part, got in zip(solvers, parts, results):
+                    label = sv.label
+                    if isinstance(got, OutOfBudget):
+                        best = sv.best
+                        sv.note("budget", str(got), answer=best[0] if best else None)
                         held = _with_best(outputs, step, best[0] if best else None, part)
-                        self._final(committer, rec, "review", held, f"step `{label}`: {e}", tries)
+                        self._final(committer, rec, "review", held, f"step `{label}`: {got}", tries)
                         return
-                    except BaseException:
-                        solver.flush()  # what was learned before a stop is kept in the trace
-                        raise
-                    tries += solver.seq
-                    if out.answer is None or out.problems:
-                        solver.flush()
-                    if out.answer is None:
+                    assert isinstance(got, Outcome)
+                    if got.answer is None or got.problems:
+                        for other in solvers:
+                            other.flush()
+                    if got.answer is None:
                         self._final(committer, rec, "quarantined", None,
-                                    f"step `{label}`: {out.error}", tries)
+                                    f"step `{label}`: {got.error}", tries)
                         return
-                    if out.problems:
-                        held = _with_best(outputs, step, out.answer, part)
+                    if got.problems:
+                        held = _with_best(outputs, step, got.answer, part)
                         self._final(committer, rec, "review", held,
-                                    f"step `{label}`: {'; '.join(out.problems)}", tries)
+                                    f"step `{label}`: {'; '.join(got.problems)}", tries)
                         return
-                    solver.accepted(out)
-                    answers.append(out.answer)
+                    sv.accepted(got)
+                    answers.append(got.answer)
                 try:
                     answer = step.combine(answers, parts)
                 except OutputError as e:
@@ -759,6 +780,17 @@ class _Runner:
                             f"step `{step.name}`: {skip}", tries)
                 return
         self._final(committer, rec, "done", _dumps(outputs), None, tries)
+
+    @staticmethod
+    async def _strategy(step: Task, solver: StepSolver) -> Outcome | OutOfBudget:
+        """The step's strategy on one part: its outcome, or the budget stop that ended it."""
+        try:
+            return await step.strategy.solve(solver)
+        except OutOfBudget as e:
+            return e
+        except BaseException:
+            solver.flush()  # what was learned before a stop is kept in the trace
+            raise
 
     def _final(
         self, committer: _Committer, rec: LeasedRecord, state: str, outputs: str | None,
