@@ -58,7 +58,7 @@ def banking(lines: list[str]) -> None:
     for r in d["results"]:
         lines.append(f"| {r['config']} | {r['accuracy']:.4f} | {r['calls_per_row']:.3f} | ${r['cost_usd']:.4f} |")
     lines += ["", "Adaptive `vote` against fixed k = 5 voting on the same model "
-              "(acceptance: the same accuracy with <= 50% of the calls):", "",
+              "(acceptance: the same accuracy, here within 0.1 point, with <= 50% of the calls):", "",
               "| adaptive vote | accuracy | fixed k=5 accuracy | difference | calls vs fixed k=5 | verdict |",
               "|---|---|---|---|---|---|"]
     for name, v in s.items():
