@@ -1000,8 +1000,9 @@ def _write_outputs(
 ) -> dict[str, str]:
     steps = job.steps
 
-    def done_rows(with_key: bool = False) -> Any:
-        for chunk in store.iter_records(run.id, "done", below_ordinal=limit):
+    def answered(state: str, tail: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Any:
+        """Rows in ``state`` with their steps' columns (and the ``tail`` columns of each record)."""
+        for chunk in store.iter_records(run.id, state, below_ordinal=limit):
             rows = []
             for r in chunk:
                 row = dict(r["data"] or {})
@@ -1011,26 +1012,26 @@ def _write_outputs(
                     vals = step.to_columns(value) if value is not None else {}
                     for col, sink_col in pairs:
                         row[sink_col] = vals.get(col)
-                if with_key:  # key-less jobs: the sink's key column is the content key
-                    row["_key"] = r["key"]
+                if tail is not None:
+                    row.update(tail(r))
                 rows.append(row)
             yield rows
 
+    def why(r: dict[str, Any]) -> dict[str, Any]:
+        return {"_key": r["key"], "_line": r["line"], "_reason": r["reason"]}
+
     def set_aside(state: str) -> Any:
         for chunk in store.iter_records(run.id, state, below_ordinal=limit):
-            yield [
-                {**(r["data"] or {}), "_key": r["key"], "_line": r["line"], "_reason": r["reason"]}
-                for r in chunk
-            ]
+            yield [{**(r["data"] or {}), **why(r)} for r in chunk]
 
     key_col = job.key or "_key"
     sink = open_sink(job.sink, job.base_dir)
     q = open_quarantine_sink(job.sink, job.base_dir)
-    if job.key is None:
+    if job.key is None:  # key-less jobs: the sink's key column is the content key
         cols = plan.columns + [Column("_key", "string")]
-        sink.write(cols, done_rows(with_key=True), key_col)
+        sink.write(cols, answered("done", lambda r: {"_key": r["key"]}), key_col)
     else:
-        sink.write(plan.columns, done_rows(), key_col)
+        sink.write(plan.columns, answered("done"), key_col)
     names = {c.name for c in plan.input_columns}
     extra = [Column("_key", "string"), Column("_line", "integer"), Column("_reason", "string")]
     side_cols = plan.input_columns + [c for c in extra if c.name not in names]
@@ -1044,23 +1045,7 @@ def _write_outputs(
         # rows held for a person: their input, the best answers reached, and why
         rv = open_side_sink(job.sink, job.base_dir, "review")
         rv_cols = plan.columns + [c for c in extra if c.name not in {x.name for x in plan.columns}]
-
-        def review_rows() -> Any:
-            for chunk in store.iter_records(run.id, "review", below_ordinal=limit):
-                rows = []
-                for r in chunk:
-                    row = dict(r["data"] or {})
-                    outs = r["outputs"] or {}
-                    for step, pairs in zip(steps, plan.step_columns):
-                        value = outs.get(step.name)
-                        vals = step.to_columns(value) if value is not None else {}
-                        for col, sink_col in pairs:
-                            row[sink_col] = vals.get(col)
-                    row.update(_key=r["key"], _line=r["line"], _reason=r["reason"])
-                    rows.append(row)
-                yield rows
-
-        rv.write(rv_cols, review_rows(), "_key")
+        rv.write(rv_cols, answered("review", why), "_key")
         outputs["review"] = _show_path(rv.path)
     return outputs
 
