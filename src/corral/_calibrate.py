@@ -11,7 +11,6 @@ candidate's calls cost, replays counted at the price first paid (:meth:`Store.ru
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import json
 import math
@@ -27,8 +26,9 @@ import yaml
 
 from corral._registry import suggest
 from corral.engine import run_async
-from corral.errors import UserError
+from corral.errors import SourceError, UserError
 from corral.io import open_source
+from corral.io import read_table as io_read_table
 from corral.job import Job, ModelRef
 from corral.store import Store
 from corral.strategies import parse_strategy
@@ -315,28 +315,9 @@ def read_table(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
     if not path.is_file():
         raise CalibrationError(f"labels file not found: {path}")
     try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            if ext in (".csv", ".tsv"):
-                reader = csv.DictReader(f, delimiter="\t" if ext == ".tsv" else ",")
-                cols = [c for c in (reader.fieldnames or []) if c is not None]
-                return cols, list(reader)
-            cols, rows = [], []
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    raise CalibrationError(f"{path} line {n}: not a JSON object") from None
-                if not isinstance(row, dict):
-                    raise CalibrationError(f"{path} line {n}: not a JSON object")
-                cols += [k for k in row if k not in cols]
-                rows.append(row)
-            return cols, rows
-    except UnicodeDecodeError:
-        raise CalibrationError(f"labels file {path} is not UTF-8 text; save it as UTF-8") from None
-    except OSError as e:
-        raise CalibrationError(f"cannot read labels file {path}: {e.strerror}") from None
+        return io_read_table(path)
+    except SourceError as e:
+        raise CalibrationError(f"labels file: {e}") from None
 
 
 def _norm(x: Any) -> Any:

@@ -14,6 +14,7 @@ from corral.io.base import (
     open_sink,
     open_source,
     quarantine_spec,
+    read_table,
     side_spec,
 )
 from corral.io.spec import SinkSpec, SourceSpec, format_from_path
@@ -33,5 +34,6 @@ __all__ = [
     "open_sink",
     "open_source",
     "quarantine_spec",
+    "read_table",
     "side_spec",
 ]

@@ -270,6 +270,20 @@ def open_side_sink(spec: SinkSpec, base_dir: Path, kind: str) -> Sink:
     return open_sink(side_spec(spec, kind), base_dir)
 
 
+def read_table(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """The columns and rows of a small data file in any source format (a labels file, say);
+    a malformed row is an error here, not a row set aside."""
+    from corral.io.spec import SourceSpec
+
+    src = open_source(SourceSpec(path=str(path)), path.parent)
+    rows = []
+    for row in src.rows():
+        if row.data is None:
+            raise SourceError(f"{path.name} {row.error}")
+        rows.append(row.data)
+    return src.column_names, rows
+
+
 # ----------------------------------------------------------------------------- option checks
 
 

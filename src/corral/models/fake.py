@@ -60,7 +60,6 @@ carry no logprobs. ``script`` takes precedence over ``truth``; the failure optio
 from __future__ import annotations
 
 import asyncio
-import csv
 import functools
 import hashlib
 import json
@@ -71,6 +70,7 @@ import re
 from collections.abc import Callable
 from dataclasses import replace
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, ClassVar
 
 from corral.errors import TransientModelError
@@ -313,22 +313,12 @@ def _load_truth(path: str, text_col: str, label_col: str) -> dict[str, Any]:
             f"fake model: no truth file at {os.path.abspath(path)}; fix the truth: path "
             "(in a job, a relative path is taken from the job file's folder)"
         )
-    rows: list[dict[str, Any]] = []
+    from corral.errors import SourceError
+    from corral.io import read_table
+
     try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            if ext in (".csv", ".tsv"):
-                reader = csv.DictReader(f, delimiter="\t" if ext == ".tsv" else ",")
-                columns = list(reader.fieldnames or [])
-                rows = list(reader)
-            else:
-                for n, line in enumerate(f, 1):
-                    if line.strip():
-                        row = json.loads(line)
-                        if not isinstance(row, dict):
-                            raise ValueError(f"line {n} is not a JSON object")
-                        rows.append(row)
-                columns = list(dict.fromkeys(k for row in rows for k in row))
-    except (OSError, UnicodeDecodeError, csv.Error, ValueError) as e:
+        columns, rows = read_table(Path(path).resolve())
+    except SourceError as e:
         raise ValueError(
             f"fake model: cannot read truth file {path} ({e}); give a UTF-8 CSV, TSV or JSONL file"
         ) from None
