@@ -255,17 +255,16 @@ def similarity(a: str, b: str) -> float:
     return fuzz.token_set_ratio(a, b, processor=utils.default_process) / 100.0
 
 
-def file_digest(spec: FileSpec, base_dir: Path) -> str:
-    """SHA-256 of a reference file's bytes (part of the run identity of the step that reads it)."""
-    assert spec.path is not None
-    path = Path(spec.path).expanduser()
-    if not path.is_absolute():
-        path = base_dir / path
+def reference_identity(ref: Any, base_dir: Path) -> dict[str, Any]:
+    """A step's reference file as part of its run identity: the SHA-256 of its bytes (nothing
+    for an inline list)."""
+    if ref is None or isinstance(ref, list) or ref.path is None:
+        return {}
     h = hashlib.sha256()
     try:
-        with path.open("rb") as f:
+        with resolve_path(ref.path, base_dir).open("rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     except OSError:
-        return "unreadable"  # binding reported it already
-    return h.hexdigest()
+        return {"reference_sha256": "unreadable"}  # binding the step reported it already
+    return {"reference_sha256": h.hexdigest()}

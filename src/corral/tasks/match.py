@@ -20,7 +20,7 @@ from corral._template import Template
 from corral.io import SourceSpec
 from corral.io.base import Column
 from corral.models.base import Message, Request
-from corral.tasks._reference import EntrySpec, Index, file_digest, parse_spec, read_entries, similarity
+from corral.tasks._reference import EntrySpec, Index, parse_spec, read_entries, reference_identity, similarity
 from corral.tasks.base import Task
 
 _REASON = {"type": "string", "maxLength": 100}
@@ -139,10 +139,7 @@ class MatchStep(Task):
             self._load()
 
     def identity(self) -> dict[str, Any]:
-        ref = self.reference
-        if ref is None or isinstance(ref, list) or ref.path is None:
-            return {}
-        return {"reference_sha256": file_digest(ref, self._base_dir)}
+        return reference_identity(self.reference, self._base_dir)
 
     def _load(self) -> tuple[list[tuple[str, str]], Index]:
         if self._entries is None or self._index is None:

@@ -27,7 +27,7 @@ from corral.io import SourceSpec
 from corral.io.base import Column
 from corral.models.base import Message, Request
 from corral.tasks._reference import (
-    file_digest,
+    reference_identity,
     Index,
     ReferenceSpec,
     count_values,
@@ -209,10 +209,7 @@ class NormalizeStep(Task):
             self._index_all()
 
     def identity(self) -> dict[str, Any]:
-        ref = self.reference
-        if ref is None or isinstance(ref, list) or ref.path is None:
-            return {}
-        return {"reference_sha256": file_digest(ref, self._base_dir)}
+        return reference_identity(self.reference, self._base_dir)
 
     def _index_all(self) -> dict[str, Index]:
         if self._indexes is None:
