@@ -14,14 +14,16 @@ Exit codes:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shlex
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import yaml
@@ -65,7 +67,21 @@ def _out() -> Console:
     return console
 
 
-def _fail(message: str, code: int = EXIT_USAGE) -> None:
+@contextlib.contextmanager
+def _run_of(store: Path | None, run: str | None) -> Iterator[tuple[Store, RunInfo]]:
+    """The store and the run a command names (one-line error and exit 2 when there is none)."""
+    st = _open(store)
+    try:
+        try:
+            info = _resolve(st, run)
+        except UserError as e:
+            _fail(str(e))
+        yield st, info
+    finally:
+        st.close()
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     _err().print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
     sys.exit(code)
 
@@ -444,13 +460,7 @@ def status_cmd(run: str | None, as_json: bool, store: Path | None) -> None:
     With --json, prints the same object as `corral run --json`; there, elapsed_s is summed over
     all the run's resumptions, and provider batches still in flight are listed under "batches".
     """
-    st = _open(store)
-    try:
-        try:
-            info = _resolve(st, run)
-        except UserError as e:
-            _fail(str(e))
-            return
+    with _run_of(store, run) as (st, info):
         result = summarize(st, info, status=live_status(st, info))
         in_flight = st.open_batches(info.id)
         spend = st.breakdown(info.id)
@@ -474,8 +484,6 @@ def status_cmd(run: str | None, as_json: bool, store: Path | None) -> None:
                     f"Batch       {b['id']}: {b['items']:,} requests, {b['detail'] or b['state']}"
                     f" — resume polling with `corral run` on the same job"
                 )
-    finally:
-        st.close()
 
 
 def _print_spend(console: Console, spend: list[dict[str, Any]]) -> None:
@@ -502,13 +510,7 @@ def show_cmd(run: str, key: str, full: bool, as_json: bool, store: Path | None) 
     (role, strategy, model, prompt, raw response, parsed answer, confidence, reasoning, failed
     checks) and the strategy's decisions (votes, critiques, best-of scores, escalations, budget
     stops, the accepted answer)."""
-    st = _open(store)
-    try:
-        try:
-            info = _resolve(st, run)
-        except UserError as e:
-            _fail(str(e))
-            return
+    with _run_of(store, run) as (st, info):
         rec = st.record(info.id, key)
         if rec is None:
             _fail(f"run {info.id} has no record with key `{key}` — keys are the job's `key:` column values (see the sink's columns)")
@@ -519,8 +521,6 @@ def show_cmd(run: str, key: str, full: bool, as_json: bool, store: Path | None) 
             click.echo(json.dumps({"run": info.id, **rec, "calls": calls, "trace": trace}, default=str))
             return
         _print_record(_out(), info, rec, trace, full=full)
-    finally:
-        st.close()
 
 
 def _print_record(
@@ -727,13 +727,7 @@ def export_traces_cmd(run: str, fmt: str, output: Path | None, reasoning: bool, 
     name): one JSON line per step answer of every written (`done`) record, with the step's system
     and user prompt and the answer as the assistant's message. Rows in review or quarantine are
     left out. A one-line summary goes to stderr."""
-    st = _open(store)
-    try:
-        try:
-            info = _resolve(st, run)
-        except UserError as e:
-            _fail(str(e))
-            return
+    with _run_of(store, run) as (st, info):
         steps = _export.step_names(info)
         if step is not None and step not in steps:
             _fail(f"run {info.id} has no step `{step}` — its steps are: {', '.join(steps)}")
@@ -748,8 +742,6 @@ def export_traces_cmd(run: str, fmt: str, output: Path | None, reasoning: bool, 
         except OSError as e:
             _fail(f"cannot write {output}: {e.strerror or e}")
             return
-    finally:
-        st.close()
     where = str(output) if output is not None else "stdout"
     line = f"wrote {_count(stats.examples, 'example')} from {_count(stats.records, 'record')} to {where}"
     notes = []
