@@ -24,7 +24,6 @@ that gives the answer. The text of the ``thinking`` blocks becomes :attr:`Comple
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -51,10 +50,10 @@ from corral.models._keys import (
     find_key,
     shown_keys_file,
     price_for,
-    rate_limit_headers,
     redact,
     retry_after,
 )
+from corral.models._hosted import HostedModel
 from corral.models.base import (
     BatchItem,
     BatchStatus,
@@ -145,7 +144,7 @@ class ContextWindowExceeded(PermanentModelError):
         self.usage = usage
 
 
-class AnthropicModel(Model):
+class AnthropicModel(HostedModel):
     """A Claude model behind Anthropic's Messages API.
 
     ``arg`` is the model name (``claude-haiku-4-5``, ``claude-sonnet-4-5-20250929``...). Options
@@ -198,6 +197,7 @@ class AnthropicModel(Model):
         supports_batch: bool = True,
         headers: dict[str, str] | None = None,
     ) -> None:
+        super().__init__()
         if importlib.util.find_spec("anthropic") is None:
             raise ModelNotFoundError(
                 f"the anthropic model needs the anthropic package; run: {_INSTALL_HINT}"
@@ -237,40 +237,24 @@ class AnthropicModel(Model):
             max_concurrency=int(max_concurrency),
             context_window=context_window,
         )
-        #: the latest ``anthropic-ratelimit-*`` / ``retry-after`` headers (lower-case name -> value)
-        self.rate_limits: dict[str, str] = {}
-        #: ``time.time()`` when :attr:`rate_limits` was last updated
-        self.rate_limits_at: float | None = None
         #: (max requests per batch, max bytes of the batch create request)
         self.batch_limits: tuple[int, int] = BATCH_LIMITS
         #: ids too long to encode: the id sent -> the caller's id (kept for this process only)
         self._custom_ids: dict[str, str] = {}
-        self._sdk: Any = None
-        self._sdk_loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
         return f"AnthropicModel({self.id!r})"
 
-    def _client(self) -> Any:
-        loop = asyncio.get_running_loop()
-        if self._sdk is None or self._sdk_loop is not loop:
-            import anthropic
+    def _new_sdk(self) -> Any:
+        import anthropic
 
-            self._sdk = anthropic.AsyncAnthropic(
-                api_key=self._key.get(),  # type: ignore[union-attr]
-                base_url=self.base_url,
-                timeout=self.timeout,
-                max_retries=0,  # the engine owns retries
-                default_headers=self.headers or None,
-            )
-            self._sdk_loop = loop
-        return self._sdk
-
-    async def aclose(self) -> None:
-        sdk, self._sdk = self._sdk, None
-        loop, self._sdk_loop = self._sdk_loop, None
-        if sdk is not None and loop is asyncio.get_running_loop():
-            await sdk.close()
+        return anthropic.AsyncAnthropic(
+            api_key=self._key.get(),  # type: ignore[union-attr]
+            base_url=self.base_url,
+            timeout=self.timeout,
+            max_retries=0,  # the engine owns retries
+            default_headers=self.headers or None,
+        )
 
     # --- one call ----------------------------------------------------------------------------
 
@@ -423,23 +407,11 @@ class AnthropicModel(Model):
     def batch_requests(self, items: list[tuple[str, Request]]) -> list[dict[str, Any]]:
         """The ``requests`` of a batch: ``params`` exactly as :meth:`complete` sends them (extra
         body fields merged in), custom ids encoded when Anthropic would refuse them."""
-        if not items:
-            raise PermanentModelError(f"{self.id}: a batch needs at least one request")
         most, most_bytes = self.batch_limits
-        if len(items) > most:
-            raise PermanentModelError(
-                f"{self.id}: {len(items)} requests in one batch; the Message Batches API takes at "
-                f"most {most}"
-            )
-        seen: set[str] = set()
+        self._check_batch(items, "Message Batches API", most)
         out = []
         size = 16
         for custom_id, request in items:
-            if not isinstance(custom_id, str) or not custom_id:
-                raise PermanentModelError(f"{self.id}: a batch custom_id must be a non-empty string")
-            if custom_id in seen:
-                raise PermanentModelError(f"{self.id}: custom_id {custom_id!r} appears twice in one batch")
-            seen.add(custom_id)
             params = self.params(request)
             extra = params.pop("extra_body", None)
             if extra:
@@ -535,12 +507,6 @@ class AnthropicModel(Model):
         return BatchItem(cid, None, f"errored: unknown batch result type {kind!r}")
 
     # --- the error boundary ------------------------------------------------------------------
-
-    def _observe(self, headers: Any) -> None:
-        found = rate_limit_headers(headers)
-        if found:
-            self.rate_limits = found
-            self.rate_limits_at = time.time()
 
     def _translate(self, e: Exception) -> ModelError:
         """The one place SDK errors become Corral's."""

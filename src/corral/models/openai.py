@@ -24,7 +24,6 @@ count in ``completion_tokens_details.reasoning_tokens``.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import importlib.util
 import inspect
@@ -48,10 +47,10 @@ from corral.models._keys import (
     find_key,
     shown_keys_file,
     price_for,
-    rate_limit_headers,
     redact,
     retry_after,
 )
+from corral.models._hosted import HostedModel
 from corral.models.base import (
     BatchItem,
     BatchStatus,
@@ -176,7 +175,7 @@ def _shown_url(url: str) -> str:
     return url
 
 
-class OpenAIModel(Model):
+class OpenAIModel(HostedModel):
     """A chat model behind OpenAI's chat completions API.
 
     ``arg`` is the model name (``gpt-4o-mini``; for other servers, the name they serve).
@@ -241,6 +240,7 @@ class OpenAIModel(Model):
         supports_batch: bool = True,
         headers: dict[str, str] | None = None,
     ) -> None:
+        super().__init__()
         if importlib.util.find_spec("openai") is None:
             raise ModelNotFoundError(f"the openai model needs the openai package; run: {_INSTALL_HINT}")
         if not arg or not str(arg).strip():
@@ -288,42 +288,26 @@ class OpenAIModel(Model):
             max_concurrency=int(max_concurrency),
             context_window=context_window,
         )
-        #: the latest ``x-ratelimit-*`` / ``retry-after`` headers (lower-case name -> value)
-        self.rate_limits: dict[str, str] = {}
-        #: ``time.time()`` when :attr:`rate_limits` was last updated
-        self.rate_limits_at: float | None = None
         #: (max requests per batch, max bytes of the batch's input file)
         self.batch_limits: tuple[int, int] = BATCH_LIMITS
-        self._sdk: Any = None
-        self._sdk_loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
         return f"OpenAIModel({self.id!r})"
 
     # --- the SDK client ----------------------------------------------------------------------
 
-    def _client(self) -> Any:
-        loop = asyncio.get_running_loop()
-        if self._sdk is None or self._sdk_loop is not loop:
-            import openai
+    def _new_sdk(self) -> Any:
+        import openai
 
-            self._sdk = openai.AsyncOpenAI(
-                api_key=self._key.get(),
-                base_url=self.base_url,
-                organization=self.organization,
-                project=self.project,
-                timeout=self.timeout,
-                max_retries=0,  # the engine owns retries
-                default_headers=self.headers or None,
-            )
-            self._sdk_loop = loop
-        return self._sdk
-
-    async def aclose(self) -> None:
-        sdk, self._sdk = self._sdk, None
-        loop, self._sdk_loop = self._sdk_loop, None
-        if sdk is not None and loop is asyncio.get_running_loop():
-            await sdk.close()
+        return openai.AsyncOpenAI(
+            api_key=self._key.get(),
+            base_url=self.base_url,
+            organization=self.organization,
+            project=self.project,
+            timeout=self.timeout,
+            max_retries=0,  # the engine owns retries
+            default_headers=self.headers or None,
+        )
 
     # --- one call ----------------------------------------------------------------------------
 
@@ -453,21 +437,10 @@ class OpenAIModel(Model):
     def batch_input(self, items: list[tuple[str, Request]]) -> bytes:
         """The JSONL input file of a batch: one line per item, whose body is exactly what
         :meth:`complete` sends for that request."""
-        if not items:
-            raise PermanentModelError(f"{self.id}: a batch needs at least one request")
         most, most_bytes = self.batch_limits
-        if len(items) > most:
-            raise PermanentModelError(
-                f"{self.id}: {len(items)} requests in one batch; the Batch API takes at most {most}"
-            )
-        seen: set[str] = set()
+        self._check_batch(items, "Batch API", most)
         lines = []
         for custom_id, request in items:
-            if not isinstance(custom_id, str) or not custom_id:
-                raise PermanentModelError(f"{self.id}: a batch custom_id must be a non-empty string")
-            if custom_id in seen:
-                raise PermanentModelError(f"{self.id}: custom_id {custom_id!r} appears twice in one batch")
-            seen.add(custom_id)
             line = {"custom_id": custom_id, "method": "POST", "url": _BATCH_ENDPOINT, "body": self.params(request)}
             lines.append(json.dumps(line, ensure_ascii=False, separators=(",", ":")))
         data = ("\n".join(lines) + "\n").encode("utf-8")
@@ -637,12 +610,6 @@ class OpenAIModel(Model):
         return BatchItem(cid, completion)
 
     # --- the error boundary ------------------------------------------------------------------
-
-    def _observe(self, headers: Any) -> None:
-        found = rate_limit_headers(headers)
-        if found:
-            self.rate_limits = found
-            self.rate_limits_at = time.time()
 
     def _translate(self, e: Exception) -> ModelError:
         """The one place SDK errors become Corral's."""
