@@ -23,18 +23,9 @@ anthropic = pytest.importorskip("anthropic")
 from corral.models.anthropic import AnthropicModel, decode_custom_id, encode_custom_id  # noqa: E402
 from corral.models.openai import OpenAIModel  # noqa: E402
 
-KEY = "sk-test-abcdefghijklmnopqrstuvwxyz0123456789"
+from ._providers import KEY, SCHEMA, claude, oai  # noqa: E402
+
 N = 30
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "label": {"enum": ["billing", "shipping", "other"]},
-        "note": {"type": "string", "maxLength": 12},
-        "amount": {"type": "number"},
-    },
-    "required": ["label", "note", "amount"],
-    "additionalProperties": False,
-}
 ANTHROPIC_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 WORDS = ["invoice", "parcel", "refund", "courier", "charge", "address", "receipt", "delay"]
 
@@ -53,16 +44,6 @@ def req(i: int, schema: Any = SCHEMA) -> Request:
         messages=(Message("system", "You classify support tickets."), Message("user", text)),
         schema=schema, max_tokens=200,
     )
-
-
-def oai(srv: ProviderServer, **kw: Any) -> OpenAIModel:
-    kw.setdefault("api_key", KEY)
-    return OpenAIModel("gpt-4o-mini", base_url=srv.openai_url, **kw)
-
-
-def claude(srv: ProviderServer, **kw: Any) -> AnthropicModel:
-    kw.setdefault("api_key", KEY)
-    return AnthropicModel("claude-haiku-4-5", base_url=srv.url, **kw)
 
 
 def items(model: Any, n: int = N, schema: Any = SCHEMA) -> list[tuple[str, Request]]:

@@ -32,17 +32,8 @@ anthropic = pytest.importorskip("anthropic")
 from corral.models.anthropic import AnthropicModel, ContextWindowExceeded  # noqa: E402
 from corral.models.openai import OpenAIModel  # noqa: E402
 
-KEY = "sk-test-abcdefghijklmnopqrstuvwxyz0123456789"
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "label": {"enum": ["billing", "shipping", "other"]},
-        "note": {"type": "string", "maxLength": 12},
-        "amount": {"type": "number"},
-    },
-    "required": ["label", "note", "amount"],
-    "additionalProperties": False,
-}
+from ._providers import KEY, SCHEMA, claude, oai  # noqa: E402
+
 
 
 @pytest.fixture(autouse=True)
@@ -75,16 +66,6 @@ def fails(model: Any, request: Request | None = None) -> ModelError:
     with pytest.raises(ModelError) as info:
         call(model, request or req())
     return info.value
-
-
-def oai(srv: ProviderServer, name: str = "gpt-4o-mini", **kw: Any) -> OpenAIModel:
-    kw.setdefault("api_key", KEY)
-    return OpenAIModel(name, base_url=srv.openai_url, **kw)
-
-
-def claude(srv: ProviderServer, name: str = "claude-haiku-4-5", **kw: Any) -> AnthropicModel:
-    kw.setdefault("api_key", KEY)
-    return AnthropicModel(name, base_url=srv.url, **kw)
 
 
 def last_body(srv: ProviderServer, route: str) -> dict[str, Any]:

@@ -25,18 +25,9 @@ anthropic = pytest.importorskip("anthropic")
 from corral.models.anthropic import THINKING_BUDGETS, AnthropicModel  # noqa: E402
 from corral.models.openai import OpenAIModel  # noqa: E402
 
-KEY = "sk-test-abcdefghijklmnopqrstuvwxyz0123456789"
+from ._providers import KEY, SCHEMA, claude, oai  # noqa: E402
+
 TEXT = "My invoice was charged twice, please refund"
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "label": {"enum": ["billing", "shipping", "other"]},
-        "note": {"type": "string", "maxLength": 12},
-        "amount": {"type": "number"},
-    },
-    "required": ["label", "note", "amount"],
-    "additionalProperties": False,
-}
 CHAT = "POST /v1/chat/completions"
 MESSAGES = "POST /v1/messages"
 
@@ -66,16 +57,6 @@ def call(model: Any, *requests: Request) -> Any:
 
     out = asyncio.run(go())
     return out[0] if len(out) == 1 else out
-
-
-def oai(srv: ProviderServer, name: str = "gpt-4o-mini", **kw: Any) -> OpenAIModel:
-    kw.setdefault("api_key", KEY)
-    return OpenAIModel(name, base_url=srv.openai_url, **kw)
-
-
-def claude(srv: ProviderServer, name: str = "claude-haiku-4-5", **kw: Any) -> AnthropicModel:
-    kw.setdefault("api_key", KEY)
-    return AnthropicModel(name, base_url=srv.url, **kw)
 
 
 def bodies(srv: ProviderServer, route: str) -> list[dict[str, Any]]:

@@ -94,20 +94,25 @@ def test_outage_pauses_the_run_and_recovery_finishes_it(tmp_path):
     assert 0 < failed < 60
 
 
-def test_bad_key_stops_the_run_with_exit_4_and_never_stores_the_key(tmp_path):
-    with ProviderServer(api_key="the-right-key", echo_key=True) as srv:
-        write(tmp_path / "in.csv", "id,text\n" + "".join(f"r{i},t{i}\n" for i in range(30)))
-        write(tmp_path / "job.yaml", f"""\
-name: auth
+def run_provider_job(tmp: Path, rows: int, model: str, url: str, key: str) -> subprocess.CompletedProcess[str]:
+    """`corral run job.yaml --json` on `rows` rows with a provider model, in `tmp`."""
+    write(tmp / "in.csv", "id,text\n" + "".join(f"r{i},t{i}\n" for i in range(rows)))
+    write(tmp / "job.yaml", f"""\
+name: provider
 source: in.csv
 key: id
-model: {{name: "openai:gpt-4o-mini", base_url: "{srv.openai_url}", api_key: "{KEY}"}}
+model: {{name: "{model}", base_url: "{url}", api_key: "{key}"}}
 steps:
   - {{name: cat, task: classify, input: "{{text}}", labels: [a, b]}}
 sink: out/o.csv
 """)
-        p = subprocess.run([corral_bin(), "run", "job.yaml", "--json"], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=120)
+    return subprocess.run([corral_bin(), "run", "job.yaml", "--json"], cwd=tmp,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_bad_key_stops_the_run_with_exit_4_and_never_stores_the_key(tmp_path):
+    with ProviderServer(api_key="the-right-key", echo_key=True) as srv:
+        p = run_provider_job(tmp_path, 30, "openai:gpt-4o-mini", srv.openai_url, KEY)
         served = sum(s.calls for s in srv.served_by_status().values())
     assert p.returncode == 4, p.stderr
     s = json.loads(p.stdout)
@@ -140,18 +145,7 @@ def test_an_account_out_of_quota_stops_the_run_with_exit_4_then_resumes(tmp_path
     with ProviderServer(fail_status=status, fail_code=code, fail_message="You exceeded your current quota") as srv:
         url = srv.openai_url if provider == "openai" else srv.url
         name = "openai:gpt-4o-mini" if provider == "openai" else "anthropic:claude-3-5-haiku-latest"
-        write(tmp_path / "in.csv", "id,text\n" + "".join(f"r{i},t{i}\n" for i in range(40)))
-        write(tmp_path / "job.yaml", f"""\
-name: quota
-source: in.csv
-key: id
-model: {{name: "{name}", base_url: "{url}", api_key: "k"}}
-steps:
-  - {{name: cat, task: classify, input: "{{text}}", labels: [a, b]}}
-sink: out/o.csv
-""")
-        p = subprocess.run([corral_bin(), "run", "job.yaml", "--json"], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=120)
+        p = run_provider_job(tmp_path, 40, name, url, "k")
         served = sum(s.calls for s in srv.served_by_status().values())
         assert p.returncode == 4, p.stderr
         s = json.loads(p.stdout)
@@ -161,8 +155,7 @@ sink: out/o.csv
         assert served < 40
         # credit added: the same command resumes and finishes
         srv.configure(fail_status=None, fail_code=None)
-        p = subprocess.run([corral_bin(), "run", "job.yaml", "--json"], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=120)
+        p = run_provider_job(tmp_path, 40, name, url, "k")
     assert p.returncode == 0, p.stderr
     s = json.loads(p.stdout)
     assert s["status"] == "finished" and s["rows"]["written"] == 40
