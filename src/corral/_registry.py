@@ -29,6 +29,7 @@ def task_classes() -> dict[str, type]:
     return {name: ep.load() for name, ep in sorted(_group(TASK_GROUP).items())}
 
 
+@cache
 def strategy_classes() -> dict[str, type]:
     return {name: ep.load() for name, ep in sorted(_group(STRATEGY_GROUP).items())}
 
