@@ -376,8 +376,8 @@ class _Client:
     #: the most one paid call has cost (reserved for each call while a cost budget is set)
     cost_est: Decimal | None = None
     most_output: int | None = None
+    #: a call is finding out this model's price (while a cost cap is set, others wait for it)
     probing: bool = False
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     def build(cls, model: Model, ref: ModelRef, concurrency: int) -> _Client:
@@ -385,6 +385,16 @@ class _Client:
             model, ref, RateLimiter(ref.rpm, ref.tpm),
             AdaptiveConcurrency(concurrency, start=min(concurrency, 8)), CircuitBreaker(),
         )
+
+
+@dataclass(slots=True)
+class _Hold:
+    """A call's reservation in the run's budget."""
+
+    cost: Decimal
+    tokens: int
+    probe: bool  # the call that finds out its model's price
+    done: bool = False
 
 
 class _Runner:
@@ -484,7 +494,7 @@ class _Runner:
             )
         return reason
 
-    async def _reserve(self, client: _Client, request: Request) -> list[Any]:
+    async def _reserve(self, client: _Client, request: Request) -> _Hold:
         """Hold room in the run's budget for one call before it is made: the most a call of this
         model has cost so far, and its prompt plus the largest answer so far. While a model's
         price is still unknown, its calls go one at a time until the first is settled."""
@@ -494,11 +504,12 @@ class _Runner:
             out = client.most_output if client.most_output is not None else request.max_tokens
             tokens = sum(len(m.content) for m in request.messages) // 4 + out
         cost = Decimal(0)
+        probe = False
         if b.max_cost_usd is not None:
             while client.cost_est is None and client.probing:
-                await client.wake.wait()
+                await self.settled.wait()
             if client.cost_est is None:
-                client.probing = True
+                client.probing = probe = True
             else:
                 cost = client.cost_est
         # no room: while other calls hold reservations, wait for them to settle (they may cost
@@ -508,33 +519,34 @@ class _Runner:
         try:
             self._check_budget(cost, tokens)
         except _Stop:
-            self._wake(client)
+            if probe:
+                client.probing = False
+                self._signal()
             raise
         self.reserved_calls += 1
         self.cost_reserved += cost
         self.tokens_reserved += tokens
-        return [cost, tokens, False]  # (cost, tokens, settled)
+        return _Hold(cost, tokens, probe)
 
-    def _settle(self, client: _Client, held: list[Any], comp: Completion | None) -> None:
-        held[2] = True
+    def _settle(self, client: _Client, hold: _Hold, comp: Completion | None) -> None:
+        """Give a call's reservation back; with its answer, learn the model's price and size."""
+        hold.done = True
         self.reserved_calls -= 1
-        self.cost_reserved -= held[0]
-        self.tokens_reserved -= held[1]
+        self.cost_reserved -= hold.cost
+        self.tokens_reserved -= hold.tokens
         if comp is not None:
             u = comp.usage
             if u.cost is not None:
                 client.cost_est = max(client.cost_est or Decimal(0), u.cost)
             client.most_output = max(client.most_output or 0, u.output_tokens)
-        self._wake(client)
+        if hold.probe:
+            client.probing = False
+        self._signal()
+
+    def _signal(self) -> None:
+        """Wake every call waiting for room in the budget (the event is replaced, not cleared)."""
         self.settled.set()
         self.settled = asyncio.Event()
-
-    @staticmethod
-    def _wake(client: _Client) -> None:
-        if client.probing:
-            client.probing = False
-            client.wake.set()
-            client.wake = asyncio.Event()
 
     # one call -------------------------------------------------------------------------
 
@@ -577,14 +589,14 @@ class _Runner:
         try:
             return h, await self._call(committer, rec, step, attempt, request, h, client, strategy, held)
         finally:
-            if held is not None and not held[2]:  # the call failed before it was counted
+            if held is not None and not held.done:  # the call failed before it was counted
                 self._settle(client, held, None)
             del self.inflight[h]
             done.set_result(None)
 
     async def _call(
         self, committer: _Committer, rec: LeasedRecord, step: str, attempt: int, request: Request,
-        h: str, client: _Client, strategy: str | None, held: list[Any] | None = None,
+        h: str, client: _Client, strategy: str | None, held: _Hold | None = None,
     ) -> Completion:
         """One paid call through the request layer, recorded before its answer is used."""
         self.reserved += 1  # counted against max_calls from the budget check on
