@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "etl"))
 from _etl import DATA, run_corral  # noqa: E402
 
 from _common import machine  # noqa: E402
+from _data import write_source  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -100,11 +101,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="corral-b77-") as tmp:
         d = Path(tmp)
-        with (d / "data.csv").open("w", encoding="utf-8", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["id", "text"])
-            for i, r in enumerate(rows):
-                w.writerow([i, r["text"]])
+        write_source(d / "data.csv", ((i, r["text"]) for i, r in enumerate(rows)))
         for n, (group, label, main_model, strategy, strong) in enumerate(configs()):
             job = {
                 "name": f"b77-{n}",

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "etl"))
 from _etl import CORRAL, DATA, ROOT  # noqa: E402
 
 from _common import machine  # noqa: E402
+from _data import write_source  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 TEST = DATA / "banking77" / "test.csv"
@@ -57,11 +58,7 @@ def main() -> None:
     rows = list(csv.DictReader(TEST.open(encoding="utf-8")))[: args.rows]
     with tempfile.TemporaryDirectory(prefix="corral-budget-") as tmp:
         d = Path(tmp)
-        with (d / "data.csv").open("w", encoding="utf-8", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["id", "text"])
-            for i, r in enumerate(rows):
-                w.writerow([i, r["text"]])
+        write_source(d / "data.csv", ((i, r["text"]) for i, r in enumerate(rows)))
 
         def job(cap: float | None) -> Path:
             spec = {

@@ -27,6 +27,7 @@ from _etl import CORRAL, ROOT  # noqa: E402
 from banking77 import LABELS, TEST, model  # noqa: E402
 
 from _common import machine  # noqa: E402
+from _data import write_source  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -39,14 +40,8 @@ def main() -> None:
     rows = list(csv.DictReader(TEST.open(encoding="utf-8")))
     with tempfile.TemporaryDirectory(prefix="corral-cal-") as tmp:
         d = Path(tmp)
-        with (d / "data.csv").open("w", encoding="utf-8", newline="") as f, \
-                (d / "labels.csv").open("w", encoding="utf-8", newline="") as g:
-            w, lw = csv.writer(f), csv.writer(g)
-            w.writerow(["id", "text"])
-            lw.writerow(["id", "intent"])
-            for i, r in enumerate(rows):
-                w.writerow([i, r["text"]])
-                lw.writerow([i, r["category"]])
+        write_source(d / "data.csv", ((i, r["text"]) for i, r in enumerate(rows)))
+        write_source(d / "labels.csv", ((i, r["category"]) for i, r in enumerate(rows)), ("id", "intent"))
         job = {
             "name": "b77cal", "source": "data.csv", "key": "id",
             "model": model("cheap", logprobs=True),

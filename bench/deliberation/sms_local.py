@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "etl"))
 from _etl import DATA, run_corral  # noqa: E402
 
 from _common import machine  # noqa: E402
+from _data import write_source  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -62,11 +63,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="corral-sms-") as tmp:
         d = Path(tmp)
-        with (d / "data.csv").open("w", encoding="utf-8", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["id", "text"])
-            for i in picked:
-                w.writerow([i, lines[i][1]])
+        write_source(d / "data.csv", ((i, lines[i][1]) for i in picked))
         for n, (label, strategy) in enumerate(STRATEGIES):
             if args.only and not label.startswith(args.only):
                 continue
