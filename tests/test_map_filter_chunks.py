@@ -300,11 +300,18 @@ def test_when_unknown_name_is_one_line_error_before_any_call(tmp_path):
 
 
 def test_when_that_errors_on_a_row_quarantines_only_that_row(tmp_path):
+    # (a `when:` over a step that did not run is false, not an error: tests/test_empty_and_when.py)
     job = job_of(tmp_path, [
-        {"name": "x", "task": "extract", "input": "{body}", "when": "kind == 'a'", "fields": {"amount": "number"}},
+        {"name": "x", "task": "extract", "input": "{body}", "fields": {"amount": {"type": "number", "nullable": True}}},
         {"name": "big", "task": "classify", "input": "{body}", "labels": ["yes", "no"], "when": "x.amount > 10"},
     ], KINDS)
-    r = corral.run(job, model=FakeModel(script=when_script))
+
+    def script(req: Request) -> dict:  # rows of kind b (bodies 4 to 6) have no amount: None > 10 fails
+        if "amount" in (req.schema or {}).get("properties", {}):
+            return {"amount": 50 if int(user(req).split()[-1]) <= 3 else None}
+        return {"label": "yes"}
+
+    r = corral.run(job, model=FakeModel(script=script))
     assert (r.written, r.quarantined) == (3, 3) and accounted(r)
     q = read_csv(tmp_path / "out" / "o.quarantine.csv")
     assert [x["id"] for x in q] == ["K4", "K5", "K6"]

@@ -53,9 +53,11 @@ class Condition:
             tree = ast.parse(text.strip(), mode="eval")
         except SyntaxError as e:
             raise ValueError(f"`{text}` is not a valid expression ({e.msg})") from None
-        names = {
-            n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id not in _FUNCTIONS
-        } - {"True", "False", "None", "true", "false", "null"}
+        found = [n for n in ast.walk(tree) if isinstance(n, ast.Name)]
+        # a comprehension's own variables (`x` in `any(x > 0 for x in items)`) are not row names
+        bound = {n.id for n in found if isinstance(n.ctx, ast.Store)}
+        names = {n.id for n in found if n.id not in _FUNCTIONS} - bound - {
+            "True", "False", "None", "true", "false", "null"}
         return cls(text.strip(), frozenset(names))
 
     def __call__(self, context: dict[str, Any]) -> bool:

@@ -126,6 +126,24 @@ def _plan(job: Job, source: Source) -> _Plan:
     known = set(cols)
     for i, step in enumerate(job.steps):
         earlier = [s.name for s in job.steps[:i]]
+        for head in step.when_names():  # a `when:` mistake is told as one, not as a placeholder
+            if head in known or head in earlier:
+                continue
+            if head == step.name:
+                raise UserError(
+                    f"step `{step.name}`: when: uses `{head}`, its own output; a condition can only "
+                    "read source columns and earlier steps"
+                )
+            if head in [s.name for s in job.steps[i:]]:
+                raise UserError(
+                    f"step `{step.name}`: when: uses `{head}`, the output of a later step; a "
+                    "condition can only read source columns and earlier steps"
+                )
+            raise SourceError(
+                f"step `{step.name}`: when: uses `{head}`, which is not a column of "
+                f"{source.path.name} or an earlier step{suggest(head, cols + earlier) or '.'} "
+                f"Columns: {', '.join(cols)}."
+            )
         for name in step.names_used():
             head = name[0]
             if head in known or head in earlier:
@@ -709,18 +727,48 @@ class _Runner:
         outputs: dict[str, Any] = {}
         tries = 0
         use = RecordUse()
+        absent: set[str] = set()  # steps that gave this row no answer: a `when:` over one is false
+
+        def so_far() -> str | None:  # the answers already paid for, kept with a quarantined row
+            return _dumps(outputs) if outputs else None
+
         for step in self.job.steps:
             try:
-                runs = step.applies(context)
+                runs = step.applies(context, absent)
             except ConditionError as e:
-                self._final(committer, rec, "quarantined", None, f"step `{step.name}`: when {e}", tries)
+                self._final(committer, rec, "quarantined", so_far(), f"step `{step.name}`: when {e}", tries)
                 return
             if not runs:
                 context[step.name] = outputs[step.name] = None
+                gone = [n for n in step.when_names() if n in absent]
+                detail = (f"when: {step.when} reads {', '.join(f'`{n}`' for n in gone)}, which did not run"
+                          if gone else f"when: {step.when} is false")
+                absent.add(step.name)
                 committer.add(attempt=AttemptRecord(
-                    self.run.id, rec.key, step.name, 0, None, "not run", f"when: {step.when} is false"))
+                    self.run.id, rec.key, step.name, 0, None, "not run", detail))
                 continue
-            short = step.shortcut(context)
+            short = None
+            if step.on_empty != "ask":
+                empty = step.empty_input(context)
+                if empty is not None:
+                    why = f"empty input ({empty})"
+                    if step.on_empty != "null":
+                        committer.add(attempt=AttemptRecord(
+                            self.run.id, rec.key, step.name, 0, None, "empty", f"{why}; no call"))
+                        state = "skipped" if step.on_empty == "skip" else "quarantined"
+                        self._final(committer, rec, state, so_far(), f"step `{step.name}`: {why}", tries)
+                        return
+                    empty_answer = step.empty_answer()
+                    if empty_answer is None:
+                        context[step.name] = outputs[step.name] = None
+                        absent.add(step.name)
+                        committer.add(attempt=AttemptRecord(
+                            self.run.id, rec.key, step.name, 0, None, "empty",
+                            f"{why}; no call, the step's output is null"))
+                        continue
+                    short = (empty_answer, why)
+            if short is None:
+                short = step.shortcut(context)
             if short is not None:
                 answer, why = short
                 committer.add(attempt=AttemptRecord(
@@ -768,7 +816,7 @@ class _Runner:
                         for other in solvers:
                             other.flush()
                     if got.answer is None:
-                        self._final(committer, rec, "quarantined", None,
+                        self._final(committer, rec, "quarantined", so_far(),
                                     f"step `{label}`: {got.error}", tries)
                         return
                     if got.problems:
@@ -781,7 +829,7 @@ class _Runner:
                 try:
                     answer = step.combine(answers, parts)
                 except OutputError as e:
-                    self._final(committer, rec, "quarantined", None, f"step `{step.name}`: {e}", tries)
+                    self._final(committer, rec, "quarantined", so_far(), f"step `{step.name}`: {e}", tries)
                     return
             value = step.value(answer)
             context[step.name] = value
@@ -1047,17 +1095,19 @@ def _write_outputs(
     names = {c.name for c in plan.input_columns}
     extra = [Column("_key", "string"), Column("_line", "integer"), Column("_reason", "string")]
     side_cols = plan.input_columns + [c for c in extra if c.name not in names]
-    q.write(side_cols, set_aside("quarantined"), "_key")
+    # quarantined rows keep the answers already paid for (earlier steps' columns), as review does
+    with_answers = plan.columns + [c for c in extra if c.name not in {x.name for x in plan.columns}]
+    q.write(with_answers, answered("quarantined", why), "_key")
     outputs = {"sink": _show_path(sink.path), "quarantine": _show_path(q.path)}
-    if any(s.can_skip for s in steps):
+    counts = store.counts(run.id, limit)
+    if any(s.can_skip or s.on_empty == "skip" for s in steps) or counts.get("skipped", 0):
         sk = open_side_sink(job.sink, job.base_dir, "skipped")
         sk.write(side_cols, set_aside("skipped"), "_key")
         outputs["skipped"] = _show_path(sk.path)
-    if job.can_review() or store.counts(run.id, limit).get("review", 0):
+    if job.can_review() or counts.get("review", 0):
         # rows held for a person: their input, the best answers reached, and why
         rv = open_side_sink(job.sink, job.base_dir, "review")
-        rv_cols = plan.columns + [c for c in extra if c.name not in {x.name for x in plan.columns}]
-        rv.write(rv_cols, answered("review", why), "_key")
+        rv.write(with_answers, answered("review", why), "_key")
         outputs["review"] = _show_path(rv.path)
     return outputs
 

@@ -16,7 +16,17 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from jsonschema import Draft202012Validator, FormatChecker
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SerializeAsAny, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializeAsAny,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from corral._expr import Condition, ConditionError
 from corral._template import Template
@@ -27,6 +37,15 @@ from corral.models.base import Completion, Message, Request
 from corral.strategies import parse_strategy
 from corral.strategies.base import Strategy
 from corral.strategies.single import Single
+
+#: what a step does with a row whose input is empty (see :meth:`Task.empty_input`):
+#: quarantine the row, skip it, give the step a null output without a call, or ask anyway
+OnEmpty = Literal["quarantine", "skip", "null", "ask"]
+
+_ON_EMPTY_HELP = (
+    "a row whose input is empty (every placeholder missing, null or blank): `quarantine` it "
+    "(default), `skip` it, give the step a `null` output without a call, or `ask` the model anyway"
+)
 
 _STEP_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -64,6 +83,7 @@ class Task(BaseModel):
         description="true: the model writes its reasoning before the answer; low/medium/high: "
         "the provider's reasoning setting. Kept in the trace, not the sink",
     )
+    on_empty: OnEmpty = Field("quarantine", description=_ON_EMPTY_HELP)
 
     _template: Template = PrivateAttr()
     _condition: Condition | None = PrivateAttr(default=None)
@@ -85,6 +105,22 @@ class Task(BaseModel):
         if v is not None:
             Condition.parse(v)
         return v
+
+    @field_validator("on_empty", mode="before")
+    @classmethod
+    def _yaml_null(cls, v: Any) -> Any:
+        return "null" if v is None else v  # YAML reads a bare `on_empty: null` as None
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return self._without_later_defaults(handler(self))
+
+    def _without_later_defaults(self, data: Any) -> Any:
+        """``data`` (this step serialized) without keys added after jobs had run ids while they
+        hold the task's default, so a job that does not set them keeps its spec hash."""
+        if isinstance(data, dict) and data.get("on_empty") == type(self).model_fields["on_empty"].default:
+            del data["on_empty"]
+        return data
 
     @field_validator("strategy", mode="before")
     @classmethod
@@ -194,6 +230,39 @@ class Task(BaseModel):
             names += [(n,) for n in sorted(self._condition.names)]
         return names
 
+    def when_names(self) -> list[str]:
+        """The names its ``when:`` condition reads (columns and earlier steps), sorted."""
+        return sorted(self._condition.names) if self._condition is not None else []
+
+    def input_names(self) -> list[tuple[str, ...]]:
+        """The placeholders whose values are the step's input: when every one of them is empty
+        for a row, the row's input is empty (see :meth:`empty_input`)."""
+        return list(self._template.names)
+
+    def empty_input(self, context: dict[str, Any]) -> str | None:
+        """Why this row's input is empty (``{text} is empty``), or ``None`` when it is not.
+
+        The input is empty when every placeholder of :meth:`input_names` is missing, null,
+        whitespace-only text or an empty list or object; the template's constant text does not
+        count. A row with at least one non-empty placeholder is not empty (the empty ones render
+        as nothing); a template without placeholders is never empty.
+        """
+        names = self._inputs
+        if not names:
+            return None
+        for name in names:
+            if not _blank(_lookup(context, name)):
+                return None
+        shown = ["{" + ".".join(n) + "}" for n in dict.fromkeys(names)]
+        if len(shown) == 1:
+            return f"{shown[0]} is empty"
+        return f"{', '.join(shown[:-1])} and {shown[-1]} are empty"
+
+    def empty_answer(self) -> dict[str, Any] | None:
+        """The answer a step gives an empty input with ``on_empty: null``, without a call;
+        ``None`` (the default): the step's output is null, as when its ``when:`` is false."""
+        return None
+
     def failed_checks(self, answer: dict[str, Any], context: dict[str, Any]) -> list[str]:
         """The ``checks:`` this answer fails, as readable problems (empty when it passes)."""
         if not self.checks:  # a plain field: private attributes are slow to read on a model
@@ -216,9 +285,18 @@ class Task(BaseModel):
         reference file): part of the run's identity, so editing that file starts a new run."""
         return {}
 
-    def applies(self, context: dict[str, Any]) -> bool:
-        """Whether the step runs for this row (its ``when:`` condition)."""
-        return self.when is None or self._condition(context)  # type: ignore[misc]
+    def applies(self, context: dict[str, Any], absent: frozenset[str] | set[str] = frozenset()) -> bool:
+        """Whether the step runs for this row (its ``when:`` condition).
+
+        ``absent`` names the earlier steps that gave this row no answer (their own ``when:`` was
+        false, or their input was empty with ``on_empty: null``): a condition that reads one of
+        them is false, whatever else it says.
+        """
+        if self.when is None:
+            return True
+        if absent and not absent.isdisjoint(self._when_names):
+            return False
+        return self._condition(context)  # type: ignore[misc]
 
     # --- used by the engine --------------------------------------------------------------
 
@@ -245,6 +323,14 @@ class Task(BaseModel):
     @cached_property
     def _tpl(self) -> Template:
         return self._template  # read once: private attributes are slow to read on a model
+
+    @cached_property
+    def _inputs(self) -> tuple[tuple[str, ...], ...]:
+        return tuple(self.input_names())
+
+    @cached_property
+    def _when_names(self) -> frozenset[str]:
+        return frozenset(self.when_names())
 
     def render(self, context: dict[str, Any], sample: int = 0) -> Request:
         return Request(
@@ -288,6 +374,24 @@ class Task(BaseModel):
         if len(text) <= 512 and len(valid) < 4096:
             valid.add(text)
         return data
+
+
+def _lookup(context: dict[str, Any], name: tuple[str, ...]) -> Any:
+    """The value a placeholder renders, as :meth:`Template.render` finds it."""
+    value: Any = context.get(name[0])
+    for attr in name[1:]:
+        value = value.get(attr) if isinstance(value, dict) else None
+    return value
+
+
+def _blank(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    if isinstance(value, (list, dict)):
+        return not value
+    return False
 
 
 _VALIDATORS: dict[str, tuple[Draft202012Validator, set[str]]] = {}

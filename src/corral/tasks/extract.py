@@ -314,7 +314,7 @@ class ExtractStep(Task):
 
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
-        return _drop_defaults(self, handler, {"chunking": None})
+        return self._without_later_defaults(_drop_defaults(self, handler, {"chunking": None}))
 
     def output_schema(self) -> dict[str, Any]:
         return fields_schema(self.fields)

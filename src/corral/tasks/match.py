@@ -21,7 +21,7 @@ from corral.io import SourceSpec
 from corral.io.base import Column
 from corral.models.base import Message, Request
 from corral.tasks._reference import EntrySpec, Index, parse_spec, read_entries, reference_identity, similarity
-from corral.tasks.base import Task
+from corral.tasks.base import OnEmpty, Task
 
 _REASON = {"type": "string", "maxLength": 100}
 
@@ -71,6 +71,10 @@ class MatchStep(Task):
     candidates: int = Field(5, ge=1, le=100, description="reference entries shown per row")
     block: BlockSpec | None = Field(
         None, description="{threshold: T}: answer 'no match' without a call below similarity T"
+    )
+    on_empty: OnEmpty = Field(
+        "null", description="a row whose records are empty: `null` (default: no match, without a "
+        "call), `quarantine` or `skip` the row, or `ask` (pair mode asks; reference mode answers null)"
     )
 
     _left: Template = PrivateAttr()
@@ -179,6 +183,18 @@ class MatchStep(Task):
             if t is not None:
                 names += [n for n in t.names if n not in names]
         return names
+
+    def input_names(self) -> list[tuple[str, ...]]:
+        names: list[tuple[str, ...]] = []
+        for t in (self._left, self._right):
+            if t is not None:
+                names += [n for n in t.names if n not in names]
+        return names
+
+    def empty_answer(self) -> dict[str, Any] | None:
+        if self.kind == "pair":
+            return {"same": None, "reason": "empty records"}
+        return {"match": None, "reason": "empty record"}
 
     def columns(self) -> list[Column]:
         kind = "boolean" if self.kind == "pair" else "string"

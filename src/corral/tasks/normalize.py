@@ -35,7 +35,7 @@ from corral.tasks._reference import (
     parse_spec,
     read_values,
 )
-from corral.tasks.base import Task
+from corral.tasks.base import OnEmpty, Task
 
 Target = Literal["text", "date", "number"]
 
@@ -115,6 +115,10 @@ class NormalizeStep(Task):
         None,
         description="keep a value that fits no entry as it is, instead of null "
         "(default: true with `clean`, else false)",
+    )
+    on_empty: OnEmpty = Field(
+        "null", description="an empty value: `null` (default: a null answer, without a call), "
+        "`quarantine` or `skip` the row, or `ask` (no such check; a blank value still gets null)"
     )
 
     _source: SourceSpec | None = PrivateAttr(default=None)
@@ -302,6 +306,20 @@ class NormalizeStep(Task):
             if (col,) not in names:
                 names.append((col,))
         return names
+
+    def input_names(self) -> list[tuple[str, ...]]:
+        # with `clean`, the input is the listed columns; `input:` is only context for them
+        if self.kind == "clean":
+            return [(c,) for c in self.clean or {}]
+        return super().input_names()
+
+    def empty_answer(self) -> dict[str, Any] | None:
+        mode = self.kind
+        if mode == "free":
+            return {"value": None, "span": ""}
+        if mode == "reference":
+            return {"value": None}
+        return {c: None for c in self.clean or {}}
 
     def columns(self) -> list[Column]:
         mode = self.kind
