@@ -66,10 +66,16 @@ class SourceRow:
 
 @dataclass(frozen=True, slots=True)
 class Column:
-    """A column name and its logical type (one of :data:`COLUMN_TYPES`)."""
+    """A column name and its logical type (one of :data:`COLUMN_TYPES`).
+
+    ``arrow_type`` is the column's exact ``pyarrow.DataType`` when the source knows it (a Parquet
+    source does); the Parquet sink writes such a column with that type, turning the JSON the
+    store holds back into the original values. Other sinks go by ``type`` alone.
+    """
 
     name: str
     type: str = "string"
+    arrow_type: Any = None
 
     def __post_init__(self) -> None:
         if self.type not in COLUMN_TYPES:

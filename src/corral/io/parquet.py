@@ -1,10 +1,13 @@
 """Parquet sources and sinks (pyarrow), streamed in record batches.
 
-Reading converts values to JSON-friendly Python (dates and timestamps -> ISO text, decimals ->
-str, binary -> base64, NaN -> None), because the engine stores rows as JSON.
+Reading encodes values as JSON-friendly Python (timestamps and dates -> ISO 8601 text, decimals ->
+their digits, binary -> base64, NaN -> None; see "JSON codec" below), because the engine stores
+rows as JSON. Each source column keeps its Arrow type (``Column.arrow_type``), and the Parquet sink
+decodes such a column back to that type, so Parquet in, Parquet out keeps the source's columns as
+they were.
 
-Writing maps column types to Arrow types (string, int64, float64, bool, date32, list<...>) and
-infers ``any`` columns from the values. Rows are buffered into row groups of
+Writing maps the other column types to Arrow types (string, int64, float64, bool, date32,
+list<...>) and infers ``any`` columns from the values. Rows are buffered into row groups of
 :attr:`ParquetSink.row_group_rows` rows, so memory stays flat. The schema is fixed when the first
 row group is written; if a later value does not fit a column's type (an ``any`` column that was
 all None, integers followed by a fraction, text in a column declared integer...), the column is
@@ -17,13 +20,16 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import decimal
 import math
+import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from corral.errors import SourceError
@@ -40,9 +46,270 @@ from corral.io.base import (
     to_text,
 )
 
-__all__ = ["ParquetSink", "ParquetSource", "arrow_column_type"]
+__all__ = ["ParquetSink", "ParquetSource", "arrow_column_type", "decode_values", "encode_array"]
 
 _READ_BATCH = 2048
+
+
+# ----------------------------------------------------------------------------- JSON codec
+#
+# The engine keeps each row as JSON, so a value read from Parquet is encoded as JSON-friendly
+# Python by `encode_array`, and the Parquet sink turns it back into the column's Arrow type with
+# `decode_values`. The encoding is meant for both people and the way back: what a prompt template
+# sees is ordinary text (ISO 8601 times, decimal digits, base64), and that text, read with the
+# column's Arrow type in hand, gives the original value again:
+#
+#   timestamp        ISO 8601 text, "T" between date and time, as many fraction digits as needed
+#                    (up to nanoseconds); with a time zone, the local time and its offset
+#                    ("2024-03-01T09:30:00+01:00"). Encoded by Arrow, so nanoseconds survive.
+#   time             "HH:MM:SS[.fraction]"
+#   date             "YYYY-MM-DD"
+#   duration         a number of seconds (an integer when whole)
+#   decimal          its digits as text ("12.50")
+#   binary           base64 text
+#   float            a number; NaN -> null, +-inf -> "Infinity" / "-Infinity" (JSON has neither)
+#   struct           an object keyed by field name
+#   list (all kinds) a list
+#   map              an object when its keys are distinct strings, else a list of [key, value]
+#   dictionary       its values
+#
+# Integers, strings and booleans are themselves.
+
+_UNIT_DIGITS = {"s": 0, "ms": 3, "us": 6, "ns": 9}
+_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+_ARROW_TIME = re.compile(
+    r"(?P<date>[+-]?\d{4,})-(?P<mon>\d\d)-(?P<day>\d\d)[T ]"
+    r"(?P<h>\d\d):(?P<m>\d\d)(?::(?P<s>\d\d)(?:[.,](?P<frac>\d+))?)?"
+    r" ?(?P<tz>Z|[+-]\d\d(?::?\d\d)?)?"
+)
+_OFFSET = re.compile(r"([+-]\d\d):?(\d\d)$")
+_CLOCK = re.compile(r"(?P<h>\d\d):(?P<m>\d\d)(?::(?P<s>\d\d)(?:[.,](?P<frac>\d+))?)?")
+
+
+def _chunks(arr: pa.Array | pa.ChunkedArray) -> list[pa.Array]:
+    return list(arr.chunks) if isinstance(arr, pa.ChunkedArray) else [arr]
+
+
+def _is_binary(t: pa.DataType) -> bool:
+    return (
+        pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_fixed_size_binary(t)
+        or getattr(pa.types, "is_binary_view", lambda _: False)(t)
+    )
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return (
+        pa.types.is_list(t)
+        or pa.types.is_large_list(t)
+        or pa.types.is_fixed_size_list(t)
+        or getattr(pa.types, "is_list_view", lambda _: False)(t)
+        or getattr(pa.types, "is_large_list_view", lambda _: False)(t)
+    )
+
+
+def _iso_text(s: str | None) -> str | None:
+    """Arrow's text for a timestamp or time ("2024-03-01 09:30:00.500000000+0100") as ISO 8601
+    ("2024-03-01T09:30:00.5+01:00")."""
+    if s is None:
+        return None
+    tz = ""
+    if s.endswith("Z"):
+        s, tz = s[:-1], "+00:00"
+    elif m := _OFFSET.search(s):
+        s, tz = s[: m.start()], f"{m[1]}:{m[2]}"
+    if "." in s:
+        s = s.rstrip("0").rstrip(".")
+    return s.replace(" ", "T", 1) + tz
+
+
+def _float_value(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+    return v
+
+
+def encode_array(arr: pa.Array | pa.ChunkedArray) -> list[Any]:
+    """The values of an Arrow array as JSON-friendly Python (see the table above)."""
+    if isinstance(arr, pa.ChunkedArray):
+        out: list[Any] = []
+        for chunk in arr.chunks:
+            out.extend(encode_array(chunk))
+        return out
+    t = arr.type
+    if isinstance(arr, pa.ExtensionArray):
+        return encode_array(arr.storage)
+    if pa.types.is_dictionary(t):
+        return encode_array(arr.dictionary_decode())
+    if pa.types.is_timestamp(t) or pa.types.is_time(t):
+        return [_iso_text(s) for s in arr.cast(pa.string()).to_pylist()]
+    if pa.types.is_duration(t):
+        scale = 10 ** _UNIT_DIGITS[t.unit]
+        return [
+            None if n is None else (n // scale if n % scale == 0 else n / scale)
+            for n in arr.cast(pa.int64()).to_pylist()
+        ]
+    if pa.types.is_date(t):
+        return [None if d is None else d.isoformat() for d in arr.to_pylist()]
+    if pa.types.is_floating(t):
+        return [_float_value(v) for v in arr.to_pylist()]
+    if pa.types.is_decimal(t):
+        return [None if d is None else str(d) for d in arr.to_pylist()]
+    if _is_binary(t):
+        return [None if b is None else base64.b64encode(b).decode("ascii") for b in arr.to_pylist()]
+    if pa.types.is_map(t):
+        entries = pa.struct([t.key_field, t.item_field])
+        as_list = encode_array(arr.cast(pa.list_(pa.field("entries", entries, nullable=False))))
+        key, item = t.key_field.name, t.item_field.name
+        maps: list[Any] = []
+        for entry in as_list:
+            if entry is None:
+                maps.append(None)
+                continue
+            pairs = [(e[key], e[item]) for e in entry]
+            keys = [k for k, _ in pairs]
+            if all(isinstance(k, str) for k in keys) and len(set(keys)) == len(keys):
+                maps.append(dict(pairs))
+            else:
+                maps.append([[k, x] for k, x in pairs])
+        return maps
+    if pa.types.is_struct(t):
+        names = [t.field(i).name for i in range(t.num_fields)]
+        children = [encode_array(child) for child in arr.flatten()]
+        nulls = arr.is_null().to_pylist()
+        return [
+            None if nulls[j] else {n: children[i][j] for i, n in enumerate(names)}
+            for j in range(len(arr))
+        ]
+    if _is_list(t):
+        flat = encode_array(arr.flatten())
+        out, pos = [], 0
+        for n in pc.list_value_length(arr).to_pylist():
+            if n is None:
+                out.append(None)
+            else:
+                out.append(flat[pos : pos + n])
+                pos += n
+        return out
+    if (
+        pa.types.is_integer(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_null(t)
+        or pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or getattr(pa.types, "is_string_view", lambda _: False)(t)
+    ):
+        return arr.to_pylist()
+    return [to_json_value(v) for v in arr.to_pylist()]
+
+
+def _frac_units(frac: str | None, digits: int) -> int:
+    """A fraction of a second ("5", "000000001") in units of 10**-digits; ValueError if it has
+    more precision than that."""
+    if not frac:
+        return 0
+    extra = frac[digits:]
+    if extra.strip("0"):
+        raise ValueError(f"fraction .{frac} is finer than the column's unit")
+    return int(frac[:digits].ljust(digits, "0")) if digits else 0
+
+
+def _parse_timestamp(text: str, unit: str, zoned: bool) -> int:
+    """ISO 8601 text as a count of ``unit`` since the epoch (UTC when the text has an offset)."""
+    m = _ARROW_TIME.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"not an ISO 8601 timestamp: {text!r}")
+    days = dt.date(int(m["date"]), int(m["mon"]), int(m["day"])).toordinal() - _EPOCH_ORDINAL
+    secs = days * 86400 + int(m["h"]) * 3600 + int(m["m"]) * 60 + int(m["s"] or 0)
+    tz = m["tz"]
+    if zoned != (tz is not None):
+        raise ValueError(f"timestamp {text!r} {'lacks' if zoned else 'has'} a UTC offset")
+    if tz and tz != "Z":
+        digits = tz[1:].replace(":", "")
+        offset = int(digits[:2]) * 3600 + int(digits[2:4] or 0) * 60
+        secs -= offset if tz[0] == "+" else -offset
+    d = _UNIT_DIGITS[unit]
+    return secs * 10**d + _frac_units(m["frac"], d)
+
+
+def _parse_time(text: str, unit: str) -> int:
+    m = _CLOCK.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"not a time of day: {text!r}")
+    d = _UNIT_DIGITS[unit]
+    secs = int(m["h"]) * 3600 + int(m["m"]) * 60 + int(m["s"] or 0)
+    return secs * 10**d + _frac_units(m["frac"], d)
+
+
+def _seconds_to_units(v: Any, unit: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise TypeError(f"not a number of seconds: {v!r}")
+    scaled = decimal.Decimal(str(v)).scaleb(_UNIT_DIGITS[unit])
+    if scaled != scaled.to_integral_value():
+        raise ValueError(f"{v!r} seconds is finer than the column's unit")
+    return int(scaled)
+
+
+def _decoder(t: pa.DataType) -> Callable[[Any], Any] | None:
+    """A function turning one encoded value back into a Python value that ``pa.array`` accepts
+    for type ``t``; None when the value is already one."""
+    if pa.types.is_dictionary(t):
+        return _decoder(t.value_type)
+    if pa.types.is_timestamp(t):
+        unit, zoned = t.unit, t.tz is not None
+        return lambda v: None if v is None else _parse_timestamp(v, unit, zoned)
+    if pa.types.is_time(t):
+        unit = t.unit
+        return lambda v: None if v is None else _parse_time(v, unit)
+    if pa.types.is_duration(t):
+        unit = t.unit
+        return lambda v: None if v is None else _seconds_to_units(v, unit)
+    if pa.types.is_date(t):
+        return lambda v: dt.date.fromisoformat(v) if isinstance(v, str) else v
+    if pa.types.is_floating(t):
+        return lambda v: float(v) if isinstance(v, str) else v
+    if pa.types.is_decimal(t):
+        return lambda v: None if v is None else decimal.Decimal(str(v))
+    if _is_binary(t):
+        return lambda v: base64.b64decode(v, validate=True) if isinstance(v, str) else v
+    if pa.types.is_map(t):
+        kd = _decoder(t.key_type) or (lambda k: k)
+        vd = _decoder(t.item_type) or (lambda x: x)
+
+        def decode_map(v: Any) -> Any:
+            if v is None:
+                return None
+            pairs = v.items() if isinstance(v, dict) else v
+            return [(kd(k), vd(x)) for k, x in pairs]
+
+        return decode_map
+    if pa.types.is_struct(t):
+        fields = [(t.field(i).name, _decoder(t.field(i).type)) for i in range(t.num_fields)]
+
+        def decode_struct(v: Any) -> Any:
+            if v is None:
+                return None
+            if not isinstance(v, dict):
+                raise TypeError(f"not an object: {v!r}")
+            return {n: (v.get(n) if d is None else d(v.get(n))) for n, d in fields}
+
+        return decode_struct
+    if _is_list(t):
+        item = _decoder(t.value_type)
+        if item is None:
+            return None
+        return lambda v: None if v is None else [item(x) for x in v]
+    return None
+
+
+def decode_values(values: list[Any], t: pa.DataType) -> pa.Array:
+    """Encoded values (see :func:`encode_array`) as an Arrow array of type ``t``; raises
+    ValueError, TypeError or an ArrowException when they do not fit."""
+    if isinstance(t, pa.ExtensionType):
+        return pa.ExtensionArray.from_storage(t, decode_values(values, t.storage_type))
+    dec = _decoder(t)
+    return pa.array(values if dec is None else [dec(v) for v in values], type=t)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -77,63 +344,6 @@ def arrow_column_type(t: pa.DataType) -> str:
     return "any"
 
 
-def _nan_to_none(v: Any) -> Any:
-    return None if isinstance(v, float) and math.isnan(v) else v
-
-
-def _converter(t: pa.DataType) -> Callable[[Any], Any] | None:
-    """A function making one value of Arrow type ``t`` JSON-friendly; None when no change is
-    needed."""
-    if pa.types.is_dictionary(t):
-        return _converter(t.value_type)
-    if (
-        pa.types.is_string(t)
-        or pa.types.is_large_string(t)
-        or pa.types.is_integer(t)
-        or pa.types.is_boolean(t)
-        or pa.types.is_null(t)
-    ):
-        return None
-    if pa.types.is_floating(t):
-        return _nan_to_none
-    if pa.types.is_map(t):
-        kconv = _converter(t.key_type) or (lambda k: k)
-        vconv = _converter(t.item_type) or (lambda x: x)
-
-        def conv_map(v: Any) -> Any:
-            if v is None:
-                return None
-            pairs = [(kconv(k), vconv(x)) for k, x in v]
-            if all(isinstance(k, str) for k, _ in pairs):
-                return dict(pairs)
-            return [[k, x] for k, x in pairs]
-
-        return conv_map
-    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
-        item = _converter(t.value_type)
-        if item is None:
-            return None
-        return lambda v: None if v is None else [item(x) for x in v]
-    if pa.types.is_struct(t):
-        convs = {t.field(i).name: _converter(t.field(i).type) for i in range(t.num_fields)}
-        if all(c is None for c in convs.values()):
-            return None
-
-        def conv_struct(v: Any) -> Any:
-            if v is None:
-                return None
-            out = {}
-            for k, x in v.items():
-                conv = convs.get(k)
-                out[k] = x if conv is None else conv(x)
-            return out
-
-        return conv_struct
-    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
-        return lambda v: None if v is None else base64.b64encode(v).decode("ascii")
-    return to_json_value
-
-
 def _unreadable(path: Path, e: BaseException) -> SourceError:
     return SourceError(
         f"cannot read parquet file {path}: {one_line(e)} — check that it is a complete "
@@ -165,7 +375,7 @@ class ParquetSource(Source):
                     f"file with unique column names"
                 )
             self._types[field.name] = field.type
-            columns.append(Column(field.name, arrow_column_type(field.type)))
+            columns.append(Column(field.name, arrow_column_type(field.type), field.type))
         super().__init__(path, columns)
 
     @staticmethod
@@ -177,7 +387,6 @@ class ParquetSource(Source):
 
     def rows(self, start: int = 0) -> Iterator[SourceRow]:
         names = self.column_names
-        convs = [_converter(self._types[n]) for n in names]
         pf = self._open(self.path)
         try:
             # Skip whole row groups that lie before `start`.
@@ -203,10 +412,10 @@ class ParquetSource(Source):
                 if ordinal + size <= start:
                     ordinal += size
                     continue
-                cols: list[list[Any]] = []
-                for i, conv in enumerate(convs):
-                    values = batch.column(i).to_pylist()
-                    cols.append(values if conv is None else [conv(v) for v in values])
+                try:
+                    cols = [encode_array(batch.column(i)) for i in range(len(names))]
+                except (pa.ArrowException, ValueError) as e:
+                    raise _unreadable(self.path, e) from None
                 for j in range(max(0, start - ordinal), size):
                     yield SourceRow(
                         ordinal + j, None, {n: cols[k][j] for k, n in enumerate(names)}
@@ -336,7 +545,8 @@ def _convert(kind: str, v: Any) -> Any:
 
 class ParquetSink(Sink):
     """Writes a Parquet file with ``ParquetWriter``, one row group per
-    :attr:`row_group_rows` rows."""
+    :attr:`row_group_rows` rows. A column that carries an ``arrow_type`` (a Parquet source's
+    column) is written with exactly that type."""
 
     format = "parquet"
     row_group_rows = 10_000
@@ -348,7 +558,11 @@ class ParquetSink(Sink):
         key_column: str,
     ) -> int:
         names = check_sink_columns(columns)
-        writer = _GrowingWriter(names, [_DECLARED_KINDS[c.type] for c in columns])
+        writer = _GrowingWriter(
+            names,
+            ["arrow" if c.arrow_type is not None else _DECLARED_KINDS[c.type] for c in columns],
+            [c.arrow_type for c in columns],
+        )
         count = 0
         with atomic_path(self.path) as tmp:
             writer.tmp = tmp
@@ -370,24 +584,44 @@ class ParquetSink(Sink):
 
 
 class _GrowingWriter:
-    """A ParquetWriter whose column types can widen (by copying what was written so far)."""
+    """A ParquetWriter whose column types can widen (by copying what was written so far).
 
-    def __init__(self, names: list[str], kinds: list[str]) -> None:
+    A column of kind ``"arrow"`` has a fixed Arrow type (``types[i]``) and its values are decoded
+    with :func:`decode_values`. Should they not decode (rows stored by an older Corral, say), the
+    column is written as text instead, like any column whose values outgrow their type.
+    """
+
+    def __init__(
+        self, names: list[str], kinds: list[str], types: list[pa.DataType | None] | None = None
+    ) -> None:
         self.names = names
         self.kinds = kinds
+        self.types = types or [None] * len(names)
         self.tmp: Path = Path()
         self.writer: pq.ParquetWriter | None = None
         self.opened = False
         self._spare: list[Path] = []
 
+    def _type(self, i: int, kind: str) -> pa.DataType:
+        return self.types[i] if kind == "arrow" else _arrow_type(kind)
+
     def _schema(self) -> pa.Schema:
-        return pa.schema([pa.field(n, _arrow_type(k)) for n, k in zip(self.names, self.kinds)])
+        return pa.schema(
+            [pa.field(n, self._type(i, k)) for i, (n, k) in enumerate(zip(self.names, self.kinds))]
+        )
 
     def write_rows(self, rows: list[dict[str, Any]]) -> None:
         cols = [[row.get(n) for row in rows] for n in self.names]
         kinds = list(self.kinds)
+        typed: dict[int, pa.Array] = {}
         for i, values in enumerate(cols):
             kind = kinds[i]
+            if kind == "arrow":
+                try:
+                    typed[i] = decode_values(values, self.types[i])
+                    continue
+                except (pa.ArrowException, ValueError, TypeError, ArithmeticError):
+                    kind = "string"
             for v in values:
                 if not _fits(kind, v):
                     kind = _widen(kind, v)
@@ -401,8 +635,10 @@ class _GrowingWriter:
             self._rewrite(kinds)
         schema = self._schema()
         arrays = [
-            pa.array([_convert(k, v) for v in values], type=_arrow_type(k))
-            for k, values in zip(self.kinds, cols)
+            typed[i]
+            if i in typed
+            else pa.array([_convert(k, v) for v in values], type=_arrow_type(k))
+            for i, (k, values) in enumerate(zip(self.kinds, cols))
         ]
         self.writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
 
@@ -426,7 +662,8 @@ class _GrowingWriter:
                     if was == now:
                         arrays.append(col)
                     else:
-                        values = col.to_pylist()
+                        # an Arrow-typed column widens to text from its encoded values
+                        values = encode_array(col) if was == "arrow" else col.to_pylist()
                         converted = [_convert(now, v) for v in values]
                         arrays.append(pa.array(converted, _arrow_type(now)))
                 self.writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
