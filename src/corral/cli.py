@@ -438,12 +438,14 @@ def runs_cmd(n: int, as_json: bool, store: Path | None) -> None:
             _out().print("No runs yet. Start one with: corral run JOB.yaml")
             return
         t = Table()
-        for name in ("run", "job", "status", "in", "written", "quarantined", "pending", "calls", "cost"):
+        for name in ("run", "job", "status", "in", "written", "quarantined", "review", "skipped", "pending",
+                     "calls", "cost"):
             t.add_column(name, no_wrap=True)
-        for r in results:
+        for r in results:  # in = written + quarantined + review + skipped + pending
             t.add_row(
                 r.run, r.job, r.status, f"{r.rows_in:,}", f"{r.written:,}", f"{r.quarantined:,}",
-                f"{r.pending:,}", f"{r.calls_made:,}", "?" if r.cost_usd is None else f"${float(r.cost_usd):.4f}",
+                f"{r.review:,}", f"{r.skipped:,}", f"{r.pending:,}", f"{r.calls_made:,}",
+                "?" if r.cost_usd is None else f"${float(r.cost_usd):.4f}",
             )
         _out().print(t)
     finally:
@@ -724,9 +726,10 @@ def export_group() -> None:
 @_store_option
 def export_traces_cmd(run: str, fmt: str, output: Path | None, reasoning: bool, step: str | None, store: Path | None) -> None:
     """Write a run's accepted answers as worked examples (RUN: an id, a prefix of one, or a job
-    name): one JSON line per step answer of every written (`done`) record, with the step's system
-    and user prompt and the answer as the assistant's message. Rows in review or quarantine are
-    left out. A one-line summary goes to stderr."""
+    name): one JSON line per step answer of every written (`done`) record, then of every record
+    a filter skipped (its "no" is an accepted answer too), with the step's system and user prompt
+    and the answer as the assistant's message. Rows in review or quarantine are left out. A
+    one-line summary goes to stderr."""
     with _run_of(store, run) as (st, info):
         steps = _export.step_names(info)
         if step is not None and step not in steps:

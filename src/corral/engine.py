@@ -91,6 +91,27 @@ def make_model(ref: ModelRef | str | dict[str, Any], base_dir: Path | None = Non
             v = options.get(key)
             if isinstance(v, str) and v and not os.path.isabs(v):
                 options[key] = str((base_dir / v).resolve())
+    import inspect
+
+    try:
+        params = list(inspect.signature(cls).parameters.values())
+    except (TypeError, ValueError):  # a class whose signature cannot be read: let it check
+        params = []
+    if params and not any(p.kind is p.VAR_KEYWORD for p in params):
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        takes = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                 and not (positional and p is positional[0])]  # the first one receives NAME:ARG
+        unknown = [k for k in options if k not in takes]
+        if unknown:
+            shared = sorted(set(ModelRef.model_fields) - {"name", "arg", "options"})
+            key = unknown[0]
+            others = ", ".join(f"`{k}`" for k in unknown[1:])
+            more = f" (and {len(unknown) - 1} more: {others})" if others else ""
+            raise ModelNotFoundError(
+                f"model `{ref}`: unknown option `{key}`{suggest(key, takes + shared) or '.'}{more} "
+                f"Valid options: {', '.join(sorted(takes)) or 'none'}; and for every model: "
+                f"{', '.join(shared)}."
+            )
     try:
         return cls(arg, **options)
     except TypeError as e:

@@ -222,6 +222,15 @@ class Job(BaseModel):
     def load(cls, path: str | Path) -> Job:
         """Read a YAML job file. Paths inside it are relative to the file's folder."""
         p = Path(path)
+        if p.is_dir():
+            shown = str(path).rstrip("/\\") + "/"
+            found = sorted(q.name for q in p.iterdir() if q.suffix in (".yaml", ".yml") and q.is_file())
+            if not found:
+                raise JobSpecError(f"{shown} is a folder, with no .yaml file in it; give the job file, "
+                                   "e.g. examples/tickets.yaml")
+            listed = ", ".join(found[:10]) + (", ..." if found[10:] else "")
+            raise JobSpecError(f"{shown} is a folder; give the job file, e.g. {shown}{found[0]} "
+                               f"(YAML files in it: {listed})")
         if not p.is_file():
             raise JobSpecError(f"job file not found: {p} — check the path (e.g. examples/tickets.yaml)")
         try:

