@@ -69,14 +69,18 @@ def _out() -> Console:
 
 @contextlib.contextmanager
 def _run_of(store: Path | None, run: str | None) -> Iterator[tuple[Store, RunInfo]]:
-    """The store and the run a command names (one-line error and exit 2 when there is none)."""
+    """The store and the run a command names (one-line error and exit 2 when there is none, or
+    when the store turns out damaged while the command reads it)."""
     st = _open(store)
     try:
         try:
             info = _resolve(st, run)
         except UserError as e:
             _fail(str(e))
-        yield st, info
+        try:
+            yield st, info
+        except StoreError as e:  # met while iterating records (export): no traceback either
+            _fail(str(e))
     finally:
         st.close()
 
@@ -395,11 +399,34 @@ def calibrate_cmd(
 
 
 def _open(store: Path | None) -> Store:
+    """The store a read-only command names. It must exist: a mistyped --store is reported, never
+    created. Its methods end the command with the one-line error (exit 2) on a StoreError."""
     try:
-        return open_store(store)
+        st = open_store(store, create=False)
     except StoreError as e:
         _fail(str(e))
-        raise
+    return _ExitOnStoreError(st)  # type: ignore[return-value]
+
+
+class _ExitOnStoreError:
+    """A store whose method calls end the command with the one-line error and exit 2 when they
+    raise StoreError (a store damaged where the command reads it), as a failed open does."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._store, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attr(*args, **kwargs)
+            except StoreError as e:
+                _fail(str(e))
+
+        return call
 
 
 def _resolve(st: Store, run: str | None) -> RunInfo:

@@ -2,6 +2,11 @@
 
 The engine and the CLI only use these methods, so a Postgres store can implement the same
 interface without changing callers. All methods are synchronous and each one is one transaction.
+
+A store that cannot do what a method asks — a damaged file, a lock held too long by another
+process, a full disk — raises :class:`corral.errors.StoreError` with a one-line message that says
+what to do; the store's own exceptions (``sqlite3.OperationalError``...) do not reach callers,
+except for a violated constraint, which is a bug of the caller.
 """
 
 from __future__ import annotations

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
+import random
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from corral.errors import StoreError
 from corral.store.base import (
@@ -171,54 +175,231 @@ def _to_nanos(cost: Decimal | None) -> int | None:
     return None if cost is None else int((cost * _NANO).to_integral_value())
 
 
-class SQLiteStore(Store):
-    """A store in one SQLite file. Safe for several processes (WAL, busy timeout)."""
+#: how long a command waits for another process's write lock before it gives up
+BUSY_TIMEOUT_S = 30.0
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+# SQLite primary result codes (the low byte of ``sqlite_errorcode``) that say what went wrong
+_DAMAGED = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+_BUSY = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED
+_DISK = {10, 13}  # SQLITE_IOERR, SQLITE_FULL
+_ACCESS = {3, 8, 14, 23}  # SQLITE_PERM, READONLY, CANTOPEN, AUTH
+
+_DAMAGED_FIX = (
+    "restore the file from a backup, or move it away (or point --store / CORRAL_STORE at another "
+    "file) to start a new store; resuming its runs needs a good copy of this file"
+)
+
+
+def _store_error(path: Path, e: sqlite3.DatabaseError, opening: bool) -> StoreError:
+    """The one-line StoreError, with its fix, for an SQLite error met opening or using a store."""
+    lead = f"cannot open the store at {path}" if opening else f"cannot use the store at {path}"
+    code = (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF
+    if code in _DAMAGED or "malformed" in str(e):
+        return StoreError(f"{lead}: it is damaged ({e}) — {_DAMAGED_FIX}")
+    if code in _BUSY:
+        return StoreError(
+            f"{lead}: another process kept it locked for over {BUSY_TIMEOUT_S:g} s ({e}) — let that "
+            "process finish (or stop it), then run the command again"
+        )
+    if code in _DISK:
+        what = "the disk is full" if code == 13 else f"a disk error ({e})"
+        return StoreError(f"{lead}: {what} — free some space (or check the disk), then run again; finished work is kept")
+    if code in _ACCESS:
+        return StoreError(
+            f"{lead}: {e} — point --store (or CORRAL_STORE) at a file you can write, or fix the "
+            "permissions of this one and of its folder"
+        )
+    return StoreError(f"{lead}: {e} — if the file is not a Corral store or was changed by another program, {_DAMAGED_FIX}")
+
+
+_S = TypeVar("_S", bound=type)
+
+
+def _translating_errors(cls: _S) -> _S:
+    """Wrap every public method so that an SQLite error it meets is raised as a StoreError that says
+    what to do. Constraint violations (IntegrityError) and misuse (ProgrammingError) are bugs of
+    the caller, not states of the store: they pass as they are."""
+    for name, fn in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.isfunction(fn):
+            setattr(cls, name, _translate(fn))
+    return cls
+
+
+def _translate(fn: Callable[..., Any]) -> Callable[..., Any]:
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def gen(self: SQLiteStore, *args: Any, **kwargs: Any) -> Iterator[Any]:
+            try:
+                yield from fn(self, *args, **kwargs)
+            except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
+                raise
+            except sqlite3.DatabaseError as e:
+                raise _store_error(self.path, e, opening=False) from e
+
+        return gen
+
+    @functools.wraps(fn)
+    def call(self: SQLiteStore, *args: Any, **kwargs: Any) -> Any:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(
-                self.path, isolation_level=None, timeout=30.0, check_same_thread=False
-            )
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("PRAGMA wal_autocheckpoint=10000")
-            self.db.execute("PRAGMA cache_size=-65536")
-            self.db.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
+            return fn(self, *args, **kwargs)
+        except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
+            raise
         except sqlite3.DatabaseError as e:
+            raise _store_error(self.path, e, opening=False) from e
+
+    return call
+
+
+@_translating_errors
+class SQLiteStore(Store):
+    """A store in one SQLite file. Safe for several processes (WAL, busy timeout), including
+    several that open a fresh store at the same moment (the schema is created under a write lock).
+
+    ``create=True`` (the default): a missing file, and its folders, are made at the first method
+    call rather than here, so a run that fails before it writes anything leaves no empty store.
+    ``create=False``: the file must exist (else StoreError ``no store at PATH``) and nothing is
+    created, for commands that only read. An existing file is checked (``PRAGMA quick_check``,
+    unless ``check=False``) and migrated when it is opened, so a damaged store or one from a newer
+    Corral is refused at once; an SQLite error a method meets later is raised as StoreError too.
+    """
+
+    def __init__(self, path: str | Path, *, create: bool = True, check: bool = True) -> None:
+        self.path = Path(path)
+        self._check = check
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+        self._opening = threading.Lock()
+        if self.path.exists():
+            self._open(create=False)
+        elif not create:
             raise StoreError(
-                f"cannot open the store at {self.path}: {e} — point --store (or CORRAL_STORE) "
-                "at a writable file, or move the damaged file away"
-            ) from None
-        except OSError as e:
-            raise StoreError(f"cannot create the store at {self.path}: {e.strerror}") from None
+                f"no store at {self.path} — run a job first, or pass --store (or set CORRAL_STORE) "
+                "to the store you used"
+            )
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection; the first use of a store whose file does not exist yet creates it."""
+        conn = self._conn
+        if conn is None:
+            with self._opening:
+                if self._conn is None:
+                    if self._closed:
+                        raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+                    self._open(create=True)
+                conn = self._conn
+                assert conn is not None
+        return conn
 
     # --- plumbing ----------------------------------------------------------------------
 
-    def _migrate(self) -> None:
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+    def _open(self, create: bool) -> None:
+        existed = self.path.exists()
+        try:
+            if create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(
+                    self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S, check_same_thread=False
+                )
+            else:  # mode=rw: never create the file, even if it vanished since we looked
+                db = sqlite3.connect(
+                    self.path.absolute().as_uri() + "?mode=rw", uri=True, isolation_level=None,
+                    timeout=BUSY_TIMEOUT_S, check_same_thread=False,
+                )
+        except sqlite3.DatabaseError as e:
+            if not self.path.exists():
+                raise StoreError(
+                    f"no store at {self.path} — run a job first, or pass --store (or set "
+                    "CORRAL_STORE) to the store you used"
+                ) from None
+            raise _store_error(self.path, e, opening=True) from None
+        except OSError as e:
+            raise StoreError(
+                f"cannot create the store at {self.path}: {e.strerror} — point --store (or "
+                "CORRAL_STORE) at a file in a folder you can write"
+            ) from None
+        try:
+            if existed and self._check:
+                self._quick_check(db)
+            self._wal(db)
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA wal_autocheckpoint=10000")
+            db.execute("PRAGMA cache_size=-65536")
+            db.execute("PRAGMA foreign_keys=ON")
+            self._migrate(db)
+        except sqlite3.DatabaseError as e:
+            db.close()
+            raise _store_error(self.path, e, opening=True) from None
+        except BaseException:
+            db.close()
+            raise
+        self._conn = db
+
+    @staticmethod
+    def _wal(db: sqlite3.Connection) -> None:
+        """WAL mode. Switching a file that another process is creating at the same moment can
+        fail with SQLITE_BUSY at once, without waiting for the busy timeout: wait here instead."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if ((e.sqlite_errorcode or 0) & 0xFF) not in _BUSY or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005 + 0.02 * random.random())
+
+    def _quick_check(self, db: sqlite3.Connection) -> None:
+        """Refuse a damaged file before anything is read from it or written to it."""
+        # "ok", or lines of problems (one row, or several) after a "*** in database main ***" line
+        lines = [
+            line.strip()
+            for (row,) in db.execute("PRAGMA quick_check(3)")
+            for line in str(row).splitlines()
+        ]
+        problems = [ln for ln in lines if ln and ln != "ok" and not ln.startswith("*** in database")]
+        if problems or lines != ["ok"]:
+            first = problems[0][:160] if problems else "; ".join(lines)[:160]
+            raise StoreError(
+                f"cannot open the store at {self.path}: it is damaged (integrity check: {first}) — "
+                f"{_DAMAGED_FIX}"
+            )
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version == len(MIGRATIONS):
+            return
+        self._refuse_newer(version)
+        # Several processes may open a fresh (or older) store at once: the first to take the
+        # write lock migrates; the others wait for it (busy timeout), then read the new version.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            self._refuse_newer(version)
+            for i, fn in enumerate(MIGRATIONS[version:], start=version + 1):
+                fn(db)
+                db.execute(f"PRAGMA user_version={i}")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def _refuse_newer(self, version: int) -> None:
         if version > len(MIGRATIONS):
             raise StoreError(
                 f"the store at {self.path} was written by a newer Corral (schema {version}); "
                 "upgrade Corral or use another --store"
             )
-        for i, fn in enumerate(MIGRATIONS[version:], start=version + 1):
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                fn(self.db)
-                self.db.execute(f"PRAGMA user_version={i}")
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
 
     def _tx(self) -> _Tx:
         return _Tx(self.db)
 
     def close(self) -> None:
-        self.db.close()
+        self._closed = True
+        if self._conn is not None:
+            self._conn.close()
 
     # --- runs --------------------------------------------------------------------------
 
@@ -747,5 +928,5 @@ class _Tx:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is None:
             self.db.execute("COMMIT")
-        else:
+        elif self.db.in_transaction:  # SQLite rolls back by itself on some errors (disk full...)
             self.db.execute("ROLLBACK")
