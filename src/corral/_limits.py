@@ -181,7 +181,10 @@ class AdaptiveConcurrency:
 class CircuitBreaker:
     """Opens after ``threshold`` consecutive failures that look like an outage; while open, one
     caller at a time probes after a growing pause and everyone else waits, so a provider that is
-    down pauses the run instead of burning every row's retries."""
+    down pauses the run instead of burning every row's retries.
+
+    ``down_since`` is when the current run of failures began and ``last_error`` what the last one
+    said, so the engine can report the outage and give up after a bounded time."""
 
     threshold: int = 5
     base_pause_s: float = 1.0
@@ -190,38 +193,63 @@ class CircuitBreaker:
     opened_at: float | None = None
     pause_s: float = 0.0
     probing: bool = False
+    down_since: float | None = None
+    last_error: str = ""
     _event: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def open(self) -> bool:
         return self.opened_at is not None
 
-    async def admit(self) -> bool:
-        """Wait while open; returns True when this caller is the probe."""
+    def next_probe_in(self) -> float:
+        """Seconds until the next probe may go (0 when closed or due)."""
+        if self.opened_at is None:
+            return 0.0
+        return max(0.0, self.opened_at + self.pause_s - time.monotonic())
+
+    def down_for(self) -> float:
+        """Seconds since the current run of failures began (0 when the provider answers)."""
+        return 0.0 if self.down_since is None else time.monotonic() - self.down_since
+
+    async def admit(self, stop: asyncio.Event | None = None) -> bool:
+        """Wait while open; returns True when this caller is the probe. Returns False at once
+        when ``stop`` is set (the caller checks it)."""
         while self.opened_at is not None:
+            if stop is not None and stop.is_set():
+                return False
             if not self.probing and time.monotonic() >= self.opened_at + self.pause_s:
                 self.probing = True
                 return True
             self._event.clear()
             remaining = self.opened_at + self.pause_s - time.monotonic()
+            waits = [asyncio.ensure_future(self._event.wait())]
+            if stop is not None:
+                waits.append(asyncio.ensure_future(stop.wait()))
             try:
-                await asyncio.wait_for(self._event.wait(), timeout=max(0.05, min(remaining, 1.0)))
-            except asyncio.TimeoutError:
-                pass
+                await asyncio.wait(waits, timeout=max(0.05, min(remaining, 1.0)),
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
         return False
 
     def success(self) -> None:
         self.failures = 0
+        self.down_since = None
         if self.opened_at is not None:
             self.opened_at = None
             self.probing = False
             self.pause_s = 0.0
             self._event.set()
 
-    def failure(self, probe: bool = False) -> None:
+    def failure(self, probe: bool = False, error: str = "") -> None:
         """A failure that looks like an outage. While open, only the probe's own failure counts
         (and doubles the pause); calls that were in flight when it opened do not."""
         self.failures += 1
+        if error:
+            self.last_error = error
+        if self.down_since is None:
+            self.down_since = time.monotonic()
         if self.opened_at is not None:
             if probe:
                 self.probing = False
@@ -230,6 +258,12 @@ class CircuitBreaker:
         elif self.failures >= self.threshold:
             self.opened_at = time.monotonic()
             self.pause_s = self.base_pause_s
+
+    def abandon_probe(self) -> None:
+        """The probe was cancelled before it learned anything: let another caller probe."""
+        if self.probing:
+            self.probing = False
+            self._event.set()
 
 
 def backoff(retry: int, retry_after: float | None, base: float = 0.5, cap: float = 60.0) -> float:

@@ -7,7 +7,10 @@ Exit codes:
   1    an unexpected internal error (a bug: please report it with the message)
   2    a usage or input problem (bad job file, missing file or column, unknown model...)
   3    the run stopped before finishing (a budget was reached); run again to resume
-  4    the provider refused the credentials (HTTP 401); fix the API key and run again
+  4    the provider refused the credentials (HTTP 401) or the account (out of quota); fix
+       the key or add credit, then run again
+  5    the provider stayed unreachable for longer than the model's max_outage_s (default
+       300 s); start the server or correct base_url, then run again to resume
   130  interrupted (Ctrl-C); finished work is kept, run the same command again to resume
 """
 
@@ -43,6 +46,7 @@ EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_STOPPED = 3
 EXIT_AUTH = 4
+EXIT_UNAVAILABLE = 5
 EXIT_INTERRUPTED = 130
 
 _store_option = click.option(

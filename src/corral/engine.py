@@ -37,9 +37,11 @@ from corral.errors import (
     ModelNotFoundError,
     QuotaExceeded,
     OutputError,
+    ProviderUnavailable,
     PermanentModelError,
     RateLimited,
     SourceError,
+    StoreError,
     TransientModelError,
     UserError,
 )
@@ -68,6 +70,10 @@ from corral.tasks.base import Task
 
 INGEST_CHUNK = 5000
 LEASE_TTL_S = 300.0
+#: on Ctrl-C or SIGTERM, how long calls in flight may take to bring their answers
+STOP_GRACE_S = 2.0
+#: a prompt longer than this (characters) is said to the user once per step: likely a mistake
+PROMPT_WARN_CHARS = 1_000_000
 _HOST = socket.gethostname()
 
 Progress = Callable[[dict[str, Any]], None]
@@ -492,6 +498,13 @@ class _Runner:
         self.wanted: dict[str, tuple[str, str, int, Request]] = {}
         self.batch_failed: dict[str, str] = {}
         self.batch_paid: set[str] = set()
+        #: model calls in flight (a stop cancels them after STOP_GRACE_S)
+        self.calls: set[asyncio.Future[Completion]] = set()
+        #: the last thing said to the person watching (an outage, a recovery)
+        self.notice: str | None = None
+        #: why the run ended early, for the exit code: auth, quota, outage
+        self.cause: str | None = None
+        self.warned: set[str] = set()  # steps whose oversized prompt was reported
 
     # budget ---------------------------------------------------------------------------
 
@@ -682,7 +695,9 @@ class _Runner:
         client: _Client,
     ) -> tuple[Completion, float]:
         """Retry transient failures with exponential backoff and full jitter (or the provider's
-        retry-after); an authentication failure stops the run."""
+        retry-after); an authentication failure stops the run. While the provider is down (the
+        circuit breaker is open) a failure spends none of the record's retries: the record waits
+        for the provider, up to the model's ``max_outage_s``."""
         retry = 0
         while True:
             try:
@@ -690,33 +705,57 @@ class _Runner:
             except (AuthenticationError, QuotaExceeded) as e:
                 raise self._fatal(e) from None
             except TransientModelError as e:
-                if retry >= client.ref.max_retries:
-                    raise TransientModelError(f"{e} (after {retry + 1} tries)") from None
                 if self.stop.is_set():
                     raise _Stop(self.stop_reason or "stopping") from None
+                if client.breaker.open and not isinstance(e, RateLimited):
+                    continue  # an outage: wait for the provider, not for this record's retries
+                if retry >= client.ref.max_retries:
+                    raise TransientModelError(f"{e} (after {retry + 1} tries)") from None
                 committer.add(attempt=AttemptRecord(
                     self.run.id, rec.key, step, attempt, None, "retry", f"try {retry + 1}: {e}"))
-                await asyncio.sleep(backoff(retry, getattr(e, "retry_after", None)))
+                await self._pause(backoff(retry, getattr(e, "retry_after", None)))
                 retry += 1
 
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but end at once (raising ``_Stop``) when the run is told to stop."""
+        if seconds > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), timeout=seconds)
+        if self.stop.is_set():
+            raise _Stop(self.stop_reason or "stopping")
+
     async def _once(self, request: Request, c: _Client) -> tuple[Completion, float]:
-        probe = await c.breaker.admit()
+        probe = await c.breaker.admit(self.stop)
+        if self.stop.is_set():
+            if probe:
+                c.breaker.abandon_probe()
+            raise _Stop(self.stop_reason or "stopping")
         estimate = sum(len(m.content) for m in request.messages) // 4 + request.max_tokens
         # a slot first, then the rate token: paced calls leave one by one, not in a burst
         await c.gate.acquire()
-        await c.limiter.acquire(estimate)
-        if self.stop.is_set():  # stopped while this call waited for its turn
+        try:
+            await self._limited(c, estimate)
+        except BaseException:
             await c.gate.release("cancelled")
-            raise _Stop(self.stop_reason or "stopping")
+            if probe:
+                c.breaker.abandon_probe()
+            raise
         outcome = "error"
         t0 = time.perf_counter()
+        task: asyncio.Future[Completion] = asyncio.ensure_future(c.model.complete(request))
+        self.calls.add(task)
         try:
-            call = c.model.complete(request)
             timeout = c.ref.timeout_s
             try:
-                comp = await (asyncio.wait_for(call, timeout) if timeout else call)
+                comp = await (asyncio.wait_for(task, timeout) if timeout else task)
             except asyncio.TimeoutError:
                 raise TransientModelError(f"no answer within {timeout:g} s") from None
+            except asyncio.CancelledError:
+                me = asyncio.current_task()
+                if task.cancelled() and self.stop.is_set() and not (me and me.cancelling()):
+                    outcome = "cancelled"  # the stop cut this call short (see go())
+                    raise _Stop(self.stop_reason or "stopping") from None
+                raise
             outcome = "ok"
         except RateLimited as e:
             outcome = "overload"
@@ -724,22 +763,86 @@ class _Runner:
             if e.retry_after:
                 c.limiter.pause(min(e.retry_after, 60.0))
             raise
-        except TransientModelError:
-            c.breaker.failure(probe)
+        except TransientModelError as e:
+            was_open = c.breaker.open
+            c.breaker.failure(probe, str(e))
+            if c.breaker.open:
+                self._outage(c, opened=not was_open, probe=probe)
+            raise
+        except _Stop:
+            if probe:
+                c.breaker.abandon_probe()
             raise
         except Exception:
             if probe:
                 c.breaker.success()
             raise
         finally:
+            self.calls.discard(task)
             await c.gate.release(outcome)
             stamp = getattr(c.model, "rate_limits_at", None)
             if stamp is None or stamp != c.headers_seen:  # only fresh headers
                 c.headers_seen = stamp
                 c.limiter.observe(getattr(c.model, "rate_limits", None))
-        c.breaker.success()
+        if c.breaker.open or c.breaker.down_since is not None:
+            was = c.breaker.open
+            c.breaker.success()
+            if was:
+                self._recovered(c)
+        else:
+            c.breaker.success()
         c.limiter.settle(estimate, comp.usage.input_tokens + comp.usage.output_tokens)
         return comp, time.perf_counter() - t0
+
+    async def _limited(self, c: _Client, estimate: int) -> None:
+        """The rate limiter's wait (a 429's retry-after can hold it for a minute), cut short by a
+        stop."""
+        if self.stop.is_set():
+            raise _Stop(self.stop_reason or "stopping")
+        if c.limiter.requests is None and c.limiter.tokens is None and c.limiter.paused_until <= time.monotonic():
+            await c.limiter.acquire(estimate)  # nothing to wait for: no extra task per call
+        else:
+            waiter = asyncio.ensure_future(c.limiter.acquire(estimate))
+            stopper = asyncio.ensure_future(self.stop.wait())
+            try:
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopper.cancel()
+            if not waiter.done():
+                waiter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await waiter
+            if waiter.cancelled() or self.stop.is_set():
+                raise _Stop(self.stop_reason or "stopping")
+            waiter.result()
+
+    # outages --------------------------------------------------------------------------
+
+    def _outage(self, c: _Client, opened: bool, probe: bool) -> None:
+        """The provider looks down: say so (when it goes down and at each failed probe) and
+        stop the run once it has been down for longer than the model's ``max_outage_s``."""
+        down = c.breaker.down_for()
+        limit = c.ref.max_outage_s
+        if down >= limit:
+            self._fatal(ProviderUnavailable(
+                f"{c.breaker.last_error}; no answer for {_duration(down)} (max_outage_s "
+                f"{limit:g}); start the server or correct base_url, then run again to resume"
+            ))
+            return
+        if opened or probe:
+            self._say(
+                f"provider unreachable ({c.breaker.last_error}); paused, next probe in "
+                f"{c.breaker.next_probe_in():.0f} s, giving up after {_duration(limit)} without an answer"
+            )
+
+    def _recovered(self, c: _Client) -> None:
+        self._say(f"provider {c.model.id} answers again; resuming")
+
+    def _say(self, message: str) -> None:
+        """A line for the person watching: on the progress display (or stderr), never lost."""
+        self.notice = message
+        if self.progress:
+            self.progress({"phase": "notice", "message": message})
 
     # one record -----------------------------------------------------------------------
 
@@ -925,12 +1028,24 @@ class _Runner:
                 self.progress({"phase": "run", **self.snapshot()})
                 await asyncio.sleep(0.25)
 
+        async def cut_short() -> None:
+            """On a stop, calls in flight get STOP_GRACE_S to bring their answers (which are
+            then recorded); the rest are cancelled so that nothing waits on a slow provider."""
+            await self.stop.wait()
+            deadline = time.monotonic() + STOP_GRACE_S
+            while self.calls and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            for call in list(self.calls):
+                call.cancel()
+
         reporter = asyncio.create_task(report())
+        cutter = asyncio.create_task(cut_short())
         try:
             workers = [asyncio.create_task(work()) for _ in range(self.concurrency)]
             await asyncio.gather(produce(), *workers)
         finally:
             reporter.cancel()
+            cutter.cancel()
             await committer.close()
             commit_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -1027,9 +1142,16 @@ class _Runner:
         self.store.finish_batch(batch_id, calls, outcomes, status.detail)
 
     def _fatal(self, e: Exception) -> _Stop:
-        """The provider refused the credentials: every row would fail, so the run stops."""
-        self.fatal = e
-        what = "account out of quota" if isinstance(e, QuotaExceeded) else "authentication failed"
+        """The provider refused the credentials or the account, or stayed down: every row would
+        fail, so the run stops."""
+        if self.fatal is None:
+            self.fatal = e
+        if isinstance(e, QuotaExceeded):
+            what, self.cause = "account out of quota", self.cause or "quota"
+        elif isinstance(e, ProviderUnavailable):
+            what, self.cause = "provider unreachable", self.cause or "outage"
+        else:
+            what, self.cause = "authentication failed", self.cause or "auth"
         self.stop_reason = self.stop_reason or f"{what}: {e}"
         self.stop.set()
         return _Stop(str(e))
@@ -1044,7 +1166,7 @@ class _Runner:
             except TransientModelError as e:
                 if retry >= self.ref.max_retries or self.stop.is_set():
                     raise
-                await asyncio.sleep(backoff(retry, getattr(e, "retry_after", None)))
+                await self._pause(backoff(retry, getattr(e, "retry_after", None)))
                 retry += 1
 
     def snapshot(self) -> dict[str, Any]:
@@ -1060,6 +1182,16 @@ class _Runner:
             "replayed": self.c.replayed,
             "cost": None if self.c.cost is None or not self.c.cost else float(self.c.cost),
         }
+
+
+def _duration(seconds: float) -> str:
+    """``45 s``, ``5 min``, ``1 h 10 min``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60} min" if minutes % 60 else f"{minutes // 60} h"
 
 
 def _with_best(
@@ -1325,16 +1457,17 @@ def _install_signals(stop: asyncio.Event) -> Callable[[], None] | None:
     loop = asyncio.get_running_loop()
     count = {"n": 0}
 
-    def on_sigint() -> None:
+    def on_signal(name: str) -> None:
         count["n"] += 1
         if count["n"] == 1:
+            stop.signal_name = name  # type: ignore[attr-defined]  # the summary says which
             stop.set()
         else:
             os._exit(130)  # second Ctrl-C: leave now; leases return to the queue on the next run
 
     try:
-        loop.add_signal_handler(signal.SIGINT, on_sigint)
-        loop.add_signal_handler(signal.SIGTERM, on_sigint)
+        loop.add_signal_handler(signal.SIGINT, on_signal, "Ctrl-C")
+        loop.add_signal_handler(signal.SIGTERM, on_signal, "SIGTERM")
     except (NotImplementedError, RuntimeError, ValueError):
         return None
 

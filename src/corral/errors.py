@@ -12,7 +12,8 @@ Every exception Corral raises on purpose derives from :class:`CorralError`::
     ├── StoreError                the store cannot be opened or is from a newer Corral
     ├── ModelError                a model call failed; translated at the provider boundary
     │   ├── TransientModelError   worth retrying: timeouts, overload, connection errors
-    │   │   └── RateLimited       the provider asked us to slow down (``retry_after`` seconds)
+    │   │   ├── RateLimited       the provider asked us to slow down (``retry_after`` seconds)
+    │   │   └── ProviderUnavailable  unreachable for longer than ``max_outage_s``: the run stops
     │   └── PermanentModelError   retrying will not help: the row is quarantined at once
     │       ├── AuthenticationError  the provider refused the credentials: the run stops
     │       └── QuotaExceeded     the account is out of credit or quota: the run stops
@@ -40,6 +41,7 @@ __all__ = [
     "ModelError",
     "TransientModelError",
     "RateLimited",
+    "ProviderUnavailable",
     "PermanentModelError",
     "AuthenticationError",
     "QuotaExceeded",
@@ -96,6 +98,12 @@ class RateLimited(TransientModelError):
     def __init__(self, message: str = "rate limited", retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class ProviderUnavailable(TransientModelError):
+    """The provider did not answer for longer than the model's ``max_outage_s`` (connection
+    refused, DNS failure, 5xx, timeouts): the run stops, keeping every finished row, and resumes
+    once the server is up."""
 
 
 class PermanentModelError(ModelError):

@@ -43,6 +43,9 @@ class ModelRef(BaseModel):
     tpm: float | None = Field(None, gt=0, description="tokens per minute allowed")
     timeout_s: float | None = Field(None, gt=0, description="seconds one call may take")
     max_retries: int = Field(6, ge=0, le=100, description="retries of a call that failed transiently")
+    max_outage_s: float = Field(
+        300.0, gt=0, description="seconds the provider may stay unreachable before the run stops"
+    )
     batch_poll_s: float = Field(30.0, gt=0, description="seconds between polls of a provider batch")
     batch_resubmits: int = Field(
         2, ge=0, le=20, description="new batches for requests that errored, expired or were cancelled"
@@ -59,7 +62,10 @@ class ModelRef(BaseModel):
             if "name" not in value:
                 raise ValueError("a model mapping needs `name:` (e.g. {name: fake, latency: 0.1})")
             ref = cls.parse(str(value["name"]))
-            engine_keys = {"rpm", "tpm", "timeout_s", "max_retries", "batch_poll_s", "batch_resubmits"}
+            engine_keys = {
+                "rpm", "tpm", "timeout_s", "max_retries", "max_outage_s", "batch_poll_s",
+                "batch_resubmits",
+            }
             opts = {k: v for k, v in value.items() if k != "name" and k not in engine_keys}
             limits = {k: v for k, v in value.items() if k in engine_keys}
             return cls.model_validate(
@@ -77,7 +83,7 @@ class ModelRef(BaseModel):
         for k in ("rpm", "tpm", "timeout_s"):
             if getattr(self, k) is not None:
                 out[k] = getattr(self, k)
-        defaults = {"max_retries": 6, "batch_poll_s": 30.0, "batch_resubmits": 2}
+        defaults = {"max_retries": 6, "max_outage_s": 300.0, "batch_poll_s": 30.0, "batch_resubmits": 2}
         for k, d in defaults.items():
             if getattr(self, k) != d:
                 out[k] = getattr(self, k)
