@@ -325,3 +325,15 @@ def test_install_instructions_do_not_read_as_if_corral_were_on_a_package_index()
     assert "pip install -e '.[openai]'" in providers and "make install-hosted" in providers
     for mod in (openai, anthropic, local):
         assert "corral[" not in mod._INSTALL_HINT and "in the Corral checkout" in mod._INSTALL_HINT
+
+
+def test_bad_job_name_says_what_a_name_may_be(tmp_path):
+    from corral import Job
+    from corral.errors import JobSpecError
+
+    with pytest.raises(JobSpecError) as e:
+        Job.from_dict({"name": "my job", "source": "in.csv", "sink": "o.csv",
+                       "steps": [{"name": "c", "task": "classify", "input": "{t}", "labels": ["a", "b"]}]})
+    msg = str(e.value)
+    assert "job name `my job` must start with a letter or digit" in msg
+    assert "^[" not in msg  # no raw pattern

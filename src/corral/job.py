@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Union
@@ -127,12 +128,15 @@ def _step_union() -> Any:
 StepType = _step_union()
 
 
+_JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
 class Job(BaseModel):
     """A batch job: a source of rows, steps that ask a model about each row, and a sink."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="job name")
+    name: str = Field(description="job name")
     source: SourceSpec = Field(description="input file or table")
     key: str | None = Field(None, description="column with a unique id per row (else a content hash)")
     steps: list[StepType] = Field(min_length=1, description="what to ask about each row, in order")  # type: ignore[valid-type]
@@ -147,6 +151,16 @@ class Job(BaseModel):
     concurrency: int | None = Field(None, ge=1, le=1024, description="calls in flight at once")
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @field_validator("name")
+    @classmethod
+    def _job_name(cls, v: str) -> str:
+        if not _JOB_NAME.fullmatch(v):
+            raise ValueError(
+                f"job name `{v}` must start with a letter or digit and use only letters, digits, "
+                "_, . and - (it names the run and its files)"
+            )
+        return v
 
     @field_validator("source", "sink", mode="before")
     @classmethod
