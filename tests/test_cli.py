@@ -219,6 +219,6 @@ def test_progress_states_show_review_skipped_and_spend():
           "pending": 27, "made": 64, "replayed": 12, "cost": 0.064}
     view.update(ev)
     states = view.bar.tasks[0].fields["states"]
-    assert states == "✓30 ✗1 review 2 calls 64 (+12 replayed) $0.0640"
+    assert states == "written 30 · quarantined 1 · review 2 · calls 64 (+12 replayed) · $0.0640"
     view.update({**ev, "review": 0, "skipped": 3, "replayed": 0, "cost": None})
-    assert view.bar.tasks[0].fields["states"] == "✓30 ✗1 skipped 3 calls 64"
+    assert view.bar.tasks[0].fields["states"] == "written 30 · quarantined 1 · skipped 3 · calls 64"

@@ -71,7 +71,7 @@ def test_limit_then_resume_only_processes_the_rest(tmp_path):
     job = make_job(tmp_path)
     fake = FakeModel()
     r1 = corral.run(job, model=fake, limit=10)
-    assert (r1.rows_in, r1.written, r1.status) == (10, 10, "finished")
+    assert (r1.rows_in, r1.written, r1.status) == (10, 10, "preview")  # 10 of 40 rows
     r2 = corral.run(job, model=fake)
     assert r2.run == r1.run
     assert (r2.rows_in, r2.written) == (40, 40)

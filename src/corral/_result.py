@@ -30,6 +30,15 @@ class RunResult:
     cost_usd: Decimal | None
     elapsed_s: float
     outputs: dict[str, str] = field(default_factory=dict)
+    #: why a run ended before finishing, for the exit code: budget, auth, quota, outage,
+    #: interrupted, elsewhere (another worker finishes the rows), preview (a --limit run)
+    cause: str | None = None
+    #: the store file the run used (None for a Store object passed in)
+    store: str | None = None
+    #: the model's id
+    model: str | None = None
+    #: rows in the whole source, when known
+    total_rows: int | None = None
 
     @property
     def accounted(self) -> bool:
@@ -56,6 +65,10 @@ class RunResult:
             "cost_usd": None if self.cost_usd is None else float(self.cost_usd),
             "elapsed_s": round(self.elapsed_s, 3),
             "outputs": self.outputs,
+            "cause": self.cause,
+            "model": self.model,
+            "store": self.store,
+            "total_rows": self.total_rows,
         }
 
 

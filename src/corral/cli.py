@@ -36,9 +36,10 @@ from rich.table import Table
 
 from corral import _export
 from corral._result import RunResult, summarize
-from corral.engine import live_status, run_async
+from corral.engine import live_status, run_async, store_path_for
+from corral.job import Job
 from corral.errors import CorralError, RunNotFoundError, StoreError, UserError
-from corral.store import STORE_ENV, Store, open_store
+from corral.store import STORE_ENV, Store, default_store_path, open_store
 from corral.store.base import DECISIONS, RunInfo
 
 EXIT_OK = 0
@@ -55,7 +56,7 @@ _store_option = click.option(
     default=None,
     envvar=STORE_ENV,
     show_envvar=True,
-    help="Store file (default: .corral/corral.db in the working directory).",
+    help="Store file (default: the first .corral/corral.db found from the job file's folder upwards for run and calibrate, from the working directory upwards for the other commands; see docs/cli.md).",
 )
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 
@@ -122,16 +123,16 @@ def run_cmd(job_file: Path, limit: int | None, model_name: str | None, as_json: 
             model = yaml.safe_load(model_name)
         except yaml.YAMLError:
             _fail(f"--model {model_name!r} is not a valid mapping; write it like '{{name: fake, latency: 0.1}}'")
-    progress = _ProgressView(err) if err.is_terminal else None
+    view: _ProgressView | _PlainProgress = _ProgressView(err) if err.is_terminal else _PlainProgress(err)
     try:
-        with progress or _Null():
+        with view:
             result = asyncio.run(
                 run_async(
                     job_file,
                     model=model,
                     limit=limit,
                     store=store,
-                    progress=progress.update if progress else None,
+                    progress=view.update,
                     handle_signals=True,
                 )
             )
@@ -144,27 +145,58 @@ def run_cmd(job_file: Path, limit: int | None, model_name: str | None, as_json: 
     if as_json:
         click.echo(json.dumps(result.to_json()))
     else:
-        st = open_store(store)
+        st = open_store(result.store, check=False) if result.store else None  # checked by the run
         try:
             _print_summary(_out(), result, st)
         finally:
-            st.close()
-    if result.status == "finished":
+            if st is not None:
+                st.close()
+    again = _again(job_file, model_name, limit, store)
+    if result.status in ("finished", "preview"):
+        if result.status == "preview":
+            err.print(f"Preview: {result.stop_reason}. Run without --limit for every row.", markup=False)
+        sys.exit(EXIT_OK)
+    if result.cause == "elsewhere":
+        err.print(
+            f"This worker is done: {result.stop_reason}. "
+            f"Watch with: corral status {result.run}{_store_flag(result.store)}", markup=False,
+        )
         sys.exit(EXIT_OK)
     if result.status == "interrupted":
         err.print(
-            f"Interrupted with {result.pending} rows pending; finished work is saved. "
-            f"Resume with: {_again(job_file, model_name, limit, store)}"
+            f"Interrupted with {result.pending:,} rows pending; finished work is saved. "
+            f"Resume with: {again}", markup=False,
         )
         sys.exit(EXIT_INTERRUPTED)
+    if result.cause == "outage":
+        err.print(f"Stopped: {result.stop_reason}. Resume with: {again}", markup=False)
+        sys.exit(EXIT_UNAVAILABLE)
     if result.status == "failed":
-        err.print(f"Failed: {result.stop_reason}. Resume with: {_again(job_file, model_name, limit, store)}")
+        err.print(f"Failed: {result.stop_reason}. Resume with: {again}", markup=False)
         sys.exit(EXIT_AUTH)
     err.print(
-        f"Stopped: {result.stop_reason}. Raise the budget in the job file, then resume with: "
-        f"{_again(job_file, model_name, limit, store)}"
+        f"Stopped: {result.stop_reason}. Raise the budget in the job file, then resume with: {again}",
+        markup=False,
     )
     sys.exit(EXIT_STOPPED)
+
+
+def _store_flag(store: str | None) -> str:
+    """`` --store PATH`` when read-only commands run here would not find the run's store."""
+    if not store or os.environ.get(STORE_ENV):
+        return ""
+    with contextlib.suppress(OSError):
+        if Path(store).resolve() == default_store_path().resolve():
+            return ""
+    return " --store " + shlex.quote(_shown(store))
+
+
+def _shown(path: str) -> str:
+    """A path as the user would type it here: relative to the working directory when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return path
 
 
 def _again(job_file: Path, model: str | None, limit: int | None, store: Path | None) -> str:
@@ -179,18 +211,50 @@ def _again(job_file: Path, model: str | None, limit: int | None, store: Path | N
     return shlex.join(parts)
 
 
-class _Null:
-    def __enter__(self) -> None:
-        return None
+def _states(ev: dict[str, Any]) -> str:
+    """What a progress event says beyond the row count: states, calls, spend."""
+    parts = [f"written {ev['done']:,}"]
+    for state in ("quarantined", "review", "skipped"):
+        if ev[state]:
+            parts.append(f"{state} {ev[state]:,}")
+    calls = f"calls {ev['made']:,}"
+    if ev["replayed"]:
+        calls += f" (+{ev['replayed']:,} replayed)"
+    parts.append(calls)
+    if ev.get("cost") is not None:
+        parts.append(f"${ev['cost']:.4f}")
+    return " · ".join(parts)
 
-    def __exit__(self, *a: Any) -> None:
-        return None
+
+def _eta(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+class _Rate:
+    """Rows per second since the first progress event that saw rows moving."""
+
+    def __init__(self) -> None:
+        self.first: int | None = None
+        self.t0 = time.monotonic()
+
+    def __call__(self, finished: int) -> float:
+        if self.first is None:
+            self.first, self.t0 = finished, time.monotonic()
+        dt = time.monotonic() - self.t0
+        return (finished - self.first) / dt if dt > 0.5 else 0.0
 
 
 class _ProgressView:
-    """Progress bar on stderr: rows done of rows in, rows/s, ETA, states so far."""
+    """Progress bar on stderr (a terminal): rows done of rows in, rows/s, ETA, states so far.
+    Notices (a provider down, back again) are printed above the bar."""
 
     def __init__(self, console: Console) -> None:
+        self.console = console
         self.bar = Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
@@ -204,8 +268,8 @@ class _ProgressView:
             transient=True,
         )
         self.task = self.bar.add_task("starting", total=None, rate="", states="", count="")
-        self.t0 = time.monotonic()
-        self.first: int | None = None
+        self.rate = _Rate()
+        self.paused = False
 
     def __enter__(self) -> _ProgressView:
         self.bar.start()
@@ -220,29 +284,76 @@ class _ProgressView:
             self.bar.update(self.task, description="reading input")
         elif phase == "ingest":
             self.bar.update(self.task, description=f"loading rows ({ev['rows']:,})")
-        elif phase == "run":
+        elif phase == "notice":
+            self.bar.console.print(ev["message"], markup=False, highlight=False)
+            self.paused = ev["message"].startswith("provider unreachable")
+        elif phase in ("run", "batch"):
             finished = ev["done"] + ev["quarantined"] + ev["review"] + ev["skipped"]
-            if self.first is None:
-                self.first, self.t0 = finished, time.monotonic()
-            dt = time.monotonic() - self.t0
-            rate = (finished - self.first) / dt if dt > 0.5 else 0.0
-            states = f"✓{ev['done']:,}"
-            if ev["quarantined"]:
-                states += f" ✗{ev['quarantined']:,}"
-            if ev["review"]:
-                states += f" review {ev['review']:,}"
-            if ev["skipped"]:
-                states += f" skipped {ev['skipped']:,}"
-            states += f" calls {ev['made']:,}"
-            if ev["replayed"]:
-                states += f" (+{ev['replayed']:,} replayed)"
-            if ev.get("cost") is not None:
-                states += f" ${ev['cost']:.4f}"
+            rate = self.rate(finished)
             self.bar.update(
-                self.task, description="rows", total=ev["in"], completed=finished,
-                count=f"{finished:,}/{ev['in']:,}",
-                rate=f"{rate:,.1f} rows/s" if rate else "", states=states,
+                self.task, description="paused: provider unreachable" if self.paused else "rows",
+                total=ev["in"], completed=finished, count=f"{finished:,}/{ev['in']:,}",
+                rate=f"{rate:,.1f} rows/s" if rate else "", states=_states(ev),
             )
+
+
+#: seconds between progress lines when stderr is not a terminal (cron, CI, nohup, a pipe)
+PLAIN_PROGRESS_S = float(os.environ.get("CORRAL_PROGRESS_S", "10") or 10)
+
+
+class _PlainProgress:
+    """Progress as plain lines on stderr when it is not a terminal: one when the run starts, one
+    every ``CORRAL_PROGRESS_S`` seconds (default 10) while it runs, and every notice at once, so
+    a slow run and a hung one look different in a log."""
+
+    def __init__(self, console: Console, every_s: float | None = None) -> None:
+        self.console = console
+        self.every_s = PLAIN_PROGRESS_S if every_s is None else every_s
+        self.last = time.monotonic()
+        self.rate = _Rate()
+        self.latest: dict[str, Any] | None = None
+
+    def __enter__(self) -> _PlainProgress:
+        return self
+
+    def __exit__(self, *a: Any) -> None:
+        return None
+
+    def _line(self, text: str) -> None:
+        self.console.file.write(text.rstrip() + "\n")
+        self.console.file.flush()
+
+    def update(self, ev: dict[str, Any]) -> None:
+        phase = ev.get("phase")
+        if phase == "start":
+            where = f" · store {ev['store']}" if ev.get("store") else ""
+            self._line(f"corral: run {ev['run']} · job {ev['job']} · model {ev['model']}{where}")
+        elif phase == "notice":
+            self._line(f"corral: {ev['message']}")
+        elif phase == "ingest":
+            now = time.monotonic()
+            if now - self.last >= self.every_s:
+                self.last = now
+                self._line(f"corral: loading rows ({ev['rows']:,} so far)")
+        elif phase in ("run", "batch"):
+            finished = ev["done"] + ev["quarantined"] + ev["review"] + ev["skipped"]
+            rate = self.rate(finished)
+            now = time.monotonic()
+            if now - self.last < self.every_s:
+                return
+            self.last = now
+            total = ev["in"]
+            pct = f" ({finished / total:.1%})" if total else ""
+            text = f"corral: {finished:,}/{total:,} rows{pct}"
+            if rate:
+                text += f" · {rate:,.1f} rows/s"
+                left = total - finished
+                if left > 0:
+                    text += f" · ETA {_eta(left / rate)}"
+            text += " · " + _states(ev)
+            if phase == "batch":
+                text += f" · {ev['open']:,} provider batches open"
+            self._line(text)
 
 
 def _money(cost: Any) -> str:
@@ -251,33 +362,46 @@ def _money(cost: Any) -> str:
     return f"${float(cost):,.4f}"
 
 
-def _print_summary(console: Console, r: RunResult, store: Store) -> None:
-    t = Table.grid(padding=(0, 2))
-    t.add_column(style="bold")
-    t.add_column()
+#: what the default model is, said plainly wherever it answers
+_BUNDLED_NOTE = "the bundled SmolLM2-135M (a tiny offline model for trying Corral, not for quality)"
+
+
+def _print_summary(console: Console, r: RunResult, store: Store | None) -> None:
+    """The run's summary as aligned ``Label  value`` lines (no padding, no rules, so a log or a
+    pipe gets exactly the text)."""
+    lines: list[tuple[str, str]] = []
     head = f"run {r.run} · job {r.job} · {r.status}"
     if r.stop_reason and r.status != "finished":
         head += f" ({r.stop_reason})"
-    t.add_row("Run", head)
+    lines.append(("Run", head))
     rows = (
         f"{r.rows_in:,} in = {r.written:,} written + {r.quarantined:,} quarantined + "
         f"{r.review:,} review + {r.skipped:,} skipped + {r.pending:,} pending"
     )
-    t.add_row("Rows", rows + ("" if r.accounted else "  [bold red](does not add up)[/]"))
-    t.add_row("Calls", f"{r.calls_made:,} made, {r.calls_replayed:,} replayed from the store")
-    t.add_row("Tokens", f"{r.input_tokens:,} input, {r.output_tokens:,} output")
-    t.add_row("Cost", _money(r.cost_usd))
-    t.add_row("Elapsed", f"{r.elapsed_s:,.1f} s")
+    lines.append(("Rows", rows + ("" if r.accounted else "  (does not add up)")))
+    lines.append(("Calls", f"{r.calls_made:,} made, {r.calls_replayed:,} replayed from the store"))
+    lines.append(("Tokens", f"{r.input_tokens:,} input, {r.output_tokens:,} output"))
+    lines.append(("Cost", _money(r.cost_usd)))
+    if r.model:
+        lines.append(("Model", r.model + (f": {_BUNDLED_NOTE}" if r.model == "local:smollm2-135m-instruct" else "")))
+    lines.append(("Elapsed", f"{r.elapsed_s:,.1f} s"))
+    if r.store:
+        lines.append(("Store", _shown(r.store)))
     if r.outputs:
-        t.add_row("Output", r.outputs.get("sink", ""))
-        t.add_row("Quarantine", r.outputs.get("quarantine", "") + f" ({_rows(r.quarantined)})")
+        lines.append(("Output", r.outputs.get("sink", "")))
+        lines.append(("Quarantine", r.outputs.get("quarantine", "") + f" ({_rows(r.quarantined)})"))
         if "review" in r.outputs:
-            t.add_row("Review", r.outputs["review"] + f" ({_rows(r.review)})")
+            lines.append(("Review", r.outputs["review"] + f" ({_rows(r.review)})"))
         if "skipped" in r.outputs:
-            t.add_row("Skipped", r.outputs["skipped"] + f" ({_rows(r.skipped)})")
+            lines.append(("Skipped", r.outputs["skipped"] + f" ({_rows(r.skipped)})"))
     elif r.pending:
-        t.add_row("Output", "not written yet: rows are still pending")
-    console.print(t)
+        lines.append(("Output", "not written yet: rows are still pending"))
+    width = max(len(k) for k, _ in lines)
+    for k, v in lines:
+        console.print(f"{k:<{width}}  {v}".rstrip(), markup=False, highlight=False)
+    if store is None:
+        return
+    flag = _store_flag(r.store)
     for state, title, n_state in (("quarantined", "Quarantined", r.quarantined), ("review", "Held for review", r.review)):
         if not n_state:
             continue
@@ -288,9 +412,12 @@ def _print_summary(console: Console, r: RunResult, store: Store) -> None:
                 reason = _reason_kind(rec["reason"] or "")
                 reasons[reason] += 1
                 example.setdefault(reason, rec["key"])
-        console.print(f"{title}, by reason:")
+        console.print(f"{title}, by reason:", markup=False, highlight=False)
         for reason, n in reasons.most_common(5):
-            console.print(f"  {n:>6,}  {reason}   e.g. corral show {r.run} {shlex.quote(example[reason])}")
+            console.print(
+                f"  {n:>6,}  {reason}   e.g. corral show {r.run} {shlex.quote(example[reason])}{flag}",
+                markup=False, highlight=False,
+            )
 
 
 def _rows(n: int) -> str:
@@ -334,7 +461,6 @@ def calibrate_cmd(
     from rich.text import Text
 
     from corral import _calibrate as cal
-    from corral.store import default_store_path
 
     err = _err()
     if labels is None:
@@ -352,9 +478,11 @@ def calibrate_cmd(
                   f"{per_k} (run {m.run}{'' if m.status == 'finished' else ', ' + m.status})", markup=False)
 
     try:
+        # the job's own store by default (beside the job file), as for `corral run`
+        store = store or store_path_for(Job.load(job_file))
         plan = cal.prepare(job_file, labels=labels, target=target, step=step, sample=sample, seed=seed,
                            key_column=key_column, label_column=label_column, model=model,
-                           candidates=candidates, store_path=store or default_store_path())
+                           candidates=candidates, store_path=store)
         err.print(f"Calibrating step `{plan.step.name}` of {plan.job.name}: {len(plan.candidates)} candidates "
                   f"on {len(plan.sample_rows):,} labeled rows (of {plan.overlap:,} labeled in the source)", markup=False)
         st = open_store(store)
@@ -556,10 +684,19 @@ def show_cmd(run: str, key: str, full: bool, as_json: bool, store: Path | None) 
         _print_record(_out(), info, rec, trace, full=full)
 
 
+def _rule(console: Console, title: str, style: str = "rule.line") -> None:
+    """A titled rule across a terminal; off a terminal a short ``── title ──`` line, not 200
+    columns of dashes."""
+    if console.is_terminal:
+        console.rule(title, style=style)
+    else:
+        console.print(f"── {title} ──", markup=False, highlight=False)
+
+
 def _print_record(
     console: Console, info: RunInfo, rec: dict[str, Any], trace: list[dict[str, Any]], full: bool = False
 ) -> None:
-    console.rule(f"run {info.id} · record {rec['key']}")
+    _rule(console, f"run {info.id} · record {rec['key']}")
     console.print(f"state: {rec['state']}" + (f"   reason: {rec['reason']}" if rec["reason"] else ""), markup=False)
     if rec["line"]:
         console.print(f"source line: {rec['line']}")
@@ -590,7 +727,7 @@ def _print_call(console: Console, c: dict[str, Any], seen: list[tuple[int, list[
     head = [f"step {c['step']}", f"attempt {number}"]
     if data.get("role"):
         head.append(str(data["role"]))
-    console.rule(" · ".join([*head, c["outcome"], tag]), style="dim")
+    _rule(console, " · ".join([*head, c["outcome"], tag]), style="dim")
     about = []
     if data.get("strategy"):
         about.append(f"strategy {data['strategy']}")

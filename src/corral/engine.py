@@ -56,7 +56,7 @@ from corral.io import (
 )
 from corral.job import Job, ModelRef
 from corral.models.base import Completion, Model, Request, Usage
-from corral.store import Store, open_store
+from corral.store import Store, open_store, store_path_near
 from corral.store.base import (
     AttemptRecord,
     CallRecord,
@@ -635,6 +635,14 @@ class _Runner:
                 raise TransientModelError(failed)
             self.wanted.setdefault(h, (rec.key, step, attempt, request))
             raise _Deferred()
+        size = sum(len(m.content) for m in request.messages)
+        if size > PROMPT_WARN_CHARS and step not in self.warned:
+            self.warned.add(step)
+            self._say(
+                f"warning: step `{step}` sends a {size / 1e6:.1f} MB prompt for record {rec.key} "
+                f"(about {size // 4:,} tokens), more than most models take; check the input "
+                "column, or split long documents with extract's `chunking:`"
+            )
         held = await self._reserve(client, request) if self.budgeted else None
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.inflight[h] = done
@@ -1018,6 +1026,9 @@ class _Runner:
                     await self._process(committer, rec)
                 except (_Stop, _Deferred):
                     continue  # left leased; released when the pass ends
+                except StoreError:
+                    self.stop.set()  # the store is damaged, locked or full: nothing can be kept
+                    raise
                 except Exception as e:  # a bug or an unexpected model failure: never stop the run
                     self._final(committer, rec, "quarantined", None, f"internal error: {type(e).__name__}: {e}", 1)
 
@@ -1332,6 +1343,12 @@ def _load(job: Job | str | Path) -> Job:
     return job if isinstance(job, Job) else Job.load(job)
 
 
+def store_path_for(job: Job) -> Path:
+    """Where a job's store is by default (see :func:`corral.store.store_path_near`): found from
+    the job file's folder, so the same job run from any folder finds the answers it paid for."""
+    return store_path_near(job.base_dir)
+
+
 async def run_async(
     job: Job | str | Path,
     *,
@@ -1348,17 +1365,22 @@ async def run_async(
     if limit is not None and limit < 0:
         raise UserError("--limit must be 0 or more")
     m = model if isinstance(model, Model) else make_model(model or job.model, job.base_dir)
-    own_store = not isinstance(store, Store)
-    st = store if isinstance(store, Store) else open_store(store)
     stop = stop or asyncio.Event()
     restore = _install_signals(stop) if handle_signals else None
+    own_store = not isinstance(store, Store)
+    path = None if isinstance(store, Store) else Path(store) if store is not None else store_path_for(job)
+    fresh = path is not None and not path.exists()
+    st: Store | None = store if isinstance(store, Store) else None
     try:
+        # everything that can be wrong with the job is found before the store is touched
         for step in job.steps:
             step.bind(job.base_dir, job.source)
         source = open_source(job.source, job.base_dir)
         plan = _plan(job, source)
         open_sink(job.sink, job.base_dir)  # fail now, not after the work, if it cannot be written
         open_quarantine_sink(job.sink, job.base_dir)
+        if st is None:
+            st = open_store(path)
         if progress:
             progress({"phase": "fingerprint"})
         fingerprint = await asyncio.to_thread(source.fingerprint)
@@ -1372,10 +1394,18 @@ async def run_async(
                 ingest_done=False, tags=job.tags,
             )
         )
+        before = run  # what the run had written before this invocation
         if not run.ingest_done:
             st.update_run(run.id, status="ingesting")
         # reading the input runs on a thread so Ctrl-C is heard between chunks
         run = await asyncio.to_thread(_ingest, st, run, job, source, limit, progress, stop)
+        if progress:
+            progress({"phase": "start", "run": run.id, "job": job.name, "model": m.id,
+                      "store": _show_path(path) if path is not None else None})
+            if run.ingest_done and run.ingested_rows == 0:
+                progress({"phase": "notice", "message": (
+                    f"warning: {source.path.name} has no rows (only a header, or empty): nothing "
+                    "to do; check the file `source:` points at")})
         st.reclaim(run.id, _owner_dead)
         ref = job.model if model is None else (None if isinstance(model, Model) else ModelRef.parse(model))
         extra = _strategy_models(job)
@@ -1408,28 +1438,110 @@ async def run_async(
         complete = not unfinished and (
             run.ingest_done or (limit is not None and run.ingested_rows >= limit)
         )
-        if complete:
+        # a run over the first rows only: more rows exist beyond the limit
+        partial = limit is not None and not (run.ingest_done and limit >= run.ingested_rows)
+        total = run.ingested_rows if run.ingest_done else None
+        elapsed = time.monotonic() - started
+        cause = runner.cause
+        result_status: str | None = None
+        if complete and partial:
+            cause = "preview"
+            covered = _covered(counts, limit, total)
+            if before.status == "finished" and before.outputs:
+                # a preview never replaces a complete output: the full run's files stay
+                outputs = dict(before.outputs) if isinstance(before.outputs, dict) else {}
+                status, reason = "finished", before.stop_reason
+                result_status = "preview"
+                note = f"{covered}; the complete output of the earlier run is kept, not rewritten"
+            else:
+                outputs = _write_outputs(st, run, job, plan, limit)
+                status, reason = "preview", covered
+                note = covered
+        elif complete:
             outputs = _write_outputs(st, run, job, plan, limit)
             status, reason = "finished", None
         elif runner.fatal is not None:
             status, reason = "failed", runner.stop_reason
         elif runner.stop_reason:
             status, reason = "stopped", runner.stop_reason
+            cause = cause or "budget"
+        elif not stop.is_set() and _others(st, run.id, runner.owner):
+            # another worker holds the rows still to do: it finishes them and writes the outputs
+            owners = _others(st, run.id, runner.owner)
+            status, reason = "running", (
+                f"{unfinished:,} rows are being finished by "
+                f"{'worker' if len(owners) == 1 else 'workers'} {', '.join(owners)}, "
+                "which will write the outputs"
+            )
+            cause = "elsewhere"
         else:
-            status, reason = "interrupted", "interrupted"
-        elapsed = time.monotonic() - started
-        st.update_run(
-            run.id, status=status, stop_reason=reason, outputs=outputs,
-            elapsed_s=run.elapsed_s + elapsed,
-        )
+            status, reason = "interrupted", runner.stop_reason or _signal_name(stop)
+            cause = "interrupted"
+        if result_status == "preview":  # the stored run keeps its finished state and outputs
+            st.update_run(run.id, status=status, stop_reason=reason, outputs=outputs,
+                          elapsed_s=run.elapsed_s + elapsed)
+            reason = note
+        elif status == "running":
+            st.update_run(run.id, elapsed_s=run.elapsed_s + elapsed)
+        else:
+            st.update_run(
+                run.id, status=status, stop_reason=reason, outputs=outputs,
+                elapsed_s=run.elapsed_s + elapsed,
+            )
         final = st.get_run(run.id)
         assert final is not None
-        return summarize(st, final, limit=limit, outputs=outputs, elapsed_s=elapsed)
+        result = summarize(st, final, limit=limit, outputs=outputs, elapsed_s=elapsed,
+                           status=result_status or status)
+        result.stop_reason = reason
+        result.cause = cause
+        result.store = None if path is None else str(path)
+        result.model = m.id
+        result.total_rows = total
+        return result
     finally:
         if restore:
             restore()
-        if own_store:
+        if own_store and st is not None:
             st.close()
+        if fresh and path is not None and path.exists() and not _has_runs(path):
+            _remove_store(path)  # a run that failed before it began leaves no empty store behind
+
+
+def _covered(counts: dict[str, int], limit: int | None, total: int | None) -> str:
+    n = sum(counts.values())
+    if total is not None:
+        return f"--limit {limit}: the first {n:,} of {total:,} rows"
+    return f"--limit {limit}: the first {n:,} rows; the source has more"
+
+
+def _others(store: Store, run_id: str, me: str) -> list[str]:
+    """Live workers other than this one that hold leases on the run."""
+    return sorted(o for o in store.lease_owners(run_id) if o != me and not _owner_dead(o))
+
+
+def _signal_name(stop: asyncio.Event) -> str | None:
+    return getattr(stop, "signal_name", None)
+
+
+def _has_runs(path: Path) -> bool:
+    try:
+        st = open_store(path, create=False, check=False)
+    except Exception:
+        return True  # not ours to judge: leave the file alone
+    try:
+        return bool(st.list_runs(limit=1))
+    except Exception:
+        return True
+    finally:
+        st.close()
+
+
+def _remove_store(path: Path) -> None:
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(OSError):
+            p.unlink()
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()  # the .corral folder, if it was made for this store and is empty
 
 
 def run(
@@ -1444,8 +1556,8 @@ def run(
 
     ``job`` is a :class:`Job` or the path of a YAML job file. ``model`` overrides the job's model
     (a name such as ``"fake"`` or a :class:`Model` instance). ``limit`` processes only the first
-    N rows. ``store`` is a path (default ``.corral/corral.db`` or ``$CORRAL_STORE``) or a
-    :class:`Store`. Returns a :class:`RunResult`.
+    N rows. ``store`` is a path (default ``$CORRAL_STORE``, else ``.corral/corral.db`` in the
+    job file's folder) or a :class:`Store`. Returns a :class:`RunResult`.
     """
     return asyncio.run(
         run_async(job, model=model, limit=limit, store=store, progress=progress,

@@ -8,15 +8,57 @@ from pathlib import Path
 from corral.store.base import Store
 from corral.store.sqlite import SQLiteStore
 
-__all__ = ["Store", "SQLiteStore", "open_store", "default_store_path", "STORE_ENV"]
+__all__ = [
+    "Store", "SQLiteStore", "open_store", "default_store_path", "store_path_near", "STORE_ENV",
+    "PROJECT_MARKERS",
+]
 
 STORE_ENV = "CORRAL_STORE"
+#: what marks a project's root folder, where a job's store goes when none exists yet
+PROJECT_MARKERS = (".git", ".hg", "pyproject.toml")
+_STORE = Path(".corral") / "corral.db"
+
+
+def _existing_above(folder: Path) -> Path | None:
+    for f in (folder, *folder.parents):
+        if (f / _STORE).is_file():
+            return f / _STORE
+    return None
+
+
+def store_path_near(folder: str | Path) -> Path:
+    """The store of a job whose file is in ``folder``: ``$CORRAL_STORE`` if set; else the first
+    ``.corral/corral.db`` that exists in ``folder`` or a folder above it; else
+    ``.corral/corral.db`` in the first of those folders that is a project's root (has ``.git``,
+    ``.hg`` or ``pyproject.toml``); else in ``folder``. So the same job finds the same store
+    whichever folder it is run from."""
+    env = os.environ.get(STORE_ENV)
+    if env:
+        return Path(env)
+    start = Path(folder).resolve()
+    found = _existing_above(start)
+    if found is not None:
+        return found
+    for f in (start, *start.parents):
+        if any((f / m).exists() for m in PROJECT_MARKERS):
+            return f / _STORE
+    return start / _STORE
 
 
 def default_store_path() -> Path:
-    """``$CORRAL_STORE`` if set, else ``.corral/corral.db`` in the working directory."""
+    """The store of the commands that have no job file (``runs``, ``status``, ``show``,
+    ``export``): ``$CORRAL_STORE`` if set; else the first ``.corral/corral.db`` in the working
+    directory or a folder above it; else ``.corral/corral.db`` here (which they report missing)."""
     env = os.environ.get(STORE_ENV)
-    return Path(env) if env else Path(".corral") / "corral.db"
+    if env:
+        return Path(env)
+    found = _existing_above(Path.cwd().resolve())
+    if found is None:
+        return _STORE
+    try:
+        return found.relative_to(Path.cwd().resolve())
+    except ValueError:
+        return found
 
 
 def open_store(path: str | Path | None = None, *, create: bool = True, check: bool = True) -> Store:
