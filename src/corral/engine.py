@@ -153,40 +153,22 @@ def _plan(job: Job, source: Source) -> _Plan:
     known = set(cols)
     for i, step in enumerate(job.steps):
         earlier = [s.name for s in job.steps[:i]]
-        for head in step.when_names():  # a `when:` mistake is told as one, not as a placeholder
-            if head in known or head in earlier:
-                continue
-            if head == step.name:
-                raise UserError(
-                    f"step `{step.name}`: when: uses `{head}`, its own output; a condition can only "
-                    "read source columns and earlier steps"
-                )
-            if head in [s.name for s in job.steps[i:]]:
-                raise UserError(
-                    f"step `{step.name}`: when: uses `{head}`, the output of a later step; a "
-                    "condition can only read source columns and earlier steps"
-                )
-            raise SourceError(
-                f"step `{step.name}`: when: uses `{head}`, which is not a column of "
-                f"{source.path.name} or an earlier step{suggest(head, cols + earlier) or '.'} "
-                f"Columns: {', '.join(cols)}."
-            )
-        for name in step.names_used():
+        later = [s.name for s in job.steps[i:]]
+        names = ([(h,), f"step `{step.name}`: when: uses", "`{}`", "a condition"] for h in step.when_names())
+        reads = ([n, f"step `{step.name}` uses", "{{{}}}", "a step"] for n in step.names_used())
+        # a `when:` mistake is told as one, not as a placeholder
+        for name, lead, shown, subject in (*names, *reads):
             head = name[0]
             if head in known or head in earlier:
                 continue
-            if head == step.name:
+            if head == step.name or head in later:
+                what = "its own output" if head == step.name else "the output of a later step"
                 raise UserError(
-                    f"step `{step.name}` uses {{{head}}}, its own output; a step can only read "
-                    "source columns and earlier steps"
-                )
-            if head in [s.name for s in job.steps[i:]]:
-                raise UserError(
-                    f"step `{step.name}` uses {{{head}}}, the output of a later step; "
-                    "a step can only read source columns and earlier steps"
+                    f"{lead} {shown.format(head)}, {what}; {subject} can only read source columns "
+                    "and earlier steps"
                 )
             raise SourceError(
-                f"step `{step.name}` uses {{{'.'.join(name)}}}, which is not a column of "
+                f"{lead} {shown.format('.'.join(name))}, which is not a column of "
                 f"{source.path.name} or an earlier step{suggest(head, cols + earlier) or '.'} "
                 f"Columns: {', '.join(cols)}."
             )
