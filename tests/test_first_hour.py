@@ -91,8 +91,9 @@ def test_unreachable_provider_says_so_and_stops_after_max_outage_with_exit_5(tmp
     elapsed = time.monotonic() - t0
     assert p.returncode == 5, p.stderr
     assert elapsed < 30
+    assert "no answer for 3 s (max_outage_s 3)" in p.stderr  # the last probe goes at the deadline
     assert "provider unreachable" in p.stderr and "next probe in" in p.stderr
-    assert "127.0.0.1" in p.stderr
+    assert "cannot reach the server (connection refused)" in p.stderr
     assert "start the server or correct base_url" in p.stderr
     assert "Resume with: corral run job.yaml" in p.stderr
     # no row was given up on: all three wait for the provider
@@ -330,3 +331,17 @@ def test_an_oversized_prompt_is_reported_once_per_step(tmp_path):
     warned = [ln for ln in p.stderr.splitlines() if "MB prompt" in ln]
     assert len(warned) == 1, p.stderr
     assert "step `cat` sends a 1.2 MB prompt for record r" in warned[0] and "chunking:" in warned[0]
+
+
+def test_unreachable_says_why_in_words():
+    from corral.models._hosted import unreachable
+
+    refused = ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 9)")
+    outer = RuntimeError("All connection attempts failed")
+    outer.__cause__ = refused
+    assert unreachable(outer) == "connection refused"
+    dns = socket.gaierror(-2, "Name or service not known")
+    outer2 = RuntimeError("x")
+    outer2.__cause__ = dns
+    assert unreachable(outer2) == "name or service not known"
+    assert unreachable(ValueError("odd")) == "odd"

@@ -269,7 +269,6 @@ class _ProgressView:
         )
         self.task = self.bar.add_task("starting", total=None, rate="", states="", count="")
         self.rate = _Rate()
-        self.paused = False
 
     def __enter__(self) -> _ProgressView:
         self.bar.start()
@@ -286,12 +285,11 @@ class _ProgressView:
             self.bar.update(self.task, description=f"loading rows ({ev['rows']:,})")
         elif phase == "notice":
             self.bar.console.print(ev["message"], markup=False, highlight=False)
-            self.paused = ev["message"].startswith("provider unreachable")
         elif phase in ("run", "batch"):
             finished = ev["done"] + ev["quarantined"] + ev["review"] + ev["skipped"]
             rate = self.rate(finished)
             self.bar.update(
-                self.task, description="paused: provider unreachable" if self.paused else "rows",
+                self.task, description="paused: provider unreachable" if ev.get("paused") else "rows",
                 total=ev["in"], completed=finished, count=f"{finished:,}/{ev['in']:,}",
                 rate=f"{rate:,.1f} rows/s" if rate else "", states=_states(ev),
             )
@@ -351,6 +349,8 @@ class _PlainProgress:
                 if left > 0:
                     text += f" · ETA {_eta(left / rate)}"
             text += " · " + _states(ev)
+            if ev.get("paused"):
+                text += " · paused: provider unreachable"
             if phase == "batch":
                 text += f" · {ev['open']:,} provider batches open"
             self._line(text)

@@ -819,6 +819,8 @@ class _Runner:
                 f"{limit:g}); start the server or correct base_url, then run again to resume"
             ))
             return
+        if c.breaker.next_probe_in() > limit - down:  # the last probe goes at the deadline
+            c.breaker.pause_s = max(0.0, c.breaker.pause_s - (c.breaker.next_probe_in() - (limit - down)))
         if opened or probe:
             self._say(
                 f"provider unreachable ({c.breaker.last_error}); paused, next probe in "
@@ -1174,6 +1176,7 @@ class _Runner:
             "made": self.c.made,
             "replayed": self.c.replayed,
             "cost": None if self.c.cost is None or not self.c.cost else float(self.c.cost),
+            "paused": self.main.breaker.open or any(c.breaker.open for c in self.clients.values()),
         }
 
 

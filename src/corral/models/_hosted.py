@@ -4,6 +4,7 @@ loop, rate-limit headers observed from every answer, and the checks every batch'
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from abc import abstractmethod
 from typing import Any
@@ -11,6 +12,23 @@ from typing import Any
 from corral.errors import PermanentModelError
 from corral.models._keys import rate_limit_headers
 from corral.models.base import Model, Request
+
+
+def unreachable(e: BaseException) -> str:
+    """Why a connection failed, in words: the deepest OS error under the SDK's (``connection
+    refused``, ``name or service not known``), else the innermost exception's text."""
+    seen: list[BaseException] = []
+    cur: BaseException | None = e
+    while cur is not None and cur not in seen:
+        seen.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    for err in reversed(seen):
+        if isinstance(err, OSError) and (err.errno or err.strerror):
+            # errno's own words ("Connection refused"); DNS errors have negative codes and words
+            text = os.strerror(err.errno) if err.errno and err.errno > 0 else str(err.strerror)
+            return text[:1].lower() + text[1:]
+    inner = seen[-1] if len(seen) > 1 else None
+    return f"{type(inner).__name__}: {inner}" if inner is not None else str(e)
 
 
 class HostedModel(Model):

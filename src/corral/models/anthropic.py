@@ -53,7 +53,7 @@ from corral.models._keys import (
     redact,
     retry_after,
 )
-from corral.models._hosted import HostedModel
+from corral.models._hosted import HostedModel, unreachable
 from corral.models.base import (
     BatchItem,
     BatchStatus,
@@ -520,9 +520,7 @@ class AnthropicModel(HostedModel):
         if isinstance(e, anthropic.APITimeoutError):
             return TransientModelError(say(f"{where}: no answer within {self.timeout:g} s (timeout)"))
         if isinstance(e, anthropic.APIConnectionError):
-            cause = e.__cause__ or e.__context__
-            detail = f": {type(cause).__name__}: {cause}" if cause else ""
-            return TransientModelError(say(f"{where}: cannot reach the server{detail}"))
+            return TransientModelError(say(f"{where}: cannot reach the server ({unreachable(e)})"))
         if isinstance(e, anthropic.APIStatusError):
             headers = e.response.headers if e.response is not None else None
             self._observe(headers)

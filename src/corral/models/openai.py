@@ -50,7 +50,7 @@ from corral.models._keys import (
     redact,
     retry_after,
 )
-from corral.models._hosted import HostedModel
+from corral.models._hosted import HostedModel, unreachable
 from corral.models.base import (
     BatchItem,
     BatchStatus,
@@ -623,9 +623,7 @@ class OpenAIModel(HostedModel):
         if isinstance(e, openai.APITimeoutError):
             return TransientModelError(say(f"{where}: no answer within {self.timeout:g} s (timeout)"))
         if isinstance(e, openai.APIConnectionError):
-            cause = e.__cause__ or e.__context__
-            detail = f": {type(cause).__name__}: {cause}" if cause else ""
-            return TransientModelError(say(f"{where}: cannot reach the server{detail}"))
+            return TransientModelError(say(f"{where}: cannot reach the server ({unreachable(e)})"))
         if isinstance(e, openai.APIStatusError):
             headers = e.response.headers if e.response is not None else None
             self._observe(headers)
