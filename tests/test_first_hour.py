@@ -345,3 +345,12 @@ def test_unreachable_says_why_in_words():
     outer2.__cause__ = dns
     assert unreachable(outer2) == "name or service not known"
     assert unreachable(ValueError("odd")) == "odd"
+
+
+def test_budget_numbers_are_written_like_the_summary_writes_them(tmp_path):
+    job = FAKE_JOB.replace("sink:", "budget: {max_calls: 1200}\nsink:")
+    fake_job(tmp_path, rows=1300, job=job)
+    p = corral_cmd(tmp_path, "run", "job.yaml")
+    assert p.returncode == 3, p.stderr
+    assert "Stopped: budget: max_calls 1,200 reached" in p.stderr
+    assert "1,200 made" in p.stdout

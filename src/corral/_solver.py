@@ -56,13 +56,13 @@ class RecordUse:
         """Raise :class:`OutOfBudget` if one more call (estimated from this record's largest so
         far) could pass a limit."""
         if budget.max_calls is not None and self.calls + 1 > budget.max_calls:
-            raise OutOfBudget(f"budget: record max_calls {budget.max_calls} reached")
+            raise OutOfBudget(f"budget: record max_calls {budget.max_calls:,} reached")
         if budget.max_tokens is not None:
             estimate = _prompt_tokens(request) + self.most_output
             if self.tokens + estimate > budget.max_tokens:
                 raise OutOfBudget(
-                    f"budget: record max_tokens {budget.max_tokens} reached "
-                    f"({self.tokens} used, next call about {estimate})"
+                    f"budget: record max_tokens {budget.max_tokens:,} reached "
+                    f"({self.tokens:,} used, next call about {estimate:,})"
                 )
         if budget.max_cost is not None and self.cost + self.most_cost > budget.max_cost:
             raise OutOfBudget(f"budget: record max_cost {budget.max_cost} USD reached ({self.cost} used)")

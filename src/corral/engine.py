@@ -510,9 +510,9 @@ class _Runner:
         reason = None
         used = self.c.input_tokens + self.c.output_tokens + self.tokens_reserved
         if b.max_calls is not None and self.c.made + self.reserved >= b.max_calls:
-            reason = f"budget: max_calls {b.max_calls} reached"
+            reason = f"budget: max_calls {b.max_calls:,} reached"
         elif b.max_tokens is not None and (used >= b.max_tokens or used + tokens > b.max_tokens):
-            reason = f"budget: max_tokens {b.max_tokens} reached"
+            reason = f"budget: max_tokens {b.max_tokens:,} reached"
         elif b.max_cost_usd is not None and self.c.cost is None:
             reason = (
                 f"budget: max_cost_usd is set but model `{self.unpriced or self.model.id}` reports no price, "
