@@ -15,6 +15,7 @@ from corral.strategies.base import Outcome, Sample, Solver, Strategy
 from corral.tasks.base import Task
 
 from corral._result import RunResult  # noqa: I001
+from corral._eval import Evaluation, evaluate
 from corral.engine import make_model, run, run_async
 from corral.job import Budget, Job, ModelRef
 from corral.models.fake import FakeModel
@@ -31,6 +32,7 @@ __all__ = [
     "Column",
     "Completion",
     "CorralError",
+    "Evaluation",
     "ExtractStep",
     "FakeModel",
     "FieldSpec",
@@ -50,6 +52,7 @@ __all__ = [
     "Usage",
     "UserError",
     "errors",
+    "evaluate",
     "make_model",
     "open_store",
     "run",

@@ -26,9 +26,9 @@ import yaml
 
 from corral._registry import suggest
 from corral.engine import run_async
-from corral.errors import SourceError, UserError
-from corral.io import open_source
-from corral.io import read_table as io_read_table
+from corral import _labels
+from corral._labels import LABEL_FORMATS, matches  # noqa: F401  (the rules live in corral._labels)
+from corral.errors import UserError
 from corral.job import Job, ModelRef
 from corral.store import Store
 from corral.strategies import parse_strategy
@@ -38,7 +38,6 @@ from corral.strategies.single import Single
 from corral.strategies.vote import Vote
 from corral.tasks.base import Task
 
-LABEL_FORMATS = (".csv", ".tsv", ".jsonl", ".ndjson")
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 _MODEL_KEYS = ("model", "critic_model", "judge_model")
 
@@ -304,73 +303,6 @@ def read_candidates(value: str) -> list[Strategy]:
     return out
 
 
-# --- labels and the sample ---------------------------------------------------------------------
-
-
-def read_table(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
-    """Columns and rows of a CSV, TSV or JSONL file."""
-    ext = path.suffix.lower()
-    if ext not in LABEL_FORMATS:
-        raise CalibrationError(f"labels file {path} must be .csv, .tsv or .jsonl; convert or rename it")
-    if not path.is_file():
-        raise CalibrationError(f"labels file not found: {path}")
-    try:
-        return io_read_table(path)
-    except SourceError as e:
-        raise CalibrationError(f"labels file: {e}") from None
-
-
-def _norm(x: Any) -> Any:
-    if x is None:
-        return ""
-    if isinstance(x, bool):
-        return "true" if x else "false"
-    if isinstance(x, (int, float)):
-        return str(int(x)) if float(x).is_integer() else repr(float(x))
-    if isinstance(x, (list, tuple)):
-        return tuple(sorted((_norm(v) for v in x), key=str))
-    if isinstance(x, dict):
-        return tuple(sorted((str(k), _norm(v)) for k, v in x.items()))
-    return str(x).strip().casefold()
-
-
-_TRUE = {"true", "yes", "y", "1"}
-_FALSE = {"false", "no", "n", "0"}
-
-
-def _as_shape(label: Any, value: Any) -> Any:
-    """The label read in the value's shape: a list from JSON or `a;b`, an object from JSON, a
-    boolean from yes/no."""
-    if not isinstance(label, str):
-        return label
-    text = label.strip()
-    if isinstance(value, list):
-        if text.startswith("["):
-            try:
-                return json.loads(text)
-            except ValueError:
-                pass
-        sep = ";" if ";" in text else "|" if "|" in text else ","
-        return [p for p in (s.strip() for s in text.split(sep)) if p]
-    if isinstance(value, dict) and text.startswith("{"):
-        try:
-            return json.loads(text)
-        except ValueError:
-            return label
-    if isinstance(value, bool):
-        low = text.casefold()
-        if low in _TRUE:
-            return True
-        if low in _FALSE:
-            return False
-    return label
-
-
-def matches(value: Any, label: Any) -> bool:
-    """Whether a step's value equals the label: text after strip + casefold, lists as sorted."""
-    return _norm(value) == _norm(_as_shape(label, value))
-
-
 # --- the calibration ---------------------------------------------------------------------------
 
 
@@ -446,12 +378,7 @@ def prepare(
         )
     main = ModelRef.parse(model) if model is not None else job.model
 
-    cols, rows = read_table(labels)
-    if key not in cols:
-        raise CalibrationError(
-            f"labels file {labels.name} has no key column `{key}`{suggest(key, cols) or '.'} "
-            f"Its columns: {', '.join(cols) or '(none)'}; give --key-column"
-        )
+    cols, rows = _labels.read_labels(labels, key, CalibrationError)
     lab = label_column or (the_step.name if the_step.name in cols else "label")
     if lab not in cols:
         wanted = f"`{lab}`" if label_column else f"`{the_step.name}` or `label`"
@@ -459,37 +386,11 @@ def prepare(
             f"labels file {labels.name} has no label column {wanted}{suggest(lab, cols) or '.'} "
             f"Its columns: {', '.join(cols)}; give --label-column"
         )
-    truth: dict[str, Any] = {}
-    for r in rows:
-        k, v = r.get(key), r.get(lab)
-        if k is None or str(k) == "" or v is None or v == "":
-            continue
-        truth.setdefault(str(k), v)
+    truth: dict[str, Any] = {k: r[lab] for k, r in rows.items() if not _labels.blank(r.get(lab))}
     if not truth:
         raise CalibrationError(f"labels file {labels.name} has no row with both `{key}` and `{lab}`")
 
-    source = open_source(job.source, job.base_dir)
-    if key not in source.column_names:
-        raise CalibrationError(
-            f"source {source.path.name} has no key column `{key}`{suggest(key, source.column_names) or '.'} "
-            f"Its columns: {', '.join(source.column_names)}; give --key-column"
-        )
-    by_key: dict[str, dict[str, Any]] = {}
-    for row in source.rows():
-        if row.data is None:
-            continue
-        k = row.data.get(key)
-        if k is None or str(k) == "":
-            continue
-        k = str(k)
-        if k in truth and k not in by_key:
-            by_key[k] = row.data
-    if not by_key:
-        some = ", ".join(list(truth)[:3])
-        raise CalibrationError(
-            f"no labeled key is in the source: none of the {len(truth):,} keys of {labels.name} "
-            f"(e.g. {some}) is a `{key}` value of {source.path.name}"
-        )
+    columns, by_key = _labels.source_rows(job, key, truth, labels.name, CalibrationError)
     order = list(by_key)
     chosen = set(random.Random(seed).sample(order, min(sample, len(order))))
     sample_rows = [by_key[k] for k in order if k in chosen]
@@ -513,7 +414,7 @@ def prepare(
     plan = Plan(
         job=job, step=the_step, key_column=key, label_column=lab, labels_path=labels,
         labels={k: truth[k] for k in chosen}, labeled=len(truth), overlap=len(order), sample_rows=sample_rows,
-        columns=source.column_names, candidates=cands, target=target, seed=seed, model=model,
+        columns=columns, candidates=cands, target=target, seed=seed, model=model,
         folder=folder,
     )
     plan.jobs = [_candidate_job(plan, c.strategy, i) for i, c in enumerate(cands)]

@@ -527,6 +527,107 @@ def calibrate_cmd(
     out.print(cal.snippet(chosen.candidate.strategy).rstrip(), markup=False)
 
 
+# --- corral eval ----------------------------------------------------------------------------
+
+
+@main.command("eval")
+@click.argument("job_file", metavar="JOB", type=click.Path(path_type=Path))
+@click.option("--labels", "labels", metavar="FILE", type=click.Path(path_type=Path), default=None, help="Required. Labeled rows (CSV, TSV or JSONL): the key column and gold columns named like the sink's output columns.")
+@click.option("--run", "runs", metavar="RUN", multiple=True, help="Score this stored run (id, id prefix or job name) as it is; repeat to compare runs side by side. Default: the job's current run.")
+@click.option("--model", "model_name", metavar="NAME", default=None, help="The current run is the one with this model, as in `corral run`.")
+@click.option("--key-column", metavar="NAME", default=None, help="Key column of the labels and the source (default: the job's `key:`).")
+@click.option("--no-run", "no_run", is_flag=True, help="Never run the job: labeled rows without a final state count as not answered.")
+@click.option("--html", "html", metavar="FILE", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write a self-contained HTML report (tables, reliability diagram, coverage-vs-accuracy plot).")
+@_json_option
+@_store_option
+def eval_cmd(
+    job_file: Path, labels: Path | None, runs: tuple[str, ...], model_name: str | None, key_column: str | None,
+    no_run: bool, html: Path | None, as_json: bool, store: Path | None,
+) -> None:
+    """Score a run's answers against a labels file: accuracy, macro-F1 and confused pairs of
+    label steps; exact, normalised and null-aware accuracy of fields; what review caught;
+    calibration (ECE) of the recorded confidences; calls, tokens and cost per correct row.
+
+    Recorded answers are reused. Labeled rows the current run has not finished are run first
+    (the labeled rows alone, within the job's budget) unless --no-run. Notes go to stderr.
+    """
+    from corral import _eval
+
+    err = _err()
+    if labels is None:
+        _fail("--labels FILE is required: a CSV, TSV or JSONL file with the key column and gold columns named like the sink's")
+    model: Any = model_name
+    if model_name and model_name.lstrip().startswith("{"):
+        try:
+            model = yaml.safe_load(model_name)
+        except yaml.YAMLError:
+            _fail(f"--model {model_name!r} is not a valid mapping; write it like '{{name: fake, latency: 0.1}}'")
+
+    def progress(ev: dict[str, Any]) -> None:
+        if ev.get("phase") == "start":
+            err.print(f"running the labeled rows: run {ev['run']} · model {ev['model']}", markup=False)
+
+    try:
+        job = Job.load(job_file)
+        result = asyncio.run(_eval.evaluate_async(
+            job, labels=labels, runs=runs, model=model, store=store, key_column=key_column,
+            run_missing=not no_run, progress=progress, handle_signals=True))
+    except _eval.Interrupted as e:
+        err.print(f"{e}; finished work is saved. Run the same command again to resume.", markup=False)
+        sys.exit(EXIT_INTERRUPTED)
+    except (UserError, StoreError) as e:
+        _fail(str(e))
+    except CorralError as e:
+        _fail(str(e), EXIT_INTERNAL)
+    for note in result.notes:
+        err.print(note, markup=False)
+    if html is not None:
+        from corral import _report_html
+
+        try:
+            _report_html.write(result, html)
+        except OSError as e:
+            _fail(f"cannot write {html}: {e.strerror or e}; give --html a writable path")
+        err.print(f"HTML report: {html}", markup=False)
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+        return
+    out = _out()
+    for i, t in enumerate([_eval.summary_table(result)] + [d for r in result.runs for d in _eval.detail_tables(r)]):
+        if i:
+            click.echo()
+        _print_table(out, t)
+    lines = _eval.missing_confidences(result)
+    if result.unscored_steps:
+        lines.append(f"not scored (no gold column in the labels file): {', '.join(result.unscored_steps)}")
+    if result.unused_columns:
+        lines.append(f"labels columns no step writes (ignored): {', '.join(result.unused_columns)}")
+    if lines:
+        click.echo()
+        for line in lines:
+            click.echo(line)
+
+
+def _print_table(console: Console, t: Any) -> None:
+    """A report table: a rich table on a terminal; aligned plain lines otherwise (piped output
+    stays greppable, with no trailing spaces)."""
+    if console.is_terminal:
+        from rich.text import Text
+
+        table = Table(title=t.title, title_justify="left")
+        for i, h in enumerate(t.headers):
+            table.add_column(h, justify="left" if i == 0 else "right")
+        for row in t.rows:
+            table.add_row(*(Text(c) for c in row))
+        console.print(table)
+        return
+    widths = [max(len(r[i]) for r in [t.headers, *t.rows]) for i in range(len(t.headers))]
+    click.echo(t.title)
+    for row in [t.headers, *t.rows]:
+        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        click.echo("  ".join(cells).rstrip())
+
+
 # --- corral runs / status / show ---------------------------------------------------------
 
 
