@@ -372,6 +372,8 @@ def test_the_jobs_budget_applies_to_the_labeled_rows(proj: Path):
     ("unknown run", "no run matches `nope`"),
     ("no run yet and --no-run", "leave out --no-run"),
     ("bad model", "--model"),
+    ("job without a key", "give --key-column"),
+    ("run without the labeled keys", "has none of the labeled keys"),
 ])
 def test_bad_input_is_one_line_with_the_fix(proj: Path, case: str, fix: str):
     job = str(proj / "tickets.yaml")
@@ -396,7 +398,16 @@ def test_bad_input_is_one_line_with_the_fix(proj: Path, case: str, fix: str):
         args += ["--no-run"]
     elif case == "bad model":
         args = ["--labels", labels, "--model", "{name: fake"]
+    elif case == "job without a key":
+        spec = yaml.safe_load((proj / "tickets.yaml").read_text())
+        del spec["key"]
+        job = str(write(proj / "nokey.yaml", yaml.safe_dump(spec, sort_keys=False)))
+    elif case == "run without the labeled keys":
+        ran = run_job(proj / "tickets.yaml", "fake", "--limit", "2")
+        args = ["--labels", str(write(proj / "l.csv", "ticket_id,category\nX-1,billing\n")), "--run", ran["run"]]
     r = cli("eval", job, *args)
+    if case == "no run yet and --no-run":
+        assert not (proj.parent / "store" / "corral.db").exists()  # no empty store left behind
     assert r.exit_code == 2, r.output
     assert r.stdout == ""
     lines = r.stderr.strip().splitlines()
@@ -484,3 +495,42 @@ def test_html_report_opens_in_chromium(proj: Path, tmp_path: Path):
     kept = Path(tempfile.gettempdir()) / "corral-eval-report.png"
     shutil.copy(shot, kept)
     print(f"screenshot of the eval report: {kept}")
+
+
+def test_filter_step_scored_as_yes_no_labels(proj: Path):
+    """A filter's answer is its label (yes/no in the labels file); the rows it skips are a group of
+    their own, and the step after it has no answer for them."""
+    spec = yaml.safe_load((proj / "tickets.yaml").read_text())
+    spec["steps"] = [{"name": "is_billing", "task": "filter", "input": spec["steps"][0]["input"],
+                      "question": "Is this ticket about billing?"}, spec["steps"][0]]
+    job = write(proj / "filter.yaml", yaml.safe_dump(spec, sort_keys=False))
+    labels = labels_of(proj)
+    with (proj / "filter_labels.csv").open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["ticket_id", "is_billing", "category"])
+        for k, g in labels.items():
+            w.writerow([k, "yes" if g["category"] == "billing" else "no", g["category"]])
+    run_job(job, model(proj))
+    r = cli("eval", str(job), "--labels", str(proj / "filter_labels.csv"), "--model", model(proj), "--json")
+    assert r.exit_code == 0, r.output
+    [run] = json.loads(r.stdout)["runs"]
+    kept = {row["ticket_id"]: row for row in read_csv(proj / "out" / "tickets.csv")}
+    skipped = {row["ticket_id"] for row in read_csv(proj / "out" / "tickets.skipped.csv")}
+    assert kept and skipped and len(kept) + len(skipped) == 243
+    flt = next(s for s in run["steps"] if s["step"] == "is_billing")
+    assert flt["kind"] == "labels" and flt["answered"] == 243
+    right = sum((labels[k]["category"] == "billing") == (k in kept) for k in labels)
+    assert flt["correct"] == right
+    pairs = [("yes" if labels[k]["category"] == "billing" else "no", "yes" if k in kept else "no") for k in labels]
+    assert flt["labels"]["macro_f1"] == pytest.approx(macro_f1(pairs), abs=1e-6)
+    groups = {g["group"]: g for g in flt["groups"]}
+    assert groups["written"]["rows"] == len(kept) and groups["skipped"]["rows"] == len(skipped)
+    assert groups["skipped"]["correct"] == sum(labels[k]["category"] != "billing" for k in skipped)
+    cat = next(s for s in run["steps"] if s["step"] == "category")
+    assert cat["answered"] == len(kept)
+    assert cat["correct"] == sum(kept[k]["category"] == labels[k]["category"] for k in kept)
+    assert {g["group"]: g["answered"] for g in cat["groups"]} == {"written": len(kept), "skipped": 0}
+    # a row is correct when right at every step it reached: a rightly skipped row is correct
+    assert run["correct"] == sum(
+        (labels[k]["category"] == "billing") == (k in kept) and (k not in kept or kept[k]["category"] == labels[k]["category"])
+        for k in labels)

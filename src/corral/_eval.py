@@ -36,8 +36,9 @@ What is measured, per step:
   (rows sorted by confidence, highest first; the accuracy of the top k as a share k of them);
   and the calls, tokens and cost of the labeled rows (replays counted at the price first paid).
 
-A labeled row is correct when it is correct for every scored step; cost per correct row is the
-labeled rows' cost over that count.
+A labeled row is correct when it is correct for every scored step it reached (a row a filter
+skipped is judged on the steps up to the filter); cost per correct row is the labeled rows' cost
+over that count.
 """
 
 from __future__ import annotations
@@ -702,8 +703,10 @@ def score_run(st: Store, info: RunInfo, job: Job, gold: dict[str, dict[str, Any]
 
 def _row_correct(step: Task, gold_cols: dict[str, str], row: _Row, g: dict[str, Any]) -> bool:
     """A row is right for a step when it is answered and right (a label step's row without a
-    label does not count against it)."""
+    label does not count against it, nor a step a filter's skip kept the row from)."""
     value = row.outputs.get(step.name)
+    if value is None and row.state == "skipped":
+        return True
     if step.task in LABEL_TASKS:
         step_col, gcol = next(iter(gold_cols.items()))
         if _labels.blank(g.get(gcol)):
@@ -830,8 +833,12 @@ async def evaluate_async(
         raise EvalError(f"labels file {labels.name} has only the key column `{key}`; add gold columns named like the sink's")
     own = not isinstance(store, Store)
     path = None if isinstance(store, Store) else Path(store) if store is not None else store_path_for(job)
-    if own and runs and path is not None and not path.exists():
-        raise EvalError(f"no store at {path}; give --store, or run the job first")
+    if own and path is not None and not path.exists():
+        if runs:
+            raise EvalError(f"no store at {path}; give --store, or run the job first")
+        if not run_missing:
+            raise EvalError(f"no store at {path}, so no run of job `{job.name}` to score: run `corral run` "
+                            "on the job first, or leave out --no-run to let eval run the labeled rows")
     st: Store = store if isinstance(store, Store) else open_store(path)
     notes: list[str] = []
     try:

@@ -614,7 +614,8 @@ def _print_table(console: Console, t: Any) -> None:
     if console.is_terminal:
         from rich.text import Text
 
-        table = Table(title=t.title, title_justify="left")
+        console.print(Text(t.title, style="bold"))  # above the table: a title in it wraps to its width
+        table = Table()
         for i, h in enumerate(t.headers):
             table.add_column(h, justify="left" if i == 0 else "right")
         for row in t.rows:
