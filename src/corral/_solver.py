@@ -145,6 +145,7 @@ class StepSolver:
                 break
             try:
                 answer = step.parse(comp, request)
+                grounding = step.ground(answer, self.context)  # may null values, or refuse them
             except OutputError as e:
                 reason = str(e)
                 last = e.kind
@@ -162,6 +163,8 @@ class StepSolver:
                 data["confidence"] = conf
             if problems:
                 data["problems"] = problems
+            if grounding is not None:
+                data["grounding"] = grounding
             if reasoning is not None:
                 data["reasoning"] = reasoning
             self.flush()

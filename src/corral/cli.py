@@ -56,7 +56,7 @@ _store_option = click.option(
     default=None,
     envvar=STORE_ENV,
     show_envvar=True,
-    help="Store file (default: the first .corral/corral.db found from the job file's folder upwards for run and calibrate, from the working directory upwards for the other commands; see docs/cli.md).",
+    help="Store file (default: the first .corral/corral.db found from the job file's folder upwards for run, calibrate and eval, from the working directory upwards for the other commands; see docs/cli.md).",
 )
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 
@@ -879,10 +879,36 @@ def _print_call(console: Console, c: dict[str, Any], seen: list[tuple[int, list[
     if reasoning:
         console.print("[reasoning]", markup=False)
         console.print(str(reasoning), markup=False)
+    for line in _grounding_lines(data.get("grounding"), data.get("answer")):
+        console.print(line, markup=False)
     if problems:
         console.print("[failed checks]", markup=False)
         for p in problems:
             console.print(f"- {p}", markup=False)
+
+
+def _grounding_lines(g: Any, answer: Any) -> list[str]:
+    """Where each grounded field's value was found in the call's rendered input (character
+    offsets), or that it was not; and the values ``on_ungrounded: null`` set to null."""
+    if not isinstance(g, dict):
+        return []
+    answer = answer if isinstance(answer, dict) else {}
+    lines = []
+    for name, where in (g.get("spans") or {}).items():
+        value = answer.get(name)
+        pairs = zip(where, value) if isinstance(where, list) and isinstance(value, list) else [(where, value)]
+        for w, v in pairs:
+            if isinstance(w, dict):
+                s, e = w.get("span") or [0, 0]
+                lines.append(f"[grounded] {name}: found `{w.get('found')}` at {s}-{e} of the input")
+            elif v is not None:
+                shown = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+                lines.append(f"[grounded] {name} `{shown}`: not found in the input")
+    for name, v in (g.get("nulled") or {}).items():
+        for item in v if isinstance(v, list) else [v]:
+            shown = item if isinstance(item, str) else json.dumps(item, ensure_ascii=False)
+            lines.append(f"[grounded] {name} `{shown}`: not found in the input; set to null")
+    return lines
 
 
 def _decision_lines(c: dict[str, Any]) -> list[str]:

@@ -74,6 +74,53 @@ def _canonical(schema: dict[str, Any]) -> str:
     return json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
 
 
+# llama.cpp's JSON-schema converter copies `\d` into the grammar as the two characters: as classes
+_CLASS_ESCAPES = {"d": "0-9", "w": "A-Za-z0-9_", "s": " \\t\\n\\r"}
+
+
+def grammar_pattern(pattern: str) -> str:
+    """A JSON-schema ``pattern`` in the syntax llama.cpp's grammar converter knows: the class
+    escapes ``\\d``, ``\\w`` and ``\\s`` written as character classes (``[0-9]``...)."""
+    out: list[str] = []
+    i, in_class = 0, False
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\" and i + 1 < len(pattern):
+            nxt = pattern[i + 1]
+            if nxt in _CLASS_ESCAPES:
+                body = _CLASS_ESCAPES[nxt]
+                out.append(body if in_class else f"[{body}]")
+            else:
+                out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        if c == "[" and not in_class:
+            in_class = True
+        elif c == "]" and in_class:
+            in_class = False
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def grammar_schema(s: Any) -> Any:
+    """``s`` with every string ``pattern`` rewritten by :func:`grammar_pattern` (the request's
+    schema itself, and so its cache key, is left as it is)."""
+    if isinstance(s, list):
+        return [grammar_schema(x) for x in s]
+    if not isinstance(s, dict):
+        return s
+    out = {}
+    for k, v in s.items():
+        if k == "pattern" and isinstance(v, str):
+            out[k] = grammar_pattern(v)
+        elif k == "properties" and isinstance(v, dict):
+            out[k] = {name: grammar_schema(sub) for name, sub in v.items()}
+        else:
+            out[k] = grammar_schema(v)
+    return out
+
+
 class LocalModel(Model):
     """A GGUF model run in-process by llama.cpp (``llama-cpp-python``).
 
@@ -165,7 +212,9 @@ class LocalModel(Model):
             import llama_cpp
 
             try:
-                grammar = llama_cpp.LlamaGrammar.from_json_schema(key, verbose=False)
+                grammar = llama_cpp.LlamaGrammar.from_json_schema(
+                    _canonical(grammar_schema(schema)), verbose=False
+                )
             except Exception as e:
                 raise PermanentModelError(
                     f"the local model cannot turn this JSON schema into a grammar: {e}"

@@ -166,12 +166,13 @@ class Task(BaseModel):
             if st.name == "best_of" and getattr(st, "judge_model", None) and not getattr(st, "judge", None):
                 raise ValueError("strategy `best_of`: `judge_model` is set but `judge` is not; "
                                  "give the judge its instructions with `judge:`")
-            if st.name == "refine" and not self.checks and not getattr(st, "critic", None):
+            checked = bool(self.checks) or self.checks_fields()
+            if st.name == "refine" and not checked and not getattr(st, "critic", None):
                 raise ValueError(
                     "strategy `refine` has nothing to check answers with; add `checks:` to the "
                     "step or a `critic:` to the strategy"
                 )
-            if st.name == "best_of" and not self.checks and not getattr(st, "judge", None):
+            if st.name == "best_of" and not checked and not getattr(st, "judge", None):
                 raise ValueError(
                     "strategy `best_of` has nothing to score answers with; add `checks:` to the "
                     "step or a `judge:` to the strategy"
@@ -274,12 +275,37 @@ class Task(BaseModel):
         ``None`` (the default): the step's output is null, as when its ``when:`` is false."""
         return None
 
+    def ground(self, answer: dict[str, Any], context: dict[str, Any]) -> dict[str, Any] | None:
+        """Look for the answer's ``grounded`` fields in the step's rendered input, right after
+        the answer is parsed: what the trace keeps of it (where each value was found), or
+        ``None`` when the step has no grounded field. Under ``on_ungrounded: null`` the values
+        that do not occur are set to null in ``answer``; under ``quarantine`` they raise an
+        :class:`~corral.errors.OutputError` (the answer is unusable)."""
+        return None
+
+    def checks_fields(self) -> bool:
+        """Whether :meth:`field_problems` can find anything (a field has a rule or is grounded):
+        then `refine` and `best_of` have something to check answers with besides ``checks:``."""
+        return False
+
+    def field_problems(self, answer: dict[str, Any], context: dict[str, Any]) -> list[str]:
+        """The answer's fields' problems: broken field rules (``pattern``, ``minimum``,
+        ``maximum``, a real date) and grounded values that do not occur in the input."""
+        return []
+
+    def validation_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+        """The schema an answer is parsed against, from the one sent to the model: a task whose
+        field rules are checked as problems (:meth:`field_problems`) leaves them out here."""
+        return schema
+
     def failed_checks(self, answer: dict[str, Any], context: dict[str, Any]) -> list[str]:
-        """The ``checks:`` this answer fails, as readable problems (empty when it passes)."""
+        """The problems of this answer: its fields' (:meth:`field_problems`), then the
+        ``checks:`` it fails, as readable problems (empty when it passes)."""
+        fields = self.field_problems(answer, context)
         if not self.checks:  # a plain field: private attributes are slow to read on a model
-            return []
+            return fields
         names = {**context, **answer, "answer": answer}
-        out = []
+        out = fields
         for c in self._checks:
             try:
                 ok = c(names)
@@ -373,7 +399,7 @@ class Task(BaseModel):
         if not isinstance(data, dict):
             raise InvalidOutput(f"response is JSON {type(data).__name__}, expected an object")
         schema = request.schema if request is not None and request.schema else self._schema
-        validator, valid = _validator(schema)
+        validator, valid = _validator(self.validation_schema(schema))
         text = completion.text
         if text in valid:  # this exact text already passed this schema (labels repeat a lot)
             return data

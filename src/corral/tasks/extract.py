@@ -8,6 +8,7 @@ makes exactly the call it would make without chunking.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import re
 from collections import Counter
@@ -25,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from corral._grounding import find
 from corral.errors import InvalidOutput
 from corral.io.base import Column
 from corral.models.base import Message, Request
@@ -43,12 +45,37 @@ _CHUNK = "\x00chunk"
 _PART = "\x00part"
 
 
-def _scalar_schema(kind: str, max_length: int | None = None) -> dict[str, Any]:
+def _scalar_schema(kind: str, max_length: int | None = None, rules: dict[str, Any] | None = None) -> dict[str, Any]:
     if kind == "date":
         return {"type": "string", "format": "date"}
     if kind == "string" and max_length is not None:
-        return {"type": "string", "maxLength": max_length}
-    return {"type": _JSON_TYPES[kind]}
+        return {"type": "string", "maxLength": max_length, **(rules or {})}
+    return {"type": _JSON_TYPES[kind], **(rules or {})}
+
+
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _real_date(v: str) -> bool:
+    """Whether ``v`` is a date as YYYY-MM-DD naming a day of the calendar."""
+    if not _ISO_DATE.fullmatch(v):
+        return False
+    try:
+        _dt.date.fromisoformat(v)
+    except ValueError:
+        return False
+    return True
+
+
+def wire_pattern(pattern: str) -> str:
+    """A field's ``pattern`` (matched against the whole value) as a JSON-schema pattern (which
+    matches anywhere in the value): anchored at both ends, as local grammars also require."""
+    if pattern.startswith("^") and pattern.endswith("$") and not pattern.endswith("\\$") and "|" not in pattern:
+        return pattern
+    core = pattern[1:] if pattern.startswith("^") else pattern
+    if core.endswith("$") and not core.endswith("\\$"):
+        core = core[:-1]
+    return f"^({core})$"
 
 
 def _drop_defaults(
@@ -81,6 +108,24 @@ class FieldSpec(BaseModel):
         description="how the values of a chunked document's parts are merged: first, "
         "most_common or all (a list of the distinct values)",
     )
+    grounded: bool = Field(
+        False, description="the value must occur in the step's input (each item, for a list)"
+    )
+    pattern: str | None = Field(
+        None, description="a regular expression the whole string must match, for strings"
+    )
+    minimum: float | None = Field(None, description="smallest allowed value, for numbers")
+    maximum: float | None = Field(None, description="largest allowed value, for numbers")
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"`pattern` {v!r} is not a regular expression: {e}") from None
+        return v
 
     @model_validator(mode="after")
     def _enum_values(self) -> FieldSpec:
@@ -93,11 +138,61 @@ class FieldSpec(BaseModel):
             raise ValueError("`max_length` only applies to strings")
         if self.max_items is not None and self.type != "list":
             raise ValueError("`max_items` only applies to type list")
+        if self.pattern is not None and not is_text:
+            raise ValueError("`pattern` only applies to strings (type string, or a list of strings)")
+        is_number = self.item_kind in ("number", "integer")
+        for key in ("minimum", "maximum"):
+            if getattr(self, key) is not None and not is_number:
+                raise ValueError(f"`{key}` only applies to numbers (type number or integer, or a list of them)")
+        if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
+            raise ValueError(f"`minimum` ({self.minimum:g}) is larger than `maximum` ({self.maximum:g})")
+        if self.grounded and self.item_kind == "boolean":
+            raise ValueError("`grounded` does not apply to booleans: a yes/no is not quoted from the text")
         return self
 
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
-        return _drop_defaults(self, handler, {"merge": "first", "max_items": None})
+        return _drop_defaults(self, handler, {
+            "merge": "first", "max_items": None, "grounded": False, "pattern": None,
+            "minimum": None, "maximum": None,
+        })
+
+    @property
+    def item_kind(self) -> str:
+        """The type of the value, or of each item for a list."""
+        return self.items if self.type == "list" else self.type
+
+    def _rules(self) -> dict[str, Any]:
+        """The value rules of the JSON schema (sent to the model, checked after the answer)."""
+        rules: dict[str, Any] = {}
+        if self.pattern is not None:
+            rules["pattern"] = wire_pattern(self.pattern)
+        for key in ("minimum", "maximum"):
+            v = getattr(self, key)
+            if v is not None:
+                rules[key] = int(v) if float(v).is_integer() else v
+        return rules
+
+    def problems(self, name: str, value: Any) -> list[str]:
+        """What is wrong with ``value`` by this field's rules (pattern, minimum, maximum, a real
+        date): readable problems naming the field and the rule; empty when it passes."""
+        if value is None:
+            return []
+        out = []
+        for v in value if self.type == "list" and isinstance(value, list) else [value]:
+            if v is None:
+                continue
+            shown = f"{name} `{v if isinstance(v, str) else json.dumps(v)}`"
+            if self.item_kind == "date" and isinstance(v, str) and not _real_date(v):
+                out.append(f"{shown} is not a date as YYYY-MM-DD (a real calendar day)")
+            if self.pattern is not None and isinstance(v, str) and not re.fullmatch(self.pattern, v):
+                out.append(f"{shown} does not match {self.pattern}")
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                if self.minimum is not None and v < self.minimum:
+                    out.append(f"{shown} is below the minimum {self.minimum:g}")
+                if self.maximum is not None and v > self.maximum:
+                    out.append(f"{shown} is above the maximum {self.maximum:g}")
+        return out
 
     def schema(self) -> dict[str, Any]:  # type: ignore[override]
         if self.type == "enum":
@@ -105,11 +200,11 @@ class FieldSpec(BaseModel):
             s: dict[str, Any] = {"enum": vals + [None] if self.nullable else vals}
         else:
             if self.type == "list":
-                base = {"type": "array", "items": _scalar_schema(self.items, self.max_length)}
+                base = {"type": "array", "items": _scalar_schema(self.items, self.max_length, self._rules())}
                 if self.max_items is not None:
                     base["maxItems"] = self.max_items
             else:
-                base = _scalar_schema(self.type, self.max_length)
+                base = _scalar_schema(self.type, self.max_length, self._rules())
             s = {"anyOf": [base, {"type": "null"}]} if self.nullable else base
         if self.description:
             s = {**s, "description": self.description}
@@ -123,6 +218,14 @@ class FieldSpec(BaseModel):
                 kind += f", at most {self.max_items}"
         if self.type == "date":
             kind = "date as YYYY-MM-DD"
+        if self.pattern is not None:
+            kind += f" matching {self.pattern}"
+        if self.minimum is not None:
+            kind += f", >= {self.minimum:g}"
+        if self.maximum is not None:
+            kind += f", <= {self.maximum:g}"
+        if self.grounded:
+            kind += ", copied from the text"
         if self.nullable:
             kind += ", or null if not stated"
         return kind
@@ -166,6 +269,164 @@ def describe_fields(fields: dict[str, FieldSpec]) -> str:
         desc = f": {f.description}" if f.description else ""
         lines.append(f"- {name} ({f.describe()}){desc}")
     return "\n".join(lines)
+
+
+# --- field rules and grounding ------------------------------------------------------------
+
+#: what a step does with a value of a ``grounded`` field that does not occur in its input
+OnUngrounded = Literal["null", "review", "quarantine"]
+
+ON_UNGROUNDED_HELP = (
+    "a `grounded` field's value that does not occur in the input: `review` holds the row for "
+    "review with the answer (default), `null` makes the field null (drops the item, in a list) "
+    "and goes on, `quarantine` asks again like an unusable answer, then quarantines the row. "
+    "Under `strategy: refine` the value is a problem its repair sees"
+)
+
+#: JSON-schema keywords of the field rules: sent to the model, checked after the answer
+#: (as problems, not as a broken schema)
+RULE_KEYWORDS = frozenset({"pattern", "minimum", "maximum", "format"})
+
+
+def _kind_of(f: FieldSpec) -> str:
+    k = f.item_kind
+    return "date" if k == "date" else "number" if k in ("number", "integer") else "text"
+
+
+def _shown(name: str, v: Any) -> str:
+    return f"{name} `{v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}`"
+
+
+def _ungrounded(fields: dict[str, FieldSpec], answer: dict[str, Any], text: str) -> tuple[
+    dict[str, Any], list[tuple[str, Any]]
+]:
+    """Where each grounded field's value occurs in ``text`` (``{"span": [start, end], "found":
+    the text there}``, a list of those for a list field, ``None`` where it does not occur), and
+    the (field, value) pairs that do not occur."""
+    spans: dict[str, Any] = {}
+    missing: list[tuple[str, Any]] = []
+    for name, f in fields.items():
+        if not f.grounded or answer.get(name) is None:
+            continue
+        v = answer[name]
+        kind = _kind_of(f)
+        if f.type == "list" and isinstance(v, list):
+            got = []
+            for item in v:
+                where = None if item is None else _at(find(item, text, kind), text)  # type: ignore[arg-type]
+                if where is None and item is not None:
+                    missing.append((name, item))
+                got.append(where)
+            spans[name] = got
+        else:
+            where = _at(find(v, text, kind), text)  # type: ignore[arg-type]
+            if where is None:
+                missing.append((name, v))
+            spans[name] = where
+    return spans, missing
+
+
+def _at(span: tuple[int, int] | None, text: str) -> dict[str, Any] | None:
+    return None if span is None else {"span": list(span), "found": text[span[0]:span[1]]}
+
+
+def ungrounded_problem(name: str, value: Any) -> str:
+    return f"{_shown(name, value)} does not occur in the input"
+
+
+def ground_fields(
+    fields: dict[str, FieldSpec], answer: dict[str, Any], text: str, mode: str
+) -> dict[str, Any] | None:
+    """Look for each grounded field's value in ``text``; what the trace keeps: ``spans`` (see
+    :func:`_ungrounded`) and, with ``mode`` ``null``, the values set to null (``nulled``; the
+    answer is changed in place). With ``mode`` ``quarantine`` a value that does not occur raises
+    :class:`InvalidOutput`; with ``problem`` it is left for :func:`field_problems`."""
+    if not any(f.grounded for f in fields.values()):
+        return None
+    spans, missing = _ungrounded(fields, answer, text)
+    out: dict[str, Any] = {"spans": spans}
+    if missing and mode == "quarantine":
+        raise InvalidOutput("; ".join(ungrounded_problem(n, v) for n, v in missing))
+    if missing and mode == "null":
+        nulled: dict[str, Any] = {}
+        for name in dict.fromkeys(n for n, _ in missing):
+            f, v = fields[name], answer[name]
+            if f.type == "list" and isinstance(v, list):
+                answer[name] = [x for x, w in zip(v, spans[name]) if w is not None or x is None]
+                nulled[name] = [x for x, w in zip(v, spans[name]) if w is None and x is not None]
+            else:
+                answer[name] = None
+                nulled[name] = v
+        out["nulled"] = nulled
+    return out
+
+
+def field_problems(fields: dict[str, FieldSpec], answer: dict[str, Any], text: str | None) -> list[str]:
+    """The answer's problems by its fields' rules, then its grounded values that do not occur
+    in ``text`` (``None``: no field is grounded)."""
+    out: list[str] = []
+    for name, f in fields.items():
+        out += f.problems(name, answer.get(name))
+    if text is not None:
+        out += [ungrounded_problem(n, v) for n, v in _ungrounded(fields, answer, text)[1]]
+    return out
+
+
+_LOOSE: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+
+
+def without_rules(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` without the field rules' keywords (:data:`RULE_KEYWORDS`): what an answer is
+    parsed against, so a broken rule is a problem (repaired, or held for review), not an
+    unusable answer."""
+    hit = _LOOSE.get(id(schema))
+    if hit is not None and hit[0] is schema:
+        return hit[1]
+    loose = _strip_rules(schema)
+    if len(_LOOSE) > 256:
+        _LOOSE.clear()
+    _LOOSE[id(schema)] = (schema, loose)
+    return loose
+
+
+def _strip_rules(s: Any) -> Any:
+    if not isinstance(s, dict):
+        return s
+    out = {k: v for k, v in s.items() if k not in RULE_KEYWORDS}
+    if isinstance(out.get("properties"), dict):
+        out["properties"] = {k: _strip_rules(v) for k, v in out["properties"].items()}
+    if "items" in out:
+        out["items"] = _strip_rules(out["items"])
+    for key in ("anyOf", "oneOf"):
+        if isinstance(out.get(key), list):
+            out[key] = [_strip_rules(x) for x in out[key]]
+    return out
+
+
+def has_rules(fields: dict[str, FieldSpec] | None) -> bool:
+    """Whether any field has a rule checked after the answer (pattern, minimum, maximum, date)."""
+    return any(
+        f.pattern is not None or f.minimum is not None or f.maximum is not None or f.item_kind == "date"
+        for f in (fields or {}).values()
+    )
+
+
+def ungrounded_mode(step: Task, on_ungrounded: str) -> str:
+    """``problem`` when the step's strategy repairs (refine, in any stage) or ``on_ungrounded``
+    is ``review``; else ``null`` or ``quarantine``."""
+    stages = getattr(step.strategy, "stages", None) or [step.strategy]
+    if on_ungrounded == "review" or any(st.name == "refine" for st in stages):
+        return "problem"
+    return on_ungrounded
+
+
+def check_on_ungrounded(step: Task, fields: dict[str, FieldSpec] | None) -> None:
+    if "on_ungrounded" in step.model_fields_set and not any(f.grounded for f in (fields or {}).values()):
+        raise ValueError("`on_ungrounded` is set but no field is `grounded: true`")
+
+
+def yaml_null(v: Any) -> Any:
+    return "null" if v is None else v  # YAML reads a bare `on_ungrounded: null` as None
 
 
 # --- chunking -------------------------------------------------------------------------------
@@ -303,6 +564,8 @@ class ExtractStep(Task):
     def _names(cls, v: dict[str, FieldSpec]) -> dict[str, FieldSpec]:
         return check_field_names(v)
 
+    on_ungrounded: OnUngrounded = Field("review", description=ON_UNGROUNDED_HELP)
+
     @field_validator("chunking", mode="before")
     @classmethod
     def _chunking_shorthand(cls, v: Any) -> Any:
@@ -312,9 +575,59 @@ class ExtractStep(Task):
             return None
         return v
 
+    @field_validator("on_ungrounded", mode="before")
+    @classmethod
+    def _ungrounded_null(cls, v: Any) -> Any:
+        return yaml_null(v)
+
+    @model_validator(mode="after")
+    def _ungrounded_needs_a_field(self) -> ExtractStep:
+        check_on_ungrounded(self, self.fields)
+        return self
+
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
-        return self._without_later_defaults(_drop_defaults(self, handler, {"chunking": None}))
+        return self._without_later_defaults(
+            _drop_defaults(self, handler, {"chunking": None, "on_ungrounded": "review"})
+        )
+
+    # --- field rules and grounding -------------------------------------------------------
+
+    def _fields_for(self, context: dict[str, Any]) -> dict[str, FieldSpec]:
+        return self._part_fields if _CHUNK in context else self.fields
+
+    def _input_for(self, context: dict[str, Any]) -> str:
+        """The rendered input the answer was taken from: the chunk's text, for a chunk."""
+        return context[_CHUNK] if _CHUNK in context else self.template.render(context)
+
+    @cached_property
+    def _grounded(self) -> bool:
+        return any(f.grounded for f in self.fields.values())
+
+    @cached_property
+    def _has_rules(self) -> bool:
+        return has_rules(self.fields)
+
+    @cached_property
+    def _mode(self) -> str:
+        return ungrounded_mode(self, self.on_ungrounded)
+
+    def ground(self, answer: dict[str, Any], context: dict[str, Any]) -> dict[str, Any] | None:
+        if not self._grounded:
+            return None
+        return ground_fields(self._fields_for(context), answer, self._input_for(context), self._mode)
+
+    def checks_fields(self) -> bool:
+        return self._has_rules or self._grounded
+
+    def field_problems(self, answer: dict[str, Any], context: dict[str, Any]) -> list[str]:
+        if not (self._has_rules or self._grounded):
+            return []
+        text = self._input_for(context) if self._grounded else None
+        return field_problems(self._fields_for(context), answer, text)
+
+    def validation_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+        return without_rules(schema) if self._has_rules else schema
 
     def output_schema(self) -> dict[str, Any]:
         return fields_schema(self.fields)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from functools import cached_property
 from typing import Any, Literal
 
 from jsonschema import Draft202012Validator
@@ -20,11 +21,20 @@ from corral.models.base import Message, Request
 from corral.tasks.base import Task
 from corral.tasks.extract import (
     CHUNKS_KEY,
+    ON_UNGROUNDED_HELP,
     FieldSpec,
+    OnUngrounded,
     check_field_names,
+    check_on_ungrounded,
     describe_fields,
+    field_problems,
     fields_schema,
+    ground_fields,
+    has_rules,
     parse_fields,
+    ungrounded_mode,
+    without_rules,
+    yaml_null,
 )
 
 _SCALAR_COLUMNS = {"string": "string", "number": "number", "integer": "integer", "boolean": "boolean"}
@@ -152,6 +162,12 @@ with warnings.catch_warnings():
         schema: dict[str, Any] | None = Field(  # type: ignore[assignment]
             None, description="a JSON schema of an object, instead of `fields`"
         )
+        on_ungrounded: OnUngrounded = Field("review", description=ON_UNGROUNDED_HELP)
+
+        @field_validator("on_ungrounded", mode="before")
+        @classmethod
+        def _ungrounded_null(cls, v: Any) -> Any:
+            return yaml_null(v)
 
         @field_validator("instructions")
         @classmethod
@@ -188,7 +204,46 @@ with warnings.catch_warnings():
                     "declare the output with exactly one of `fields:` (like extract) or `schema:` "
                     "(a JSON schema of an object)"
                 )
+            check_on_ungrounded(self, self.fields)
             return self
+
+        def _without_later_defaults(self, data: Any) -> Any:
+            data = super()._without_later_defaults(data)
+            if isinstance(data, dict) and data.get("on_ungrounded") == "review":
+                del data["on_ungrounded"]
+            return data
+
+        # --- field rules and grounding (``fields:`` only) ---------------------------------
+
+        @cached_property
+        def _grounded(self) -> bool:
+            return any(f.grounded for f in (self.fields or {}).values())
+
+        @cached_property
+        def _has_rules(self) -> bool:
+            return has_rules(self.fields)
+
+        @cached_property
+        def _mode(self) -> str:
+            return ungrounded_mode(self, self.on_ungrounded)
+
+        def ground(self, answer: dict[str, Any], context: dict[str, Any]) -> dict[str, Any] | None:
+            if not self._grounded:
+                return None
+            assert self.fields is not None
+            return ground_fields(self.fields, answer, self.template.render(context), self._mode)
+
+        def checks_fields(self) -> bool:
+            return self._has_rules or self._grounded
+
+        def field_problems(self, answer: dict[str, Any], context: dict[str, Any]) -> list[str]:
+            if not (self._has_rules or self._grounded):
+                return []
+            text = self.template.render(context) if self._grounded else None
+            return field_problems(self.fields or {}, answer, text)
+
+        def validation_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+            return without_rules(schema) if self._has_rules else schema
 
         def output_schema(self) -> dict[str, Any]:
             if self.fields is not None:
