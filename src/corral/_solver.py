@@ -7,22 +7,24 @@ calls from the cache and takes the same path. It keeps the record's budget and t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
 import math
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from corral.errors import OutputError, PermanentModelError, TransientModelError
+from corral.errors import OutputError, PermanentModelError, TransientModelError, UserError
 from corral.job import RecordBudget
 from corral.models.base import Completion, Message, Request
 from corral.store.base import AttemptRecord, LeasedRecord
 from corral.strategies.base import Outcome, Sample
-from corral.tasks.base import Task, _validator
+from corral.tasks.base import CONTENT_FREE, Task, _validator
 
 if TYPE_CHECKING:  # pragma: no cover
     from corral.engine import _Committer, _Runner
@@ -72,6 +74,65 @@ def _prompt_tokens(request: Request) -> int:
     return sum(len(m.content) for m in request.messages) // 4
 
 
+#: the content-free scores of a run's steps, by request hash, while the run goes on
+_CONTENT_FREE: weakref.WeakKeyDictionary[Any, dict[str, asyncio.Future[dict[str, float] | None]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _choice_scores(comp: Completion, request: Request, model_id: str) -> dict[str, float]:
+    """The choices' log-probabilities of a scoring answer, or a model error saying what is wrong."""
+    got = comp.choice_logprobs
+    wanted = request.choices or ()
+    if got is None or any(c not in got for c in wanted):
+        raise PermanentModelError(
+            f"model {model_id} gave no label scores for a scoring request; set `scoring: generate` on the step"
+        )
+    return {c: float(got[c]) for c in wanted}
+
+
+def low_confidence(step: Task, conf: float | None) -> str | None:
+    """Why an answer is held for review under the step's ``min_confidence``, or ``None``."""
+    floor = step.min_confidence
+    if floor is None:
+        return None
+    if conf is None:
+        return f"confidence unknown < {floor:.2f} (the model gave no log-probabilities)"
+    if conf < floor:
+        return f"confidence {conf:.2f} < {floor:.2f}"
+    return None
+
+
+def check_scoring(job: Any, model: Any, extra: dict[str, Any]) -> None:
+    """The job errors of ``scoring: likelihood`` and ``min_confidence`` on the models a step
+    calls, found before any row is asked: one line naming the fix."""
+    for step in job.steps:
+        stages = getattr(step.strategy, "stages", None) or [step.strategy]
+        used = []
+        for st in stages:
+            name = st.model or step.strategy.model
+            used.append((st, model if name is None else extra[name][0]))
+        if step.scoring == "likelihood" and not any(m.capabilities.supports_scoring for _, m in used):
+            # (a stage on a model that cannot score generates its answer instead)
+            ids = ", ".join(dict.fromkeys(m.id for _, m in used))
+            raise UserError(
+                f"step `{step.name}`: `scoring: likelihood` needs a model that scores labels "
+                f"(local, or an openai: model); {ids} does not; set `scoring: generate`"
+            )
+        if step.min_confidence is not None:
+            def gives(st: Any, m: Any) -> bool:
+                caps = m.capabilities
+                return st.name == "vote" or caps.supports_logprobs or step.uses_likelihood(caps)
+
+            if not any(gives(st, m) for st, m in used):
+                ids = ", ".join(dict.fromkeys(m.id for _, m in used))
+                hint = ("`scoring: likelihood`, " if step.can_score else "") + "a `vote` strategy"
+                raise UserError(
+                    f"step `{step.name}`: `min_confidence` needs a confidence, which {ids} does not "
+                    f"give this step; use {hint} or a model with `logprobs: true`"
+                )
+
+
 def confidence(comp: Completion) -> float | None:
     """The probability of the answer's tokens, from the model's log-probabilities."""
     if not comp.logprobs:
@@ -118,6 +179,8 @@ class StepSolver:
     ) -> Sample:
         step = self.step
         client = self.runner.client(model)
+        if repair is None and not temperature and step.uses_likelihood(client.model.capabilities):
+            return await self._scored(client, role)
         reason = "no answer"
         last: str | None = None
         grown = False
@@ -176,6 +239,70 @@ class StepSolver:
             None, error=f"{reason} (after {tries} attempt{'s' if tries > 1 else ''})",
             model=client.model.id,
         )
+
+    async def _scored(self, client: Any, role: str) -> Sample:
+        """One answer by likelihood: the step's scoring requests, calibrated against the same
+        requests for a content-free input when the step calibrates (``calibrate:``)."""
+        step = self.step
+        n = self.seq
+        self.seq += 1
+        h0: str | None = None
+        scores: list[dict[str, float]] = []
+        content_free: list[dict[str, float]] | None = None
+        try:
+            for request in step.score_requests(self.context, sample=n):
+                h, comp = await self._call(request, n, client, batch=False)
+                h0 = h0 or h
+                scores.append(_choice_scores(comp, request, client.model.id))
+            if step.calibrates(client.model.capabilities):
+                free = step.content_free(self.context)
+                content_free = [await self._content_free(r, n, client)
+                                for r in step.score_requests(free, sample=0)]
+        except (TransientModelError, PermanentModelError) as e:
+            self._attempt(n, h0, "error", str(e), role=role)
+            return Sample(None, error=f"model error: {e}", model=client.model.id)
+        answer, conf, shown = step.from_scores(scores, content_free)
+        problems = step.failed_checks(answer, self.context)
+        data: dict[str, Any] = {
+            "role": role, "answer": answer, "model": client.model.id, "strategy": self.strategy,
+            "confidence": conf, "scoring": "likelihood", "calibrated": content_free is not None,
+            "scores": shown,
+        }
+        if problems:
+            data["problems"] = problems
+        self.flush()
+        self._pending = (n, h0, "checks" if problems else "ok", "; ".join(problems) or None, data, answer)
+        if self.first_hash is None:
+            self.first_hash = h0
+        return Sample(answer, problems, None, conf, client.model.id)
+
+    async def _content_free(self, request: Request, n: int, client: Any) -> dict[str, float]:
+        """The scores of a content-free request: asked once per run (the first record to need it
+        makes the call, recorded against it; the others wait for it), replayed on a resume."""
+        memo = _CONTENT_FREE.setdefault(self.runner, {})
+        key = request.cache_key(client.model.id)
+        while True:
+            got = memo.get(key)
+            if got is None:
+                break
+            scores = await asyncio.shield(got)
+            if scores is not None:
+                return scores
+            # the call that was finding it out failed: this record tries itself
+        fut: asyncio.Future[dict[str, float] | None] = asyncio.get_running_loop().create_future()
+        memo[key] = fut
+        try:
+            h, comp = await self._call(request, n, client, batch=False)
+            scores = _choice_scores(comp, request, client.model.id)
+        except BaseException:
+            del memo[key]
+            fut.set_result(None)
+            raise
+        fut.set_result(scores)
+        shown = {k: round(math.exp(v), 4) for k, v in scores.items()}
+        self._attempt(n, h, "calibration", f"content-free input ({CONTENT_FREE}) scored once for the run",
+                      role="calibrate", scores=shown, model=client.model.id)
+        return scores
 
     async def ask_json(
         self, messages: list[Message], schema: dict[str, Any], *, model: str | None, role: str
@@ -262,14 +389,18 @@ class StepSolver:
         if p is not None:
             self._write(*p[:5])
 
-    async def _call(self, request: Request, n: int, client: Any) -> tuple[str, Completion]:
+    async def _call(
+        self, request: Request, n: int, client: Any, batch: bool | None = None
+    ) -> tuple[str, Completion]:
         self.flush()
         budget = self.runner.record_budget
         if budget is not None:
             self.use.check(budget, request)
+        if batch is None:
+            batch = self.step.mode == "batch" and client is self.runner.main
         h, comp = await self.runner._ask(
             self.committer, self.rec, self.label, n, request,
-            batch=self.step.mode == "batch" and client is self.runner.main,
+            batch=batch,
             client=client, strategy=self.strategy,
         )
         self.use.add(comp)

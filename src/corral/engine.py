@@ -30,7 +30,7 @@ from corral._expr import ConditionError
 from corral._limits import AdaptiveConcurrency, CircuitBreaker, RateLimiter, backoff
 from corral._registry import model_class, suggest
 from corral._result import RunResult, summarize
-from corral._solver import OutOfBudget, RecordUse, StepSolver
+from corral._solver import OutOfBudget, RecordUse, StepSolver, check_scoring, low_confidence
 from corral.strategies.base import Outcome
 from corral.errors import (
     AuthenticationError,
@@ -940,6 +940,15 @@ class _Runner:
                         self._final(committer, rec, "review", held,
                                     f"step `{label}`: {'; '.join(got.problems)}", tries)
                         return
+                    unsure = low_confidence(step, got.confidence)
+                    if unsure is not None:  # held for a person, never written to the sink
+                        for other in solvers:
+                            other.flush()
+                        sv.note("review", unsure, answer=got.answer, confidence=got.confidence,
+                                threshold=step.min_confidence)
+                        held = _with_best(outputs, step, got.answer, part)
+                        self._final(committer, rec, "review", held, f"step `{label}`: {unsure}", tries)
+                        return
                     sv.accepted(got)
                     answers.append(got.answer)
                 try:
@@ -1402,6 +1411,7 @@ async def run_async(
                 f"a step has `mode: batch` but model `{m.id}` has no batch API; use an openai: "
                 "or anthropic: model, or remove `mode: batch`"
             )
+        check_scoring(job, m, extra)
         try:
             if uses_batch:
                 runner.load_batch_failures()

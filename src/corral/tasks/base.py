@@ -34,7 +34,7 @@ from corral._template import Template
 from corral.errors import InvalidOutput, Refused, Truncated
 from corral.io.base import Column
 from corral.io.spec import SourceSpec
-from corral.models.base import Completion, Message, Request
+from corral.models.base import Capabilities, Completion, Message, Request
 from corral.strategies import parse_strategy
 from corral.strategies.base import Strategy
 from corral.strategies.single import Single
@@ -47,6 +47,14 @@ _ON_EMPTY_HELP = (
     "a row whose input is empty (every placeholder missing, null or blank): `quarantine` it "
     "(default), `skip` it, give the step a `null` output without a call, or `ask` the model anyway"
 )
+
+#: how a step reaches its answer: a label's likelihood, or generated JSON (see ``scoring:``)
+Scoring = Literal["auto", "likelihood", "generate"]
+Calibrate = Literal["auto", "contextual", "none"]
+#: what replaces the input's placeholders in the content-free prompt of contextual calibration
+CONTENT_FREE = "N/A"
+#: keys added after jobs had run ids, dropped from a step's spec while they hold their default
+_LATER_KEYS = (("scoring", "auto"), ("calibrate", "auto"), ("min_confidence", None))
 
 _STEP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -85,6 +93,22 @@ class Task(BaseModel):
         "the provider's reasoning setting. Kept in the trace, not the sink",
     )
     on_empty: OnEmpty = Field("quarantine", description=_ON_EMPTY_HELP)
+    scoring: Scoring = Field(
+        "auto",
+        description="`likelihood`: pick the label the model finds most probable (classify, "
+        "filter) instead of generating JSON; `generate`: a JSON answer; `auto` (default): "
+        "likelihood on models that score exactly (local), generate elsewhere",
+    )
+    calibrate: Calibrate = Field(
+        "auto",
+        description="`contextual`: divide each label's probability by what the prompt gives a "
+        "content-free input (N/A); `none`: raw scores; `auto` (default): contextual with "
+        "likelihood scoring on models that score exactly",
+    )
+    min_confidence: float | None = Field(
+        None, gt=0.0, le=1.0,
+        description="hold an answer whose confidence is under this for review, never written to the sink",
+    )
 
     _template: Template = PrivateAttr()
     _condition: Condition | None = PrivateAttr(default=None)
@@ -131,6 +155,10 @@ class Task(BaseModel):
         hold the task's default, so a job that does not set them keeps its spec hash."""
         if isinstance(data, dict) and data.get("on_empty") == type(self).model_fields["on_empty"].default:
             del data["on_empty"]
+        if isinstance(data, dict):
+            for key, default in _LATER_KEYS:
+                if key in data and data[key] == default:
+                    del data[key]
         return data
 
     @field_validator("strategy", mode="before")
@@ -177,6 +205,24 @@ class Task(BaseModel):
                     "strategy `best_of` has nothing to score answers with; add `checks:` to the "
                     "step or a `judge:` to the strategy"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _scoring_fits(self) -> Task:
+        if self.scoring == "likelihood":
+            if not self.can_score:
+                raise ValueError(
+                    f"`scoring: likelihood` picks a label by its probability, which task `{self.task}` "
+                    "has none of; use it on classify or filter steps, or remove it"
+                )
+            if self.reasoning is True:
+                raise ValueError("`reasoning: true` writes reasoning before the answer, which "
+                                 "`scoring: likelihood` does not generate; use one or the other")
+            if self.mode == "batch":
+                raise ValueError("`scoring: likelihood` calls are scored online; remove `mode: batch`")
+        if self.calibrate == "contextual" and (self.scoring == "generate" or not self.can_score):
+            raise ValueError("`calibrate: contextual` corrects likelihood scores; it needs "
+                             "`scoring: likelihood` (or auto) on a classify or filter step")
         return self
 
     @model_validator(mode="after")
@@ -380,6 +426,49 @@ class Task(BaseModel):
             temperature=self.temperature,
             sample=sample,
         )
+
+    # --- likelihood scoring (``scoring:``, ``calibrate:``) ----------------------------------
+
+    #: whether the task can pick its answer by likelihood (:meth:`score_requests`)
+    can_score: ClassVar[bool] = False
+
+    def uses_likelihood(self, caps: Capabilities) -> bool:
+        """Whether this step's calls to a model with these capabilities score choices."""
+        if self.scoring == "generate" or not self.can_score:
+            return False
+        if self.scoring == "likelihood":
+            return caps.supports_scoring
+        return caps.exact_scoring and self.reasoning is False and self.mode == "online"
+
+    def calibrates(self, caps: Capabilities) -> bool:
+        """Whether likelihood scores on a model with these capabilities are calibrated."""
+        if self.calibrate == "auto":
+            return caps.exact_scoring
+        return self.calibrate == "contextual"
+
+    def score_requests(self, context: dict[str, Any], sample: int = 0) -> list[Request]:
+        """The scoring requests (``Request.choices``) that answer this row by likelihood."""
+        raise NotImplementedError(f"task `{self.task}` cannot score by likelihood")
+
+    def from_scores(
+        self, scores: list[dict[str, float]], content_free: list[dict[str, float]] | None
+    ) -> tuple[dict[str, Any], float, dict[str, Any]]:
+        """The answer, its confidence and the (calibrated) probabilities shown in the trace,
+        from the log-probabilities of :meth:`score_requests`' choices (and of the same requests
+        for a content-free input, when calibrated)."""
+        raise NotImplementedError(f"task `{self.task}` cannot score by likelihood")
+
+    def content_free(self, context: dict[str, Any]) -> dict[str, Any]:
+        """``context`` with every input placeholder replaced by ``N/A`` (contextual calibration)."""
+        out = dict(context)
+        for name in self._inputs:
+            node = out
+            for part in name[:-1]:
+                inner = node.get(part)
+                node[part] = dict(inner) if isinstance(inner, dict) else {}
+                node = node[part]
+            node[name[-1]] = CONTENT_FREE
+        return out
 
     def parse(self, completion: Completion, request: Request | None = None) -> dict[str, Any]:
         """Turn a completion into an accepted answer or raise an :class:`OutputError`.

@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import math
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
 from corral.io.base import Column
+from corral.models.base import Message, Request
 from corral.tasks.base import Task
+
+#: the answers of a yes/no scoring request (``multi_label`` scoring, filters)
+YES_NO = ("yes", "no")
+
+
+def softmax(logprobs: dict[str, float]) -> dict[str, float]:
+    """Log-probabilities normalised over their own keys (a probability per key, summing to 1)."""
+    top = max(logprobs.values())
+    exp = {k: math.exp(v - top) for k, v in logprobs.items()}
+    total = sum(exp.values())
+    return {k: v / total for k, v in exp.items()}
+
+
+def calibrated(scores: dict[str, float], content_free: dict[str, float] | None) -> dict[str, float]:
+    """Probabilities over the choices, each divided by its content-free probability when given
+    (Zhao et al. 2021, "Calibrate Before Use": p_cal ∝ p / p_cf), then normalised."""
+    if content_free is None:
+        return softmax(scores)
+    return softmax({k: v - content_free.get(k, 0.0) for k, v in scores.items()})
 
 
 class ClassifyStep(Task):
@@ -20,6 +41,8 @@ class ClassifyStep(Task):
     task: Literal["classify"] = "classify"
     labels: dict[str, str] = Field(description="label -> description, or a list of labels")
     multi_label: bool = Field(False, description="allow several labels per row")
+
+    can_score: ClassVar[bool] = True
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -79,6 +102,50 @@ class ClassifyStep(Task):
             f"{listing}\n"
             'Answer with JSON only: {"label": "<one label from the list>"}'
         )
+
+    # likelihood scoring: one request scoring every label, or (multi_label) a yes/no per label
+
+    def score_requests(self, context: dict[str, Any], sample: int = 0) -> list[Request]:
+        text = self._tpl.render(context)
+        if not self.multi_label:
+            system = self._scoring_system()
+            return [Request(messages=(Message("system", system), Message("user", text)),
+                            max_tokens=8, sample=sample, choices=tuple(self.labels))]
+        system = (
+            "You decide whether a label applies to a text. Answer yes or no only."
+            + ("\n\n" + self.instructions.strip() if self.instructions else "")
+        )
+        out = []
+        for label, desc in self.labels.items():
+            about = f"{label} ({desc})" if desc else label
+            user = f"{text}\n\nLabel: {about}\nDoes this label apply to the text?"
+            out.append(Request(messages=(Message("system", system), Message("user", user)),
+                               max_tokens=4, sample=sample, choices=YES_NO))
+        return out
+
+    def _scoring_system(self) -> str:
+        lines = [f"- {label}: {desc}" if desc else f"- {label}" for label, desc in self.labels.items()]
+        system = (
+            "You classify text. Choose exactly one label from this list:\n"
+            + "\n".join(lines) + "\nAnswer with the label only."
+        )
+        return system + ("\n\n" + self.instructions.strip() if self.instructions else "")
+
+    def from_scores(
+        self, scores: list[dict[str, float]], content_free: list[dict[str, float]] | None
+    ) -> tuple[dict[str, Any], float, dict[str, Any]]:
+        if not self.multi_label:
+            probs = calibrated(scores[0], content_free[0] if content_free else None)
+            best = max(self.labels, key=lambda k: probs[k])  # ties: the first listed label
+            return {"label": best}, probs[best], {k: round(v, 4) for k, v in probs.items()}
+        chosen, shown, confidence = [], {}, 1.0
+        for i, label in enumerate(self.labels):
+            p = calibrated(scores[i], content_free[i] if content_free else None)["yes"]
+            shown[label] = round(p, 4)
+            if p > 0.5:
+                chosen.append(label)
+            confidence = min(confidence, max(p, 1.0 - p))  # the least sure of the decisions
+        return {"labels": chosen}, confidence, shown
 
     def columns(self) -> list[Column]:
         return [Column(self.name, "list" if self.multi_label else "string")]

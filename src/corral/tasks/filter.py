@@ -12,7 +12,9 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator
 
 from corral.io.base import Column
+from corral.models.base import Message, Request
 from corral.tasks.base import Task
+from corral.tasks.classify import YES_NO, calibrated
 
 REASON_MAX = 200
 
@@ -29,6 +31,7 @@ class FilterStep(Task):
     )
 
     can_skip: ClassVar[bool] = True
+    can_score: ClassVar[bool] = True
 
     @field_validator("question")
     @classmethod
@@ -68,6 +71,24 @@ class FilterStep(Task):
             'Give the "reason" in one short sentence.\n'
             'Answer with JSON only: {"reason": "<one sentence>", "keep": true or false}'
         )
+
+    def score_requests(self, context: dict[str, Any], sample: int = 0) -> list[Request]:
+        system = (
+            f"You answer a yes/no question about a text.\nQuestion: {self.question}\n"
+            "Answer with yes or no only."
+            + ("\n\n" + self.instructions.strip() if self.instructions else "")
+        )
+        return [Request(messages=(Message("system", system), Message("user", self._tpl.render(context))),
+                        max_tokens=4, sample=sample, choices=YES_NO)]
+
+    def from_scores(
+        self, scores: list[dict[str, float]], content_free: list[dict[str, float]] | None
+    ) -> tuple[dict[str, Any], float, dict[str, Any]]:
+        probs = calibrated(scores[0], content_free[0] if content_free else None)
+        said = "yes" if probs["yes"] > 0.5 else "no"
+        keep = said == self.keep_when
+        reason = f"the answer is {said} (p {probs[said]:.2f}, by likelihood)"
+        return {"reason": reason, "keep": keep}, probs[said], {k: round(v, 4) for k, v in probs.items()}
 
     def columns(self) -> list[Column]:
         return [Column(self.name, "boolean")]

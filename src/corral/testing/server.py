@@ -266,6 +266,14 @@ class ProviderServer:
         ``cache_ratio``: share of prompt tokens reported as cached; ``reasoning_tokens`` added
         to each completion; ``answer(body, provider)`` returns the answer (a JSON value, or a
         str for raw text) instead of the derived one.
+    Log-probabilities
+        A request with ``logprobs: true`` gets ``choices[0].logprobs.content`` (a token per four
+        characters); with ``top_logprobs: k`` too (0 to 20, else 400; without ``logprobs`` a 400)
+        each token carries its ``k`` most likely alternatives ``{token, logprob, bytes}``.
+        ``top_logprobs``: a distribution ``{token: logprob}`` (or ``f(body) -> {token: logprob}``,
+        e.g. by the prompt's text) for the first answer token of such requests: the answer is
+        then its most likely token, and that token's alternatives are the distribution's ``k``
+        most likely entries.
     Reasoning
         A request with ``reasoning_effort`` (OpenAI; one of ``none``, ``minimal``, ``low``,
         ``medium``, ``high``, ``xhigh``, else 400) gets a reasoning text in
@@ -316,6 +324,7 @@ class ProviderServer:
         models: list[str] | set[str] | None = None,
         supports_json_schema: bool = True,
         answer: Callable[[dict[str, Any], str], Any] | None = None,
+        top_logprobs: dict[str, float] | Callable[[dict[str, Any]], dict[str, float]] | None = None,
         seed: int = 0,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -336,7 +345,8 @@ class ProviderServer:
             reasoning_tokens=reasoning_tokens, down=down, down_mode=down_mode,
             batch_polls=batch_polls, expire_batches=expire_batches,
             batch_failure_rate=batch_failure_rate, api_key=api_key, echo_key=echo_key,
-            models=models, supports_json_schema=supports_json_schema, answer=answer, seed=seed,
+            models=models, supports_json_schema=supports_json_schema, answer=answer,
+            top_logprobs=top_logprobs, seed=seed,
         )
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -707,6 +717,16 @@ class ProviderServer:
                 f"Invalid value: '{effort}'. Supported values are: "
                 + ", ".join(f"'{e}'" for e in _EFFORTS[:-1]) + f", and '{_EFFORTS[-1]}'.",
                 "invalid_request_error", "invalid_value", "reasoning_effort"))
+        top_k = body.get("top_logprobs")
+        if top_k is not None:
+            if not isinstance(top_k, int) or isinstance(top_k, bool) or not 0 <= top_k <= 20:
+                raise _HTTPError(400, _openai_error(
+                    f"Invalid 'top_logprobs': integer above maximum value. Expected a value <= 20, but got {top_k} instead.",
+                    "invalid_request_error", "integer_above_max_value", "top_logprobs"))
+            if not body.get("logprobs"):
+                raise _HTTPError(400, _openai_error(
+                    "Invalid value for 'top_logprobs': 'logprobs' must be set to true when 'top_logprobs' is used.",
+                    "invalid_request_error", "invalid_value", "top_logprobs"))
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 4096
         prompt_text = "\n".join(texts)
         prompt_tokens = _tokens(prompt_text)
@@ -730,16 +750,30 @@ class ProviderServer:
         if ans.reasoning_text is not None:  # as vLLM, DeepSeek and llama.cpp's server send it
             message["reasoning_content"] = ans.reasoning_text
         choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
+        dist = self.top_logprobs
+        ranked: list[tuple[str, float]] = []
+        if top_k and dist is not None and message.get("content"):
+            dist = dict(dist(body) if callable(dist) else dist)
+            ranked = sorted(dist.items(), key=lambda kv: (-kv[1], kv[0]))
+            message["content"] = ranked[0][0].strip() if ranked else ""
+            ans.text = message["content"]
         if body.get("logprobs") and message.get("content"):
             content = message["content"]
             pieces = [content[i : i + 4] for i in range(0, len(content), 4)]
-            choice["logprobs"] = {
-                "content": [
-                    {"token": p, "logprob": round(-dice.random() * 0.2, 6), "bytes": list(p.encode()), "top_logprobs": []}
-                    for p in pieces
-                ],
-                "refusal": None,
-            }
+            entries = [
+                {"token": p, "logprob": round(-dice.random() * 0.2, 6), "bytes": list(p.encode()), "top_logprobs": []}
+                for p in pieces
+            ]
+            if top_k:
+                for e in entries:
+                    e["top_logprobs"] = [{"token": e["token"], "logprob": e["logprob"], "bytes": e["bytes"]}]
+                if dist is not None and ranked:
+                    entries[0]["token"], entries[0]["logprob"] = ranked[0][0], ranked[0][1]
+                    entries[0]["bytes"] = list(ranked[0][0].encode())
+                    entries[0]["top_logprobs"] = [
+                        {"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in ranked[:top_k]
+                    ]
+            choice["logprobs"] = {"content": entries, "refusal": None}
         resp = {
             "id": "chatcmpl-" + uuid.uuid4().hex[:24],
             "object": "chat.completion",
