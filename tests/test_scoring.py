@@ -402,3 +402,14 @@ def test_filter_by_likelihood_over_http(tmp_path):
     recs = records(db, r.run)
     assert recs["b"]["state"] == "skipped"
     assert recs["b"]["reason"] == "step `is_refund`: filtered out: the answer is no (p 0.70, by likelihood)"
+
+
+def test_an_answer_that_begins_no_label_is_quarantined_with_the_reason(tmp_path):
+    # the server's own answer (derived JSON, no distribution set): no top token begins a label
+    with ProviderServer() as srv:
+        job = make_job(tmp_path, {"a": "hello"}, [classify(scoring="likelihood")])
+        r = corral.run(job, model=oai(srv), store=tmp_path / "s.db")
+    assert (r.written, r.quarantined) == (0, 1)
+    reason = records(tmp_path / "s.db", r.run)["a"]["reason"]
+    assert reason.startswith("step `cat`: model error: openai:gpt-4o-mini@")
+    assert "none of its first token's top_logprobs begins a label; set `scoring: generate` on the step" in reason

@@ -473,6 +473,14 @@ class OpenAIModel(HostedModel):
                     "`scoring: generate` on the step"
                 )
             scores = choice_logprobs(top, scoring, text)
+            if not any(  # the model did not answer with a label: its scores say nothing
+                t.strip(_EDGE) and c.strip(_EDGE).lower().startswith(t.strip(_EDGE).lower())
+                for t, _ in top for c in scoring
+            ):
+                raise PermanentModelError(
+                    f"{self.id} answered {text[:40]!r}: none of its first token's top_logprobs "
+                    "begins a label; set `scoring: generate` on the step"
+                )
         return Completion(
             text=text,
             finish_reason=finish,
