@@ -4,6 +4,7 @@ breaks them (review, null, quarantine; refine repairs)."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 from decimal import Decimal
@@ -413,3 +414,19 @@ def test_the_local_models_grammar_follows_a_pattern(tmp_path):
 
     out = read_csv(tmp_path / "out" / "o.csv")
     assert len(out) == 1 and re.fullmatch(r"ORD-\d{5}", out[0]["order_id"])
+
+
+def test_the_fake_model_answers_a_pattern_field_from_the_prompt():
+    from corral.models.base import Message, Request
+
+    schema = {"type": "object", "properties": {
+        "order_id": {"anyOf": [{"type": "string", "pattern": "^(ORD-[0-9]{5})$"}, {"type": "null"}]},
+    }, "required": ["order_id"]}
+    fake = corral.FakeModel()
+
+    def ask(text: str) -> Any:
+        req = Request(messages=[Message("user", text)], schema=schema)
+        return json.loads(asyncio.run(fake.complete(req)).text)["order_id"]
+
+    assert ask("my parcel ORD-60418 is late") == "ORD-60418"
+    assert ask("my parcel is late, no number to hand") is None

@@ -193,7 +193,7 @@ class FakeModel(Model):
         rng = random.Random(f"{self.seed}:{hashlib.sha256(user.encode()).hexdigest()}")
         words = _WORD.findall(user) or ["value"]
         schema = request.schema or {"type": "object", "properties": {"text": {"type": "string"}}}
-        answer = _generate(schema, rng, words)
+        answer = _generate(schema, rng, words, user)
         if self.labels and isinstance(answer, dict):
             text = user.strip()
             if text in self.labels:
@@ -347,7 +347,22 @@ def _tokens(request: Request) -> int:
     return max(1, sum(len(m.content) for m in request.messages) // 4)
 
 
-def _generate(schema: dict[str, Any], rng: random.Random, words: list[str]) -> Any:
+def _in_text(pattern: str, text: str) -> str | None:
+    """The first piece of ``text`` a field's ``pattern`` matches (its anchors dropped): what a
+    model that reads the input would answer for a constrained field."""
+    core = pattern[1:] if pattern.startswith("^") else pattern
+    core = core[:-1] if core.endswith("$") and not core.endswith("\\$") else core
+    try:
+        m = re.search(core, text)
+    except re.error:
+        return None
+    return m.group(0) if m else None
+
+
+def _generate(schema: dict[str, Any], rng: random.Random, words: list[str], text: str = "") -> Any:
+    """A value that satisfies ``schema``, from the prompt's ``words``; a string field with a
+    ``pattern`` takes the first match in the prompt's ``text`` (null when it has none and the
+    field is nullable)."""
     if "enum" in schema:
         values = [v for v in schema["enum"] if v is not None] or [None]
         if None in schema["enum"] and rng.random() < 0.2:
@@ -356,27 +371,36 @@ def _generate(schema: dict[str, Any], rng: random.Random, words: list[str]) -> A
     if "anyOf" in schema:
         options = schema["anyOf"]
         non_null = [o for o in options if o.get("type") != "null"]
+        patterned = [o for o in non_null if "pattern" in o]
+        if len(non_null) < len(options) and patterned and all(
+            _in_text(o["pattern"], text) is None for o in patterned
+        ):
+            return None  # nothing in the input has the field's shape
         if len(non_null) < len(options) and rng.random() < 0.2:
             return None
-        return _generate(rng.choice(non_null or options), rng, words)
+        return _generate(rng.choice(non_null or options), rng, words, text)
     kind = schema.get("type")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
     if kind == "object":
         props = schema.get("properties", {})
-        return {k: _generate(v, rng, words) for k, v in props.items()}
+        return {k: _generate(v, rng, words, text) for k, v in props.items()}
     if kind == "array":
         items = schema.get("items", {"type": "string"})
         n = rng.randint(1, 2)
         if "enum" in items:
             pool = [v for v in items["enum"] if v is not None]
             return rng.sample(pool, min(n, len(pool)))
-        out = [_generate(items, rng, words) for _ in range(n)]
+        out = [_generate(items, rng, words, text) for _ in range(n)]
         if schema.get("uniqueItems"):
             out = list(dict.fromkeys(json.dumps(x) for x in out))
             out = [json.loads(x) for x in out]
         return out
     if kind == "string":
+        if "pattern" in schema:
+            found = _in_text(schema["pattern"], text)
+            if found is not None:
+                return found
         if schema.get("format") == "date":
             return f"20{rng.randint(20, 26)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
         word = rng.choice(words)
