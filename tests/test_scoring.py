@@ -269,6 +269,23 @@ def test_local_multi_label_is_a_yes_no_per_label(tmp_path, local):
 
 
 @pytest.mark.slow
+def test_local_filter_by_likelihood_keeps_or_skips_with_the_probability(tmp_path, local):
+    step = {"name": "money", "task": "filter", "input": "{text}", "question": "Is this about money?"}
+    db = tmp_path / "s.db"
+    r = corral.run(make_job(tmp_path, ROWS, [step]), model=local, store=db)
+    assert r.written + r.skipped == 4 and r.calls_made == 4 + 1
+    assert [q["choices"] for q in requests_of(db, r.run)] == [["yes", "no"]] * 5
+    recs = records(db, r.run)
+    for a in attempts(db, r.run, "ok"):
+        d = a["data"]
+        said = "yes" if d["scores"]["yes"] > 0.5 else "no"
+        assert d["answer"] == {"reason": f"the answer is {said} (p {d['confidence']:.2f}, by likelihood)",
+                               "keep": said == "yes"}
+        assert recs[a["key"]]["state"] == ("done" if said == "yes" else "skipped")
+    assert len(attempts(db, r.run, "calibration")) == 1
+
+
+@pytest.mark.slow
 def test_replay_makes_no_new_calls(tmp_path, local):
     db = tmp_path / "s.db"
     r1 = corral.run(make_job(tmp_path, ROWS, [classify()]), model=local, store=db, limit=2)
