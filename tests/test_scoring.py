@@ -372,9 +372,7 @@ def test_min_confidence_holds_unsure_rows_for_review_over_http(tmp_path):
     assert note[0]["data"]["answer"] == {"label": "billing"}
 
 
-def test_min_confidence_on_a_generating_step_without_confidence_is_held(tmp_path):
-    # a confidence from logprobs when the model returns them; a cascade stage that returns none
-    # leaves the answer without one: held, with the reason
+def test_min_confidence_on_a_generating_step_uses_the_answer_tokens_probability(tmp_path):
     with ProviderServer() as srv:
         job = make_job(tmp_path, {"a": "x"}, [classify(scoring="generate", min_confidence=0.99)])
         r = corral.run(job, model=oai(srv, logprobs=True), store=tmp_path / "s.db")
@@ -430,3 +428,16 @@ def test_an_answer_that_begins_no_label_is_quarantined_with_the_reason(tmp_path)
     reason = records(tmp_path / "s.db", r.run)["a"]["reason"]
     assert reason.startswith("step `cat`: model error: openai:gpt-4o-mini@")
     assert "none of its first token's top_logprobs begins a label; set `scoring: generate` on the step" in reason
+
+
+def test_an_answer_without_a_confidence_is_held_under_min_confidence(tmp_path):
+    # the job can give confidences (the openai stage scores labels), but the fake stage's
+    # answer, which the cascade accepts for want of a confidence, has none: held, never written
+    with ProviderServer(top_logprobs=by_text) as srv:
+        step = classify(scoring="likelihood", min_confidence=0.6, strategy={
+            "name": "cascade", "stages": [{"name": "single", "model": "fake"}, "single"]})
+        job = make_job(tmp_path, {"a": "a clear one"}, [step])
+        r = corral.run(job, model=oai(srv), store=tmp_path / "s.db")
+    assert (r.written, r.review) == (0, 1) and sink(tmp_path) == {}
+    assert records(tmp_path / "s.db", r.run)["a"]["reason"] == (
+        "step `cat`: confidence unknown < 0.60 (the model gave no log-probabilities)")
