@@ -213,13 +213,13 @@ def test_local_scoring_evaluates_the_prompt_once_and_only_label_tokens_after(loc
     a, b = asyncio.run(go())
     assert set(a.choice_logprobs) == set(LABELS) and a.text == max(a.choice_logprobs, key=a.choice_logprobs.get)
     assert all(v < 0 for v in a.choice_logprobs.values())
-    # per request: one evaluation of several tokens (the prompt), then one token at a time for
-    # the labels (each label's tokens but its last, and its end-of-turn token's predecessor)
-    big = [i for i, n in enumerate(evals) if n > 1]
-    assert len(big) == 2 and evals.count(1) == local.choice_tokens >= 2 * len(LABELS)
+    # per request: one evaluation of the prompt, then one decode per label on top of its KV
+    # cache (each label's tokens but its last, with the logits of every position)
+    assert len(evals) == 2 and local.prompt_evals == 2
+    assert local.choice_decodes == 2 * len(LABELS) and local.choice_tokens >= 2 * len(LABELS)
     # the second row's prompt reuses the shared system prompt from the KV cache
-    assert evals[big[1]] < evals[big[0]] - 40
-    assert a.usage.input_tokens == evals[big[0]]
+    assert evals[1] < evals[0] - 40
+    assert a.usage.input_tokens == evals[0]
 
 
 @pytest.mark.slow
@@ -441,3 +441,20 @@ def test_an_answer_without_a_confidence_is_held_under_min_confidence(tmp_path):
     assert (r.written, r.review) == (0, 1) and sink(tmp_path) == {}
     assert records(tmp_path / "s.db", r.run)["a"]["reason"] == (
         "step `cat`: confidence unknown < 0.60 (the model gave no log-probabilities)")
+
+
+def test_auto_scores_by_likelihood_only_up_to_twenty_choices():
+    from corral.models.local import LocalModel
+
+    caps = LocalModel.capabilities
+    few = {f"l{i}": f"label {i}" for i in range(5)}
+    many = {f"l{i}": f"label {i}" for i in range(21)}
+
+    def step(labels: dict, **kw: Any) -> Any:
+        return Job.from_dict({"name": "t", "source": "in.csv", "sink": "o.csv", "steps": [
+            {"name": "c", "task": "classify", "input": "{text}", "labels": labels, **kw}]}).steps[0]
+
+    assert step(few).uses_likelihood(caps)
+    assert not step(many).uses_likelihood(caps)  # 21 labels: generating is cheaper
+    assert step(many, scoring="likelihood").uses_likelihood(caps)
+    assert not step(dict(list(few.items())[:5]) | {f"m{i}": "x" for i in range(6)}, multi_label=True).uses_likelihood(caps)

@@ -187,6 +187,8 @@ class LocalModel(Model):
         self.scored = 0
         self.prompt_evals = 0
         self.choice_tokens = 0
+        #: decodes of label tokens (one per label longer than one token, on the prompt's cache)
+        self.choice_decodes = 0
         self._formatter: Any = None
 
     # -- everything below ``_run_*`` runs on the single worker thread ----------------------
@@ -308,8 +310,8 @@ class LocalModel(Model):
             )
         n_vocab = llama.n_vocab()
 
-        def logprobs() -> Any:  # log-softmax of the logits after the last evaluated token
-            raw = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llama.ctx, -1), shape=(n_vocab,))
+        def logprobs(i: int = -1) -> Any:  # log-softmax of the logits at batch position i
+            raw = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llama.ctx, i), shape=(n_vocab,))
             x = raw.astype(np.float64)
             top = x.max()
             return x - top - np.log(np.exp(x - top).sum())
@@ -327,14 +329,22 @@ class LocalModel(Model):
             self.prompt_evals += 1
             first = logprobs()
             scores: dict[str, float] = {}
+            base = len(prompt)
             for choice, toks in tails.items():
                 total = float(first[toks[0]])
-                llama.n_tokens = len(prompt)  # back to the prompt: its KV cache is kept
-                for prev, tok in zip(toks, toks[1:]):
-                    llama.eval([prev])
-                    total += float(logprobs()[tok])
+                if len(toks) > 1:
+                    # the label's tokens but its last, in one decode on top of the prompt's KV
+                    # cache, with the logits of every position; then the cache is cut back to the
+                    # prompt (llama.n_tokens never moves: the prompt stays what it holds)
+                    llama._ctx.kv_cache_seq_rm(-1, base, -1)
+                    llama._batch.set_batch(batch=toks[:-1], n_past=base, logits_all=True)
+                    llama._ctx.decode(llama._batch)
+                    self.choice_decodes += 1
+                    for i, tok in enumerate(toks[1:]):
+                        total += float(logprobs(i)[tok])
                 self.choice_tokens += len(toks) - 1
                 scores[choice] = total
+            llama._ctx.kv_cache_seq_rm(-1, base, -1)
         except PermanentModelError:
             raise
         except Exception as e:

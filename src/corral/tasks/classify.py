@@ -123,6 +123,10 @@ class ClassifyStep(Task):
                                max_tokens=4, sample=sample, choices=YES_NO))
         return out
 
+    def scoring_choices(self) -> int:
+        """One continuation per label; with ``multi_label``, a yes and a no per label."""
+        return 2 * len(self.labels) if self.multi_label else len(self.labels)
+
     def _scoring_system(self) -> str:
         lines = [f"- {label}: {desc}" if desc else f"- {label}" for label, desc in self.labels.items()]
         system = (
