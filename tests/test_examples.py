@@ -80,3 +80,35 @@ def test_bundled_model_end_to_end(tmp_path):
     # a rerun replays the recorded answers: no new calls
     again = run(["run", "examples/tickets.yaml", "--limit", "2"], cwd=tmp_path)
     assert again["calls"]["made"] == s["calls"]["made"]
+
+
+@pytest.mark.slow
+def test_the_demo_holds_unsure_rows_and_scores_what_it_wrote(tmp_path):
+    """`make demo`'s two commands on 6 tickets: answers under min_confidence are held for review,
+    never in the sink; no order id or amount in the sink that is not in its ticket; eval scores
+    the written and the held rows apart."""
+    pytest.importorskip("llama_cpp")
+    ex = copy_examples(tmp_path)
+    s = run(["run", "examples/demo.yaml", "--limit", "6"], cwd=tmp_path)
+    r = s["rows"]
+    assert r["in"] == 6 and r["pending"] == 0 and r["written"] + r["review"] + r["quarantined"] == 6
+    tickets = {t["ticket_id"]: t for t in csv.DictReader((ex / "data" / "tickets.csv").open(encoding="utf-8"))}
+    written = list(csv.DictReader((ex / "out" / "demo.csv").open(encoding="utf-8")))
+    for row in written:
+        text = tickets[row["ticket_id"]]["body"] + tickets[row["ticket_id"]]["subject"]
+        if row["order_id"]:
+            assert row["order_id"] in text
+        if row["amount"]:
+            assert str(int(float(row["amount"]))) in text.replace(",", "")
+    held = list(csv.DictReader((ex / "out" / "demo.review.csv").open(encoding="utf-8"))) if r["review"] else []
+    assert len(held) == r["review"]
+    assert all("confidence" in h["_reason"] and "<" in h["_reason"] for h in held)
+    p = subprocess.run([corral_bin(), "eval", "examples/demo.yaml", "--labels", "examples/data/tickets_labels.csv",
+                        "--no-run", "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    [run_eval] = json.loads(p.stdout)["runs"]
+    assert run_eval["rows"] == 243 and run_eval["not_in_run"] == 237  # 243 labeled, 6 in the preview
+    cat = next(st for st in run_eval["steps"] if st["step"] == "category")
+    groups = {g["group"]: g for g in cat["groups"]}
+    assert groups["written"]["rows"] == r["written"] and groups["held"]["rows"] == r["review"]
+    assert cat["calibration"] is not None  # likelihood scoring gives every answer a confidence
