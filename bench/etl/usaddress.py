@@ -2,6 +2,7 @@
 
   .venv/bin/python bench/etl/usaddress.py --model fake --sample 120 --seed 0
   .venv/bin/python bench/etl/usaddress.py --model local --sample 120 --seed 0
+  .venv/bin/python bench/etl/usaddress.py --model local --sample 120 --seed 0 --rules --out usaddress_rules
 
 Data: ../shared/data/usaddress/labeled_flat.csv (1,513 rows: address, components_json). A seeded
 random sample (random.Random(seed).sample of row indexes) is written to a temporary JSONL file
@@ -45,7 +46,14 @@ FIELDS = {
 }
 
 
-def write_job(folder: Path, source: Path, max_length: int) -> Path:
+#: with --rules: the shapes a component must have (anchored by Corral), besides grounding
+PATTERNS = {
+    "AddressNumber": "[0-9]+[A-Za-z]?(-[0-9]+[A-Za-z]?)?",
+    "ZipCode": "[0-9]{5}(-[0-9]{4})?",
+}
+
+
+def write_job(folder: Path, source: Path, max_length: int, rules: bool = False) -> Path:
     lines = [
         "name: usaddress-extract",
         f"source: {yaml_str(str(source))}",
@@ -63,7 +71,11 @@ def write_job(folder: Path, source: Path, max_length: int) -> Path:
             "        nullable: true",
             *([f"        max_length: {max_length}"] if max_length else []),
             f"        description: {yaml_str(desc)}",
+            *(["        grounded: true"] if rules else []),
+            *([f"        pattern: {yaml_str(PATTERNS[name])}"] if rules and name in PATTERNS else []),
         ]
+    if rules:  # a component the address does not hold is no component: null, and the row goes on
+        lines.insert(lines.index("    fields:"), "    on_ungrounded: null")
     lines += ["model: local", "sink: out/usaddress.jsonl"]
     job = folder / "usaddress.yaml"
     job.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -97,6 +109,9 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=30,
                     help="max_length of every field (0: none). Without it the bundled model can "
                          "repeat itself inside a string until max_tokens (see RESULTS.md)")
+    ap.add_argument("--rules", action="store_true",
+                    help="every field grounded in the address (on_ungrounded: null), and patterns "
+                         "for AddressNumber and ZipCode")
     args = ap.parse_args()
 
     with FLAT.open(newline="", encoding="utf-8") as f:
@@ -111,7 +126,7 @@ def main() -> None:
             "".join(json.dumps({"addr_id": i, "address": rows[i]["address"]}) + "\n" for i in ids),
             encoding="utf-8",
         )
-        job = write_job(folder, src, args.max_length)
+        job = write_job(folder, src, args.max_length, args.rules)
         job_text = job.read_text()
         res = run_corral(job, folder / "corral.db", args.model)
         s = res["summary"]
@@ -159,6 +174,7 @@ def main() -> None:
         "data": {"file": "../shared/data/usaddress/labeled_flat.csv", "rows": len(rows)},
         "model": args.model,
         "max_length": args.max_length,
+        "rules": args.rules,
         "sample": {"n": len(ids), "seed": args.seed,
                    "how": "random.Random(seed).sample(range(1513), n)", "addr_ids": ids},
         "job": job_text.replace(str(folder), "$TMP"),

@@ -46,16 +46,18 @@ CONFIGS: list[tuple[str, dict[str, Any]]] = [
 
 
 def confidences(store: Path, run_id: str) -> dict[str, float]:
-    """The confidence recorded with each record's accepted answer (the trace's `accepted` event)."""
+    """The confidence recorded with each record's accepted answer."""
     out: dict[str, float] = {}
     db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
     try:
-        for key, data in db.execute(
-            "SELECT key, data FROM attempts WHERE run_id=? AND outcome='accepted'", (run_id,)
+        # a strategy's acceptance is its own `accepted` event; a single call's is marked on the
+        # call's row (`"accepted": true` in its data)
+        for key, outcome, data in db.execute(
+            "SELECT key, outcome, data FROM attempts WHERE run_id=?", (run_id,)
         ):
-            conf = (json.loads(data) if data else {}).get("confidence")
-            if conf is not None:
-                out[key] = float(conf)
+            d = json.loads(data) if data else {}
+            if (outcome == "accepted" or d.get("accepted")) and d.get("confidence") is not None:
+                out[key] = float(d["confidence"])
     finally:
         db.close()
     return out
