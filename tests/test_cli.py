@@ -222,3 +222,12 @@ def test_progress_states_show_review_skipped_and_spend():
     assert states == "written 30 · quarantined 1 · review 2 · calls 64 (+12 replayed) · $0.0640"
     view.update({**ev, "review": 0, "skipped": 3, "replayed": 0, "cost": None})
     assert view.bar.tasks[0].fields["states"] == "written 30 · quarantined 1 · skipped 3 · calls 64"
+
+
+def test_summary_groups_held_rows_by_reason_not_by_each_confidence():
+    from corral.cli import _reason_kind
+
+    a = _reason_kind("step `category`: confidence 0.61 < 0.70")
+    b = _reason_kind("step `category`: confidence 0.54 < 0.70")
+    assert a == b == "step `category`: confidence under 0.70"
+    assert _reason_kind("step `x`: budget: record max_calls 3 reached") == "step `x`: budget: record max_calls 3 reached"

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shlex
 import sys
 import time
@@ -428,7 +429,12 @@ def _reason_kind(reason: str) -> str:
     # group "line 17: expected 4 fields" style reasons by their text after the location
     if reason.startswith("malformed input: line"):
         return "malformed input row"
+    # "confidence 0.61 < 0.70" and "confidence 0.54 < 0.70" are one reason: under min_confidence
+    reason = _CONFIDENCE.sub(r"confidence under \1", reason)
     return reason.split(" (after")[0][:120]
+
+
+_CONFIDENCE = re.compile(r"confidence (?:[0-9.]+|unknown) < ([0-9.]+)")
 
 
 # --- corral calibrate ----------------------------------------------------------------------
