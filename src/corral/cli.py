@@ -118,12 +118,7 @@ def run_cmd(job_file: Path, limit: int | None, model_name: str | None, as_json: 
     replayed, never requested again. Progress goes to stderr; the summary to stdout.
     """
     err = _err()
-    model: str | dict[str, Any] | None = model_name
-    if model_name and model_name.lstrip().startswith("{"):
-        try:
-            model = yaml.safe_load(model_name)
-        except yaml.YAMLError:
-            _fail(f"--model {model_name!r} is not a valid mapping; write it like '{{name: fake, latency: 0.1}}'")
+    model = _model_option(model_name)
     view: _ProgressView | _PlainProgress = _ProgressView(err) if err.is_terminal else _PlainProgress(err)
     try:
         with view:
@@ -180,6 +175,19 @@ def run_cmd(job_file: Path, limit: int | None, model_name: str | None, as_json: 
         markup=False,
     )
     sys.exit(EXIT_STOPPED)
+
+
+def _model_option(model_name: str | None) -> str | dict[str, Any] | None:
+    """``--model``: a name, or a YAML mapping such as ``'{name: fake, latency: 0.1}'``."""
+    if model_name and model_name.lstrip().startswith("{"):
+        try:
+            value = yaml.safe_load(model_name)
+        except yaml.YAMLError:
+            _fail(f"--model {model_name!r} is not a valid mapping; write it like '{{name: fake, latency: 0.1}}'")
+        if isinstance(value, dict):
+            return value
+        _fail(f"--model {model_name!r} is not a mapping; write it like '{{name: fake, latency: 0.1}}'")
+    return model_name
 
 
 def _store_flag(store: str | None) -> str:
@@ -471,12 +479,7 @@ def calibrate_cmd(
     err = _err()
     if labels is None:
         _fail("--labels FILE is required: a CSV, TSV or JSONL file with the key column and the expected answer")
-    model: Any = model_name
-    if model_name and model_name.lstrip().startswith("{"):
-        try:
-            model = yaml.safe_load(model_name)
-        except yaml.YAMLError:
-            _fail(f"--model {model_name!r} is not a valid mapping; write it like '{{name: fake, latency: 0.1}}'")
+    model: Any = _model_option(model_name)
 
     def progress(i: int, n: int, m: cal.Measured) -> None:
         per_k = "n/a" if m.cost_per_1000 is None else f"${float(m.cost_per_1000):,.4f}/1k rows"
@@ -562,12 +565,7 @@ def eval_cmd(
     err = _err()
     if labels is None:
         _fail("--labels FILE is required: a CSV, TSV or JSONL file with the key column and gold columns named like the sink's")
-    model: Any = model_name
-    if model_name and model_name.lstrip().startswith("{"):
-        try:
-            model = yaml.safe_load(model_name)
-        except yaml.YAMLError:
-            _fail(f"--model {model_name!r} is not a valid mapping; write it like '{{name: fake, latency: 0.1}}'")
+    model: Any = _model_option(model_name)
 
     def progress(ev: dict[str, Any]) -> None:
         if ev.get("phase") == "start":

@@ -543,7 +543,50 @@ def merge_values(rule: str, values: list[Any], is_list: bool = False) -> tuple[A
     return found[0][1], found[0][0]
 
 
-class ExtractStep(Task):
+class FieldRules:
+    """The checks of a step whose answer is its ``fields:`` when some have rules (``pattern``,
+    ``minimum``/``maximum``, ``type: date``) or are ``grounded``: what the engine asks of such a
+    step (``ground``, ``checks_fields``, ``field_problems``, ``validation_schema``). A step gives
+    the fields that apply to a row (``_rule_fields``) and the text the answer was taken from
+    (``_input_for``); extract and map mix it in."""
+
+    def _rule_fields(self, context: dict[str, Any] | None = None) -> dict[str, FieldSpec]:
+        return self.fields or {}  # type: ignore[attr-defined,no-any-return]
+
+    def _input_for(self, context: dict[str, Any]) -> str:
+        return self.template.render(context)  # type: ignore[attr-defined,no-any-return]
+
+    @cached_property
+    def _grounded(self) -> bool:
+        return any(f.grounded for f in self._rule_fields().values())
+
+    @cached_property
+    def _has_rules(self) -> bool:
+        return has_rules(self._rule_fields())
+
+    @cached_property
+    def _mode(self) -> str:
+        return ungrounded_mode(self, self.on_ungrounded)  # type: ignore[attr-defined]
+
+    def ground(self, answer: dict[str, Any], context: dict[str, Any]) -> dict[str, Any] | None:
+        if not self._grounded:
+            return None
+        return ground_fields(self._rule_fields(context), answer, self._input_for(context), self._mode)
+
+    def checks_fields(self) -> bool:
+        return self._has_rules or self._grounded
+
+    def field_problems(self, answer: dict[str, Any], context: dict[str, Any]) -> list[str]:
+        if not (self._has_rules or self._grounded):
+            return []
+        text = self._input_for(context) if self._grounded else None
+        return field_problems(self._rule_fields(context), answer, text)
+
+    def validation_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+        return without_rules(schema) if self._has_rules else schema
+
+
+class ExtractStep(FieldRules, Task):
     """Extract typed ``fields`` from each row; each field lands in its own column."""
 
     task: Literal["extract"] = "extract"
@@ -593,41 +636,12 @@ class ExtractStep(Task):
 
     # --- field rules and grounding -------------------------------------------------------
 
-    def _fields_for(self, context: dict[str, Any]) -> dict[str, FieldSpec]:
-        return self._part_fields if _CHUNK in context else self.fields
+    def _rule_fields(self, context: dict[str, Any] | None = None) -> dict[str, FieldSpec]:
+        return self._part_fields if context is not None and _CHUNK in context else self.fields
 
     def _input_for(self, context: dict[str, Any]) -> str:
         """The rendered input the answer was taken from: the chunk's text, for a chunk."""
         return context[_CHUNK] if _CHUNK in context else self.template.render(context)
-
-    @cached_property
-    def _grounded(self) -> bool:
-        return any(f.grounded for f in self.fields.values())
-
-    @cached_property
-    def _has_rules(self) -> bool:
-        return has_rules(self.fields)
-
-    @cached_property
-    def _mode(self) -> str:
-        return ungrounded_mode(self, self.on_ungrounded)
-
-    def ground(self, answer: dict[str, Any], context: dict[str, Any]) -> dict[str, Any] | None:
-        if not self._grounded:
-            return None
-        return ground_fields(self._fields_for(context), answer, self._input_for(context), self._mode)
-
-    def checks_fields(self) -> bool:
-        return self._has_rules or self._grounded
-
-    def field_problems(self, answer: dict[str, Any], context: dict[str, Any]) -> list[str]:
-        if not (self._has_rules or self._grounded):
-            return []
-        text = self._input_for(context) if self._grounded else None
-        return field_problems(self._fields_for(context), answer, text)
-
-    def validation_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
-        return without_rules(schema) if self._has_rules else schema
 
     def output_schema(self) -> dict[str, Any]:
         return fields_schema(self.fields)

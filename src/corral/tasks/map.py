@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from functools import cached_property
 from typing import Any, Literal
 
 from jsonschema import Draft202012Validator
@@ -22,18 +21,14 @@ from corral.tasks.base import Task
 from corral.tasks.extract import (
     CHUNKS_KEY,
     ON_UNGROUNDED_HELP,
+    FieldRules,
     FieldSpec,
     OnUngrounded,
     check_field_names,
     check_on_ungrounded,
     describe_fields,
-    field_problems,
     fields_schema,
-    ground_fields,
-    has_rules,
     parse_fields,
-    ungrounded_mode,
-    without_rules,
     yaml_null,
 )
 
@@ -150,7 +145,7 @@ def describe_property(s: Any) -> str:
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message='Field name "schema"', category=UserWarning)
 
-    class MapStep(Task):
+    class MapStep(FieldRules, Task):
         """Produce new values for each row: ``instructions`` say what, ``fields`` or ``schema``
         declare the shape. One column per field (per top-level property of ``schema``)."""
 
@@ -212,38 +207,6 @@ with warnings.catch_warnings():
             if isinstance(data, dict) and data.get("on_ungrounded") == "review":
                 del data["on_ungrounded"]
             return data
-
-        # --- field rules and grounding (``fields:`` only) ---------------------------------
-
-        @cached_property
-        def _grounded(self) -> bool:
-            return any(f.grounded for f in (self.fields or {}).values())
-
-        @cached_property
-        def _has_rules(self) -> bool:
-            return has_rules(self.fields)
-
-        @cached_property
-        def _mode(self) -> str:
-            return ungrounded_mode(self, self.on_ungrounded)
-
-        def ground(self, answer: dict[str, Any], context: dict[str, Any]) -> dict[str, Any] | None:
-            if not self._grounded:
-                return None
-            assert self.fields is not None
-            return ground_fields(self.fields, answer, self.template.render(context), self._mode)
-
-        def checks_fields(self) -> bool:
-            return self._has_rules or self._grounded
-
-        def field_problems(self, answer: dict[str, Any], context: dict[str, Any]) -> list[str]:
-            if not (self._has_rules or self._grounded):
-                return []
-            text = self.template.render(context) if self._grounded else None
-            return field_problems(self.fields or {}, answer, text)
-
-        def validation_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
-            return without_rules(schema) if self._has_rules else schema
 
         def output_schema(self) -> dict[str, Any]:
             if self.fields is not None:
