@@ -747,13 +747,10 @@ def resolve_run(st: Store, run: str) -> RunInfo:
     return found[0]
 
 
-def _final_states(st: Store, run_id: str) -> dict[str, str]:
-    out = {}
-    for state in STATES:
-        for chunk in st.iter_records(run_id, state):
-            for r in chunk:
-                out[r["key"]] = state
-    return out
+def _state(st: Store, run_id: str, key: str) -> str | None:
+    """A record's state in a run (None when the run has no record of the key)."""
+    r = st.record(run_id, key)
+    return None if r is None else r["state"]
 
 
 async def _labeled_run(
@@ -783,8 +780,8 @@ async def _labeled_run(
         rid = run_id_for(copy, model_id, fingerprint)
         earlier = st.get_run(rid)
         if earlier is not None:
-            finals = _final_states(st, rid)
-            if len(finals) == len(rows) and all(v in FINAL_STATES for v in finals.values()):
+            counts = st.counts(rid)
+            if sum(counts.values()) == len(rows) and all(v in FINAL_STATES for v in counts):
                 return earlier, (f"scored run {rid}: the {len(rows):,} labeled rows, run by an earlier "
                                  "corral eval (no call made)")
         before = st.totals(rid)
@@ -861,8 +858,7 @@ async def evaluate_async(
             if not isinstance(model, Model):
                 await m.aclose()
             info = st.get_run(rid)
-            finals = _final_states(st, rid) if info is not None else {}
-            todo = [k for k in in_source if finals.get(k) not in FINAL_STATES]
+            todo = [k for k in in_source if info is None or _state(st, rid, k) not in FINAL_STATES]
             if info is not None and job.key == key and not todo:
                 infos = [info]
             elif not run_missing:
