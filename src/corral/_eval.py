@@ -265,6 +265,9 @@ class StepEval:
     groups: list[Group] = field(default_factory=list)
     calibration: Calibration | None = None
     spend: Spend = field(default_factory=Spend)
+    #: label key -> whether the row is right for the step, as a row's correctness counts it (a
+    #: row without a label, or one a filter's skip kept from the step, does not count against it)
+    verdicts: dict[str, bool] = field(default_factory=dict, repr=False)
 
     @property
     def accuracy(self) -> float | None:
@@ -545,12 +548,14 @@ def score_step(step: Task, pairs: list[tuple[str, str]], gold_cols: dict[str, st
     for k, row in rows.items():
         g = gold[k]
         if label_col is not None and _labels.blank(g.get(label_col[1])):
+            ev.verdicts[k] = True
             continue
         ev.rows += 1
         grp = groups[GROUP_OF.get(row.state, "not final")]
         grp.rows += 1
         value = row.outputs.get(step.name)
         if value is None:
+            ev.verdicts[k] = row.state == "skipped"
             continue
         cols = step.to_columns(value)
         ev.answered += 1
@@ -558,18 +563,16 @@ def score_step(step: Task, pairs: list[tuple[str, str]], gold_cols: dict[str, st
         if label_col is not None:
             step_col, gcol = label_col
             v, lab = cols.get(step_col), g[gcol]
+            shaped = _labels.as_shape(lab, v)
             ok = _labels.matches(v, lab)
-            gs = _label_set(_labels.as_shape(lab, v))
-            ps = _label_set(v) if v is not None else set()
-            golds.append(gs)
-            preds.append(ps)
-            for x in (_labels.as_shape(lab, v), v):
+            golds.append(_label_set(shaped))
+            preds.append(_label_set(v) if v is not None else set())
+            for x in (shaped, v):
                 for item in (x if isinstance(x, (list, tuple)) else [x]):
                     if item is not None:
                         shown.setdefault(_labels.norm(item), _display(item))
-            gd, pd = _display(_labels.as_shape(lab, v)), _display(v) if v is not None else "(none)"
             if not ok:
-                confused[(gd, pd)] += 1
+                confused[(_display(shaped), _display(v) if v is not None else "(none)")] += 1
         else:
             ok = True
             for step_col, fs in fields.items():
@@ -589,6 +592,7 @@ def score_step(step: Task, pairs: list[tuple[str, str]], gold_cols: dict[str, st
                 ok = ok and right
         ev.correct += ok
         grp.correct += ok
+        ev.verdicts[k] = ok
         conf = confidence_of(row.calls, step.name)
         if conf is None:
             without += 1
@@ -687,39 +691,12 @@ def score_run(st: Store, info: RunInfo, job: Job, gold: dict[str, dict[str, Any]
     correct = 0
     for k, row in rows.items():
         spend.add(*_spend_of(row.calls))
-        ok = True
-        for s in run_job.steps:
-            gc = next((e.columns for e in steps if e.step == s.name), None)
-            if gc is None:
-                continue
-            ok = ok and _row_correct(s, gc, row, gold[k])
-        correct += ok and bool(steps)
+        correct += bool(steps) and all(e.verdicts[k] for e in steps)
     not_final = sum(GROUP_OF.get(r.state) == "not final" for r in rows.values())
     spec_model = info.spec.get("model_id")
     ev = RunEval(info.id, info.job_name, spec_model, info.status, len(rows) + len(missing),
                  not_final, len(missing), correct, steps, spend)
     return ev, used, unscored
-
-
-def _row_correct(step: Task, gold_cols: dict[str, str], row: _Row, g: dict[str, Any]) -> bool:
-    """A row is right for a step when it is answered and right (a label step's row without a
-    label does not count against it, nor a step a filter's skip kept the row from)."""
-    value = row.outputs.get(step.name)
-    if value is None and row.state == "skipped":
-        return True
-    if step.task in LABEL_TASKS:
-        step_col, gcol = next(iter(gold_cols.items()))
-        if _labels.blank(g.get(gcol)):
-            return True
-        return value is not None and _labels.matches(step.to_columns(value).get(step_col), g[gcol])
-    if value is None:
-        return False
-    cols = step.to_columns(value)
-    for step_col, gcol in gold_cols.items():
-        pv, gv = cols.get(step_col), g.get(gcol)
-        if not (_is_null(pv) if _is_null(gv) else normalised_match(pv, gv)):
-            return False
-    return True
 
 
 def _no_gold(pairs: list[list[tuple[str, str]]], cols: list[str], labels: Path) -> None:
