@@ -54,7 +54,7 @@ Calibrate = Literal["auto", "contextual", "none"]
 #: what replaces the input's placeholders in the content-free prompt of contextual calibration
 CONTENT_FREE = "N/A"
 #: keys added after jobs had run ids, dropped from a step's spec while they hold their default
-_LATER_KEYS = (("scoring", "auto"), ("calibrate", "auto"), ("min_confidence", None))
+_LATER_KEYS = ("on_empty", "scoring", "calibrate", "min_confidence")
 #: `scoring: auto` scores by likelihood on exact scorers up to this many continuations per row
 #: (measured on the bundled model: 5 labels score faster than one generated answer; 77 labels
 #: take about 7 times longer, 5.2 s a row on one thread)
@@ -114,6 +114,9 @@ class Task(BaseModel):
         description="hold an answer whose confidence is under this for review, never written to the sink",
     )
 
+    #: the task's own keys added after jobs had run ids (see :meth:`_without_later_defaults`)
+    later_keys: ClassVar[tuple[str, ...]] = ()
+
     _template: Template = PrivateAttr()
     _condition: Condition | None = PrivateAttr(default=None)
     _checks: list[Condition] = PrivateAttr(default_factory=list)
@@ -148,20 +151,20 @@ class Task(BaseModel):
     @field_validator("on_empty", mode="before")
     @classmethod
     def _yaml_null(cls, v: Any) -> Any:
-        return "null" if v is None else v  # YAML reads a bare `on_empty: null` as None
+        return yaml_null(v)
 
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
         return self._without_later_defaults(handler(self))
 
     def _without_later_defaults(self, data: Any) -> Any:
-        """``data`` (this step serialized) without keys added after jobs had run ids while they
-        hold the task's default, so a job that does not set them keeps its spec hash."""
-        if isinstance(data, dict) and data.get("on_empty") == type(self).model_fields["on_empty"].default:
-            del data["on_empty"]
+        """``data`` (this step serialized) without keys added after jobs had run ids
+        (``_LATER_KEYS`` and the task's :attr:`later_keys`) while they hold the task's default,
+        so a job that does not set them keeps its spec hash."""
         if isinstance(data, dict):
-            for key, default in _LATER_KEYS:
-                if key in data and data[key] == default:
+            fields = type(self).model_fields
+            for key in (*_LATER_KEYS, *self.later_keys):
+                if key in data and data[key] == fields[key].default:
                     del data[key]
         return data
 
@@ -511,6 +514,11 @@ class Task(BaseModel):
         if len(text) <= 512 and len(valid) < 4096:
             valid.add(text)
         return data
+
+
+def yaml_null(v: Any) -> Any:
+    """A ``null`` choice of a step key: YAML reads a bare ``key: null`` as None."""
+    return "null" if v is None else v
 
 
 def _lookup(context: dict[str, Any], name: tuple[str, ...]) -> Any:

@@ -13,7 +13,7 @@ import json
 import re
 from collections import Counter
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -30,7 +30,7 @@ from corral._grounding import find
 from corral.errors import InvalidOutput
 from corral.io.base import Column
 from corral.models.base import Message, Request
-from corral.tasks.base import Task
+from corral.tasks.base import Task, yaml_null
 
 FieldType = Literal["string", "number", "integer", "boolean", "date", "enum", "list"]
 ItemType = Literal["string", "number", "integer", "boolean", "date"]
@@ -425,10 +425,6 @@ def check_on_ungrounded(step: Task, fields: dict[str, FieldSpec] | None) -> None
         raise ValueError("`on_ungrounded` is set but no field is `grounded: true`")
 
 
-def yaml_null(v: Any) -> Any:
-    return "null" if v is None else v  # YAML reads a bare `on_ungrounded: null` as None
-
-
 # --- chunking -------------------------------------------------------------------------------
 
 
@@ -609,6 +605,8 @@ class ExtractStep(FieldRules, Task):
 
     on_ungrounded: OnUngrounded = Field("review", description=ON_UNGROUNDED_HELP)
 
+    later_keys: ClassVar[tuple[str, ...]] = ("chunking", "on_ungrounded")
+
     @field_validator("chunking", mode="before")
     @classmethod
     def _chunking_shorthand(cls, v: Any) -> Any:
@@ -628,11 +626,6 @@ class ExtractStep(FieldRules, Task):
         check_on_ungrounded(self, self.fields)
         return self
 
-    @model_serializer(mode="wrap")
-    def _serialize(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
-        return self._without_later_defaults(
-            _drop_defaults(self, handler, {"chunking": None, "on_ungrounded": "review"})
-        )
 
     # --- field rules and grounding -------------------------------------------------------
 

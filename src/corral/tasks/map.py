@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
@@ -17,7 +17,7 @@ from pydantic import Field, field_validator, model_validator
 
 from corral.io.base import Column
 from corral.models.base import Message, Request
-from corral.tasks.base import Task
+from corral.tasks.base import Task, yaml_null
 from corral.tasks.extract import (
     CHUNKS_KEY,
     ON_UNGROUNDED_HELP,
@@ -29,7 +29,6 @@ from corral.tasks.extract import (
     describe_fields,
     fields_schema,
     parse_fields,
-    yaml_null,
 )
 
 _SCALAR_COLUMNS = {"string": "string", "number": "number", "integer": "integer", "boolean": "boolean"}
@@ -159,6 +158,8 @@ with warnings.catch_warnings():
         )
         on_ungrounded: OnUngrounded = Field("review", description=ON_UNGROUNDED_HELP)
 
+        later_keys: ClassVar[tuple[str, ...]] = ("on_ungrounded",)
+
         @field_validator("on_ungrounded", mode="before")
         @classmethod
         def _ungrounded_null(cls, v: Any) -> Any:
@@ -201,12 +202,6 @@ with warnings.catch_warnings():
                 )
             check_on_ungrounded(self, self.fields)
             return self
-
-        def _without_later_defaults(self, data: Any) -> Any:
-            data = super()._without_later_defaults(data)
-            if isinstance(data, dict) and data.get("on_ungrounded") == "review":
-                del data["on_ungrounded"]
-            return data
 
         def output_schema(self) -> dict[str, Any]:
             if self.fields is not None:
