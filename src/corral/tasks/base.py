@@ -290,10 +290,7 @@ class Task(BaseModel):
 
     def names_used(self) -> list[tuple[str, ...]]:
         """Row names this step reads: its template's placeholders and its condition's names."""
-        names = list(self._template.names)
-        if self._condition is not None:
-            names += [(n,) for n in sorted(self._condition.names)]
-        return names
+        return list(self._template.names) + [(n,) for n in self.when_names()]
 
     def when_names(self) -> list[str]:
         """The names its ``when:`` condition reads (columns and earlier steps), sorted."""

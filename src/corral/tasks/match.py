@@ -179,10 +179,7 @@ class MatchStep(Task):
 
     def names_used(self) -> list[tuple[str, ...]]:
         names = super().names_used()
-        for t in (self._left, self._right):
-            if t is not None:
-                names += [n for n in t.names if n not in names]
-        return names
+        return names + [n for n in self.input_names() if n not in names]
 
     def input_names(self) -> list[tuple[str, ...]]:
         names: list[tuple[str, ...]] = []
