@@ -673,18 +673,9 @@ def _resolve(st: Store, run: str | None) -> RunInfo:
         if not runs:
             raise RunNotFoundError("no runs in this store yet — start one with `corral run JOB.yaml`")
         return runs[0]
-    found = st.find_runs(run)
-    if not found:
-        raise RunNotFoundError(f"no run matches `{run}` — list runs with `corral runs`")
-    ids = {r.id for r in found}
-    exact = [r for r in found if r.id == run]
-    if exact:
-        return exact[0]
-    if len(ids) > 1 and not all(r.job_name == run for r in found):
-        raise RunNotFoundError(
-            f"`{run}` matches {len(ids)} runs ({', '.join(sorted(ids)[:5])}); give more of the id"
-        )
-    return found[0]
+    from corral._eval import resolve_run
+
+    return resolve_run(st, run)
 
 
 @main.command("runs")
