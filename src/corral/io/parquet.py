@@ -90,23 +90,16 @@ def _chunks(arr: pa.Array | pa.ChunkedArray) -> list[pa.Array]:
     return list(arr.chunks) if isinstance(arr, pa.ChunkedArray) else [arr]
 
 
-def _is_binary(t: pa.DataType) -> bool:
-    return (
-        pa.types.is_binary(t)
-        or pa.types.is_large_binary(t)
-        or pa.types.is_fixed_size_binary(t)
-        or getattr(pa.types, "is_binary_view", lambda _: False)(t)
-    )
+def _type_test(*kinds: str) -> Callable[[pa.DataType], bool]:
+    """Whether a type is one of ``kinds`` (``pa.types.is_<kind>``); a kind this pyarrow does not
+    have (the ``*_view`` types are newer) is left out."""
+    tests = [f for k in kinds if (f := getattr(pa.types, f"is_{k}", None)) is not None]
+    return lambda t: any(f(t) for f in tests)
 
 
-def _is_list(t: pa.DataType) -> bool:
-    return (
-        pa.types.is_list(t)
-        or pa.types.is_large_list(t)
-        or pa.types.is_fixed_size_list(t)
-        or getattr(pa.types, "is_list_view", lambda _: False)(t)
-        or getattr(pa.types, "is_large_list_view", lambda _: False)(t)
-    )
+_is_binary = _type_test("binary", "large_binary", "fixed_size_binary", "binary_view")
+_is_list = _type_test("list", "large_list", "fixed_size_list", "list_view", "large_list_view")
+_is_string = _type_test("string", "large_string", "string_view")
 
 
 def _iso_text(s: str | None) -> str | None:
@@ -196,9 +189,7 @@ def encode_array(arr: pa.Array | pa.ChunkedArray) -> list[Any]:
         pa.types.is_integer(t)
         or pa.types.is_boolean(t)
         or pa.types.is_null(t)
-        or pa.types.is_string(t)
-        or pa.types.is_large_string(t)
-        or getattr(pa.types, "is_string_view", lambda _: False)(t)
+        or _is_string(t)
     ):
         return arr.to_pylist()
     return [to_json_value(v) for v in arr.to_pylist()]
@@ -328,18 +319,14 @@ def arrow_column_type(t: pa.DataType) -> str:
     if pa.types.is_date(t):
         return "date"
     if (
-        pa.types.is_string(t)
-        or pa.types.is_large_string(t)
+        _is_string(t)
+        or _is_binary(t)
         or pa.types.is_decimal(t)
         or pa.types.is_timestamp(t)
         or pa.types.is_time(t)
-        or pa.types.is_binary(t)
-        or pa.types.is_large_binary(t)
-        or pa.types.is_fixed_size_binary(t)
-        or getattr(pa.types, "is_string_view", lambda _: False)(t)
     ):
         return "string"
-    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+    if _is_list(t):
         return "list"
     return "any"
 
