@@ -21,11 +21,7 @@ from corral.job import Job
 LABEL_FORMATS = (".csv", ".tsv", ".jsonl", ".ndjson")
 
 
-class LabelsError(UserError):
-    """A labels file that cannot be used: missing, wrong format, no key column, no overlap."""
-
-
-def read_table(path: Path, error: type[UserError] = LabelsError) -> tuple[list[str], list[dict[str, Any]]]:
+def read_table(path: Path, error: type[UserError]) -> tuple[list[str], list[dict[str, Any]]]:
     """Columns and rows of a CSV, TSV or JSONL labels file."""
     ext = path.suffix.lower()
     if ext not in LABEL_FORMATS:
@@ -44,7 +40,7 @@ def blank(v: Any) -> bool:
 
 
 def read_labels(
-    path: Path, key: str, error: type[UserError] = LabelsError
+    path: Path, key: str, error: type[UserError]
 ) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """The labels file's columns and its rows by key (as text; the first row of a key wins, rows
     without a key are left out). Raises when the key column is missing."""
@@ -65,7 +61,7 @@ def read_labels(
 
 def source_rows(
     job: Job, key: str, wanted: set[str] | dict[str, Any], labels_name: str,
-    error: type[UserError] = LabelsError,
+    error: type[UserError],
 ) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """The job's source columns and its rows whose key is one of ``wanted``, in source order.
     Raises when the source has no such key column or none of the keys."""
