@@ -273,10 +273,7 @@ class SQLiteStore(Store):
         if self.path.exists():
             self._open(create=False)
         elif not create:
-            raise StoreError(
-                f"no store at {self.path} — run a job first, or pass --store (or set CORRAL_STORE) "
-                "to the store you used"
-            )
+            raise self._missing()
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -294,6 +291,12 @@ class SQLiteStore(Store):
 
     # --- plumbing ----------------------------------------------------------------------
 
+    def _missing(self) -> StoreError:
+        return StoreError(
+            f"no store at {self.path} — run a job first, or pass --store (or set CORRAL_STORE) "
+            "to the store you used"
+        )
+
     def _open(self, create: bool) -> None:
         existed = self.path.exists()
         try:
@@ -309,10 +312,7 @@ class SQLiteStore(Store):
                 )
         except sqlite3.DatabaseError as e:
             if not self.path.exists():
-                raise StoreError(
-                    f"no store at {self.path} — run a job first, or pass --store (or set "
-                    "CORRAL_STORE) to the store you used"
-                ) from None
+                raise self._missing() from None
             raise _store_error(self.path, e, opening=True) from None
         except OSError as e:
             raise StoreError(
@@ -359,7 +359,7 @@ class SQLiteStore(Store):
             for line in str(row).splitlines()
         ]
         problems = [ln for ln in lines if ln and ln != "ok" and not ln.startswith("*** in database")]
-        if problems or lines != ["ok"]:
+        if lines != ["ok"]:
             first = problems[0][:160] if problems else "; ".join(lines)[:160]
             raise StoreError(
                 f"cannot open the store at {self.path}: it is damaged (integrity check: {first}) — "
