@@ -52,7 +52,7 @@ import re
 import shutil
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -645,21 +645,28 @@ def _gold_columns(pairs: list[tuple[str, str]], cols: list[str], key: str) -> di
     return out
 
 
-def _records(st: Store, info: RunInfo, key: str, gold: dict[str, Any]) -> tuple[dict[str, _Row], dict[str, Any] | None]:
-    """The run's records of labeled keys (by label key), and one record's input row."""
+def _records(st: Store, info: RunInfo, key: str, gold: dict[str, Any],
+             keyed: bool) -> tuple[dict[str, _Row], dict[str, Any] | None]:
+    """The run's records of labeled keys (by label key), and one record's input row. A run
+    ``keyed`` by the labels' key column has them looked up by key, not read whole."""
+    found: Iterable[dict[str, Any]]
+    if keyed:
+        found = sorted((r for k in gold if (r := st.record(info.id, k)) is not None),
+                       key=lambda r: (STATES.index(r["state"]), r["ordinal"]))
+    else:
+        found = (dict(r, state=state) for state in STATES for chunk in st.iter_records(info.id, state)
+                 for r in chunk)
     rows: dict[str, _Row] = {}
     sample: dict[str, Any] | None = None
-    for state in STATES:
-        for chunk in st.iter_records(info.id, state):
-            for r in chunk:
-                data = r["data"]
-                if data is None:
-                    continue
-                if sample is None:
-                    sample = data
-                k = str(data[key]) if key in data and not _labels.blank(data[key]) else r["key"]
-                if k in gold and k not in rows:
-                    rows[k] = _Row(r["key"], state, r["outputs"] or {}, [])
+    for r in found:
+        data = r["data"]
+        if data is None:
+            continue
+        if sample is None:
+            sample = data
+        k = str(data[key]) if key in data and not _labels.blank(data[key]) else r["key"]
+        if k in gold and k not in rows:
+            rows[k] = _Row(r["key"], r["state"], r["outputs"] or {}, [])
     for row in rows.values():
         row.calls = st.record_calls(info.id, row.store_key)
     return rows, sample
@@ -669,7 +676,7 @@ def score_run(st: Store, info: RunInfo, job: Job, gold: dict[str, dict[str, Any]
               key: str, expected: set[str] | None = None) -> tuple[RunEval, set[str], list[str]]:
     """Score one run; also the labels columns it used and the steps it could not score."""
     run_job = _job_of(info, job)
-    rows, sample = _records(st, info, key, gold)
+    rows, sample = _records(st, info, key, gold, run_job.key == key)
     if not rows:
         some = ", ".join(list(gold)[:3])
         raise EvalError(
