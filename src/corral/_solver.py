@@ -107,9 +107,8 @@ def check_scoring(job: Any, model: Any, extra: dict[str, Any]) -> None:
     """The job errors of ``scoring: likelihood`` and ``min_confidence`` on the models a step
     calls, found before any row is asked: one line naming the fix."""
     for step in job.steps:
-        stages = getattr(step.strategy, "stages", None) or [step.strategy]
         used = []
-        for st in stages:
+        for st in step.stages():
             name = st.model or step.strategy.model
             used.append((st, model if name is None else extra[name][0]))
         if step.scoring == "likelihood" and not any(m.capabilities.supports_scoring for _, m in used):

@@ -191,17 +191,20 @@ class Task(BaseModel):
             self._condition = Condition.parse(self.when)
         self._checks = [Condition.parse(c) for c in self.checks]
 
+    def stages(self) -> list[Strategy]:
+        """The strategies the step runs: a cascade's stages, else its one strategy."""
+        return getattr(self.strategy, "stages", None) or [self.strategy]
+
     @model_validator(mode="after")
     def _strategy_has_a_verifier(self) -> Task:
-        stages = getattr(self.strategy, "stages", None) or [self.strategy]
-        for st in stages:
+        checked = bool(self.checks) or self.checks_fields()
+        for st in self.stages():
             if st.name == "refine" and getattr(st, "critic_model", None) and not getattr(st, "critic", None):
                 raise ValueError("strategy `refine`: `critic_model` is set but `critic` is not; "
                                  "give the critic its instructions with `critic:`")
             if st.name == "best_of" and getattr(st, "judge_model", None) and not getattr(st, "judge", None):
                 raise ValueError("strategy `best_of`: `judge_model` is set but `judge` is not; "
                                  "give the judge its instructions with `judge:`")
-            checked = bool(self.checks) or self.checks_fields()
             if st.name == "refine" and not checked and not getattr(st, "critic", None):
                 raise ValueError(
                     "strategy `refine` has nothing to check answers with; add `checks:` to the "

@@ -414,8 +414,7 @@ def has_rules(fields: dict[str, FieldSpec] | None) -> bool:
 def ungrounded_mode(step: Task, on_ungrounded: str) -> str:
     """``problem`` when the step's strategy repairs (refine, in any stage) or ``on_ungrounded``
     is ``review``; else ``null`` or ``quarantine``."""
-    stages = getattr(step.strategy, "stages", None) or [step.strategy]
-    if on_ungrounded == "review" or any(st.name == "refine" for st in stages):
+    if on_ungrounded == "review" or any(st.name == "refine" for st in step.stages()):
         return "problem"
     return on_ungrounded
 
