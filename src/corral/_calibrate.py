@@ -24,10 +24,10 @@ from typing import Any
 
 import yaml
 
+from corral import _labels
+from corral._labels import matches
 from corral._registry import suggest
 from corral.engine import run_async
-from corral import _labels
-from corral._labels import LABEL_FORMATS, matches  # noqa: F401  (the rules live in corral._labels)
 from corral.errors import UserError
 from corral.job import Job, ModelRef
 from corral.store import Store
