@@ -31,6 +31,10 @@ from corral.io.spec import SinkSpec, SourceSpec
 from corral.tasks.base import Task
 
 
+#: the keys of a model mapping that the engine reads (limits, retries); the others are the model's options
+_ENGINE_KEYS = ("rpm", "tpm", "timeout_s", "max_retries", "max_outage_s", "batch_poll_s", "batch_resubmits")
+
+
 class ModelRef(BaseModel):
     """A model by name: ``local``, ``local:/path/model.gguf``, ``fake``, or a mapping
     ``{name: fake, latency: 0.05}`` whose other keys are options for the model."""
@@ -63,12 +67,8 @@ class ModelRef(BaseModel):
             if "name" not in value:
                 raise ValueError("a model mapping needs `name:` (e.g. {name: fake, latency: 0.1})")
             ref = cls.parse(str(value["name"]))
-            engine_keys = {
-                "rpm", "tpm", "timeout_s", "max_retries", "max_outage_s", "batch_poll_s",
-                "batch_resubmits",
-            }
-            opts = {k: v for k, v in value.items() if k != "name" and k not in engine_keys}
-            limits = {k: v for k, v in value.items() if k in engine_keys}
+            opts = {k: v for k, v in value.items() if k != "name" and k not in _ENGINE_KEYS}
+            limits = {k: v for k, v in value.items() if k in _ENGINE_KEYS}
             return cls.model_validate(
                 {"name": ref.name, "arg": ref.arg, "options": opts, **limits}
             )
@@ -81,12 +81,9 @@ class ModelRef(BaseModel):
     def _as_written(self) -> dict[str, Any]:
         """Serialized the way it is written in a job file, so a dump loads back as the same."""
         out: dict[str, Any] = {"name": str(self), **self.options}
-        for k in ("rpm", "tpm", "timeout_s"):
-            if getattr(self, k) is not None:
-                out[k] = getattr(self, k)
-        defaults = {"max_retries": 6, "max_outage_s": 300.0, "batch_poll_s": 30.0, "batch_resubmits": 2}
-        for k, d in defaults.items():
-            if getattr(self, k) != d:
+        fields = type(self).model_fields
+        for k in _ENGINE_KEYS:
+            if getattr(self, k) != fields[k].default:
                 out[k] = getattr(self, k)
         return out
 
