@@ -156,14 +156,15 @@ def render(ev: Evaluation) -> str:
             body.append('<p class="meta">No recorded confidences for this step\'s answers: no reliability '
                         "diagram (the model returned no log-probabilities and the strategy measured none).</p>")
             continue
-        figs = []
-        for i, (r, s) in enumerate(scored):
+        figs: list[str] = []
+        curves: list[tuple[str, Calibration]] = []
+        for r, s in scored:
             c = s.calibration
             assert c is not None
+            curves.append((run_title(r), c))
             figs.append(f"<figure>{reliability_svg(c, COLORS[ev.runs.index(r) % len(COLORS)])}<figcaption>"
                         f"Reliability, run {_e(r.run)}: ECE {c.ece:.3f} over {c.with_confidence:,} answers"
                         "</figcaption></figure>")
-        curves = [(run_title(r), s.calibration) for r, s in scored if s.calibration is not None]
         figs.append(f"<figure>{coverage_svg(curves)}<figcaption>Coverage vs accuracy: answer only the "
                     "most confident rows, send the rest to review.</figcaption></figure>")
         body.append('<div class="plots">' + "".join(figs) + "</div>")
