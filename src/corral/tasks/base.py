@@ -405,10 +405,11 @@ class Task(BaseModel):
 
     @cached_property
     def _system(self) -> str:
-        system = self.system_prompt()
-        if self.instructions:
-            system = system + "\n\n" + self.instructions.strip()
-        return system
+        return self.with_instructions(self.system_prompt())
+
+    def with_instructions(self, system: str) -> str:
+        """A system prompt of the step with its ``instructions`` after it."""
+        return system + "\n\n" + self.instructions.strip() if self.instructions else system
 
     @cached_property
     def _tpl(self) -> Template:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import cached_property
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
@@ -108,32 +109,45 @@ class ClassifyStep(Task):
     def score_requests(self, context: dict[str, Any], sample: int = 0) -> list[Request]:
         text = self._tpl.render(context)
         if not self.multi_label:
-            system = self._scoring_system()
+            system = self._scoring_system
             return [Request(messages=(Message("system", system), Message("user", text)),
-                            max_tokens=8, sample=sample, choices=tuple(self.labels))]
-        system = (
-            "You decide whether a label applies to a text. Answer yes or no only."
-            + ("\n\n" + self.instructions.strip() if self.instructions else "")
-        )
-        out = []
-        for label, desc in self.labels.items():
-            about = f"{label} ({desc})" if desc else label
-            user = f"{text}\n\nLabel: {about}\nDoes this label apply to the text?"
-            out.append(Request(messages=(Message("system", system), Message("user", user)),
-                               max_tokens=4, sample=sample, choices=YES_NO))
-        return out
+                            max_tokens=8, sample=sample, choices=self._choices)]
+        system = self._yes_no_system
+        return [
+            Request(messages=(Message("system", system), Message("user", f"{text}{ask}")),
+                    max_tokens=4, sample=sample, choices=YES_NO)
+            for ask in self._label_questions
+        ]
 
     def scoring_choices(self) -> int:
         """One continuation per label; with ``multi_label``, a yes and a no per label."""
         return 2 * len(self.labels) if self.multi_label else len(self.labels)
 
+    # the parts of the scoring requests that are the same for every row, made once a step
+
+    @cached_property
     def _scoring_system(self) -> str:
         lines = [f"- {label}: {desc}" if desc else f"- {label}" for label, desc in self.labels.items()]
-        system = (
+        return self.with_instructions(
             "You classify text. Choose exactly one label from this list:\n"
             + "\n".join(lines) + "\nAnswer with the label only."
         )
-        return system + ("\n\n" + self.instructions.strip() if self.instructions else "")
+
+    @cached_property
+    def _choices(self) -> tuple[str, ...]:
+        return tuple(self.labels)
+
+    @cached_property
+    def _yes_no_system(self) -> str:
+        return self.with_instructions("You decide whether a label applies to a text. Answer yes or no only.")
+
+    @cached_property
+    def _label_questions(self) -> tuple[str, ...]:
+        """What follows the row's text in each label's yes/no request."""
+        return tuple(
+            f"\n\nLabel: {f'{label} ({desc})' if desc else label}\nDoes this label apply to the text?"
+            for label, desc in self.labels.items()
+        )
 
     def from_scores(
         self, scores: list[dict[str, float]], content_free: list[dict[str, float]] | None

@@ -7,6 +7,7 @@ beside the sink. Later steps run only for kept rows.
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
@@ -73,13 +74,16 @@ class FilterStep(Task):
         )
 
     def score_requests(self, context: dict[str, Any], sample: int = 0) -> list[Request]:
-        system = (
-            f"You answer a yes/no question about a text.\nQuestion: {self.question}\n"
-            "Answer with yes or no only."
-            + ("\n\n" + self.instructions.strip() if self.instructions else "")
-        )
+        system = self._scoring_system
         return [Request(messages=(Message("system", system), Message("user", self._tpl.render(context))),
                         max_tokens=4, sample=sample, choices=YES_NO)]
+
+    @cached_property
+    def _scoring_system(self) -> str:
+        return self.with_instructions(
+            f"You answer a yes/no question about a text.\nQuestion: {self.question}\n"
+            "Answer with yes or no only."
+        )
 
     def from_scores(
         self, scores: list[dict[str, float]], content_free: list[dict[str, float]] | None
