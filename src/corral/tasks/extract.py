@@ -182,7 +182,7 @@ class FieldSpec(BaseModel):
         for v in value if self.type == "list" and isinstance(value, list) else [value]:
             if v is None:
                 continue
-            shown = f"{name} `{v if isinstance(v, str) else json.dumps(v)}`"
+            shown = _shown(name, v)
             if self.item_kind == "date" and isinstance(v, str) and not _real_date(v):
                 out.append(f"{shown} is not a date as YYYY-MM-DD (a real calendar day)")
             if self.pattern is not None and isinstance(v, str) and not re.fullmatch(self.pattern, v):
