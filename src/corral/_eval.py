@@ -884,7 +884,16 @@ async def evaluate_async(
             st.close()
 
 
-def evaluate(job: Job | str | Path, **options: Any) -> Evaluation:
+def evaluate(
+    job: Job | str | Path,
+    *,
+    labels: str | Path,
+    runs: Sequence[str] = (),
+    model: Model | str | dict[str, Any] | None = None,
+    store: Store | str | Path | None = None,
+    key_column: str | None = None,
+    run_missing: bool = True,
+) -> Evaluation:
     """Score a job's answers against labeled rows and return an :class:`Evaluation`.
 
     ``labels`` is a CSV, TSV or JSONL file keyed like the source (``key_column``, default the
@@ -893,11 +902,12 @@ def evaluate(job: Job | str | Path, **options: Any) -> Evaluation:
     ``model``); labeled rows not final there are run first, a copy of the job over those rows
     within the job's budget (recorded answers replayed), unless ``run_missing`` is false, when
     they count as not answered. ``runs`` names stored runs (ids, prefixes or job names) to score
-    side by side as they are. The options are :func:`evaluate_async`'s (``labels``, ``runs``,
-    ``model``, ``store``, ``key_column``, ``run_missing``). Raises :class:`corral.UserError` on
-    bad input.
+    side by side as they are. Raises :class:`corral.UserError` on bad input.
     """
-    return asyncio.run(evaluate_async(job, **options))
+    return asyncio.run(evaluate_async(
+        job, labels=labels, runs=runs, model=model, store=store, key_column=key_column,
+        run_missing=run_missing,
+    ))
 
 
 # --- the report's tables (terminal, plain text and HTML share them) ----------------------------
