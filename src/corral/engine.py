@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import inspect
 import json
 import os
 import signal
@@ -97,8 +98,6 @@ def make_model(ref: ModelRef | str | dict[str, Any], base_dir: Path | None = Non
             v = options.get(key)
             if isinstance(v, str) and v and not os.path.isabs(v):
                 options[key] = str((base_dir / v).resolve())
-    import inspect
-
     try:
         params = list(inspect.signature(cls).parameters.values())
     except (TypeError, ValueError):  # a class whose signature cannot be read: let it check
@@ -482,8 +481,6 @@ class _Runner:
         self.batch_paid: set[str] = set()
         #: model calls in flight (a stop cancels them after STOP_GRACE_S)
         self.calls: set[asyncio.Future[Completion]] = set()
-        #: the last thing said to the person watching (an outage, a recovery)
-        self.notice: str | None = None
         #: why the run ended early, for the exit code: auth, quota, outage
         self.cause: str | None = None
         self.warned: set[str] = set()  # steps whose oversized prompt was reported
@@ -774,13 +771,10 @@ class _Runner:
             if stamp is None or stamp != c.headers_seen:  # only fresh headers
                 c.headers_seen = stamp
                 c.limiter.observe(getattr(c.model, "rate_limits", None))
-        if c.breaker.open or c.breaker.down_since is not None:
-            was = c.breaker.open
-            c.breaker.success()
-            if was:
-                self._recovered(c)
-        else:
-            c.breaker.success()
+        was_open = c.breaker.open
+        c.breaker.success()
+        if was_open:
+            self._recovered(c)
         c.limiter.settle(estimate, comp.usage.input_tokens + comp.usage.output_tokens)
         return comp, time.perf_counter() - t0
 
@@ -832,7 +826,6 @@ class _Runner:
 
     def _say(self, message: str) -> None:
         """A line for the person watching: on the progress display (or stderr), never lost."""
-        self.notice = message
         if self.progress:
             self.progress({"phase": "notice", "message": message})
 
@@ -1460,9 +1453,8 @@ async def run_async(
         elif runner.stop_reason:
             status, reason = "stopped", runner.stop_reason
             cause = cause or "budget"
-        elif not stop.is_set() and _others(st, run.id, runner.owner):
+        elif not stop.is_set() and (owners := _others(st, run.id, runner.owner)):
             # another worker holds the rows still to do: it finishes them and writes the outputs
-            owners = _others(st, run.id, runner.owner)
             status, reason = "running", (
                 f"{unfinished:,} rows are being finished by "
                 f"{'worker' if len(owners) == 1 else 'workers'} {', '.join(owners)}, "
@@ -1472,11 +1464,11 @@ async def run_async(
         else:
             status, reason = "interrupted", runner.stop_reason or _signal_name(stop)
             cause = "interrupted"
-        if result_status == "preview":  # the stored run keeps its finished state and outputs
+        if result_status == "preview":  # the stored run goes back to its finished state and outputs
             st.update_run(run.id, status=status, stop_reason=reason, outputs=outputs,
                           elapsed_s=run.elapsed_s + elapsed)
             reason = note
-        elif status == "running":
+        elif status == "running":  # the other worker's run: only this worker's time is added
             st.update_run(run.id, elapsed_s=run.elapsed_s + elapsed)
         else:
             st.update_run(
@@ -1551,8 +1543,8 @@ def run(
 
     ``job`` is a :class:`Job` or the path of a YAML job file. ``model`` overrides the job's model
     (a name such as ``"fake"`` or a :class:`Model` instance). ``limit`` processes only the first
-    N rows. ``store`` is a path (default ``$CORRAL_STORE``, else ``.corral/corral.db`` in the
-    job file's folder) or a :class:`Store`. Returns a :class:`RunResult`.
+    N rows. ``store`` is a path (default: :func:`store_path_for`, the store found from the job
+    file's folder) or a :class:`Store`. Returns a :class:`RunResult`.
     """
     return asyncio.run(
         run_async(job, model=model, limit=limit, store=store, progress=progress,
