@@ -20,11 +20,14 @@ from corral import FakeModel, Job
 from corral.errors import JobSpecError, UserError
 from corral.models.base import Message, Request
 from corral.models.openai import choice_logprobs
+from corral.tasks.base import CONTENT_FREE
 from corral.testing import ProviderServer
 
 from ._providers import KEY, oai
 from .conftest import write
 
+#: content-free requests a calibrated scoring step makes once per run (and per yes/no question)
+NCF = len(CONTENT_FREE)
 LABELS = {
     "billing": "Charges, payments, invoices, refunds and prices",
     "shipping": "Delivery, tracking, late, lost or damaged packages",
@@ -165,11 +168,10 @@ def test_local_classify_by_likelihood_one_prompt_evaluation_per_row(tmp_path, lo
     db = tmp_path / "s.db"
     r = corral.run(make_job(tmp_path, ROWS, [classify()]), model=model, store=db)
     assert (r.written, r.review, r.quarantined) == (4, 0, 0)
-    # one prompt evaluation per row, plus one for the content-free input; every label's tokens
-    # were evaluated on top of it, never the prompt again
-    assert model.prompt_evals == len(ROWS) + 1 == model.scored
-    assert model.choice_tokens > 0
-    assert r.calls_made == len(ROWS) + 1
+    # one prompt evaluation per row, plus one per content-free input; the labels' tokens were
+    # evaluated on top of it, never the prompt again
+    assert model.prompt_evals == len(ROWS) + NCF == model.scored
+    assert r.calls_made == len(ROWS) + NCF
     out = sink(tmp_path)
     assert set(out) == set(ROWS) and all(v["cat"] in LABELS for v in out.values())
     answers = [a for a in attempts(db, r.run, "ok") if a["data"].get("role") == "sample"]
@@ -181,9 +183,11 @@ def test_local_classify_by_likelihood_one_prompt_evaluation_per_row(tmp_path, lo
         assert sum(d["scores"].values()) == pytest.approx(1.0, abs=1e-3)
         assert d["confidence"] == pytest.approx(max(d["scores"].values()), abs=1e-4)
         assert d["answer"]["label"] == max(d["scores"], key=d["scores"].get)
-    # the scoring request on the wire: choices, no schema
+    # the scoring request on the wire: choices, no schema, the step's name as the answer's start;
+    # a row's request carries the calibration's offsets, a content-free one asks for every score
     reqs = requests_of(db, r.run)
-    assert all(q["choices"] == list(LABELS) and q["schema"] is None for q in reqs)
+    assert all(q["choices"] == list(LABELS) and q["schema"] is None and q["answer_prefix"] == "Cat:" for q in reqs)
+    assert sum("choice_offsets" in q for q in reqs) == len(ROWS)
 
 
 @pytest.mark.slow
@@ -192,34 +196,79 @@ def test_local_scoring_evaluates_the_prompt_once_and_only_label_tokens_after(loc
 
     step = Job.from_dict({"name": "t", "source": "in.csv", "steps": [classify()], "sink": "o.csv"}).steps[0]
     first, second = (step.score_requests({"text": ROWS[k]})[0] for k in ("r1", "r2"))
-    evals: list[int] = []
 
-    async def go() -> tuple[Any, Any]:
-        await local.load()
-        llama = local._llama
-        real = llama.eval
+    async def go() -> tuple[Any, Any, list[int]]:
+        got = []
+        evaluated = []
+        for request in (first, second):
+            before = local.prompt_tokens_evaluated
+            got.append(await local.complete(request))
+            evaluated.append(local.prompt_tokens_evaluated - before)
+        await local.aclose()
+        return got[0], got[1], evaluated
 
-        def counted(tokens: Any) -> None:
-            evals.append(len(tokens))
-            real(tokens)
-
-        llama.eval = counted
-        try:
-            return await local.complete(first), await local.complete(second)
-        finally:
-            llama.eval = real
-            await local.aclose()
-
-    a, b = asyncio.run(go())
+    a, b, evaluated = asyncio.run(go())
     assert set(a.choice_logprobs) == set(LABELS) and a.text == max(a.choice_logprobs, key=a.choice_logprobs.get)
     assert all(v < 0 for v in a.choice_logprobs.values())
-    # per request: one evaluation of the prompt, then one decode per label on top of its KV
-    # cache (each label's tokens but its last, with the logits of every position)
-    assert len(evals) == 2 and local.prompt_evals == 2
-    assert local.choice_decodes == 2 * len(LABELS) and local.choice_tokens >= 2 * len(LABELS)
+    # per request: one evaluation of the prompt; the labels are one token each here, so their
+    # scores come from the prompt's last logits and nothing more is decoded
+    assert local.prompt_evals == 2 and local.choice_decodes == 0 and local.choice_tokens == 0
     # the second row's prompt reuses the shared system prompt from the KV cache
-    assert evals[1] < evals[0] - 40
-    assert a.usage.input_tokens == evals[0]
+    assert evaluated[0] == a.usage.input_tokens
+    assert evaluated[1] < evaluated[0] - 40
+
+
+@pytest.mark.slow
+def test_local_search_over_many_labels_finds_the_exhaustive_answer_for_fewer_tokens(local):
+    """Labels that share their first tokens and run several tokens long: the search stops once
+    no open branch can beat the best label, and gets the same answer as scoring every label."""
+    import asyncio
+
+    from corral.tasks.classify import calibrated
+
+    names = [f"{a}_{b}" for a in ("card", "cash", "transfer", "top_up", "exchange_rate")
+             for b in ("arrival", "declined", "pending", "charge", "not_working", "limits")]
+    names += ["card", "cash_withdrawal_charge_wrong"]  # a label that others continue
+    system = "You classify text. Choose exactly one label from this list:\n" + "\n".join(
+        f"- {n}" for n in names) + "\nAnswer with the label only."
+
+    def ask(text: str, offsets: tuple[float, ...] | None) -> Request:
+        return Request(messages=(Message("system", system), Message("user", text)),
+                       choices=tuple(names), choice_offsets=offsets, answer_prefix="Intent:")
+
+    texts = ["My new card has not arrived yet", "The ATM charged me a fee for taking out cash",
+             "Why is my transfer still pending?"]
+
+    async def go() -> tuple[dict[str, float], list[tuple[Any, Any, int, int]]]:
+        free = await local.complete(ask("N/A", None))
+        offsets = tuple(free.choice_logprobs[n] for n in names)
+        out = []
+        for t in texts:
+            before = local.choice_tokens
+            searched = await local.complete(ask(t, offsets))
+            spent = local.choice_tokens - before
+            before = local.choice_tokens
+            full = await local.complete(ask(t, None))
+            out.append((searched, full, spent, local.choice_tokens - before))
+        await local.aclose()
+        return free.choice_logprobs, out
+
+    offsets, got = asyncio.run(go())
+    for searched, full, spent, all_tokens in got:
+        assert set(searched.choice_logprobs) == set(names) == set(full.choice_logprobs)
+        assert spent < all_tokens  # the search left branches unexpanded
+        cal_s = calibrated(searched.choice_logprobs, offsets)
+        cal_f = calibrated(full.choice_logprobs, offsets)
+        best_s = max(cal_s, key=cal_s.get)
+        # the same answer (or, where two labels tie within the batches' rounding, as likely)
+        assert best_s == max(cal_f, key=cal_f.get) or math.isclose(cal_f[best_s], max(cal_f.values()), rel_tol=0.1)
+        # the answer's confidence is not overstated: open branches count at their bound (the
+        # margin is llama.cpp's rounding, which differs with the batch's shape by up to ~0.07 nats)
+        assert cal_s[best_s] <= cal_f[best_s] * 1.1
+        # a label that ends where another goes on: it and its continuations share one prefix,
+        # so together they hold no more than that prefix's probability
+        assert math.exp(full.choice_logprobs["card"]) + sum(
+            math.exp(full.choice_logprobs[n]) for n in names if n.startswith("card_")) <= 1.0
 
 
 @pytest.mark.slow
@@ -230,13 +279,15 @@ def test_contextual_calibration_changes_the_scores_and_is_asked_once_per_step(tm
     r = corral.run(make_job(tmp_path, ROWS, two), model=model, store=db)
     assert r.written == 4
     cal = attempts(db, r.run, "calibration")
-    assert len(cal) == 2 and {c["step"] for c in cal} == {"cat", "again"}
-    assert all(c["detail"] == "content-free input (N/A) scored once for the run" for c in cal)
-    # its requests carry the content-free input in place of the row's text
+    assert len(cal) == 2 * NCF and {c["step"] for c in cal} == {"cat", "again"}
+    assert sorted(c["detail"] for c in cal if c["step"] == "cat") == sorted(
+        f"content-free input ({f!r}) scored once for the run" for f in CONTENT_FREE)
+    # its requests carry each content-free input in place of the row's text
     free = requests_of(db, r.run)
     users = [q["messages"][1]["content"] for q in free]
-    assert users.count("N/A") == 1 and users.count("Ticket: N/A") == 1
-    assert r.calls_made == 2 * len(ROWS) + 2
+    for filler in CONTENT_FREE:
+        assert users.count(filler) == 1 and users.count(f"Ticket: {filler}") == 1
+    assert r.calls_made == 2 * len(ROWS) + 2 * NCF
 
     raw_db = tmp_path / "raw.db"
     raw = corral.run(make_job(tmp_path, ROWS, [classify(calibrate="none")], name="raw"), model=local, store=raw_db)
@@ -255,8 +306,8 @@ def test_local_multi_label_is_a_yes_no_per_label(tmp_path, local):
     db = tmp_path / "s.db"
     r = corral.run(make_job(tmp_path, rows, [classify(multi_label=True)]), model=model, store=db)
     assert r.written == 2
-    # a yes/no request per label and row, and one content-free request per label
-    assert model.scored == 3 * 2 + 3 == r.calls_made
+    # a yes/no request per label and row, and one content-free request per label and input
+    assert model.scored == 3 * 2 + 3 * NCF == r.calls_made
     reqs = requests_of(db, r.run)
     assert all(q["choices"] == ["yes", "no"] for q in reqs)
     assert {q["messages"][1]["content"].split("Label: ")[1].split(" (")[0] for q in reqs} == set(LABELS)
@@ -273,8 +324,8 @@ def test_local_filter_by_likelihood_keeps_or_skips_with_the_probability(tmp_path
     step = {"name": "money", "task": "filter", "input": "{text}", "question": "Is this about money?"}
     db = tmp_path / "s.db"
     r = corral.run(make_job(tmp_path, ROWS, [step]), model=local, store=db)
-    assert r.written + r.skipped == 4 and r.calls_made == 4 + 1
-    assert [q["choices"] for q in requests_of(db, r.run)] == [["yes", "no"]] * 5
+    assert r.written + r.skipped == 4 and r.calls_made == 4 + NCF
+    assert [q["choices"] for q in requests_of(db, r.run)] == [["yes", "no"]] * (4 + NCF)
     recs = records(db, r.run)
     for a in attempts(db, r.run, "ok"):
         d = a["data"]
@@ -282,26 +333,26 @@ def test_local_filter_by_likelihood_keeps_or_skips_with_the_probability(tmp_path
         assert d["answer"] == {"reason": f"the answer is {said} (p {d['confidence']:.2f}, by likelihood)",
                                "keep": said == "yes"}
         assert recs[a["key"]]["state"] == ("done" if said == "yes" else "skipped")
-    assert len(attempts(db, r.run, "calibration")) == 1
+    assert len(attempts(db, r.run, "calibration")) == NCF
 
 
 @pytest.mark.slow
 def test_replay_makes_no_new_calls(tmp_path, local):
     db = tmp_path / "s.db"
     r1 = corral.run(make_job(tmp_path, ROWS, [classify()]), model=local, store=db, limit=2)
-    assert (r1.written, local.scored) == (2, 3)
+    assert (r1.written, local.scored) == (2, 2 + NCF)
     r2 = corral.run(make_job(tmp_path, ROWS, [classify()]), model=local, store=db)
     assert r2.written == 4 and r2.run == r1.run
-    # the resume scores the two new rows; the content-free call is replayed, not made again
-    assert local.scored == 3 + 2
-    assert [a["key"] for a in attempts(db, r2.run, "calibration")] == ["r1", "r3"]
-    assert r2.calls_made == 3 + 2 and r2.calls_replayed == 1
-    assert [x["replayed"] for x in query(db, "SELECT replayed FROM ledger WHERE run_id=? AND key='r3'", r2.run)] == [0, 1]
+    # the resume scores the two new rows; the content-free calls are replayed, not made again
+    assert local.scored == 2 + NCF + 2
+    assert [a["key"] for a in attempts(db, r2.run, "calibration")] == ["r1"] * NCF + ["r3"] * NCF
+    assert r2.calls_made == 2 + NCF + 2 and r2.calls_replayed == NCF
+    assert [x["replayed"] for x in query(db, "SELECT replayed FROM ledger WHERE run_id=? AND key='r3'", r2.run)] == [1] * NCF + [0]
     # the same job again under another name: every answer is in the response cache
     before = (local.scored, local.prompt_evals)
     r3 = corral.run(make_job(tmp_path, ROWS, [classify()], name="other"), model=local, store=db)
     assert r3.written == 4 and (local.scored, local.prompt_evals) == before
-    assert (r3.calls_made, r3.calls_replayed) == (0, len(ROWS) + 1)
+    assert (r3.calls_made, r3.calls_replayed) == (0, len(ROWS) + NCF)
     assert {k: v["cat"] for k, v in sink(tmp_path).items()} == {
         a["key"]: a["data"]["answer"]["label"] for a in attempts(db, r2.run, "ok")}
 
@@ -443,18 +494,48 @@ def test_an_answer_without_a_confidence_is_held_under_min_confidence(tmp_path):
         "step `cat`: confidence unknown < 0.60 (the model gave no log-probabilities)")
 
 
-def test_auto_scores_by_likelihood_only_up_to_twenty_choices():
+def test_auto_scores_by_likelihood_up_to_a_hundred_labels_or_ten_questions():
     from corral.models.local import LocalModel
 
     caps = LocalModel.capabilities
     few = {f"l{i}": f"label {i}" for i in range(5)}
-    many = {f"l{i}": f"label {i}" for i in range(21)}
+    many = {f"l{i}": f"label {i}" for i in range(101)}
 
     def step(labels: dict, **kw: Any) -> Any:
         return Job.from_dict({"name": "t", "source": "in.csv", "sink": "o.csv", "steps": [
             {"name": "c", "task": "classify", "input": "{text}", "labels": labels, **kw}]}).steps[0]
 
     assert step(few).uses_likelihood(caps)
-    assert not step(many).uses_likelihood(caps)  # 21 labels: generating is cheaper
+    assert step({f"l{i}": "" for i in range(77)}).uses_likelihood(caps)  # banking77's size
+    assert not step(many).uses_likelihood(caps)  # 101 labels: generating is cheaper
     assert step(many, scoring="likelihood").uses_likelihood(caps)
+    assert step(few, multi_label=True).uses_likelihood(caps)
+    # 11 labels, multi_label: 11 yes/no prompts a row
     assert not step(dict(list(few.items())[:5]) | {f"m{i}": "x" for i in range(6)}, multi_label=True).uses_likelihood(caps)
+
+
+def test_a_row_held_for_confidence_still_runs_its_later_steps_for_the_reviewer(tmp_path):
+    """An unsure answer is held, never written; the steps after it still run on it, so the review
+    file holds the whole row and the reviewer decides once. A failed check still stops the row."""
+    steps = [classify(scoring="likelihood", min_confidence=0.6),
+             {"name": "gist", "task": "map", "input": "{text} ({cat})", "instructions": "Sum it up.",
+              "strategy": {"name": "single", "model": "fake"}, "fields": {"short": {"type": "string"}}},
+             {"name": "money", "task": "filter", "input": "{text}", "question": "Is it money?",
+              "strategy": {"name": "single", "model": "fake"}, "scoring": "generate"}]
+    with ProviderServer(top_logprobs=by_text) as srv:
+        db = tmp_path / "s.db"
+        r = corral.run(make_job(tmp_path, HTTP_ROWS, steps), model=oai(srv), store=db)
+    recs = records(db, r.run)
+    assert r.written + r.skipped + r.review == 4 and r.review >= 2
+    for k in ("u1", "u2"):
+        assert recs[k]["state"] == "review"
+        assert recs[k]["reason"].startswith("step `cat`: confidence 0.47 < 0.60")
+        outs = json.loads(recs[k]["outputs"])
+        assert outs["cat"] == "billing" and outs["gist"] is not None  # the later steps ran
+    assert {k for k in sink(tmp_path)} <= {"c1", "c2"}
+    with open(tmp_path / "out" / "o.review.csv", newline="", encoding="utf-8") as f:
+        held = {row["_key"]: row for row in csv.DictReader(f)}
+    assert set(held) >= {"u1", "u2"} and all(held[k]["short"] for k in ("u1", "u2"))
+    # a later step that filters a held row out does not take it from the reviewer: both reasons
+    if held["u1"]["money"] == "false":
+        assert recs["u1"]["reason"].split("; ")[1].startswith("step `money`: filtered out")

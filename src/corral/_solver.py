@@ -91,6 +91,13 @@ def _choice_scores(comp: Completion, request: Request, model_id: str) -> dict[st
     return {c: float(got[c]) for c in wanted}
 
 
+def _log_normalised(scores: dict[str, float]) -> dict[str, float]:
+    """Log-probabilities shifted so that their probabilities sum to 1 over the choices."""
+    top = max(scores.values())
+    total = top + math.log(sum(math.exp(v - top) for v in scores.values()))
+    return {c: v - total for c, v in scores.items()}
+
+
 def low_confidence(step: Task, conf: float | None) -> str | None:
     """Why an answer is held for review under the step's ``min_confidence``, or ``None``."""
     floor = step.min_confidence
@@ -248,15 +255,18 @@ class StepSolver:
         h0: str | None = None
         scores: list[dict[str, float]] = []
         content_free: list[dict[str, float]] | None = None
+        caps = client.model.capabilities
         try:
-            for request in step.score_requests(self.context, sample=n):
+            if step.calibrates(caps):
+                content_free = await self._content_free_scores(n, client)
+            for i, request in enumerate(step.score_requests(self.context, sample=n)):
+                if caps.exact_scoring:  # a searching model stops once the calibrated answer is settled
+                    offsets = content_free[i] if content_free else {}
+                    request = dataclasses.replace(
+                        request, choice_offsets=tuple(offsets.get(c, 0.0) for c in request.choices or ()))
                 h, comp = await self._call(request, n, client, batch=False)
                 h0 = h0 or h
                 scores.append(_choice_scores(comp, request, client.model.id))
-            if step.calibrates(client.model.capabilities):
-                free = step.content_free(self.context)
-                content_free = [await self._content_free(r, n, client)
-                                for r in step.score_requests(free, sample=0)]
         except (TransientModelError, PermanentModelError) as e:
             self._attempt(n, h0, "error", str(e), role=role)
             return Sample(None, error=f"model error: {e}", model=client.model.id)
@@ -275,7 +285,21 @@ class StepSolver:
             self.first_hash = h0
         return Sample(answer, problems, None, conf, client.model.id)
 
-    async def _content_free(self, request: Request, n: int, client: Any) -> dict[str, float]:
+    async def _content_free_scores(self, n: int, client: Any) -> list[dict[str, float]]:
+        """Each scoring request's offsets: per choice, the mean over the content-free inputs
+        (:data:`CONTENT_FREE`) of its log-probability normalised over the choices."""
+        per_input = []
+        for filler in CONTENT_FREE:
+            free = self.step.content_free(self.context, filler)
+            per_input.append([await self._content_free(r, n, client, filler)
+                              for r in self.step.score_requests(free, sample=0)])
+        out = []
+        for i, first in enumerate(per_input[0]):
+            normed = [_log_normalised(got[i]) for got in per_input]
+            out.append({c: sum(x[c] for x in normed) / len(normed) for c in first})
+        return out
+
+    async def _content_free(self, request: Request, n: int, client: Any, filler: str) -> dict[str, float]:
         """The scores of a content-free request: asked once per run (the first record to need it
         makes the call, recorded against it; the others wait for it), replayed on a resume."""
         memo = _CONTENT_FREE.setdefault(self.runner, {})
@@ -299,7 +323,7 @@ class StepSolver:
             raise
         fut.set_result(scores)
         shown = {k: round(math.exp(v), 4) for k, v in scores.items()}
-        self._attempt(n, h, "calibration", f"content-free input ({CONTENT_FREE}) scored once for the run",
+        self._attempt(n, h, "calibration", f"content-free input ({filler!r}) scored once for the run",
                       role="calibrate", scores=shown, model=client.model.id)
         return scores
 

@@ -837,6 +837,12 @@ class _Runner:
         tries = 0
         use = RecordUse()
         absent: set[str] = set()  # steps that gave this row no answer: a `when:` over one is false
+        # why the row is held for review although its later steps still run: an answer under its
+        # step's min_confidence is used by the steps after it, so the reviewer sees a whole row
+        unsure: list[str] = []
+
+        def held_because(reason: str) -> str:
+            return "; ".join([*unsure, reason])
 
         def so_far() -> str | None:  # the answers already paid for, kept with a quarantined row
             return _dumps(outputs) if outputs else None
@@ -918,7 +924,7 @@ class _Runner:
                         best = sv.best
                         sv.note("budget", str(got), answer=best[0] if best else None)
                         held = _with_best(outputs, step, best[0] if best else None, part)
-                        self._final(committer, rec, "review", held, f"step `{label}`: {got}", tries)
+                        self._final(committer, rec, "review", held, held_because(f"step `{label}`: {got}"), tries)
                         return
                     assert isinstance(got, Outcome)
                     if got.answer is None or got.problems:
@@ -931,17 +937,15 @@ class _Runner:
                     if got.problems:
                         held = _with_best(outputs, step, got.answer, part)
                         self._final(committer, rec, "review", held,
-                                    f"step `{label}`: {'; '.join(got.problems)}", tries)
+                                    held_because(f"step `{label}`: {'; '.join(got.problems)}"), tries)
                         return
-                    unsure = low_confidence(step, got.confidence)
-                    if unsure is not None:  # held for a person, never written to the sink
-                        for other in solvers:
-                            other.flush()
-                        sv.note("review", unsure, answer=got.answer, confidence=got.confidence,
+                    doubt = low_confidence(step, got.confidence)
+                    if doubt is not None:  # held for a person, never written to the sink
+                        sv.note("review", doubt, answer=got.answer, confidence=got.confidence,
                                 threshold=step.min_confidence)
-                        held = _with_best(outputs, step, got.answer, part)
-                        self._final(committer, rec, "review", held, f"step `{label}`: {unsure}", tries)
-                        return
+                        unsure.append(f"step `{label}`: {doubt}")
+                        answers.append(got.answer)
+                        continue
                     sv.accepted(got)
                     answers.append(got.answer)
                 try:
@@ -953,10 +957,13 @@ class _Runner:
             context[step.name] = value
             outputs[step.name] = value
             skip = step.skip(value)
-            if skip:
-                self._final(committer, rec, "skipped", _dumps(outputs),
-                            f"step `{step.name}`: {skip}", tries)
+            if skip:  # held rows go to the reviewer even when an unsure answer filtered them out
+                self._final(committer, rec, "review" if unsure else "skipped", _dumps(outputs),
+                            held_because(f"step `{step.name}`: {skip}"), tries)
                 return
+        if unsure:
+            self._final(committer, rec, "review", _dumps(outputs), "; ".join(unsure), tries)
+            return
         self._final(committer, rec, "done", _dumps(outputs), None, tries)
 
     @staticmethod

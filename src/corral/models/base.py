@@ -44,6 +44,13 @@ class Request:
     #: a scoring request: instead of generating freely, the model gives the log-probability of
     #: each of these answers (``Completion.choice_logprobs``); ``None`` for an ordinary request
     choices: tuple[str, ...] | None = None
+    #: with ``choices``: the calibration's offset of each choice (its content-free log-probability,
+    #: zeros without calibration), which lets a model that searches the choices (``local``) stop
+    #: once the calibrated answer is settled; ``None`` asks for every choice's exact score
+    choice_offsets: tuple[float, ...] | None = None
+    #: with ``choices``: the start of the answer the choices follow (``Category:``), on a model
+    #: that continues an answer it is given (``local``); ``None`` for the model's default
+    answer_prefix: str | None = None
 
     def cache_key(self, model_id: str) -> str:
         """Versioned content hash of everything that determines the response."""
@@ -59,6 +66,10 @@ class Request:
             payload["reasoning_effort"] = self.reasoning_effort
         if self.choices is not None:  # likewise: requests without choices keep their hashes
             payload["choices"] = list(self.choices)
+        if self.choice_offsets is not None:
+            payload["choice_offsets"] = [round(x, 6) for x in self.choice_offsets]
+        if self.answer_prefix is not None:
+            payload["answer_prefix"] = self.answer_prefix
         blob = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
         return REQUEST_HASH_VERSION + ":" + hashlib.sha256(blob).hexdigest()
 
@@ -74,6 +85,10 @@ class Request:
             out["reasoning_effort"] = self.reasoning_effort
         if self.choices is not None:
             out["choices"] = list(self.choices)
+        if self.choice_offsets is not None:
+            out["choice_offsets"] = list(self.choice_offsets)
+        if self.answer_prefix is not None:
+            out["answer_prefix"] = self.answer_prefix
         return out
 
 
@@ -156,8 +171,9 @@ class Capabilities:
     supports_batch: bool = False
     #: answers scoring requests (``Request.choices``) with ``Completion.choice_logprobs``
     supports_scoring: bool = False
-    #: scoring is exact (every choice's tokens evaluated), not estimated from ``top_logprobs``:
-    #: ``scoring: auto`` picks labels by likelihood, calibrated, only on such a model
+    #: scoring is the model's own (the choices' tokens evaluated: every one, or as far as the
+    #: calibrated answer needs under ``Request.choice_offsets``), not estimated from
+    #: ``top_logprobs``: ``scoring: auto`` picks labels by likelihood, calibrated, only on such a model
     exact_scoring: bool = False
     #: how many calls the engine may have in flight at once (1 for an in-process model)
     max_concurrency: int = 64

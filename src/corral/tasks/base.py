@@ -51,14 +51,18 @@ _ON_EMPTY_HELP = (
 #: how a step reaches its answer: a label's likelihood, or generated JSON (see ``scoring:``)
 Scoring = Literal["auto", "likelihood", "generate"]
 Calibrate = Literal["auto", "contextual", "none"]
-#: what replaces the input's placeholders in the content-free prompt of contextual calibration
-CONTENT_FREE = "N/A"
+#: what replaces the input's placeholders in the content-free prompts of contextual calibration;
+#: a label's offset is the mean of its log-probabilities over these (Zhao et al. 2021 average
+#: several content-free inputs too; three beat `N/A` alone on the demo's tickets)
+CONTENT_FREE = ("N/A", "", "[MASK]")
 #: keys added after jobs had run ids, dropped from a step's spec while they hold their default
 _LATER_KEYS = ("on_empty", "scoring", "calibrate", "min_confidence")
-#: `scoring: auto` scores by likelihood on exact scorers up to this many continuations per row
-#: (measured on the bundled model: 5 labels score faster than one generated answer; 77 labels
-#: take about 7 times longer, 5.2 s a row on one thread)
-AUTO_SCORING_MAX_CHOICES = 20
+#: `scoring: auto` scores by likelihood on exact scorers up to this many choices in a row's prompt
+#: (measured on the bundled model, one thread: 5 labels score faster than one generated answer;
+#: banking77's 77 labels, searched, take 1.4 times as long, at the same accuracy and with a
+#: confidence), and up to this many yes/no questions a row (each a prompt of its own)
+AUTO_SCORING_MAX_CHOICES = 100
+AUTO_SCORING_MAX_QUESTIONS = 10
 
 _STEP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -101,12 +105,12 @@ class Task(BaseModel):
         "auto",
         description="`likelihood`: pick the label the model finds most probable (classify, "
         "filter) instead of generating JSON; `generate`: a JSON answer; `auto` (default): "
-        "likelihood on models that score exactly (local) for up to 20 labels, generate elsewhere",
+        "likelihood on models that score exactly (local) for up to 100 labels (10 with multi_label), generate elsewhere",
     )
     calibrate: Calibrate = Field(
         "auto",
         description="`contextual`: divide each label's probability by what the prompt gives a "
-        "content-free input (N/A); `none`: raw scores; `auto` (default): contextual with "
+        "content-free input (N/A, empty, [MASK]); `none`: raw scores; `auto` (default): contextual with "
         "likelihood scoring on models that score exactly",
     )
     min_confidence: float | None = Field(
@@ -444,16 +448,21 @@ class Task(BaseModel):
         """How many continuations a row's scoring evaluates (its cost grows with them)."""
         return 2
 
+    def scoring_prompts(self) -> int:
+        """How many scoring requests (prompts) a row takes."""
+        return 1
+
     def uses_likelihood(self, caps: Capabilities) -> bool:
         """Whether this step's calls to a model with these capabilities score choices. ``auto``
-        scores on exact scorers when there are at most AUTO_SCORING_MAX_CHOICES continuations:
-        each costs a model pass over its tokens, so 77 labels take far longer than generating."""
+        scores on exact scorers up to AUTO_SCORING_MAX_CHOICES choices and AUTO_SCORING_MAX_QUESTIONS
+        prompts a row: past those, generating one answer is cheaper."""
         if self.scoring == "generate" or not self.can_score:
             return False
         if self.scoring == "likelihood":
             return caps.supports_scoring
         return (caps.exact_scoring and self.reasoning is False and self.mode == "online"
-                and self.scoring_choices() <= AUTO_SCORING_MAX_CHOICES)
+                and self.scoring_choices() <= AUTO_SCORING_MAX_CHOICES
+                and self.scoring_prompts() <= AUTO_SCORING_MAX_QUESTIONS)
 
     def calibrates(self, caps: Capabilities) -> bool:
         """Whether likelihood scores on a model with these capabilities are calibrated."""
@@ -473,8 +482,9 @@ class Task(BaseModel):
         for a content-free input, when calibrated)."""
         raise NotImplementedError(f"task `{self.task}` cannot score by likelihood")
 
-    def content_free(self, context: dict[str, Any]) -> dict[str, Any]:
-        """``context`` with every input placeholder replaced by ``N/A`` (contextual calibration)."""
+    def content_free(self, context: dict[str, Any], filler: str) -> dict[str, Any]:
+        """``context`` with every input placeholder replaced by ``filler``, one of
+        :data:`CONTENT_FREE` (contextual calibration)."""
         out = dict(context)
         for name in self._inputs:
             node = out
@@ -482,7 +492,7 @@ class Task(BaseModel):
                 inner = node.get(part)
                 node[part] = dict(inner) if isinstance(inner, dict) else {}
                 node = node[part]
-            node[name[-1]] = CONTENT_FREE
+            node[name[-1]] = filler
         return out
 
     def parse(self, completion: Completion, request: Request | None = None) -> dict[str, Any]:
