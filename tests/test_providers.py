@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
 import time
 from decimal import Decimal
@@ -154,9 +155,45 @@ def test_anthropic_structured_output_round_trip(structured):
         assert body["tool_choice"] == {"type": "tool", "name": "answer"}
         assert body["tools"][0]["input_schema"] == SCHEMA
     elif structured == "json_schema":
-        assert body["output_config"]["format"]["schema"] == SCHEMA
+        # structured outputs refuse maxLength: left out on the wire, still checked on the answer
+        note = {k: v for k, v in SCHEMA["properties"]["note"].items() if k != "maxLength"}
+        assert body["output_config"]["format"]["schema"] == {
+            **SCHEMA, "properties": {**SCHEMA["properties"], "note": note}}
     else:
         assert "JSON schema" in body["system"] and "tools" not in body
+
+
+def test_anthropic_structured_outputs_leave_out_the_bounds_they_refuse_and_answers_are_still_checked(tmp_path):
+    """`minimum`/`maximum` on an extract field: sent in a tool's input schema (tools take them),
+    left out of `output_config.format` (which answers 400 to them), and checked on the answer."""
+    import corral
+    from corral import Job
+
+    (tmp_path / "in.csv").write_text("id,text\na,paid 40 dollars\n", encoding="utf-8")
+    field = {"type": "number", "minimum": 0, "maximum": 10}
+    job = Job.from_dict({"name": "b", "source": "in.csv", "key": "id", "sink": "out.csv", "steps": [
+        {"name": "x", "task": "extract", "input": "{text}", "fields": {"amount": field}}]}, base_dir=tmp_path)
+    import anthropic
+
+    with ProviderServer() as srv:
+        # the server answers a refused keyword as Anthropic does
+        bad = dict(SCHEMA, properties={**SCHEMA["properties"], "n": {"type": "number", "minimum": 0}})
+        raw = anthropic.Anthropic(api_key=KEY, base_url=srv.url, max_retries=0)
+        with pytest.raises(anthropic.BadRequestError, match="For 'string' type, property 'maxLength' is not supported"):
+            raw.messages.create(model="claude-haiku-4-5", max_tokens=10, messages=[{"role": "user", "content": "x"}],
+                                extra_body={"output_config": {"format": {"type": "json_schema", "schema": bad}}})
+        for structured in ("tool", "json_schema"):
+            r = corral.run(job, model=claude(srv, structured=structured), store=tmp_path / f"{structured}.db")
+            body = last_body(srv, "POST /v1/messages")
+            if structured == "tool":
+                sent = body["tools"][0]["input_schema"]["properties"]["amount"]
+            else:
+                sent = body["output_config"]["format"]["schema"]["properties"]["amount"]
+            assert ("minimum" in json.dumps(sent)) == (structured == "tool")
+            # whatever the server answered, an amount outside 0..10 never reaches the sink
+            assert r.written + r.review + r.quarantined == 1
+            sink_rows = list(csv.DictReader((tmp_path / "out.csv").open(encoding="utf-8"))) if r.written else []
+            assert all(0 <= float(row["amount"]) <= 10 for row in sink_rows if row["amount"])
 
 
 def test_answers_are_deterministic_per_row():

@@ -69,6 +69,12 @@ __all__ = ["AnthropicModel"]
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 _INSTALL_HINT = "make install-hosted, or pip install -e '.[anthropic]', in the Corral checkout"
+#: keywords Anthropic's structured outputs refuse (``For 'number' type, property 'minimum' is not
+#: supported``): left out of ``output_config.format``, still checked on every answer
+_NOT_IN_OUTPUT_FORMAT = frozenset({
+    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+    "minLength", "maxLength", "maxItems", "uniqueItems", "minProperties", "maxProperties",
+})
 _SCHEMA_NOTE = "Answer with a JSON object that matches this JSON schema:\n"
 _TOO_LONG = (
     "the prompt and the answer do not fit in the model's context window; shorten the input "
@@ -289,7 +295,7 @@ class AnthropicModel(HostedModel):
                     note = _TOOL_NOTE.format(name=self.tool_name)
                     system = (system.rstrip() + "\n\n" + note) if system else note
             elif mode == "json_schema":
-                p["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+                p["output_config"] = {"format": {"type": "json_schema", "schema": _output_schema(schema)}}
             else:
                 note = _SCHEMA_NOTE + json.dumps(schema, ensure_ascii=False)
                 system = (system.rstrip() + "\n\n" + note) if system else note
@@ -553,3 +559,12 @@ class AnthropicModel(HostedModel):
                 ))
             return PermanentModelError(say(f"{where}: request rejected ({status}: {detail}){tail}"))
         return PermanentModelError(say(f"{where}: {type(e).__name__}: {e}"))
+
+
+def _output_schema(s: Any) -> Any:
+    """A copy of a schema without the keywords structured outputs refuse."""
+    if isinstance(s, list):
+        return [_output_schema(x) for x in s]
+    if not isinstance(s, dict):
+        return s
+    return {k: _output_schema(v) for k, v in s.items() if k not in _NOT_IN_OUTPUT_FORMAT}

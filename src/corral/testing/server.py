@@ -1023,6 +1023,10 @@ class ProviderServer:
             schema = forced["input_schema"]
         elif isinstance(fmt, dict) and fmt.get("type") == "json_schema":
             schema = fmt.get("schema")
+            refused = _refused_keyword(schema)
+            if refused is not None:  # as Anthropic's structured outputs answer
+                raise _HTTPError(400, _anthropic_error(
+                    400, f"output_config.format.schema: For '{refused[0]}' type, property '{refused[1]}' is not supported"))
             texts.append(json.dumps(schema))
         else:
             schema = _schema_in(texts)
@@ -1435,3 +1439,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:  # noqa: N802
         self._serve("DELETE")
+
+
+#: what Anthropic's structured outputs refuse in ``output_config.format.schema``
+_REFUSED_IN_FORMAT = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+                      "minLength", "maxLength", "maxItems", "uniqueItems", "minProperties", "maxProperties")
+
+
+def _refused_keyword(s: Any) -> tuple[str, str] | None:
+    """The (type, keyword) of the first refused keyword in a schema, or ``None``."""
+    if isinstance(s, list):
+        return next((got for x in s if (got := _refused_keyword(x)) is not None), None)
+    if not isinstance(s, dict):
+        return None
+    for k in _REFUSED_IN_FORMAT:
+        if k in s:
+            return (str(s.get("type", "value")), k)
+    return next((got for v in s.values() if (got := _refused_keyword(v)) is not None), None)
