@@ -78,6 +78,93 @@ def test_adaptive_concurrency_increases_and_halves():
     assert again == cut
 
 
+def test_slow_start_doubles_each_round_trip_then_grows_by_one():
+    """From 8, a round trip of successes doubles the limit until the first overload; after it,
+    a round trip adds about one."""
+
+    async def go() -> list[float]:
+        g = AdaptiveConcurrency(1024, start=8, cooldown_s=0)
+        seen = []
+        for _ in range(4):  # four round trips: every call allowed goes, then all return
+            n = int(g.limit)
+            for _ in range(n):
+                await g.acquire()
+            for _ in range(n):
+                await g.release("ok")
+            seen.append(g.limit)
+        await g.acquire()
+        await g.release("overload")
+        seen.append(g.limit)
+        n = int(g.limit)
+        for _ in range(n):
+            await g.acquire()
+        for _ in range(n):
+            await g.release("ok")
+        seen.append(g.limit)
+        return seen
+
+    seen = asyncio.run(go())
+    assert seen[:4] == [16, 32, 64, 128]
+    assert seen[4] == 64  # halved, and out of slow start
+    assert seen[5] == pytest.approx(65, abs=0.05)
+
+
+def test_slow_start_ends_when_more_calls_in_flight_bring_no_more_answers(monkeypatch):
+    """A provider that answers at most 100 calls a second at 0.1 s latency: past 10 in flight,
+    doubling brings nothing, so slow start ends and the limit goes back to the best round's."""
+    import corral._limits as limits
+
+    clock = [0.0]
+    monkeypatch.setattr(limits.time, "monotonic", lambda: clock[0])
+
+    async def go() -> tuple[bool, float, list[float]]:
+        g = AdaptiveConcurrency(1024, start=2)
+        seen = []
+        for _ in range(12):
+            n = int(g.limit)
+            span = max(0.1, n / 100.0)  # n in flight answer in one latency, or at 100 a second
+            for _ in range(n):
+                await g.acquire()
+            for i in range(n):
+                clock[0] += span / n
+                g.observe(0.1, None)
+                await g.release("ok")
+            seen.append(g.limit)
+            if not g.slow_start:
+                break
+        return g.slow_start, g.limit, seen
+
+    slow, limit, seen = asyncio.run(go())
+    assert not slow, seen
+    assert limit <= 40, seen  # 10 in flight suffice; it stopped within a few doublings of that
+    assert max(seen) < 200, seen
+
+
+def test_rate_times_latency_caps_the_limit_and_token_limits_count_through_call_size():
+    async def go() -> tuple[float, float]:
+        g = AdaptiveConcurrency(1024, start=8)
+        # 100 requests/s at 1 s latency: about 100 in flight, with room to spare
+        for _ in range(50):
+            g.observe(1.0, 100.0)
+        g.limit = 1000.0
+        g.observe(1.0, 100.0)
+        capped = g.limit
+        for _ in range(20):  # slow start goes on, up to the ceiling and no further
+            await g.acquire()
+            await g.release("ok")
+        return capped, g.limit
+
+    capped, later = asyncio.run(go())
+    assert capped == pytest.approx(100 * 1.0 * AdaptiveConcurrency.HEADROOM + 1)
+    assert later == pytest.approx(capped)
+    lim = RateLimiter(rpm=6000, tpm=60_000)
+    assert lim.per_second() == pytest.approx(100)  # no call seen yet: the request limit alone
+    for _ in range(100):
+        lim.settle(1000, 1000)
+    assert lim.per_second() == pytest.approx(1.0)  # 1,000 tokens/s at 1,000 tokens a call
+    assert RateLimiter().per_second() is None
+
+
 def test_adaptive_concurrency_bounds_in_flight():
     async def go() -> int:
         g = AdaptiveConcurrency(3, start=3)

@@ -60,6 +60,7 @@ class RateLimiter:
         self.tokens = TokenBucket(tpm) if tpm else None
 
     async def acquire(self, tokens: int) -> None:
+        """Wait for a request's and ``tokens``' share of the limits."""
         while True:
             wait = max(0.0, self.paused_until - time.monotonic())
             if self.requests is not None:
@@ -77,6 +78,18 @@ class RateLimiter:
     def settle(self, estimated: int, actual: int) -> None:
         if self.tokens is not None and actual != estimated:
             self.tokens.take(actual - estimated)
+        avg = self.tokens_per_call
+        self.tokens_per_call = float(actual) if avg is None else avg + 0.1 * (actual - avg)
+
+    def per_second(self) -> float | None:
+        """The requests per second the limits allow (the token limit read through the calls'
+        average size), or ``None`` while no limit is known."""
+        rates = []
+        if self.requests is not None:
+            rates.append(self.requests.rate)
+        if self.tokens is not None and self.tokens_per_call:
+            rates.append(self.tokens.rate / self.tokens_per_call)
+        return min(rates) if rates else None
 
     def observe(self, headers: dict[str, Any] | None) -> None:
         """Tighten from ``x-ratelimit-*`` (OpenAI) or ``anthropic-ratelimit-*`` headers."""
@@ -110,6 +123,8 @@ class RateLimiter:
         self.paused_until = max(self.paused_until, until)
 
     paused_until: float = 0.0
+    #: the moving average of a call's tokens (``None`` before the first call)
+    tokens_per_call: float | None = None
 
 
 def _num(v: Any) -> float | None:
@@ -145,11 +160,27 @@ def _duration(v: Any) -> float | None:
 
 
 class AdaptiveConcurrency:
-    """Additive increase, multiplicative decrease of the calls allowed in flight.
+    """The calls allowed in flight: slow start, then additive increase / multiplicative decrease.
 
-    Each success raises the limit by ``1/limit`` (about one per round of calls); an overload
-    (429, 503) halves it, at most once per ``cooldown_s`` so one burst of errors counts once.
+    From ``start``, each success adds one call while in slow start, so the limit doubles every
+    round trip, until the first overload (429, 503), or until doubling stops paying: two rounds
+    in a row whose answers per second grew by less than a quarter (the provider, not the calls
+    in flight, is then the limit; the limit goes back to what the best round had). After that each success adds ``1/limit``
+    (about one a round trip) and an overload halves the limit, at most once per ``cooldown_s`` so
+    one burst of errors counts once. The limit never passes ``maximum`` (the job's hard cap) nor
+    the ceiling that the provider's rate limits and the calls' latency allow (:meth:`observe`:
+    in flight = requests per second x latency, with room to spare): more calls in flight than
+    that would only queue at the rate limiter.
     """
+
+    #: the ceiling's room above rate x latency (latency varies from call to call)
+    HEADROOM = 1.5
+    #: weight of the newest latency in its moving average
+    LATENCY_WEIGHT = 0.1
+    #: a slow-start round must raise the answers per second by this factor to count as growth
+    GROWTH = 1.25
+    #: the shortest slow-start round, in seconds (at no latency, a rate over less is noise)
+    MIN_ROUND_S = 0.05
 
     def __init__(self, maximum: int, start: int | None = None, cooldown_s: float = 1.0) -> None:
         self.maximum = max(1, maximum)
@@ -157,7 +188,22 @@ class AdaptiveConcurrency:
         self.in_flight = 0
         self.cooldown_s = cooldown_s
         self.last_cut = 0.0
+        self.slow_start = True
+        self.ceiling = float(self.maximum)
+        self.latency_s: float | None = None
+        # slow start's rounds: each lasts until as many calls answered as the limit at its start,
+        # and at least one latency
+        self._round_t0 = 0.0
+        self._round_need = 0
+        self._round_done = 0
+        self._best_rate = 0.0
+        self._best_limit = self.limit
+        self._flat = 0
         self._cond = asyncio.Condition()
+
+    @property
+    def cap(self) -> float:
+        return min(float(self.maximum), self.ceiling)
 
     async def acquire(self) -> None:
         async with self._cond:
@@ -168,13 +214,46 @@ class AdaptiveConcurrency:
         async with self._cond:
             self.in_flight -= 1
             if outcome == "ok":
-                self.limit = min(float(self.maximum), self.limit + 1.0 / max(self.limit, 1.0))
+                if self.slow_start:
+                    self._count_round()
+                step = 1.0 if self.slow_start else 1.0 / max(self.limit, 1.0)
+                self.limit = min(self.cap, self.limit + step)
             elif outcome == "overload":
+                self.slow_start = False
                 now = time.monotonic()
                 if now - self.last_cut >= self.cooldown_s:
                     self.limit = max(1.0, self.limit / 2.0)
                     self.last_cut = now
-            self._cond.notify_all()
+            free = int(self.limit) - self.in_flight
+            if free > 0:  # wake only as many waiters as may go: a thousand of them may wait
+                self._cond.notify(free)
+
+    def _count_round(self) -> None:
+        now = time.monotonic()
+        if self._round_need == 0:
+            self._round_t0, self._round_need, self._round_done = now, max(1, int(self.limit)), 0
+        self._round_done += 1
+        # a round spans at least one latency, so that a burst of answers is not read as a rate
+        span = now - self._round_t0
+        if self._round_done < self._round_need or span < max(self.latency_s or 0.0, self.MIN_ROUND_S):
+            return
+        rate = self._round_done / span
+        if rate >= self._best_rate * self.GROWTH:
+            self._best_rate, self._best_limit, self._flat = rate, self.limit, 0
+        else:
+            self._flat += 1
+            if self._flat >= 2:  # more calls in flight no longer bring more answers
+                self.slow_start = False
+                self.limit = min(self.limit, self._best_limit)
+        self._round_need = 0
+
+    def observe(self, latency_s: float, per_second: float | None) -> None:
+        """A call's latency, and the request rate the limiter allows (``None``: no limit known)."""
+        avg = self.latency_s
+        self.latency_s = latency_s if avg is None else avg + self.LATENCY_WEIGHT * (latency_s - avg)
+        if per_second:
+            self.ceiling = max(1.0, per_second * self.latency_s * self.HEADROOM + 1.0)
+            self.limit = min(self.limit, self.cap)
 
 
 @dataclass

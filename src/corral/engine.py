@@ -55,7 +55,7 @@ from corral.io import (
     open_sink,
     open_source,
 )
-from corral.job import Job, ModelRef
+from corral.job import MAX_CONCURRENCY, Job, ModelRef
 from corral.models.base import Completion, Model, Request, Usage
 from corral.store import Store, open_store, store_path_near
 from corral.store.base import (
@@ -389,6 +389,14 @@ class _Counters:
     cost: Decimal | None = Decimal(0)
 
 
+def default_concurrency(model: Model) -> int:
+    """Records worked on at once without a job's ``concurrency``: as many as the model allows in
+    flight (the calls in flight then find the provider's capacity on their own), or 2 for a
+    model that answers one call at a time, so the next prompt is ready when it is free."""
+    cap = model.capabilities.max_concurrency
+    return min(cap, MAX_CONCURRENCY) if cap > 1 else 2
+
+
 @dataclass(eq=False)
 class _Client:
     """One model and its own request layer: rate limits, concurrency, circuit breaker."""
@@ -447,8 +455,7 @@ class _Runner:
         self.stop = stop
         self.stop_reason: str | None = None
         self.owner = f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        cap = model.capabilities.max_concurrency
-        self.concurrency = job.concurrency or (min(cap, 32) if cap > 1 else 2)
+        self.concurrency = job.concurrency or default_concurrency(model)
         totals = store.totals(run.id)
         self.c = _Counters(
             states=store.counts(run.id, limit),
@@ -466,7 +473,7 @@ class _Runner:
         self.clients: dict[str, _Client] = {}
         for name, (m, r) in (extra or {}).items():
             cap = m.capabilities.max_concurrency
-            self.clients[name] = _Client.build(m, r, 1 if cap <= 1 else min(cap, job.concurrency or 32))
+            self.clients[name] = _Client.build(m, r, 1 if cap <= 1 else min(cap, job.concurrency or cap))
         b = job.budget
         self.budgeted = any(v is not None for v in (b.max_calls, b.max_tokens, b.max_cost_usd))
         self.record_budget = b.per_record if b.per_record.active() else None
@@ -776,7 +783,9 @@ class _Runner:
         if was_open:
             self._recovered(c)
         c.limiter.settle(estimate, comp.usage.input_tokens + comp.usage.output_tokens)
-        return comp, time.perf_counter() - t0
+        latency = time.perf_counter() - t0
+        c.gate.observe(latency, c.limiter.per_second())
+        return comp, latency
 
     async def _limited(self, c: _Client, estimate: int) -> None:
         """The rate limiter's wait (a 429's retry-after can hold it for a minute), cut short by a
@@ -785,19 +794,19 @@ class _Runner:
             raise _Stop(self.stop_reason or "stopping")
         if c.limiter.requests is None and c.limiter.tokens is None and c.limiter.paused_until <= time.monotonic():
             await c.limiter.acquire(estimate)  # nothing to wait for: no extra task per call
-        else:
-            waiter = asyncio.ensure_future(c.limiter.acquire(estimate))
-            stopper = asyncio.ensure_future(self.stop.wait())
-            try:
-                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stopper.cancel()
-            if not waiter.done():
-                waiter.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await waiter
-            if waiter.cancelled() or self.stop.is_set():
-                raise _Stop(self.stop_reason or "stopping")
+            return
+        waiter = asyncio.ensure_future(c.limiter.acquire(estimate))
+        stopper = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if not waiter.done():
+            waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiter
+        if waiter.cancelled() or self.stop.is_set():
+            raise _Stop(self.stop_reason or "stopping")
             waiter.result()
 
     # outages --------------------------------------------------------------------------

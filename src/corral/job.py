@@ -35,6 +35,9 @@ from corral.tasks.base import Task
 _ENGINE_KEYS = ("rpm", "tpm", "timeout_s", "max_retries", "max_outage_s", "batch_poll_s", "batch_resubmits")
 
 
+#: the most records a run works on at once (the job's ``concurrency``, and the default's ceiling)
+MAX_CONCURRENCY = 1024
+
 class ModelRef(BaseModel):
     """A model by name: ``local``, ``local:/path/model.gguf``, ``fake``, or a mapping
     ``{name: fake, latency: 0.05}`` whose other keys are options for the model."""
@@ -145,7 +148,7 @@ class Job(BaseModel):
     sink: SinkSpec = Field(description="output file or table")
     budget: Budget = Field(default_factory=Budget, description="run-wide limits")
     tags: dict[str, str] = Field(default_factory=dict, description="labels kept with the run's costs")
-    concurrency: int | None = Field(None, ge=1, le=1024, description="calls in flight at once")
+    concurrency: int | None = Field(None, ge=1, le=MAX_CONCURRENCY, description="calls in flight at once")
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 

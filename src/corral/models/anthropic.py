@@ -184,7 +184,7 @@ class AnthropicModel(HostedModel):
     """
 
     provider = "anthropic"
-    capabilities = Capabilities(supports_schema=True, supports_logprobs=False, max_concurrency=64)
+    capabilities = Capabilities(supports_schema=True, supports_logprobs=False, max_concurrency=1024)
 
     def __init__(
         self,
@@ -198,7 +198,7 @@ class AnthropicModel(HostedModel):
         tool_name: str = "answer",
         send_temperature: bool = False,
         prices: dict[str, Any] | None = None,
-        max_concurrency: int = 64,
+        max_concurrency: int = 1024,
         context_window: int | None = None,
         supports_batch: bool = True,
         headers: dict[str, str] | None = None,

@@ -262,7 +262,7 @@ class OpenAIModel(HostedModel):
 
     provider = "openai"
     capabilities = Capabilities(
-        supports_schema=True, supports_logprobs=True, supports_scoring=True, max_concurrency=64
+        supports_schema=True, supports_logprobs=True, supports_scoring=True, max_concurrency=1024
     )
 
     def __init__(
@@ -281,7 +281,7 @@ class OpenAIModel(HostedModel):
         send_temperature: bool | None = None,
         max_tokens_param: str | None = None,
         prices: dict[str, Any] | None = None,
-        max_concurrency: int = 64,
+        max_concurrency: int = 1024,
         context_window: int | None = None,
         supports_batch: bool = True,
         headers: dict[str, str] | None = None,
