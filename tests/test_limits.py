@@ -78,6 +78,15 @@ def test_adaptive_concurrency_increases_and_halves():
     assert again == cut
 
 
+async def round_trip(g: AdaptiveConcurrency) -> None:
+    """Every call the limit allows goes, then all of them answer."""
+    n = int(g.limit)
+    for _ in range(n):
+        await g.acquire()
+    for _ in range(n):
+        await g.release("ok")
+
+
 def test_slow_start_doubles_each_round_trip_then_grows_by_one():
     """From 8, a round trip of successes doubles the limit until the first overload; after it,
     a round trip adds about one."""
@@ -85,21 +94,13 @@ def test_slow_start_doubles_each_round_trip_then_grows_by_one():
     async def go() -> list[float]:
         g = AdaptiveConcurrency(1024, start=8, cooldown_s=0)
         seen = []
-        for _ in range(4):  # four round trips: every call allowed goes, then all return
-            n = int(g.limit)
-            for _ in range(n):
-                await g.acquire()
-            for _ in range(n):
-                await g.release("ok")
+        for _ in range(4):  # four round trips
+            await round_trip(g)
             seen.append(g.limit)
         await g.acquire()
         await g.release("overload")
         seen.append(g.limit)
-        n = int(g.limit)
-        for _ in range(n):
-            await g.acquire()
-        for _ in range(n):
-            await g.release("ok")
+        await round_trip(g)
         seen.append(g.limit)
         return seen
 
