@@ -649,3 +649,28 @@ def test_a_rejected_key_stops_the_run_with_the_fix(tmp_path):
         result = corral.run(job, model=oai(srv))
     assert (result.written, result.quarantined, result.pending, result.calls_made) == (0, 0, 10, 0)
     assert "OPENAI_API_KEY" in (result.stop_reason or "") and KEY not in (result.stop_reason or "")
+
+
+def test_openai_flex_is_sent_priced_at_batch_rates_and_falls_back_when_asked():
+    from corral.errors import RateLimited
+
+    with ProviderServer() as srv:
+        std = call(oai(srv), req())
+        flex = call(oai(srv, service_tier="flex"), req())
+        body = last_body(srv, "POST /v1/chat/completions")
+        assert body["service_tier"] == "flex"
+        # the same tokens, at the price table's batch discount (half, for gpt-4o-mini)
+        assert (flex.usage.input_tokens, flex.usage.output_tokens) == (std.usage.input_tokens, std.usage.output_tokens)
+        assert flex.usage.cost == std.usage.cost * (1 - oai(srv).price.batch_discount) and flex.usage.cost < std.usage.cost
+        srv.flex_unavailable = True
+        # out of flex capacity: a 429 the engine backs off from ...
+        with pytest.raises(RateLimited, match="resource_unavailable|Resource unavailable"):
+            call(oai(srv, service_tier="flex"), req())
+        # ... or, with flex_fallback, the standard tier at the standard price
+        back = call(oai(srv, service_tier="flex", flex_fallback=True), req())
+        assert last_body(srv, "POST /v1/chat/completions")["service_tier"] == "default"
+        assert back.usage.cost == std.usage.cost
+        with pytest.raises(ModelNotFoundError, match="service_tier must be one of"):
+            oai(srv, service_tier="slow")
+        with pytest.raises(ModelNotFoundError, match="flex_fallback needs"):
+            oai(srv, flex_fallback=True)

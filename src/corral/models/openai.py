@@ -67,6 +67,8 @@ __all__ = ["OpenAIModel"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _INSTALL_HINT = "make install-hosted, or pip install -e '.[openai]', in the Corral checkout"
+#: the ``service_tier`` values a model may ask for (``flex``: slower, at batch prices)
+SERVICE_TIERS = ("auto", "default", "flex", "priority")
 #: models that reject any temperature but the default (reasoning models)
 _NO_TEMPERATURE = ("o1", "o3", "o4", "gpt-5")
 #: JSON-schema keywords that rule out OpenAI's strict structured outputs
@@ -285,6 +287,8 @@ class OpenAIModel(HostedModel):
         context_window: int | None = None,
         supports_batch: bool = True,
         headers: dict[str, str] | None = None,
+        service_tier: str | None = None,
+        flex_fallback: bool = False,
     ) -> None:
         super().__init__()
         if importlib.util.find_spec("openai") is None:
@@ -327,6 +331,13 @@ class OpenAIModel(HostedModel):
         if int(max_concurrency) < 1:
             raise ModelNotFoundError("max_concurrency must be at least 1")
         self.headers = dict(headers or {})
+        if service_tier is not None and service_tier not in SERVICE_TIERS:
+            raise ModelNotFoundError(
+                f"service_tier must be one of {', '.join(SERVICE_TIERS)}, got {service_tier!r}")
+        self.service_tier = service_tier
+        if flex_fallback and service_tier != "flex":
+            raise ModelNotFoundError("flex_fallback needs `service_tier: flex`")
+        self.flex_fallback = bool(flex_fallback)
         self.capabilities = Capabilities(
             supports_schema=supports_schema is not False,
             # log-probabilities come back when asked for (``logprobs``), and label scores
@@ -364,6 +375,8 @@ class OpenAIModel(HostedModel):
         """The chat completions parameters for a request (what goes on the wire)."""
         messages = [m.to_dict() for m in request.messages]
         p: dict[str, Any] = {"model": self.name}
+        if self.service_tier is not None:
+            p["service_tier"] = self.service_tier
         if request.choices is not None:
             # a scoring request: a short answer and the first token's most likely alternatives
             # (see choice_logprobs); no response_format, which would force JSON's `{` first
@@ -420,6 +433,18 @@ class OpenAIModel(HostedModel):
                 resp = await resp
         except openai.OpenAIError as e:
             failure = self._translate(e)
+        if isinstance(failure, RateLimited) and self.flex_fallback:
+            # flex capacity is unavailable: this call goes to the standard tier, at its price
+            params["service_tier"] = "default"
+            failure = None
+            try:
+                raw = await client.chat.completions.with_raw_response.create(**params)
+                self._observe(raw.headers)
+                resp = raw.parse()
+                if inspect.isawaitable(resp):
+                    resp = await resp
+            except openai.OpenAIError as e:
+                failure = self._translate(e)
         if failure is not None:
             # raised outside the except block: the SDK's exception (whose text may quote the
             # key, and whose request holds it) is not chained to ours
@@ -484,7 +509,9 @@ class OpenAIModel(HostedModel):
         return Completion(
             text=text,
             finish_reason=finish,
-            usage=self._usage(getattr(resp, "usage", None), batch=batch),
+            # flex processing is priced at batch rates: the response says which tier served it
+            usage=self._usage(getattr(resp, "usage", None),
+                              batch=batch or getattr(resp, "service_tier", None) == "flex"),
             model=getattr(resp, "model", None) or self.name,
             latency_s=latency,
             logprobs=logprobs,

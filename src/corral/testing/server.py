@@ -331,6 +331,9 @@ class ProviderServer:
     ) -> None:
         self._lock = threading.RLock()
         self._closing = threading.Event()
+        #: answer every `service_tier: flex` call 429 resource_unavailable, as OpenAI does when
+        #: flex capacity runs out (a plain attribute: set it at any time)
+        self.flex_unavailable = False
         self.host = host
         self.port = port
         self.configure(
@@ -672,6 +675,10 @@ class ProviderServer:
                      dice: random.Random | None = None) -> tuple[dict[str, Any], _Answer]:
         model = body.get("model")
         self._check_model(OPENAI, model)
+        if body.get("service_tier") == "flex" and not batch and self.flex_unavailable:
+            raise _HTTPError(429, _openai_error(
+                "Resource unavailable: flex processing is out of capacity, try again later or use the default tier",
+                "rate_limit_exceeded", "resource_unavailable"), {"retry-after": "1"})
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise _HTTPError(400, _openai_error("[] is too short - 'messages'", "invalid_request_error", None, "messages"))
@@ -788,7 +795,7 @@ class ProviderServer:
                 "completion_tokens_details": {"reasoning_tokens": ans.reasoning_tokens, "audio_tokens": 0,
                                               "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
             },
-            "service_tier": "default",
+            "service_tier": "flex" if body.get("service_tier") == "flex" else "default",
             "system_fingerprint": "fp_corral_test",
         }
         return resp, ans
