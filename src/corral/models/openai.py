@@ -419,18 +419,14 @@ class OpenAIModel(HostedModel):
         failure: ModelError | None = None
         try:
             try:
-                raw = await client.chat.completions.with_raw_response.create(**params)
+                resp = await self._create(client, params)
             except (openai.BadRequestError, openai.UnprocessableEntityError,
                     openai.InternalServerError) as e:
                 # some servers (llama-cpp-python's) reject json_schema with a 422 or even a 500
                 if not self._schema_fallback(e, params):
                     raise
                 params = self.params(request)
-                raw = await client.chat.completions.with_raw_response.create(**params)
-            self._observe(raw.headers)
-            resp = raw.parse()
-            if inspect.isawaitable(resp):
-                resp = await resp
+                resp = await self._create(client, params)
         except openai.OpenAIError as e:
             failure = self._translate(e)
         if isinstance(failure, RateLimited) and self.flex_fallback:
@@ -438,11 +434,7 @@ class OpenAIModel(HostedModel):
             params["service_tier"] = "default"
             failure = None
             try:
-                raw = await client.chat.completions.with_raw_response.create(**params)
-                self._observe(raw.headers)
-                resp = raw.parse()
-                if inspect.isawaitable(resp):
-                    resp = await resp
+                resp = await self._create(client, params)
             except openai.OpenAIError as e:
                 failure = self._translate(e)
         if failure is not None:
@@ -450,6 +442,15 @@ class OpenAIModel(HostedModel):
             # key, and whose request holds it) is not chained to ours
             raise failure
         return self._completion(resp, time.perf_counter() - t0, scoring=request.choices)
+
+    async def _create(self, client: Any, params: dict[str, Any]) -> Any:
+        """One chat completions call: its rate-limit headers observed, its response parsed."""
+        raw = await client.chat.completions.with_raw_response.create(**params)
+        self._observe(raw.headers)
+        resp = raw.parse()
+        if inspect.isawaitable(resp):
+            resp = await resp
+        return resp
 
     def _schema_fallback(self, e: Any, params: dict[str, Any]) -> bool:
         """On a server that rejects json_schema, switch to json_object for good (auto mode)."""
