@@ -80,6 +80,12 @@ _CONTENT_FREE: weakref.WeakKeyDictionary[Any, dict[str, asyncio.Future[dict[str,
 )
 
 
+#: the calibration offsets of a run's scoring steps, by (step, model), once worked out
+_OFFSETS: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], list[dict[str, float]]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def _choice_scores(comp: Completion, request: Request, model_id: str) -> dict[str, float]:
     """The choices' log-probabilities of a scoring answer, or a model error saying what is wrong."""
     got = comp.choice_logprobs
@@ -287,7 +293,16 @@ class StepSolver:
 
     async def _content_free_scores(self, n: int, client: Any) -> list[dict[str, float]]:
         """Each scoring request's offsets: per choice, the mean over the content-free inputs
-        (:data:`CONTENT_FREE`) of its log-probability normalised over the choices."""
+        (:data:`CONTENT_FREE`) of its log-probability normalised over the choices. The same for
+        every row of the step (its inputs are all replaced), so worked out once per run."""
+        memo = _OFFSETS.setdefault(self.runner, {})
+        key = (self.step.name, client.model.id)
+        got = memo.get(key)
+        if got is None:
+            got = memo[key] = await self._offsets(n, client)
+        return got
+
+    async def _offsets(self, n: int, client: Any) -> list[dict[str, float]]:
         per_input = []
         for filler in CONTENT_FREE:
             free = self.step.content_free(self.context, filler)
