@@ -807,7 +807,7 @@ class _Runner:
                 await waiter
         if waiter.cancelled() or self.stop.is_set():
             raise _Stop(self.stop_reason or "stopping")
-            waiter.result()
+        waiter.result()  # an error inside the limiter is raised here, not lost
 
     # outages --------------------------------------------------------------------------
 
