@@ -670,6 +670,13 @@ def test_openai_flex_is_sent_priced_at_batch_rates_and_falls_back_when_asked():
         back = call(oai(srv, service_tier="flex", flex_fallback=True), req())
         assert last_body(srv, "POST /v1/chat/completions")["service_tier"] == "default"
         assert back.usage.cost == std.usage.cost
+        # an ordinary rate limit is no reason to pay the standard price: it is backed off from
+        srv.flex_unavailable = False
+        srv.configure(ratelimit_rate=1.0)
+        with pytest.raises(RateLimited):
+            call(oai(srv, service_tier="flex", flex_fallback=True), req())
+        assert last_body(srv, "POST /v1/chat/completions")["service_tier"] == "flex"
+        srv.configure(ratelimit_rate=0.0)
         with pytest.raises(ModelNotFoundError, match="service_tier must be one of"):
             oai(srv, service_tier="slow")
         with pytest.raises(ModelNotFoundError, match="flex_fallback needs"):

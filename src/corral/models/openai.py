@@ -417,6 +417,7 @@ class OpenAIModel(HostedModel):
         t0 = time.perf_counter()
         params = self.params(request)
         failure: ModelError | None = None
+        flex_busy = False
         try:
             try:
                 resp = await self._create(client, params)
@@ -429,8 +430,10 @@ class OpenAIModel(HostedModel):
                 resp = await self._create(client, params)
         except openai.OpenAIError as e:
             failure = self._translate(e)
-        if isinstance(failure, RateLimited) and self.flex_fallback:
-            # flex capacity is unavailable: this call goes to the standard tier, at its price
+            flex_busy = getattr(e, "code", None) == "resource_unavailable"
+        if isinstance(failure, RateLimited) and self.flex_fallback and flex_busy:
+            # flex capacity is unavailable (not a rate limit, which is backed off from as ever):
+            # this call goes to the standard tier, at its price
             params["service_tier"] = "default"
             failure = None
             try:
