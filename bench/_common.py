@@ -49,7 +49,7 @@ def machine() -> dict[str, Any]:
         "mem_gb": round(mem_kb / 1024 / 1024, 1),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "git_commit": commit,
         "git_dirty_files": [ln[3:] for ln in dirty.splitlines() if ln.strip()],
     }

@@ -297,7 +297,7 @@ def main() -> int:
             "pass": not failures,
         }
     path = write_result(name, result)
-    print(("ALL INVARIANTS HOLD" if not failures else "FAILED:\n  " + "\n  ".join(failures)))
+    print("ALL INVARIANTS HOLD" if not failures else "FAILED:\n  " + "\n  ".join(failures))
     print(f"wrote {path}")
     return 0 if not failures else 1
 

@@ -105,7 +105,8 @@ def outage(tmp: Path) -> dict[str, Any]:
         seen = threading.Event()
         lines: list[str] = []
 
-        def read(proc: subprocess.Popen[str] = p) -> None:
+        def read(proc: subprocess.Popen[str] = p, lines: list[str] = lines,
+                 seen: threading.Event = seen) -> None:
             for line in proc.stderr:  # type: ignore[union-attr]
                 lines.append(line.rstrip())
                 if "provider unreachable" in line:

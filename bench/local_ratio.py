@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    CORRAL, PY, ROOT, cmdline, last_json_line, median, run_child, wait_for_quiet, write_result,
+    CORRAL,
+    PY,
+    ROOT,
+    cmdline,
+    last_json_line,
+    median,
+    run_child,
+    wait_for_quiet,
+    write_result,
 )
 
 JOB = ROOT / "examples" / "tickets.yaml"

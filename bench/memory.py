@@ -187,7 +187,7 @@ def main() -> int:
             }
             results.append(r)
             if prof:
-                print(f"  RSS over the run (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in prof["rss_mb_at"].items())
+                print("  RSS over the run (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in prof["rss_mb_at"].items())
                       + f"; highest sample {prof['peak_sample_mb']:.0f} MB at {prof['peak_sample_at_s']:.0f} s "
                       f"of {prof['run_s']:.0f} s", flush=True)
             if sink_rows != n:

@@ -15,7 +15,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    CORRAL, ROOT, SMS_ROWS, SMS_TSV, cmdline, last_json_line, median, run_child, wait_for_quiet, write_result,
+    CORRAL,
+    ROOT,
+    SMS_ROWS,
+    SMS_TSV,
+    cmdline,
+    last_json_line,
+    median,
+    run_child,
+    wait_for_quiet,
+    write_result,
 )
 
 GOAL_ROWS_S = 2000.0

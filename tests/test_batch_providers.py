@@ -20,7 +20,7 @@ from corral.testing import ProviderServer
 openai = pytest.importorskip("openai")
 anthropic = pytest.importorskip("anthropic")
 
-from corral.models.anthropic import AnthropicModel, decode_custom_id, encode_custom_id  # noqa: E402
+from corral.models.anthropic import decode_custom_id, encode_custom_id  # noqa: E402
 from corral.models.openai import OpenAIModel  # noqa: E402
 
 from ._providers import KEY, SCHEMA, claude, oai  # noqa: E402

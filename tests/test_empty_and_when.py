@@ -222,7 +222,7 @@ def test_a_step_reading_only_a_step_that_did_not_run_has_empty_input(tmp_path):
         {**CATEGORY, "input": "amount: {details.amount}"},
     ]
     fake = FakeModel(script=answer)
-    r = corral.run(make_job(tmp_path, steps), model=fake)
+    corral.run(make_job(tmp_path, steps), model=fake)
     assert fake.calls == 2  # r1: both steps; r2: neither
     q = read_csv(tmp_path / "out" / "o.quarantine.csv")
     assert [(x["id"], x["_reason"]) for x in q] == [

@@ -427,8 +427,18 @@ def test_docs_list_every_json_field():
     """Every key of the JSON object is explained in docs/cli.md's `corral eval` section."""
     doc = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
     section = doc.split("## corral eval", 1)[1].split("\n## ", 1)[0]
-    from corral._eval import (Bin, Calibration, Confusion, Evaluation, FieldScore, Group, LabelScore, RunEval,
-                              Spend, StepEval)
+    from corral._eval import (
+        Bin,
+        Calibration,
+        Confusion,
+        Evaluation,
+        FieldScore,
+        Group,
+        LabelScore,
+        RunEval,
+        Spend,
+        StepEval,
+    )
 
     spend = Spend()
     cal = Calibration(1, 0, 0.1, [Bin(0.0, 0.1, 1, 0.05, 1.0)], [(1.0, 1.0)])

@@ -126,7 +126,7 @@ def test_slow_start_ends_when_more_calls_in_flight_bring_no_more_answers(monkeyp
             span = max(0.1, n / 100.0)  # n in flight answer in one latency, or at 100 a second
             for _ in range(n):
                 await g.acquire()
-            for i in range(n):
+            for _i in range(n):
                 clock[0] += span / n
                 g.observe(0.1, None)
                 await g.release("ok")

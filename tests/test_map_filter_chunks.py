@@ -362,7 +362,7 @@ def test_chunks_fit_overlap_and_cover_the_text(size, overlap):
 def test_chunks_end_at_paragraphs_then_sentences_then_words():
     paras = [prose(15, i) + "." for i in range(12)]  # about 100 characters each
     text = "\n\n".join(paras)
-    for s, e in chunk_spans(text, 350, 40):
+    for _s, e in chunk_spans(text, 350, 40):
         assert e == len(text) or text[e:e + 2] == "\n\n"  # every cut is at a blank line
     one_para = " ".join(prose(12, i) + "." for i in range(20))  # sentences, no line breaks
     for _, e in chunk_spans(one_para, 300, 0)[:-1]:

@@ -66,7 +66,7 @@ def source_table() -> pa.Table:
              Decimal("1E-5")],
             pa.decimal256(40, 5),
         ),
-        "blob": pa.array([b"\x00\x01\xff", b"", None, "text".encode(), bytes(range(256))]),
+        "blob": pa.array([b"\x00\x01\xff", b"", None, b"text", bytes(range(256))]),
         "big_blob": pa.array([b"\x89PNG", None, b"", b"\x00", b"z"], pa.large_binary()),
         "tag4": pa.array([b"ABCD", None, b"\x00\x00\x00\x00", b"wxyz", b"1234"], pa.binary(4)),
         "day": pa.array(

@@ -36,7 +36,6 @@ from corral.models.openai import OpenAIModel  # noqa: E402
 from ._providers import KEY, SCHEMA, claude, oai  # noqa: E402
 
 
-
 @pytest.fixture(autouse=True)
 def _no_ambient_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL",

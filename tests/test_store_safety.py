@@ -141,7 +141,7 @@ def test_two_corral_runs_on_a_fresh_store(tmp_path):
             for _ in range(2)
         ]
         outs = [p.communicate(timeout=120) for p in procs]
-        for p, (out, err) in zip(procs, outs):
+        for p, (_out, err) in zip(procs, outs):
             assert p.returncode == 0, err
             assert "already exists" not in err
         summaries = [json.loads(out) for out, _ in outs]

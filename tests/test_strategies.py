@@ -633,7 +633,6 @@ def test_per_record_budget_holds_a_disputed_row_with_its_leading_answer(tmp_path
 
 
 def test_per_record_budget_counts_calls_over_all_steps(tmp_path):
-    rows = {"r1": "x"}
     fake = FakeModel(script=lambda r: {"label": "a"} if "label" in r.schema["properties"] else {"n": 1})
     steps = [
         classify(strategy={"name": "vote", "samples": 2}),

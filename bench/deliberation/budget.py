@@ -30,10 +30,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "etl"))
 
-from _etl import CORRAL, DATA, ROOT  # noqa: E402
-
 from _common import machine  # noqa: E402
 from _data import write_source  # noqa: E402
+from _etl import CORRAL, DATA, ROOT  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 TEST = DATA / "banking77" / "test.csv"

@@ -23,11 +23,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "etl"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _etl import CORRAL, ROOT  # noqa: E402
-from banking77 import LABELS, TEST, model  # noqa: E402
-
 from _common import machine  # noqa: E402
 from _data import write_source  # noqa: E402
+from _etl import CORRAL, ROOT  # noqa: E402
+from banking77 import LABELS, TEST, model  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

@@ -39,7 +39,7 @@ def banking(lines: list[str]) -> None:
     d = load("banking77")
     if d is None:
         return
-    res = {r["config"]: r for r in d["results"]}
+    {r["config"]: r for r in d["results"]}
     s = d["summary"]
     lines += [
         "### banking77 with the fake model as a noisy labeler",

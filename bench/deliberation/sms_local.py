@@ -26,10 +26,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "etl"))
 
-from _etl import DATA, run_corral  # noqa: E402
-
 from _common import machine  # noqa: E402
 from _data import write_source  # noqa: E402
+from _etl import DATA, run_corral  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

@@ -28,9 +28,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import machine  # noqa: E402
 from _etl import DATA, RESULTS, accounted, prf, read_jsonl, run_corral, write_result, yaml_str  # noqa: E402
 
-from _common import machine  # noqa: E402
 from corral.tasks._reference import similarity  # noqa: E402
 
 TEST = DATA / "entity_matching" / "abt-buy" / "test.ndjson"

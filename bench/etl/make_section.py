@@ -276,7 +276,7 @@ def pipeline() -> list[str]:
             r = p[key]
             s, fl, lg = r["summary"], r["files"], r["ledger_by_step"]
 
-            def led(step: str) -> str:
+            def led(step: str, lg: dict = lg) -> str:
                 x = lg.get(step, {"paid": 0, "replayed": 0})
                 return f"{x['paid']} paid, {x['replayed']} replayed"
 

@@ -24,8 +24,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _etl import RESULTS, ROOT, accounted, run_corral, write_result  # noqa: E402
 from _common import machine  # noqa: E402
+from _etl import RESULTS, ROOT, accounted, run_corral, write_result  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "pipeline.yaml"
 NEW_QUESTION = "Is the customer asking to get money returned to them (refund, chargeback or store credit)?"

@@ -28,7 +28,19 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
-from _util import CORRAL, KEY, MODEL, TimedServer, cmdline, corral_env, last_json_line, run_corral, write_json, write_job, write_rows
+from _util import (
+    CORRAL,
+    KEY,
+    MODEL,
+    TimedServer,
+    cmdline,
+    corral_env,
+    last_json_line,
+    run_corral,
+    write_job,
+    write_json,
+    write_rows,
+)
 
 PRICES = {"input": 0.15, "output": 0.6, "batch_discount": 0.5}
 POLL_S = 0.2

@@ -27,7 +27,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _util import KEY, MODEL, TimedServer, cmdline, count_between, run_corral, write_json, write_job, write_rows
+from _util import (
+    KEY,
+    MODEL,
+    TimedServer,
+    cmdline,
+    count_between,
+    run_corral,
+    write_job,
+    write_json,
+    write_rows,
+)
 
 RATE_RPM = 6000
 EDGE_S = 5.0

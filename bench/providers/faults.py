@@ -24,7 +24,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from _util import KEY, MODEL, TimedServer, cmdline, run_corral, write_json, write_job, write_rows
+from _util import KEY, MODEL, TimedServer, cmdline, run_corral, write_job, write_json, write_rows
 
 FAULTS = {"error_rate": 0.2, "truncation_rate": 0.05, "refusal_rate": 0.02, "malformed_rate": 0.03,
           "latency_s": (0.0, 0.02)}

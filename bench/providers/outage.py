@@ -27,7 +27,19 @@ import threading
 import time
 from pathlib import Path
 
-from _util import CORRAL, KEY, MODEL, Sampler, TimedServer, cmdline, corral_env, last_json_line, write_json, write_job, write_rows
+from _util import (
+    CORRAL,
+    KEY,
+    MODEL,
+    Sampler,
+    TimedServer,
+    cmdline,
+    corral_env,
+    last_json_line,
+    write_job,
+    write_json,
+    write_rows,
+)
 
 LATENCY = 0.05
 CONCURRENCY = 16

@@ -29,7 +29,17 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from _util import KEY, MODEL, TimedServer, cmdline, count_between, run_corral, write_json, write_job, write_rows
+from _util import (
+    KEY,
+    MODEL,
+    TimedServer,
+    cmdline,
+    count_between,
+    run_corral,
+    write_job,
+    write_json,
+    write_rows,
+)
 
 RPM = 600
 LATENCY = 1.0
@@ -111,7 +121,7 @@ def main() -> None:
     args = ap.parse_args()
     runs = []
     order = [v for _ in range(args.reps) for v in args.variants.split(",")]
-    for i, v in enumerate(order, 1):
+    for v in order:
         started = time.strftime("%H:%M:%S")
         res = one(v, args.rows, args.window)
         res["rep"] = sum(1 for x in runs if x["variant"] == v) + 1

@@ -8,18 +8,17 @@ from __future__ import annotations
 # Extension points first: importing corral.job loads task plugins through entry points, and a
 # plugin may itself do `from corral import Task` while this module is still being imported.
 from corral import errors
+from corral._eval import Evaluation, evaluate
+from corral._result import RunResult  # noqa: I001
+from corral.engine import make_model, run, run_async
 from corral.errors import CorralError, UserError
 from corral.io.base import Column
-from corral.models.base import Capabilities, Completion, Message, Model, Request, Usage
-from corral.strategies.base import Outcome, Sample, Solver, Strategy
-from corral.tasks.base import Task
-
-from corral._result import RunResult  # noqa: I001
-from corral._eval import Evaluation, evaluate
-from corral.engine import make_model, run, run_async
 from corral.job import Budget, Job, ModelRef
+from corral.models.base import Capabilities, Completion, Message, Model, Request, Usage
 from corral.models.fake import FakeModel
 from corral.store import SQLiteStore, Store, open_store
+from corral.strategies.base import Outcome, Sample, Solver, Strategy
+from corral.tasks.base import Task
 from corral.tasks.classify import ClassifyStep
 from corral.tasks.extract import ExtractStep, FieldSpec
 

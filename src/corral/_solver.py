@@ -19,6 +19,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import orjson
+
 from corral.errors import OutputError, PermanentModelError, TransientModelError, UserError
 from corral.job import RecordBudget
 from corral.models.base import Completion, Message, Request
@@ -132,7 +133,7 @@ def check_scoring(job: Any, model: Any, extra: dict[str, Any]) -> None:
                 f"(local, or an openai: model); {ids} does not; set `scoring: generate`"
             )
         if step.min_confidence is not None:
-            def gives(st: Any, m: Any) -> bool:
+            def gives(st: Any, m: Any, step: Any = step) -> bool:
                 caps = m.capabilities
                 return st.name == "vote" or caps.supports_logprobs or step.uses_likelihood(caps)
 
@@ -198,7 +199,7 @@ class StepSolver:
         grown = False
         tries = 0
         role = "repair" if repair is not None else role
-        for tries in range(1, step.max_attempts + 1):
+        for tries in range(1, step.max_attempts + 1):  # noqa: B007 (read after the loop)
             n = self.seq
             self.seq += 1
             request = self._request(n)

@@ -32,15 +32,22 @@ from typing import Any, NoReturn
 import click
 import yaml
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from corral import _export
 from corral._result import RunResult, summarize
 from corral.engine import live_status, run_async, store_path_for
+from corral.errors import CorralError, RunNotFoundError, StoreError, UserError
 from corral.job import Job
 from corral.models.local import BUNDLED_ID
-from corral.errors import CorralError, RunNotFoundError, StoreError, UserError
 from corral.store import STORE_ENV, Store, default_store_path, open_store
 from corral.store.base import DECISIONS, RunInfo
 

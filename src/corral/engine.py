@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
 import inspect
 import json
@@ -32,14 +31,13 @@ from corral._limits import AdaptiveConcurrency, CircuitBreaker, RateLimiter, bac
 from corral._registry import model_class, suggest
 from corral._result import RunResult, summarize
 from corral._solver import OutOfBudget, RecordUse, StepSolver, check_scoring, low_confidence
-from corral.strategies.base import Outcome
 from corral.errors import (
     AuthenticationError,
     ModelNotFoundError,
-    QuotaExceeded,
     OutputError,
-    ProviderUnavailable,
     PermanentModelError,
+    ProviderUnavailable,
+    QuotaExceeded,
     RateLimited,
     SourceError,
     StoreError,
@@ -67,6 +65,7 @@ from corral.store.base import (
     NewRecord,
     RunInfo,
 )
+from corral.strategies.base import Outcome
 from corral.tasks.base import Task
 
 INGEST_CHUNK = 5000
@@ -742,7 +741,7 @@ class _Runner:
             timeout = c.ref.timeout_s
             try:
                 comp = await (asyncio.wait_for(task, timeout) if timeout else task)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise TransientModelError(f"no answer within {timeout:g} s") from None
             except asyncio.CancelledError:
                 me = asyncio.current_task()

@@ -30,7 +30,6 @@ from corral.errors import JobSpecError
 from corral.io.spec import SinkSpec, SourceSpec
 from corral.tasks.base import Task
 
-
 #: the keys of a model mapping that the engine reads (limits, retries); the others are the model's options
 _ENGINE_KEYS = ("rpm", "tpm", "timeout_s", "max_retries", "max_outage_s", "batch_poll_s", "batch_resubmits")
 

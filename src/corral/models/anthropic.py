@@ -43,24 +43,23 @@ from corral.errors import (
     RateLimited,
     TransientModelError,
 )
+from corral.models._hosted import HostedModel, unreachable
 from corral.models._keys import (
     AuthenticationError,
     Price,
     base_url_tag,
     find_key,
-    shown_keys_file,
     price_for,
     redact,
     retry_after,
+    shown_keys_file,
 )
-from corral.models._hosted import HostedModel, unreachable
 from corral.models.base import (
     BatchItem,
     BatchStatus,
     Capabilities,
     Completion,
     FinishReason,
-    Model,
     Request,
     Usage,
 )

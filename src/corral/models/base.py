@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import orjson
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, ClassVar, Literal
+
+import orjson
 
 FinishReason = Literal["stop", "length", "refused", "content_filter", "error"]
 

@@ -818,7 +818,7 @@ class SQLiteStore(Store):
         )
         calls = tokens_in = tokens_out = 0
         cost: Decimal | None = Decimal(0)
-        for replayed, tin, tout, nanos, response in rows:
+        for _replayed, tin, tout, nanos, response in rows:
             calls += 1
             if response is not None:
                 usage = json.loads(response).get("usage") or {}

@@ -9,7 +9,6 @@ that narrows a long list to the few entries worth showing the model for one row.
 from __future__ import annotations
 
 import hashlib
-
 from collections import Counter
 from pathlib import Path
 from typing import Any

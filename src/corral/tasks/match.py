@@ -20,7 +20,14 @@ from corral._template import Template
 from corral.io import SourceSpec
 from corral.io.base import Column
 from corral.models.base import Message, Request
-from corral.tasks._reference import EntrySpec, Index, parse_spec, read_entries, reference_identity, similarity
+from corral.tasks._reference import (
+    EntrySpec,
+    Index,
+    parse_spec,
+    read_entries,
+    reference_identity,
+    similarity,
+)
 from corral.tasks.base import OnEmpty, Task
 
 _REASON = {"type": "string", "maxLength": 100}

@@ -27,13 +27,13 @@ from corral.io import SourceSpec
 from corral.io.base import Column
 from corral.models.base import Message, Request
 from corral.tasks._reference import (
-    reference_identity,
     Index,
     ReferenceSpec,
     count_values,
     frequent,
     parse_spec,
     read_values,
+    reference_identity,
 )
 from corral.tasks.base import OnEmpty, Task
 

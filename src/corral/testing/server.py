@@ -25,9 +25,9 @@ ground truth a test compares a run's ledger against.
 from __future__ import annotations
 
 import email.parser
-import inspect
 import email.policy
 import hashlib
+import inspect
 import json
 import math
 import random
@@ -38,7 +38,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -131,7 +131,7 @@ def _tokens(text: str) -> int:
 
 
 def _now_iso(offset_s: float = 0.0) -> str:
-    t = datetime.now(timezone.utc) + timedelta(seconds=offset_s)
+    t = datetime.now(UTC) + timedelta(seconds=offset_s)
     return t.isoformat().replace("+00:00", "Z")
 
 
