@@ -16,19 +16,18 @@ import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
+from corral._client import Client, RequestLayer
+from corral._commit import GroupCommitter
 from corral.errors import OutputError, PermanentModelError, TransientModelError, UserError
 from corral.job import RecordBudget
 from corral.models.base import Completion, Message, Request
 from corral.store.base import AttemptRecord, LeasedRecord
 from corral.strategies.base import Outcome, Sample
 from corral.tasks.base import CONTENT_FREE, Task, _validator
-
-if TYPE_CHECKING:  # pragma: no cover
-    from corral.engine import _Committer, _Runner
 
 
 class OutOfBudget(Exception):
@@ -153,14 +152,27 @@ def confidence(comp: Completion) -> float | None:
     return math.exp(max(-700.0, sum(comp.logprobs)))
 
 
+@dataclass(slots=True)
+class _Held:
+    """A usable answer's attempt, held back until the next event (see :meth:`StepSolver.accepted`)."""
+
+    n: int
+    h: str | None
+    outcome: str
+    detail: str | None
+    data: dict[str, Any]
+    answer: dict[str, Any]
+
+
 class StepSolver:
-    """Implements :class:`corral.strategies.base.Solver` for one record's step (or chunk)."""
+    """Implements :class:`corral.strategies.base.Solver` for one record's step (or chunk): asks
+    through the run's request layer and writes the trace through the worker's committer."""
 
     def __init__(
-        self, runner: _Runner, committer: _Committer, rec: LeasedRecord, step: Task,
+        self, layer: RequestLayer, committer: GroupCommitter, rec: LeasedRecord, step: Task,
         context: dict[str, Any], label: str, use: RecordUse,
     ) -> None:
-        self.runner = runner
+        self.layer = layer
         self.committer = committer
         self.rec = rec
         self.step = step
@@ -174,7 +186,7 @@ class StepSolver:
         self._base: Request | None = None
         # the latest usable answer's attempt, held back until the next event: when it is the
         # answer accepted as it is (a single call), the acceptance is written on the same row
-        self._pending: tuple[int, str | None, str, str | None, dict[str, Any], dict[str, Any]] | None = None
+        self._pending: _Held | None = None
 
     # --- the Solver protocol ----------------------------------------------------------
 
@@ -183,15 +195,11 @@ class StepSolver:
         return "\n".join(m.content for m in self._request(0).messages if m.role == "user")
 
     async def sample(
-        self,
-        *,
-        model: str | None = None,
-        temperature: float | None = None,
-        repair: tuple[dict[str, Any], list[str]] | None = None,
-        role: str = "sample",
+        self, *, model: str | None = None, temperature: float | None = None,
+        repair: tuple[dict[str, Any], list[str]] | None = None, role: str = "sample",
     ) -> Sample:
         step = self.step
-        client = self.runner.client(model)
+        client = self.layer.client(model)
         if repair is None and not temperature and step.uses_likelihood(client.model.capabilities):
             return await self._scored(client, role)
         reason = "no answer"
@@ -244,7 +252,7 @@ class StepSolver:
             if reasoning is not None:
                 data["reasoning"] = reasoning
             self.flush()
-            self._pending = (n, h, "checks" if problems else "ok", "; ".join(problems) or None, data, answer)
+            self._pending = _Held(n, h, "checks" if problems else "ok", "; ".join(problems) or None, data, answer)
             if self.first_hash is None:
                 self.first_hash = h
             return Sample(answer, problems, None, conf, client.model.id, reasoning)
@@ -253,7 +261,7 @@ class StepSolver:
             model=client.model.id,
         )
 
-    async def _scored(self, client: Any, role: str) -> Sample:
+    async def _scored(self, client: Client, role: str) -> Sample:
         """One answer by likelihood: the step's scoring requests, calibrated against the same
         requests for a content-free input when the step calibrates (``calibrate:``)."""
         step = self.step
@@ -287,23 +295,23 @@ class StepSolver:
         if problems:
             data["problems"] = problems
         self.flush()
-        self._pending = (n, h0, "checks" if problems else "ok", "; ".join(problems) or None, data, answer)
+        self._pending = _Held(n, h0, "checks" if problems else "ok", "; ".join(problems) or None, data, answer)
         if self.first_hash is None:
             self.first_hash = h0
         return Sample(answer, problems, None, conf, client.model.id)
 
-    async def _content_free_scores(self, n: int, client: Any) -> list[dict[str, float]]:
+    async def _content_free_scores(self, n: int, client: Client) -> list[dict[str, float]]:
         """Each scoring request's offsets: per choice, the mean over the content-free inputs
         (:data:`CONTENT_FREE`) of its log-probability normalised over the choices. The same for
         every row of the step (its inputs are all replaced), so worked out once per run."""
-        memo = _OFFSETS.setdefault(self.runner, {})
+        memo = _OFFSETS.setdefault(self.layer, {})
         key = (self.step.name, client.model.id)
         got = memo.get(key)
         if got is None:
             got = memo[key] = await self._offsets(n, client)
         return got
 
-    async def _offsets(self, n: int, client: Any) -> list[dict[str, float]]:
+    async def _offsets(self, n: int, client: Client) -> list[dict[str, float]]:
         per_input = []
         for filler in CONTENT_FREE:
             free = self.step.content_free(self.context, filler)
@@ -315,10 +323,10 @@ class StepSolver:
             out.append({c: sum(x[c] for x in normed) / len(normed) for c in first})
         return out
 
-    async def _content_free(self, request: Request, n: int, client: Any, filler: str) -> dict[str, float]:
+    async def _content_free(self, request: Request, n: int, client: Client, filler: str) -> dict[str, float]:
         """The scores of a content-free request: asked once per run (the first record to need it
         makes the call, recorded against it; the others wait for it), replayed on a resume."""
-        memo = _CONTENT_FREE.setdefault(self.runner, {})
+        memo = _CONTENT_FREE.setdefault(self.layer, {})
         key = request.cache_key(client.model.id)
         while True:
             got = memo.get(key)
@@ -346,7 +354,7 @@ class StepSolver:
     async def ask_json(
         self, messages: list[Message], schema: dict[str, Any], *, model: str | None, role: str
     ) -> dict[str, Any] | None:
-        client = self.runner.client(model)
+        client = self.layer.client(model)
         n = self.seq
         self.seq += 1
         request = Request(messages=tuple(messages), schema=schema, max_tokens=200, temperature=0.0, sample=n)
@@ -397,12 +405,11 @@ class StepSolver:
         When it is the latest call's answer as it is (a `single` step), the acceptance goes on
         that call's row (``data.accepted``); otherwise it is an ``accepted`` event of its own."""
         p = self._pending
-        if p is not None and p[5] is out.answer and p[2] == "ok":
+        if p is not None and p.answer is out.answer and p.outcome == "ok":
             self._pending = None
-            n, h, outcome, detail, data, _ = p
-            data["accepted"] = True
-            data["calls"] = self.seq
-            self._write(n, h, outcome, detail, data)
+            p.data["accepted"] = True
+            p.data["calls"] = self.seq
+            self._write(p.n, p.h, p.outcome, p.detail, p.data)
             return
         self.flush()
         answer = out.answer or {}
@@ -426,22 +433,20 @@ class StepSolver:
         """Write the attempt held back for a possible acceptance (before any later event)."""
         p, self._pending = self._pending, None
         if p is not None:
-            self._write(*p[:5])
+            self._write(p.n, p.h, p.outcome, p.detail, p.data)
 
     async def _call(
-        self, request: Request, n: int, client: Any, batch: bool | None = None
+        self, request: Request, n: int, client: Client, batch: bool | None = None
     ) -> tuple[str, Completion]:
         self.flush()
-        budget = self.runner.record_budget
+        layer = self.layer
+        budget = layer.budget.per_record
         if budget is not None:
             self.use.check(budget, request)
         if batch is None:
-            batch = self.step.mode == "batch" and client is self.runner.main
-        h, comp = await self.runner._ask(
-            self.committer, self.rec, self.label, n, request,
-            batch=batch,
-            client=client, strategy=self.strategy,
-        )
+            batch = self.step.mode == "batch" and client is layer.main
+        h, comp = await layer.ask(
+            self.committer, self.rec.key, self.label, n, request, batch, client, self.strategy)
         self.use.add(comp)
         return h, comp
 
@@ -452,7 +457,7 @@ class StepSolver:
     def _write(self, n: int, h: str | None, outcome: str, detail: str | None, data: dict[str, Any]) -> None:
         data.setdefault("strategy", self.strategy)
         self.committer.add(attempt=AttemptRecord(
-            self.runner.run.id, self.rec.key, self.label, n, h, outcome, detail,
+            self.layer.run_id, self.rec.key, self.label, n, h, outcome, detail,
             data=orjson.dumps(data, default=str).decode(),
         ))
 

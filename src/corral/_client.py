@@ -1,0 +1,628 @@
+"""The request layer: every model call of a run goes through :meth:`RequestLayer.ask`.
+
+``ask`` = response cache → run budget → rate limiter and concurrency slots → retry (with the
+circuit breaker) → the model → the call recorded in the ledger before its answer is used. It is
+written once, here, for every model, so providers stay small (see :mod:`corral._limits` for the
+controls themselves). A :class:`Client` is one model with its own controls; the
+:class:`RunBudget` holds the run's limits, what in-flight calls have reserved against them, and
+what each model's calls are estimated to cost; a :class:`Halt` is how any part of a run stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import os
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from corral._commit import GroupCommitter, dumps
+from corral._limits import AdaptiveConcurrency, CircuitBreaker, RateLimiter, backoff
+from corral._registry import model_class, suggest
+from corral.errors import (
+    AuthenticationError,
+    ModelNotFoundError,
+    PermanentModelError,
+    ProviderUnavailable,
+    QuotaExceeded,
+    RateLimited,
+    TransientModelError,
+)
+from corral.job import MAX_CONCURRENCY, Budget, ModelRef
+from corral.models.base import Completion, Model, Request, Usage
+from corral.store.base import AttemptRecord, CallRecord, Store
+
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable
+
+    from corral.batchapi import BatchCoordinator
+
+#: a prompt longer than this (characters) is said to the user once per step: likely a mistake
+PROMPT_WARN_CHARS = 1_000_000
+
+
+# --- models ---------------------------------------------------------------------------------
+
+
+def make_model(ref: ModelRef | str | dict[str, Any], base_dir: Path | None = None) -> Model:
+    """Build a model from its name (``local``, ``local:/m.gguf``, ``fake``) or mapping."""
+    ref = ModelRef.parse(ref)
+    cls = model_class(ref.name)
+    arg = ref.arg
+    if arg and base_dir is not None and arg.endswith(".gguf") and not os.path.isabs(arg):
+        candidate = base_dir / arg
+        if candidate.exists():
+            arg = str(candidate.resolve())
+    options = dict(ref.options)
+    if base_dir is not None:  # file options of a model are relative to the job file's folder
+        for key in getattr(cls, "path_options", ()):
+            v = options.get(key)
+            if isinstance(v, str) and v and not os.path.isabs(v):
+                options[key] = str((base_dir / v).resolve())
+    _check_options(ref, cls, options)
+    try:
+        return cls(arg, **options)
+    except TypeError as e:
+        raise ModelNotFoundError(f"model `{ref}`: {e}; check the options under `model:`") from None
+    except ValueError as e:
+        raise ModelNotFoundError(f"model `{ref}`: {e}") from None
+
+
+def _check_options(ref: ModelRef, cls: type[Model], options: dict[str, Any]) -> None:
+    """An option the model's class does not take is one line naming the ones it does."""
+    try:
+        params = list(inspect.signature(cls).parameters.values())
+    except (TypeError, ValueError):  # a class whose signature cannot be read: let it check
+        return
+    if not params or any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    takes = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+             and not (positional and p is positional[0])]  # the first one receives NAME:ARG
+    unknown = [k for k in options if k not in takes]
+    if unknown:
+        shared = sorted(set(ModelRef.model_fields) - {"name", "arg", "options"})
+        key = unknown[0]
+        others = ", ".join(f"`{k}`" for k in unknown[1:])
+        more = f" (and {len(unknown) - 1} more: {others})" if others else ""
+        raise ModelNotFoundError(
+            f"model `{ref}`: unknown option `{key}`{suggest(key, takes + shared) or '.'}{more} "
+            f"Valid options: {', '.join(sorted(takes)) or 'none'}; and for every model: "
+            f"{', '.join(shared)}."
+        )
+
+
+def default_concurrency(model: Model) -> int:
+    """Records worked on at once without a job's ``concurrency``: as many as the model allows in
+    flight (the calls in flight then find the provider's capacity on their own), or 2 for a
+    model that answers one call at a time, so the next prompt is ready when it is free."""
+    cap = model.capabilities.max_concurrency
+    return min(cap, MAX_CONCURRENCY) if cap > 1 else 2
+
+
+# --- stopping and counting ------------------------------------------------------------------
+
+
+class Stop(Exception):
+    """Raised inside a worker when the run must stop scheduling new calls."""
+
+
+class Deferred(Exception):
+    """The record needs an answer that a provider batch will bring; it waits for the next pass."""
+
+
+class Halt:
+    """How a run is told to stop: the event every wait watches, why, and (for a provider that
+    refused the credentials or the account, or stayed down) the error that ended it."""
+
+    def __init__(self, event: asyncio.Event) -> None:
+        self.event = event
+        self.reason: str | None = None
+        self.fatal: BaseException | None = None
+        #: why the run ended early, for the exit code: auth, quota, outage
+        self.cause: str | None = None
+
+    def stopping(self) -> Stop:
+        """The exception a worker raises once the run is stopping."""
+        return Stop(self.reason or "stopping")
+
+    def end(self, reason: str) -> Stop:
+        """Stop the run for ``reason`` (the first reason given is kept)."""
+        self.reason = self.reason or reason
+        self.event.set()
+        return Stop(reason)
+
+    def fail(self, e: Exception) -> Stop:
+        """Every row would fail (credentials, quota, an outage): stop the run with ``e``."""
+        if self.fatal is None:
+            self.fatal = e
+        if isinstance(e, QuotaExceeded):
+            what, self.cause = "account out of quota", self.cause or "quota"
+        elif isinstance(e, ProviderUnavailable):
+            what, self.cause = "provider unreachable", self.cause or "outage"
+        else:
+            what, self.cause = "authentication failed", self.cause or "auth"
+        self.end(f"{what}: {e}")
+        return Stop(str(e))
+
+
+@dataclass
+class Counts:
+    """The run's counters, as shown while it runs: records by state, and the calls' usage."""
+
+    states: dict[str, int] = field(default_factory=dict)
+    made: int = 0
+    replayed: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: Decimal | None = Decimal(0)
+
+    def move(self, src: str, dst: str, n: int = 1) -> None:
+        """``n`` records went from state ``src`` to state ``dst``."""
+        s = self.states
+        s[src] = s.get(src, 0) - n
+        s[dst] = s.get(dst, 0) + n
+
+    def paid(self, u: Usage) -> None:
+        """Count one paid call's usage (an unknown cost makes the run's cost unknown)."""
+        self.made += 1
+        self.input_tokens += u.input_tokens
+        self.output_tokens += u.output_tokens
+        if self.cost is not None:
+            self.cost = None if u.cost is None else self.cost + u.cost
+
+
+# --- clients and the run budget -------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Client:
+    """One model and its own controls: rate limits, concurrency slots, circuit breaker."""
+
+    model: Model
+    ref: ModelRef
+    limiter: RateLimiter
+    slots: AdaptiveConcurrency
+    breaker: CircuitBreaker
+    headers_seen: float | None = None
+
+    @classmethod
+    def build(cls, model: Model, ref: ModelRef, concurrency: int) -> Client:
+        return cls(
+            model, ref, RateLimiter(ref.rpm, ref.tpm),
+            AdaptiveConcurrency(concurrency, start=min(concurrency, 8)), CircuitBreaker(),
+        )
+
+
+@dataclass(slots=True)
+class Hold:
+    """A call's reservation in the run's budget."""
+
+    cost: Decimal
+    tokens: int
+    probe: bool  # the call that finds out its model's price
+    done: bool = False
+
+
+@dataclass(slots=True)
+class _Estimate:
+    """What one model's next call is expected to use, learned from its calls so far."""
+
+    #: the most one paid call has cost (reserved for each call while a cost budget is set)
+    cost: Decimal | None = None
+    most_output: int | None = None
+    #: a call is finding out this model's price (while a cost cap is set, others wait for it)
+    probing: bool = False
+
+
+class RunBudget:
+    """The run's limits (``budget:``) against what is spent and what in-flight calls reserved.
+
+    A call reserves an estimate before it is made (:meth:`reserve`) and gives it back when it is
+    counted (:meth:`settle`); a call that would pass a limit waits while others hold
+    reservations (they may cost less, or not happen) and stops the run only when it alone would
+    pass it."""
+
+    def __init__(self, budget: Budget, counts: Counts, halt: Halt, model_id: str) -> None:
+        self.limits = budget
+        self.counts = counts
+        self.halt = halt
+        self.model_id = model_id
+        #: a run-wide limit is set: calls reserve room before they are made
+        self.active = any(v is not None for v in (budget.max_calls, budget.max_tokens, budget.max_cost_usd))
+        self.per_record = budget.per_record if budget.per_record.active() else None
+        self.in_flight = 0  # paid calls in flight, counted against max_calls before they return
+        self.reserved_calls = 0  # calls holding a reservation
+        self.cost_reserved = Decimal(0)
+        self.tokens_reserved = 0
+        self.unpriced: str | None = None  # the first model whose call came back without a price
+        self.settled = asyncio.Event()  # set (and replaced) each time a reservation settles
+        self.estimates: dict[Client, _Estimate] = {}
+
+    def check(self, cost: Decimal = Decimal(0), tokens: int = 0) -> None:
+        """Stop the run if it has no room for one more call of the given estimate (on top of the
+        calls in flight, which hold their own reservations)."""
+        reason = self.over_budget(cost, tokens)
+        if reason:
+            raise self.halt.end(reason)
+
+    def over_budget(self, cost: Decimal = Decimal(0), tokens: int = 0) -> str | None:
+        """Which limit one more call of the given estimate would pass, or ``None``."""
+        b, c = self.limits, self.counts
+        used = c.input_tokens + c.output_tokens + self.tokens_reserved
+        if b.max_calls is not None and c.made + self.in_flight >= b.max_calls:
+            return f"budget: max_calls {b.max_calls:,} reached"
+        if b.max_tokens is not None and (used >= b.max_tokens or used + tokens > b.max_tokens):
+            return f"budget: max_tokens {b.max_tokens:,} reached"
+        if b.max_cost_usd is None:
+            return None
+        if c.cost is None:
+            return (
+                f"budget: max_cost_usd is set but model `{self.unpriced or self.model_id}` reports no price, "
+                "so spending cannot be bounded; give the model a price or remove max_cost_usd"
+            )
+        if c.cost >= b.max_cost_usd or c.cost + self.cost_reserved + cost > b.max_cost_usd:
+            return (
+                f"budget: max_cost_usd {b.max_cost_usd} reached "
+                f"(spent {c.cost}; the next call would pass it)"
+            )
+        return None
+
+    async def reserve(self, client: Client, request: Request) -> Hold:
+        """Hold room for one call before it is made: the most a call of this model has cost so
+        far, and its prompt plus the largest answer so far. While a model's price is still
+        unknown, its calls go one at a time until the first is settled."""
+        b = self.limits
+        est = self.estimates.get(client)
+        if est is None:
+            est = self.estimates[client] = _Estimate()
+        tokens = 0
+        if b.max_tokens is not None:
+            out = est.most_output if est.most_output is not None else request.max_tokens
+            tokens = sum(len(m.content) for m in request.messages) // 4 + out
+        cost = Decimal(0)
+        probe = False
+        if b.max_cost_usd is not None:
+            while est.cost is None and est.probing:
+                await self.settled.wait()
+            if est.cost is None:
+                est.probing = probe = True
+            else:
+                cost = est.cost
+        stop = self.halt.event
+        while self.over_budget(cost, tokens) and self.reserved_calls > 0 and not stop.is_set():
+            await self.settled.wait()
+        try:
+            self.check(cost, tokens)
+        except Stop:
+            if probe:
+                est.probing = False
+                self._signal()
+            raise
+        self.reserved_calls += 1
+        self.cost_reserved += cost
+        self.tokens_reserved += tokens
+        return Hold(cost, tokens, probe)
+
+    def settle(self, client: Client, hold: Hold, comp: Completion | None) -> None:
+        """Give a call's reservation back; with its answer, learn the model's price and size."""
+        hold.done = True
+        self.reserved_calls -= 1
+        self.cost_reserved -= hold.cost
+        self.tokens_reserved -= hold.tokens
+        est = self.estimates[client]
+        if comp is not None:
+            u = comp.usage
+            if u.cost is not None:
+                est.cost = max(est.cost or Decimal(0), u.cost)
+            est.most_output = max(est.most_output or 0, u.output_tokens)
+        if hold.probe:
+            est.probing = False
+        self._signal()
+
+    def _signal(self) -> None:
+        """Wake every call waiting for room (the event is replaced, not cleared)."""
+        self.settled.set()
+        self.settled = asyncio.Event()
+
+
+# --- the request layer ----------------------------------------------------------------------
+
+
+class RequestLayer:
+    """Asks the run's models: cache → budget → limiter → retry → model → ledger (see the
+    module's docstring). One per run, shared by every worker."""
+
+    def __init__(
+        self, store: Store, run_id: str, counts: Counts, budget: RunBudget, halt: Halt,
+        main: Client, clients: dict[str, Client], say: Callable[[str], None],
+    ) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.counts = counts
+        self.budget = budget
+        self.halt = halt
+        self.stop = halt.event
+        self.main = main
+        self.clients = clients
+        self.say = say
+        #: the provider batches of the run's `mode: batch` steps, when it has any
+        self.batches: BatchCoordinator | None = None
+        self.inflight: dict[str, asyncio.Future[None]] = {}  # requests being asked, by cache key
+        #: model calls in flight (a stop cancels them after the grace period)
+        self.calls: set[asyncio.Future[Completion]] = set()
+        self.warned: set[str] = set()  # steps whose oversized prompt was reported
+
+    def client(self, name: str | None) -> Client:
+        """The client of a model a strategy names (``None``: the job's model)."""
+        if name is None:
+            return self.main
+        return self.clients[name]
+
+    def paused(self) -> bool:
+        """Whether a provider is down (its circuit breaker open) and its calls wait for it."""
+        return self.main.breaker.open or any(c.breaker.open for c in self.clients.values())
+
+    async def ask(
+        self, committer: GroupCommitter, rec_key: str, label: str, attempt: int, request: Request,
+        batch: bool = False, client: Client | None = None, strategy: str | None = None,
+    ) -> tuple[str, Completion]:
+        """The answer to ``request`` for record ``rec_key``'s step ``label`` (and its cache key):
+        replayed from the store when it was paid for before, else asked and recorded. With
+        ``batch``, an answer not yet paid for is left to a provider batch (raises
+        :class:`Deferred`)."""
+        client = client or self.main
+        h = request.cache_key(client.model.id)
+        flying = self.inflight.get(h)
+        if flying is not None:  # the same request is in flight for another record: wait for it
+            with contextlib.suppress(Exception):
+                await asyncio.shield(flying)
+        hit = self.store.cached(h)
+        if hit is not None:
+            comp = Completion.from_dict(orjson.loads(hit))
+            if batch and self.batches is not None and h in self.batches.paid:
+                return h, comp  # paid in this run's batch, already in the ledger: not a replay
+            self.counts.replayed += 1
+            u = comp.usage
+            committer.add(call=CallRecord(
+                self.run_id, rec_key, label, attempt, h, client.model.id, True,
+                u.input_tokens, u.output_tokens, u.cached_input_tokens, u.reasoning_tokens,
+                Decimal(0), 0.0, strategy=strategy,
+            ))
+            return h, comp
+        if self.stop.is_set():
+            raise self.halt.stopping()
+        if batch and self.batches is not None:
+            self.batches.want(h, rec_key, label, attempt, request)  # raises
+        size = sum(len(m.content) for m in request.messages)
+        if size > PROMPT_WARN_CHARS and label not in self.warned:
+            self.warned.add(label)
+            self.say(
+                f"warning: step `{label}` sends a {size / 1e6:.1f} MB prompt for record {rec_key} "
+                f"(about {size // 4:,} tokens), more than most models take; check the input "
+                "column, or split long documents with extract's `chunking:`"
+            )
+        budget = self.budget
+        held = await budget.reserve(client, request) if budget.active else None
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.inflight[h] = done
+        try:
+            return h, await self._call(committer, rec_key, label, attempt, request, h, client, strategy, held)
+        finally:
+            if held is not None and not held.done:  # the call failed before it was counted
+                budget.settle(client, held, None)
+            del self.inflight[h]
+            done.set_result(None)
+
+    async def _call(
+        self, committer: GroupCommitter, rec_key: str, label: str, attempt: int, request: Request,
+        h: str, client: Client, strategy: str | None, held: Hold | None,
+    ) -> Completion:
+        """One paid call, recorded (durably) before its answer is used."""
+        budget = self.budget
+        budget.in_flight += 1  # counted against max_calls from the budget check on
+        try:
+            comp, latency = await self._retrying(committer, rec_key, label, attempt, request, client)
+        except PermanentModelError as e:
+            used = getattr(e, "usage", None)
+            if used is not None:  # the provider billed a call that failed: it still costs
+                self.counts.paid(used)
+                committer.add(call=CallRecord(
+                    self.run_id, rec_key, label, attempt, h, client.model.id, False,
+                    used.input_tokens, used.output_tokens, used.cached_input_tokens,
+                    used.reasoning_tokens, used.cost, 0.0, strategy=strategy))
+            raise
+        finally:
+            budget.in_flight -= 1
+        u = comp.usage
+        self.counts.paid(u)
+        if u.cost is None:
+            budget.unpriced = budget.unpriced or client.model.id
+        if held is not None:  # counted: the reservation gives way to the real usage at once
+            budget.settle(client, held, comp)
+        await committer.durable(CallRecord(
+            self.run_id, rec_key, label, attempt, h, client.model.id, False,
+            u.input_tokens, u.output_tokens, u.cached_input_tokens, u.reasoning_tokens,
+            u.cost, latency,
+            request_json=dumps(request.to_dict()),
+            response_json=dumps(comp.to_dict()),
+            strategy=strategy,
+        ))
+        return comp
+
+    async def _retrying(
+        self, committer: GroupCommitter, rec_key: str, label: str, attempt: int, request: Request,
+        client: Client,
+    ) -> tuple[Completion, float]:
+        """Retry transient failures with exponential backoff and full jitter (or the provider's
+        retry-after); an authentication failure stops the run. While the provider is down (the
+        circuit breaker is open) a failure spends none of the record's retries: the record waits
+        for the provider, up to the model's ``max_outage_s``."""
+        retry = 0
+        while True:
+            try:
+                return await self._once(request, client)
+            except (AuthenticationError, QuotaExceeded) as e:
+                raise self.halt.fail(e) from None
+            except TransientModelError as e:
+                if self.stop.is_set():
+                    raise self.halt.stopping() from None
+                if client.breaker.open and not isinstance(e, RateLimited):
+                    continue  # an outage: wait for the provider, not for this record's retries
+                if retry >= client.ref.max_retries:
+                    raise TransientModelError(f"{e} (after {retry + 1} tries)") from None
+                committer.add(attempt=AttemptRecord(
+                    self.run_id, rec_key, label, attempt, None, "retry", f"try {retry + 1}: {e}"))
+                await self.pause(backoff(retry, getattr(e, "retry_after", None)))
+                retry += 1
+
+    async def retried(self, client: Client, fn: Any, *args: Any) -> Any:
+        """``await fn(*args)``, a provider call outside the ledger (a batch's submit, poll or
+        fetch), retried on transient failures like a model call."""
+        retry = 0
+        while True:
+            try:
+                return await fn(*args)
+            except (AuthenticationError, QuotaExceeded) as e:
+                raise self.halt.fail(e) from None
+            except TransientModelError as e:
+                if retry >= client.ref.max_retries or self.stop.is_set():
+                    raise
+                await self.pause(backoff(retry, getattr(e, "retry_after", None)))
+                retry += 1
+
+    async def pause(self, seconds: float) -> None:
+        """Sleep, but end at once (raising :class:`Stop`) when the run is told to stop."""
+        if seconds > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), timeout=seconds)
+        if self.stop.is_set():
+            raise self.halt.stopping()
+
+    async def _once(self, request: Request, c: Client) -> tuple[Completion, float]:
+        """One try: breaker, slot, rate token, the model (with its timeout), then what the
+        controls learn from it."""
+        probe = await c.breaker.admit(self.stop)
+        if self.stop.is_set():
+            if probe:
+                c.breaker.abandon_probe()
+            raise self.halt.stopping()
+        estimate = sum(len(m.content) for m in request.messages) // 4 + request.max_tokens
+        # a slot first, then the rate token: paced calls leave one by one, not in a burst
+        await c.slots.acquire()
+        try:
+            await self._limited(c, estimate)
+        except BaseException:
+            await c.slots.release("cancelled")
+            if probe:
+                c.breaker.abandon_probe()
+            raise
+        outcome = "error"
+        t0 = time.perf_counter()
+        task: asyncio.Future[Completion] = asyncio.ensure_future(c.model.complete(request))
+        self.calls.add(task)
+        try:
+            timeout = c.ref.timeout_s
+            try:
+                comp = await (asyncio.wait_for(task, timeout) if timeout else task)
+            except TimeoutError:
+                raise TransientModelError(f"no answer within {timeout:g} s") from None
+            except asyncio.CancelledError:
+                me = asyncio.current_task()
+                if task.cancelled() and self.stop.is_set() and not (me and me.cancelling()):
+                    outcome = "cancelled"  # the stop cut this call short (see the engine's go())
+                    raise self.halt.stopping() from None
+                raise
+            outcome = "ok"
+        except RateLimited as e:
+            outcome = "overload"
+            c.breaker.success()  # the provider answered: it is up
+            if e.retry_after:
+                c.limiter.pause(min(e.retry_after, 60.0))
+            raise
+        except TransientModelError as e:
+            was_open = c.breaker.open
+            c.breaker.failure(probe, str(e))
+            if c.breaker.open:
+                self._outage(c, opened=not was_open, probe=probe)
+            raise
+        except Stop:
+            if probe:
+                c.breaker.abandon_probe()
+            raise
+        except Exception:
+            if probe:
+                c.breaker.success()
+            raise
+        finally:
+            self.calls.discard(task)
+            await c.slots.release(outcome)
+            stamp = getattr(c.model, "rate_limits_at", None)
+            if stamp is None or stamp != c.headers_seen:  # only fresh headers
+                c.headers_seen = stamp
+                c.limiter.observe(getattr(c.model, "rate_limits", None))
+        was_open = c.breaker.open
+        c.breaker.success()
+        if was_open:
+            self.say(f"provider {c.model.id} answers again; resuming")
+        c.limiter.settle(estimate, comp.usage.input_tokens + comp.usage.output_tokens)
+        latency = time.perf_counter() - t0
+        c.slots.observe(latency, c.limiter.per_second())
+        return comp, latency
+
+    async def _limited(self, c: Client, estimate: int) -> None:
+        """The rate limiter's wait (a 429's retry-after can hold it for a minute), cut short by a
+        stop."""
+        if self.stop.is_set():
+            raise self.halt.stopping()
+        if c.limiter.requests is None and c.limiter.tokens is None and c.limiter.paused_until <= time.monotonic():
+            await c.limiter.acquire(estimate)  # nothing to wait for: no extra task per call
+            return
+        waiter = asyncio.ensure_future(c.limiter.acquire(estimate))
+        stopper = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if not waiter.done():
+            waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiter
+        if waiter.cancelled() or self.stop.is_set():
+            raise self.halt.stopping()
+        waiter.result()  # an error inside the limiter is raised here, not lost
+
+    def _outage(self, c: Client, opened: bool, probe: bool) -> None:
+        """The provider looks down: say so (when it goes down and at each failed probe) and
+        stop the run once it has been down for longer than the model's ``max_outage_s``."""
+        down = c.breaker.down_for()
+        limit = c.ref.max_outage_s
+        if down >= limit:
+            self.halt.fail(ProviderUnavailable(
+                f"{c.breaker.last_error}; no answer for {_duration(down)} (max_outage_s "
+                f"{limit:g}); start the server or correct base_url, then run again to resume"
+            ))
+            return
+        if c.breaker.next_probe_in() > limit - down:  # the last probe goes at the deadline
+            c.breaker.pause_s = max(0.0, c.breaker.pause_s - (c.breaker.next_probe_in() - (limit - down)))
+        if opened or probe:
+            self.say(
+                f"provider unreachable ({c.breaker.last_error}); paused, next probe in "
+                f"{c.breaker.next_probe_in():.0f} s, giving up after {_duration(limit)} without an answer"
+            )
+
+
+def _duration(seconds: float) -> str:
+    """``45 s``, ``5 min``, ``1 h 10 min``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60} min" if minutes % 60 else f"{minutes // 60} h"
