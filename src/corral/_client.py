@@ -15,6 +15,7 @@ import contextlib
 import inspect
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -34,13 +35,12 @@ from corral.errors import (
     RateLimited,
     TransientModelError,
 )
-from corral.job import MAX_CONCURRENCY, Budget, ModelRef
+from corral.job import MAX_CONCURRENCY, Budget, Job, ModelRef
 from corral.models.base import Completion, Model, Request, Usage
 from corral.store.base import AttemptRecord, CallRecord, Store
+from corral.tasks.base import Task
 
 if TYPE_CHECKING:  # pragma: no cover
-    from collections.abc import Callable
-
     from corral.batchapi import BatchCoordinator
 
 #: a prompt longer than this (characters) is said to the user once per step: likely a mistake
@@ -96,6 +96,20 @@ def _check_options(ref: ModelRef, cls: type[Model], options: dict[str, Any]) -> 
             f"Valid options: {', '.join(sorted(takes)) or 'none'}; and for every model: "
             f"{', '.join(shared)}."
         )
+
+
+def strategy_models(
+    job: Job, make: Callable[[ModelRef, Path | None], Model] = make_model
+) -> dict[str, tuple[Model, ModelRef]]:
+    """The models the steps' strategies name (by ``models:`` entry), built once per run."""
+    out: dict[str, tuple[Model, ModelRef]] = {}
+    steps: list[Task] = job.steps
+    for step in steps:
+        for name in step.strategy.models():
+            if name not in out:
+                ref = job.model_ref(name)
+                out[name] = (make(ref, job.base_dir), ref)
+    return out
 
 
 def default_concurrency(model: Model) -> int:
@@ -162,6 +176,12 @@ class Counts:
     input_tokens: int = 0
     output_tokens: int = 0
     cost: Decimal | None = Decimal(0)
+
+    @classmethod
+    def of_run(cls, store: Store, run_id: str, limit: int | None) -> Counts:
+        """The counters as the store has them (a resumed run goes on from there)."""
+        t = store.totals(run_id)
+        return cls(store.counts(run_id, limit), t.made, t.replayed, t.input_tokens, t.output_tokens, t.cost)
 
     def move(self, src: str, dst: str, n: int = 1) -> None:
         """``n`` records went from state ``src`` to state ``dst``."""
@@ -358,6 +378,34 @@ class RequestLayer:
         #: model calls in flight (a stop cancels them after the grace period)
         self.calls: set[asyncio.Future[Completion]] = set()
         self.warned: set[str] = set()  # steps whose oversized prompt was reported
+
+    @classmethod
+    def for_run(
+        cls, store: Store, run_id: str, counts: Counts, halt: Halt, job: Job, concurrency: int,
+        main: tuple[Model, ModelRef | None], extra: dict[str, tuple[Model, ModelRef]],
+        say: Callable[[str], None],
+    ) -> RequestLayer:
+        """The layer of a run: a client for the job's model (``concurrency`` calls at once at
+        most) and one for each model its strategies name (as many as that model allows, capped
+        by the job's ``concurrency``), under the job's budget."""
+        model, ref = main
+        clients: dict[str, Client] = {}
+        for name, (m, r) in extra.items():
+            cap = m.capabilities.max_concurrency
+            clients[name] = Client.build(m, r, 1 if cap <= 1 else min(cap, job.concurrency or cap))
+        first = Client.build(model, ref or ModelRef.model_validate({"name": model.id}), concurrency)
+        budget = RunBudget(job.budget, counts, halt, model.id)
+        return cls(store, run_id, counts, budget, halt, first, clients, say)
+
+    async def cut_short(self, grace_s: float) -> None:
+        """On a stop, calls in flight get ``grace_s`` seconds to bring their answers (which are
+        then recorded); the rest are cancelled so that nothing waits on a slow provider."""
+        await self.stop.wait()
+        deadline = time.monotonic() + grace_s
+        while self.calls and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for call in list(self.calls):
+            call.cancel()
 
     def client(self, name: str | None) -> Client:
         """The client of a model a strategy names (``None``: the job's model)."""

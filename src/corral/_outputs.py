@@ -8,14 +8,14 @@ by key, so writing them again never duplicates a row.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from corral._registry import suggest
 from corral.errors import SourceError, UserError
-from corral.io import Column, Source, open_quarantine_sink, open_side_sink, open_sink
+from corral.io import Column, Source, open_quarantine_sink, open_side_sink, open_sink, open_source
 from corral.job import Job
 from corral.store.base import RunInfo, Store
 from corral.tasks.base import Task
@@ -74,10 +74,12 @@ def _check_names(steps: list[Task], source: Source, cols: list[str]) -> None:
     for i, step in enumerate(steps):
         earlier = [s.name for s in steps[:i]]
         later = [s.name for s in steps[i:]]
-        names = ([(h,), f"step `{step.name}`: when: uses", "`{}`", "a condition"] for h in step.when_names())
-        reads = ([n, f"step `{step.name}` uses", "{{{}}}", "a step"] for n in step.names_used())
-        # a `when:` mistake is told as one, not as a placeholder
-        for name, lead, shown, subject in (*names, *reads):
+        # (name read, how the message begins, how the name is shown, what reads it); a `when:`
+        # mistake is told as one, not as a placeholder
+        reads: list[tuple[Sequence[str], str, str, str]] = [
+            ((h,), f"step `{step.name}`: when: uses", "`{}`", "a condition") for h in step.when_names()]
+        reads += [(n, f"step `{step.name}` uses", "{{{}}}", "a step") for n in step.names_used()]
+        for name, lead, shown, subject in reads:
             head = name[0]
             if head in known or head in earlier:
                 continue
@@ -92,6 +94,27 @@ def _check_names(steps: list[Task], source: Source, cols: list[str]) -> None:
                 f"{source.path.name} or an earlier step{suggest(head, cols + earlier) or '.'} "
                 f"Columns: {', '.join(cols)}."
             )
+
+
+def prepare(job: Job) -> tuple[Source, Plan]:
+    """The job's source and output plan, with every mistake the job can hold found before the
+    store is touched: its steps bound (templates, files), its columns, sinks that can be written."""
+    steps: list[Task] = job.steps
+    for step in steps:
+        step.bind(job.base_dir, job.source)
+    source = open_source(job.source, job.base_dir)
+    out = plan(job, source)
+    open_sink(job.sink, job.base_dir)  # fail now, not after the work, if it cannot be written
+    open_quarantine_sink(job.sink, job.base_dir)
+    return source, out
+
+
+def describe_preview(counts: dict[str, int], limit: int | None, total: int | None) -> str:
+    """What the outputs of a ``--limit`` run cover (``total``: the source's rows, if known)."""
+    n = sum(counts.values())
+    if total is not None:
+        return f"--limit {limit}: the first {n:,} of {total:,} rows"
+    return f"--limit {limit}: the first {n:,} rows; the source has more"
 
 
 def write_outputs(store: Store, run: RunInfo, job: Job, plan: Plan, limit: int | None) -> dict[str, str]:

@@ -16,9 +16,9 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from corral._client import Client, Counts, Deferred, RequestLayer, RunBudget, Stop
+from corral._client import Deferred, RequestLayer, Stop
 from corral._commit import dumps
-from corral.errors import TransientModelError
+from corral.errors import TransientModelError, UserError
 from corral.models.base import Request
 from corral.store.base import CallRecord, Store
 
@@ -30,17 +30,16 @@ class BatchCoordinator:
     """The run's provider batches: what this pass wants, what failed too often, what was paid."""
 
     def __init__(
-        self, store: Store, run_id: str, client: Client, layer: RequestLayer, budget: RunBudget,
-        counts: Counts, progress: Callable[[dict[str, Any]], None] | None,
-        snapshot: Callable[[], dict[str, Any]],
+        self, store: Store, run_id: str, layer: RequestLayer,
+        progress: Callable[[dict[str, Any]], None] | None, snapshot: Callable[[], dict[str, Any]],
     ) -> None:
         self.store = store
         self.run_id = run_id
-        self.client = client
-        self.api: Any = client.model  # a model with submit_batch / poll_batch / fetch_batch
+        self.client = layer.main  # batches go to the job's model
+        self.api: Any = layer.main.model  # a model with submit_batch / poll_batch / fetch_batch
         self.layer = layer
-        self.budget = budget
-        self.counts = counts
+        self.budget = layer.budget
+        self.counts = layer.counts
         self.stop = layer.stop
         self.progress = progress
         self.snapshot = snapshot
@@ -49,6 +48,15 @@ class BatchCoordinator:
         self.failed: dict[str, str] = {}
         #: cache keys answered by this run's batches (already in the ledger: not replays)
         self.paid: set[str] = set()
+
+    def check(self) -> None:
+        """A job with ``mode: batch`` steps needs a model with a batch API."""
+        m = self.client.model
+        if not (m.capabilities.supports_batch and hasattr(m, "submit_batch")):
+            raise UserError(
+                f"a step has `mode: batch` but model `{m.id}` has no batch API; use an openai: "
+                "or anthropic: model, or remove `mode: batch`"
+            )
 
     def want(self, h: str, rec_key: str, label: str, attempt: int, request: Request) -> None:
         """Leave a request to the next batch: raises :class:`Deferred` (or, for a request that

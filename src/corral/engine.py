@@ -23,26 +23,24 @@ from pathlib import Path
 from typing import Any
 
 from corral._client import (
-    Client,
     Counts,
     Deferred,
     Halt,
     RequestLayer,
-    RunBudget,
     Stop,
     default_concurrency,
     make_model,
+    strategy_models,
 )
 from corral._commit import GroupCommitter
 from corral._ingest import ingest, new_run
+from corral._outputs import describe_preview, prepare, show_path, write_outputs
 from corral._outputs import plan as _plan
-from corral._outputs import show_path, write_outputs
 from corral._record import RecordProcessor
 from corral._result import RunResult, summarize
 from corral._solver import check_scoring
 from corral.batchapi import BatchCoordinator
 from corral.errors import StoreError, UserError
-from corral.io import open_quarantine_sink, open_sink, open_source
 from corral.job import Job, ModelRef
 from corral.models.base import Model
 from corral.store import Store, open_store, store_path_near
@@ -84,23 +82,13 @@ class _Runner:
         self.halt = Halt(stop)
         self.owner = new_owner_id()
         self.concurrency = job.concurrency or default_concurrency(model)
-        totals = store.totals(run.id)
-        self.counts = Counts(
-            states=store.counts(run.id, limit), made=totals.made, replayed=totals.replayed,
-            input_tokens=totals.input_tokens, output_tokens=totals.output_tokens, cost=totals.cost,
-        )
-        main = Client.build(model, ref or ModelRef.model_validate({"name": model.id}), self.concurrency)
-        clients: dict[str, Client] = {}
-        for name, (m, r) in extra.items():
-            cap = m.capabilities.max_concurrency
-            clients[name] = Client.build(m, r, 1 if cap <= 1 else min(cap, job.concurrency or cap))
-        budget = RunBudget(job.budget, self.counts, self.halt, model.id)
-        self.layer = RequestLayer(store, run.id, self.counts, budget, self.halt, main, clients, self._say)
+        self.counts = Counts.of_run(store, run.id, limit)
+        self.layer = layer = RequestLayer.for_run(
+            store, run.id, self.counts, self.halt, job, self.concurrency, (model, ref), extra, self._say)
         self.records = RecordProcessor(job, self.layer, self.counts)
         self.batches: BatchCoordinator | None = None
         if any(s.mode == "batch" for s in self.records.steps):
-            self.batches = self.layer.batches = BatchCoordinator(
-                store, run.id, main, self.layer, budget, self.counts, progress, self.snapshot)
+            self.batches = layer.batches = BatchCoordinator(store, run.id, layer, progress, self.snapshot)
 
     def _say(self, message: str) -> None:
         """A line for the person watching: on the progress display (or stderr), never lost."""
@@ -153,19 +141,8 @@ class _Runner:
                 self.progress({"phase": "run", **self.snapshot()})
                 await asyncio.sleep(0.25)
 
-        async def cut_short() -> None:
-            """On a stop, calls in flight get STOP_GRACE_S to bring their answers (which are
-            then recorded); the rest are cancelled so that nothing waits on a slow provider."""
-            await stop.wait()
-            deadline = time.monotonic() + STOP_GRACE_S
-            calls = self.layer.calls
-            while calls and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            for call in list(calls):
-                call.cancel()
-
         reporter = asyncio.create_task(report())
-        cutter = asyncio.create_task(cut_short())
+        cutter = asyncio.create_task(self.layer.cut_short(STOP_GRACE_S))
         try:
             workers = [asyncio.create_task(work()) for _ in range(self.concurrency)]
             await asyncio.gather(produce(), *workers)
@@ -215,17 +192,6 @@ class _Runner:
         }
 
 
-def _strategy_models(job: Job) -> dict[str, tuple[Model, ModelRef]]:
-    """The models the steps' strategies name, built once per run."""
-    out: dict[str, tuple[Model, ModelRef]] = {}
-    for step in job.steps:
-        for name in step.strategy.models():
-            if name not in out:
-                ref = job.model_ref(name)
-                out[name] = (make_model(ref, job.base_dir), ref)
-    return out
-
-
 def store_path_for(job: Job) -> Path:
     """Where a job's store is by default (see :func:`corral.store.store_path_near`): found from
     the job file's folder, so the same job run from any folder finds the answers it paid for."""
@@ -249,19 +215,14 @@ async def run_async(
         raise UserError("--limit must be 0 or more")
     m = model if isinstance(model, Model) else make_model(model or job.model, job.base_dir)
     stop = stop or asyncio.Event()
-    restore = _install_signals(stop) if handle_signals else None
+    heard: list[str] = []  # the signal that stopped the run: the summary says which
+    restore = _install_signals(stop, heard) if handle_signals else None
     own_store = not isinstance(store, Store)
     path = None if isinstance(store, Store) else Path(store) if store is not None else store_path_for(job)
     fresh = path is not None and not path.exists()
     st: Store | None = store if isinstance(store, Store) else None
     try:
-        # everything that can be wrong with the job is found before the store is touched
-        for step in job.steps:
-            step.bind(job.base_dir, job.source)
-        source = open_source(job.source, job.base_dir)
-        plan = _plan(job, source)
-        open_sink(job.sink, job.base_dir)  # fail now, not after the work, if it cannot be written
-        open_quarantine_sink(job.sink, job.base_dir)
+        source, plan = prepare(job)  # what can be wrong with the job is found before the store is touched
         if st is None:
             st = open_store(path)
         if progress:
@@ -283,15 +244,11 @@ async def run_async(
                     "to do; check the file `source:` points at")})
         st.reclaim(run.id, owner_dead)
         ref = job.model if model is None else (None if isinstance(model, Model) else ModelRef.parse(model))
-        extra = _strategy_models(job)
+        extra = strategy_models(job, make_model)  # (looked up here: tests replace it)
         runner = _Runner(job, m, st, run, limit, progress, stop, ref, extra)
         st.update_run(run.id, status="running", stop_reason=None, tags=job.tags)
-        uses_batch = any(s.mode == "batch" for s in job.steps)
-        if uses_batch and not (m.capabilities.supports_batch and hasattr(m, "submit_batch")):
-            raise UserError(
-                f"a step has `mode: batch` but model `{m.id}` has no batch API; use an openai: "
-                "or anthropic: model, or remove `mode: batch`"
-            )
+        if runner.batches is not None:
+            runner.batches.check()
         check_scoring(job, m, extra)
         try:
             await runner.passes()
@@ -313,7 +270,7 @@ async def run_async(
         result_status: str | None = None
         if complete and partial:
             cause = "preview"
-            covered = _covered(counts, limit, total)
+            covered = describe_preview(counts, limit, total)
             if before.status == "finished" and before.outputs:
                 # a preview never replaces a complete output: the full run's files stay
                 outputs = dict(before.outputs) if isinstance(before.outputs, dict) else {}
@@ -341,7 +298,7 @@ async def run_async(
             )
             cause = "elsewhere"
         else:
-            status, reason = "interrupted", runner.halt.reason or getattr(stop, "signal_name", None)
+            status, reason = "interrupted", runner.halt.reason or (heard[0] if heard else None)
             cause = "interrupted"
         if result_status == "preview":  # the stored run goes back to its finished state and outputs
             st.update_run(run.id, status=status, stop_reason=reason, outputs=outputs,
@@ -371,13 +328,6 @@ async def run_async(
             st.close()
         if fresh and path is not None and path.exists() and not _has_runs(path):
             _remove_store(path)  # a run that failed before it began leaves no empty store behind
-
-
-def _covered(counts: dict[str, int], limit: int | None, total: int | None) -> str:
-    n = sum(counts.values())
-    if total is not None:
-        return f"--limit {limit}: the first {n:,} of {total:,} rows"
-    return f"--limit {limit}: the first {n:,} rows; the source has more"
 
 
 def _has_runs(path: Path) -> bool:
@@ -422,14 +372,14 @@ def run(
     )
 
 
-def _install_signals(stop: asyncio.Event) -> Callable[[], None] | None:
+def _install_signals(stop: asyncio.Event, heard: list[str]) -> Callable[[], None] | None:
+    """Ctrl-C or SIGTERM stops the run (its name is put in ``heard``); a second one leaves at
+    once. Returns how to put the handlers back, or ``None`` where signals cannot be handled."""
     loop = asyncio.get_running_loop()
-    count = {"n": 0}
 
     def on_signal(name: str) -> None:
-        count["n"] += 1
-        if count["n"] == 1:
-            stop.signal_name = name  # type: ignore[attr-defined]  # the summary says which
+        heard.append(name)
+        if len(heard) == 1:
             stop.set()
         else:
             os._exit(130)  # second Ctrl-C: leave now; leases return to the queue on the next run
