@@ -360,15 +360,15 @@ class RequestLayer:
     module's docstring). One per run, shared by every worker."""
 
     def __init__(
-        self, store: Store, run_id: str, counts: Counts, budget: RunBudget, halt: Halt,
-        main: Client, clients: dict[str, Client], say: Callable[[str], None],
+        self, store: Store, run_id: str, budget: RunBudget, main: Client, clients: dict[str, Client],
+        say: Callable[[str], None],
     ) -> None:
         self.store = store
         self.run_id = run_id
-        self.counts = counts
         self.budget = budget
-        self.halt = halt
-        self.stop = halt.event
+        self.counts = budget.counts  # the run's counters and its stop, shared with the budget
+        self.halt = budget.halt
+        self.stop = budget.halt.event
         self.main = main
         self.clients = clients
         self.say = say
@@ -395,7 +395,7 @@ class RequestLayer:
             clients[name] = Client.build(m, r, 1 if cap <= 1 else min(cap, job.concurrency or cap))
         first = Client.build(model, ref or ModelRef.model_validate({"name": model.id}), concurrency)
         budget = RunBudget(job.budget, counts, halt, model.id)
-        return cls(store, run_id, counts, budget, halt, first, clients, say)
+        return cls(store, run_id, budget, first, clients, say)
 
     async def cut_short(self, grace_s: float) -> None:
         """On a stop, calls in flight get ``grace_s`` seconds to bring their answers (which are

@@ -174,7 +174,7 @@ class StepSolver:
     ) -> None:
         self.layer = layer
         self.committer = committer
-        self.rec = rec
+        self.key = rec.key  # the record's key: all the solver needs of it
         self.step = step
         self.context = context
         self.label = label
@@ -446,7 +446,7 @@ class StepSolver:
         if batch is None:
             batch = self.step.mode == "batch" and client is layer.main
         h, comp = await layer.ask(
-            self.committer, self.rec.key, self.label, n, request, batch, client, self.strategy)
+            self.committer, self.key, self.label, n, request, batch, client, self.strategy)
         self.use.add(comp)
         return h, comp
 
@@ -457,7 +457,7 @@ class StepSolver:
     def _write(self, n: int, h: str | None, outcome: str, detail: str | None, data: dict[str, Any]) -> None:
         data.setdefault("strategy", self.strategy)
         self.committer.add(attempt=AttemptRecord(
-            self.layer.run_id, self.rec.key, self.label, n, h, outcome, detail,
+            self.layer.run_id, self.key, self.label, n, h, outcome, detail,
             data=orjson.dumps(data, default=str).decode(),
         ))
 

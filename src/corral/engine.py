@@ -75,7 +75,7 @@ class _Runner:
         extra: dict[str, tuple[Model, ModelRef]],
     ) -> None:
         self.store = store
-        self.run = run
+        self.run_id = run.id
         self.limit = limit
         self.progress = progress
         self.stop = stop
@@ -97,7 +97,7 @@ class _Runner:
 
     async def go(self) -> None:
         """One pass over the records the run can lease now."""
-        committer = GroupCommitter(self.store, self.run.id, self.owner)
+        committer = GroupCommitter(self.store, self.run_id, self.owner)
         commit_task = asyncio.create_task(committer.loop())
         queue: asyncio.Queue[LeasedRecord | None] = asyncio.Queue(maxsize=self.concurrency * 2)
         chunk = max(64, self.concurrency * 4)
@@ -106,7 +106,7 @@ class _Runner:
         async def produce() -> None:
             try:
                 while not stop.is_set():
-                    recs = self.store.lease(self.run.id, self.owner, chunk, LEASE_TTL_S, self.limit)
+                    recs = self.store.lease(self.run_id, self.owner, chunk, LEASE_TTL_S, self.limit)
                     if not recs:
                         break
                     counts.move("pending", "leased", len(recs))
@@ -153,7 +153,7 @@ class _Runner:
             commit_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await commit_task
-            released = self.store.release(self.run.id, self.owner)
+            released = self.store.release(self.run_id, self.owner)
             if released:
                 counts.move("leased", "pending", released)
             if self.progress:
