@@ -80,10 +80,13 @@ class LoggedServer(TimedServer):
                 self.answered.append(body.get("messages") or [])
         return out
 
+    def __enter__(self) -> LoggedServer:  # typed as this class, not ProviderServer
+        return self.start()
+
     def start(self) -> LoggedServer:
         super().start()
         if self._httpd is not None:  # a killed client's reset connections are expected: no tracebacks
-            self._httpd.handle_error = lambda request, client_address: None
+            vars(self._httpd)["handle_error"] = lambda request, client_address: None
         return self
 
 
