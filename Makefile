@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check install install-hosted bench clean
+.PHONY: demo test check install install-hosted bench bench-peers clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -49,6 +49,13 @@ check: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
+
+# Corral beside Curator, DocETL, LOTUS and a bare openai-SDK loop on one local test server
+# (bench/peers/README.md). The peers' virtual environments are built under bench/peers/.venvs
+# the first time (a few minutes, about 3.7 GB); PEERS_ARGS="--rows 300 --no-kill" for a short try.
+PEERS_ARGS ?=
+bench-peers: $(STAMP)
+	$(BIN)/python bench/peers/run.py $(PEERS_ARGS)
 
 clean:
 	rm -rf $(VENV) .corral examples/.corral examples/out out
