@@ -12,11 +12,14 @@ from __future__ import annotations
 import json
 from abc import abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from corral.models.base import Message
+
+if TYPE_CHECKING:
+    from corral.tasks.base import Step
 
 
 @dataclass(slots=True)
@@ -122,6 +125,11 @@ class Strategy(BaseModel):
     @abstractmethod
     async def solve(self, ctx: Solver) -> Outcome:
         """Reach an answer for one record by asking ``ctx`` for samples."""
+
+    def check_step(self, step: Step) -> None:
+        """Raise ``ValueError`` (said at the step) when this strategy cannot run on ``step``, e.g.
+        ``refine`` on a step with nothing to check answers with. Called when the step is
+        validated, for each stage; the default checks nothing."""
 
     def models(self) -> list[str]:
         """Model names this strategy (and the ones inside it) call."""

@@ -8,12 +8,15 @@ answer and its problems only, so the context does not grow with the rounds.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
 from corral.models.base import Message
 from corral.strategies.base import Outcome, Sample, Solver, Strategy
+
+if TYPE_CHECKING:
+    from corral.tasks.base import Step
 
 CRITIC_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -35,6 +38,14 @@ class Refine(Strategy):
         None, description="instructions for a critic call that reviews each answer"
     )
     critic_model: str | None = Field(None, description="model for the critic (default: `model`)")
+
+    def check_step(self, step: Step) -> None:
+        if self.critic_model and not self.critic:
+            raise ValueError("strategy `refine`: `critic_model` is set but `critic` is not; "
+                             "give the critic its instructions with `critic:`")
+        if not (step.checks or step.checks_fields() or self.critic):
+            raise ValueError("strategy `refine` has nothing to check answers with; add `checks:` to "
+                             "the step or a `critic:` to the strategy")
 
     def models(self) -> list[str]:
         return [m for m in (self.model, self.critic_model) if m]

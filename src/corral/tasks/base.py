@@ -1,10 +1,10 @@
-"""The Task extension point.
+"""The Step extension point (a *task* is a kind of step: ``task: classify``).
 
-A task is a pydantic model (its fields are the step's keys in a job file) that says what to ask
+A step is a pydantic model (its fields are the step's keys in a job file) that says what to ask
 and what shape the answer must have. Subclasses implement one abstract method,
-:meth:`Task.output_schema`; they usually also override :meth:`Task.system_prompt`,
-:meth:`Task.columns` and :meth:`Task.value`. Register a subclass under the ``corral.tasks``
-entry-point group with the name used in ``task:``.
+:meth:`Step.output_schema`, and override the hooks listed in :class:`Step`'s docstring where
+the defaults do not fit. Register a subclass under the ``corral.tasks`` entry-point group with
+the name used in ``task:``. ``Task`` is the same class, under the name it had first.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from corral.strategies import parse_strategy
 from corral.strategies.base import Strategy
 from corral.strategies.single import Single
 
-#: what a step does with a row whose input is empty (see :meth:`Task.empty_input`):
+#: what a step does with a row whose input is empty (see :meth:`Step.empty_input`):
 #: quarantine the row, skip it, give the step a null output without a call, or ask anyway
 OnEmpty = Literal["quarantine", "skip", "null", "ask"]
 
@@ -67,8 +67,34 @@ AUTO_SCORING_MAX_QUESTIONS = 10
 _STEP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-class Task(BaseModel):
-    """Common keys of every step."""
+class Step(BaseModel):
+    """Common keys of every step, and the hooks a task overrides.
+
+    ===========================  ==============================================================
+    hook                         what it decides (default)
+    ===========================  ==============================================================
+    ``output_schema()``          the JSON schema every answer satisfies (abstract)
+    ``system_prompt()``          the system message (the schema, as JSON)
+    ``render(context, sample)``  the :class:`Request` for one row (system + rendered ``input``;
+                                 build it with :meth:`request`)
+    ``columns()``                the sink columns the step adds (one, named after the step)
+    ``value(answer)``            what later steps see as ``{name}`` (the answer)
+    ``to_columns(value)``        the sink values, keyed like ``columns()``
+    ``shortcut(context)``        an answer reached without a call (none)
+    ``split`` / ``combine``      one call per chunk of a long input, merged (one call)
+    ``skip(value)``              a reason to end the row as ``skipped`` (none; see ``can_skip``)
+    ``input_names()``            the placeholders whose emptiness makes the input empty
+    ``empty_answer()``           the answer to an empty input under ``on_empty: null`` (null)
+    ``ground(answer, context)``  where grounded fields were found in the input (none)
+    ``checks_fields()``          whether ``field_problems`` can find anything (False)
+    ``field_problems(...)``      the answer's broken field rules (none)
+    ``validation_schema(s)``     the schema an answer is parsed against (``s``)
+    ``identity()``               what else the step computes from, e.g. a file's content
+    ``bind(base_dir, source)``   read files the step needs, once before a run
+    ``score_requests`` and       answer by likelihood (``can_score``, ``scoring_choices``,
+    ``from_scores``              ``scoring_prompts``)
+    ===========================  ==============================================================
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -200,29 +226,13 @@ class Task(BaseModel):
         return getattr(self.strategy, "stages", None) or [self.strategy]
 
     @model_validator(mode="after")
-    def _strategy_has_a_verifier(self) -> Task:
-        checked = bool(self.checks) or self.checks_fields()
+    def _strategies_fit(self) -> Step:
         for st in self.stages():
-            if st.name == "refine" and getattr(st, "critic_model", None) and not getattr(st, "critic", None):
-                raise ValueError("strategy `refine`: `critic_model` is set but `critic` is not; "
-                                 "give the critic its instructions with `critic:`")
-            if st.name == "best_of" and getattr(st, "judge_model", None) and not getattr(st, "judge", None):
-                raise ValueError("strategy `best_of`: `judge_model` is set but `judge` is not; "
-                                 "give the judge its instructions with `judge:`")
-            if st.name == "refine" and not checked and not getattr(st, "critic", None):
-                raise ValueError(
-                    "strategy `refine` has nothing to check answers with; add `checks:` to the "
-                    "step or a `critic:` to the strategy"
-                )
-            if st.name == "best_of" and not checked and not getattr(st, "judge", None):
-                raise ValueError(
-                    "strategy `best_of` has nothing to score answers with; add `checks:` to the "
-                    "step or a `judge:` to the strategy"
-                )
+            st.check_step(self)
         return self
 
     @model_validator(mode="after")
-    def _scoring_fits(self) -> Task:
+    def _scoring_fits(self) -> Step:
         if self.scoring == "likelihood":
             if not self.can_score:
                 raise ValueError(
@@ -240,7 +250,7 @@ class Task(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _reasoning_free(self) -> Task:
+    def _reasoning_free(self) -> Step:
         if self.reasoning is True and "reasoning" in (self.output_schema().get("properties") or {}):
             raise ValueError(
                 "`reasoning: true` adds a `reasoning` field, but this step's answer already has "
@@ -428,12 +438,18 @@ class Task(BaseModel):
         return frozenset(self.when_names())
 
     def render(self, context: dict[str, Any], sample: int = 0) -> Request:
+        """The request that asks the model about one row: the system prompt (with the step's
+        ``instructions``) and the rendered ``input``, for the step's schema."""
+        return self.request(self._system, self._tpl.render(context), self._schema, sample)
+
+    def request(
+        self, system: str, user: str, schema: dict[str, Any] | None, sample: int = 0
+    ) -> Request:
+        """A request of this step: ``system`` and ``user`` messages, the answer's ``schema``,
+        and the step's output limit and temperature (what every :meth:`render` sends)."""
         return Request(
-            messages=(
-                Message("system", self._system),
-                Message("user", self._tpl.render(context)),
-            ),
-            schema=self._schema,
+            messages=(Message("system", system), Message("user", user)),
+            schema=schema,
             max_tokens=self.max_tokens,
             temperature=self.temperature,
             sample=sample,
@@ -525,6 +541,10 @@ class Task(BaseModel):
         if len(text) <= 512 and len(valid) < 4096:
             valid.add(text)
         return data
+
+
+#: the name the Step class had first; plugins written against it keep working
+Task = Step
 
 
 def yaml_null(v: Any) -> Any:
