@@ -48,16 +48,16 @@ class ModelRef(BaseModel):
     name: str
     arg: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
-    rpm: float | None = Field(None, gt=0, description="requests per minute allowed")
-    tpm: float | None = Field(None, gt=0, description="tokens per minute allowed")
-    timeout_s: float | None = Field(None, gt=0, description="seconds one call may take")
-    max_retries: int = Field(6, ge=0, le=100, description="retries of a call that failed transiently")
+    rpm: float | None = Field(default=None, gt=0, description="requests per minute allowed")
+    tpm: float | None = Field(default=None, gt=0, description="tokens per minute allowed")
+    timeout_s: float | None = Field(default=None, gt=0, description="seconds one call may take")
+    max_retries: int = Field(default=6, ge=0, le=100, description="retries of a call that failed transiently")
     max_outage_s: float = Field(
-        300.0, gt=0, description="seconds the provider may stay unreachable before the run stops"
+        default=300.0, gt=0, description="seconds the provider may stay unreachable before the run stops"
     )
-    batch_poll_s: float = Field(30.0, gt=0, description="seconds between polls of a provider batch")
+    batch_poll_s: float = Field(default=30.0, gt=0, description="seconds between polls of a provider batch")
     batch_resubmits: int = Field(
-        2, ge=0, le=20, description="new batches for requests that errored, expired or were cancelled"
+        default=2, ge=0, le=20, description="new batches for requests that errored, expired or were cancelled"
     )
 
     @classmethod
@@ -98,9 +98,9 @@ class RecordBudget(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_calls: int | None = Field(None, ge=1, description="calls one record may use")
-    max_tokens: int | None = Field(None, ge=1, description="tokens (in + out) one record may use")
-    max_cost: Decimal | None = Field(None, gt=0, description="USD one record may cost")
+    max_calls: int | None = Field(default=None, ge=1, description="calls one record may use")
+    max_tokens: int | None = Field(default=None, ge=1, description="tokens (in + out) one record may use")
+    max_cost: Decimal | None = Field(default=None, gt=0, description="USD one record may cost")
 
     def active(self) -> bool:
         return any(v is not None for v in (self.max_calls, self.max_tokens, self.max_cost))
@@ -111,9 +111,9 @@ class Budget(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_cost_usd: Decimal | None = Field(None, ge=0, description="stop before spending more")
-    max_tokens: int | None = Field(None, ge=0, description="stop before using more tokens")
-    max_calls: int | None = Field(None, ge=0, description="stop before making more paid calls")
+    max_cost_usd: Decimal | None = Field(default=None, ge=0, description="stop before spending more")
+    max_tokens: int | None = Field(default=None, ge=0, description="stop before using more tokens")
+    max_calls: int | None = Field(default=None, ge=0, description="stop before making more paid calls")
     per_record: RecordBudget = Field(
         default_factory=RecordBudget, description="limits on each record's calls, tokens and cost"
     )
@@ -129,7 +129,7 @@ class Job(BaseModel):
 
     name: str = Field(description="job name")
     source: SourceSpec = Field(description="input file or table")
-    key: str | None = Field(None, description="column with a unique id per row (else a content hash)")
+    key: str | None = Field(default=None, description="column with a unique id per row (else a content hash)")
     steps: list[SerializeAsAny[Step]] = Field(
         min_length=1, description="what to ask about each row, in order (see `task:`)"
     )
@@ -141,7 +141,7 @@ class Job(BaseModel):
     sink: SinkSpec = Field(description="output file or table")
     budget: Budget = Field(default_factory=Budget, description="run-wide limits")
     tags: dict[str, str] = Field(default_factory=dict, description="labels kept with the run's costs")
-    concurrency: int | None = Field(None, ge=1, le=MAX_CONCURRENCY, description="calls in flight at once")
+    concurrency: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY, description="calls in flight at once")
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 

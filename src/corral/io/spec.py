@@ -35,10 +35,10 @@ class SourceSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str = Field(description="file path, relative to the job file's folder")
-    format: SourceFormat | None = Field(None, description="inferred from the extension if omitted")
-    delimiter: str | None = Field(None, description="CSV field delimiter (default ',' or tab for .tsv)")
-    encoding: str = Field("utf-8", description="text encoding of CSV/TSV/JSONL files")
-    table: str | None = Field(None, description="table name, for a SQLite source")
+    format: SourceFormat | None = Field(default=None, description="inferred from the extension if omitted")
+    delimiter: str | None = Field(default=None, description="CSV field delimiter (default ',' or tab for .tsv)")
+    encoding: str = Field(default="utf-8", description="text encoding of CSV/TSV/JSONL files")
+    table: str | None = Field(default=None, description="table name, for a SQLite source")
 
 
 class SinkSpec(BaseModel):
@@ -47,21 +47,21 @@ class SinkSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str = Field(description="file path, relative to the job file's folder")
-    format: SinkFormat | None = Field(None, description="inferred from the extension if omitted")
-    table: str | None = Field(None, description="table name, for a SQLite sink")
-    delimiter: str | None = Field(None, description="CSV field delimiter")
+    format: SinkFormat | None = Field(default=None, description="inferred from the extension if omitted")
+    table: str | None = Field(default=None, description="table name, for a SQLite sink")
+    delimiter: str | None = Field(default=None, description="CSV field delimiter")
     quarantine: str | None = Field(
-        None,
+        default=None,
         description="where quarantined rows go (default: NAME.quarantine.EXT beside the sink, "
         "or table NAME_quarantine for SQLite)",
     )
     skipped: str | None = Field(
-        None,
+        default=None,
         description="where rows a filter step skipped go (default: NAME.skipped.EXT beside the "
         "sink, or table NAME_skipped for SQLite)",
     )
     review: str | None = Field(
-        None,
+        default=None,
         description="where rows held for review go (default: NAME.review.EXT beside the sink, "
         "or table NAME_review for SQLite)",
     )

@@ -108,7 +108,7 @@ class Strategy(BaseModel):
 
     name: str = Field(description="which strategy")
     model: str | None = Field(
-        None,
+        default=None,
         description="model for this strategy's calls (`NAME` or `NAME:ARG`); default the job's model",
     )
 

@@ -101,17 +101,17 @@ class Step(BaseModel):
     name: str = Field(description="step name; also the output column name")
     task: str = Field(description="which task this step runs")
     input: str = Field(description="template of the text sent to the model: {column} or {step.field}")
-    instructions: str | None = Field(None, description="extra guidance appended to the prompt")
+    instructions: str | None = Field(default=None, description="extra guidance appended to the prompt")
     max_attempts: int = Field(
-        3, ge=1, le=20, description="tries per record before it is quarantined"
+        default=3, ge=1, le=20, description="tries per record before it is quarantined"
     )
-    max_tokens: int = Field(256, ge=1, le=100_000, description="output token limit per call")
-    temperature: float = Field(0.0, ge=0.0, le=2.0, description="sampling temperature")
+    max_tokens: int = Field(default=256, ge=1, le=100_000, description="output token limit per call")
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="sampling temperature")
     when: str | None = Field(
-        None, description="run this step only for rows where this expression is true"
+        default=None, description="run this step only for rows where this expression is true"
     )
     mode: Literal["online", "batch"] = Field(
-        "online", description="`batch` sends the step's calls through the provider's batch API"
+        default="online", description="`batch` sends the step's calls through the provider's batch API"
     )
     strategy: SerializeAsAny[Strategy] = Field(
         default_factory=Single,
@@ -122,25 +122,25 @@ class Step(BaseModel):
         description="expressions every answer must satisfy (answer fields and row columns by name)",
     )
     reasoning: bool | Literal["low", "medium", "high"] = Field(
-        False,
+        default=False,
         description="true: the model writes its reasoning before the answer; low/medium/high: "
         "the provider's reasoning setting. Kept in the trace, not the sink",
     )
-    on_empty: OnEmpty = Field("quarantine", description=_ON_EMPTY_HELP)
+    on_empty: OnEmpty = Field(default="quarantine", description=_ON_EMPTY_HELP)
     scoring: Scoring = Field(
-        "auto",
+        default="auto",
         description="`likelihood`: pick the label the model finds most probable (classify, "
         "filter) instead of generating JSON; `generate`: a JSON answer; `auto` (default): "
         "likelihood on models that score exactly (local) for up to 100 labels (10 with multi_label), generate elsewhere",
     )
     calibrate: Calibrate = Field(
-        "auto",
+        default="auto",
         description="`contextual`: divide each label's probability by what the prompt gives a "
         "content-free input (N/A, empty, [MASK]); `none`: raw scores; `auto` (default): contextual with "
         "likelihood scoring on models that score exactly",
     )
     min_confidence: float | None = Field(
-        None, gt=0.0, le=1.0,
+        default=None, gt=0.0, le=1.0,
         description="hold an answer whose confidence is under this for review, never written to the sink",
     )
 

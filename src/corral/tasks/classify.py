@@ -42,7 +42,7 @@ class ClassifyStep(Task):
 
     task: Literal["classify"] = "classify"
     labels: dict[str, str] = Field(description="label -> description, or a list of labels")
-    multi_label: bool = Field(False, description="allow several labels per row")
+    multi_label: bool = Field(default=False, description="allow several labels per row")
 
     can_score: ClassVar[bool] = True
 

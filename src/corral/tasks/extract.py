@@ -96,26 +96,26 @@ class FieldSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    type: FieldType = Field("string", description="string, number, integer, boolean, date, enum or list")
-    description: str = Field("", description="what the field means; shown to the model")
-    nullable: bool = Field(False, description="allow null when the text does not say")
-    values: list[str] | None = Field(None, description="allowed values, for type enum")
-    items: ItemType = Field("string", description="element type, for type list")
-    max_length: int | None = Field(None, ge=1, description="longest allowed string, in characters")
-    max_items: int | None = Field(None, ge=1, description="most elements, for type list")
+    type: FieldType = Field(default="string", description="string, number, integer, boolean, date, enum or list")
+    description: str = Field(default="", description="what the field means; shown to the model")
+    nullable: bool = Field(default=False, description="allow null when the text does not say")
+    values: list[str] | None = Field(default=None, description="allowed values, for type enum")
+    items: ItemType = Field(default="string", description="element type, for type list")
+    max_length: int | None = Field(default=None, ge=1, description="longest allowed string, in characters")
+    max_items: int | None = Field(default=None, ge=1, description="most elements, for type list")
     merge: MergeRule = Field(
-        "first",
+        default="first",
         description="how the values of a chunked document's parts are merged: first, "
         "most_common or all (a list of the distinct values)",
     )
     grounded: bool = Field(
-        False, description="the value must occur in the step's input (each item, for a list)"
+        default=False, description="the value must occur in the step's input (each item, for a list)"
     )
     pattern: str | None = Field(
-        None, description="a regular expression the whole string must match, for strings"
+        default=None, description="a regular expression the whole string must match, for strings"
     )
-    minimum: float | None = Field(None, description="smallest allowed value, for numbers")
-    maximum: float | None = Field(None, description="largest allowed value, for numbers")
+    minimum: float | None = Field(default=None, description="smallest allowed value, for numbers")
+    maximum: float | None = Field(default=None, description="largest allowed value, for numbers")
 
     @field_validator("pattern")
     @classmethod
@@ -433,8 +433,8 @@ class Chunking(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    size: int = Field(4000, ge=50, le=10_000_000, description="most characters in one chunk")
-    overlap: int = Field(200, ge=0, description="characters a chunk repeats from the one before")
+    size: int = Field(default=4000, ge=50, le=10_000_000, description="most characters in one chunk")
+    overlap: int = Field(default=200, ge=0, description="characters a chunk repeats from the one before")
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> Chunking:
@@ -587,7 +587,7 @@ class ExtractStep(FieldRules, Task):
     task: Literal["extract"] = "extract"
     fields: dict[str, FieldSpec] = Field(description="field name -> type or {type, description, ...}")
     chunking: Chunking | None = Field(
-        None,
+        default=None,
         description="split inputs longer than `size` characters into overlapping chunks, "
         "ask each, and merge the fields (see each field's `merge`)",
     )
@@ -602,7 +602,7 @@ class ExtractStep(FieldRules, Task):
     def _names(cls, v: dict[str, FieldSpec]) -> dict[str, FieldSpec]:
         return check_field_names(v)
 
-    on_ungrounded: OnUngrounded = Field("review", description=ON_UNGROUNDED_HELP)
+    on_ungrounded: OnUngrounded = Field(default="review", description=ON_UNGROUNDED_HELP)
 
     later_keys: ClassVar[tuple[str, ...]] = ("chunking", "on_ungrounded")
 

@@ -28,7 +28,7 @@ class FilterStep(Task):
     task: Literal["filter"] = "filter"
     question: str = Field(description="a yes/no question about the input, e.g. `Is this a refund request?`")
     keep_when: Literal["yes", "no"] = Field(
-        "yes", description="keep rows whose answer is yes (default) or no"
+        default="yes", description="keep rows whose answer is yes (default) or no"
     )
 
     can_skip: ClassVar[bool] = True

@@ -151,12 +151,12 @@ with warnings.catch_warnings():
         task: Literal["map"] = "map"
         instructions: str = Field(description="what to produce from the input; shown first in the prompt")
         fields: dict[str, FieldSpec] | None = Field(
-            None, description="field name -> type or {type, description, ...}, as in extract"
+            default=None, description="field name -> type or {type, description, ...}, as in extract"
         )
-        schema: dict[str, Any] | None = Field(  # type: ignore[assignment]
+        schema: dict[str, Any] | None = Field(  default=# type: ignore[assignment]
             None, description="a JSON schema of an object, instead of `fields`"
         )
-        on_ungrounded: OnUngrounded = Field("review", description=ON_UNGROUNDED_HELP)
+        on_ungrounded: OnUngrounded = Field(default="review", description=ON_UNGROUNDED_HELP)
 
         later_keys: ClassVar[tuple[str, ...]] = ("on_ungrounded",)
 

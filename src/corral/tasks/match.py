@@ -69,18 +69,18 @@ class MatchStep(Task):
     entry it is."""
 
     task: Literal["match"] = "match"
-    input: str = Field("", description="not used: match reads `left` and `right` (or `reference`)")
+    input: str = Field(default="", description="not used: match reads `left` and `right` (or `reference`)")
     left: str = Field(description="template of the row's record")
-    right: str | None = Field(None, description="template of the record to compare it with")
+    right: str | None = Field(default=None, description="template of the record to compare it with")
     reference: list[str] | EntrySpec | None = Field(
-        None, description="entries to find the record among: {path, key, fields or template}"
+        default=None, description="entries to find the record among: {path, key, fields or template}"
     )
-    candidates: int = Field(5, ge=1, le=100, description="reference entries shown per row")
+    candidates: int = Field(default=5, ge=1, le=100, description="reference entries shown per row")
     block: BlockSpec | None = Field(
-        None, description="{threshold: T}: answer 'no match' without a call below similarity T"
+        default=None, description="{threshold: T}: answer 'no match' without a call below similarity T"
     )
     on_empty: OnEmpty = Field(
-        "null", description="a row whose records are empty: `null` (default: no match, without a "
+        default="null", description="a row whose records are empty: `null` (default: no match, without a "
         "call), `quarantine` or `skip` the row, or `ask` (pair mode asks; reference mode answers null)"
     )
 

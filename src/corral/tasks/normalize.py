@@ -94,30 +94,30 @@ class NormalizeStep(Task):
 
     task: Literal["normalize"] = "normalize"
     input: str = Field(
-        "", description="template of the value to normalize (with `clean`: optional row context)"
+        default="", description="template of the value to normalize (with `clean`: optional row context)"
     )
     to: Target | None = Field(
-        None, description="free mode: the kind of value, text (default), date or number"
+        default=None, description="free mode: the kind of value, text (default), date or number"
     )
     reference: list[str] | ReferenceSpec | None = Field(
-        None, description="canonical entries: a list, or {path, column, table, min_count}"
+        default=None, description="canonical entries: a list, or {path, column, table, min_count}"
     )
     clean: dict[str, list[str] | ReferenceSpec | None] | None = Field(
-        None, description="columns to clean, each against its own reference"
+        default=None, description="columns to clean, each against its own reference"
     )
     candidates: int = Field(
-        20, ge=1, le=1000, description="most reference entries shown to the model per value"
+        default=20, ge=1, le=1000, description="most reference entries shown to the model per value"
     )
     case_sensitive: bool = Field(
-        True, description="whether a value must match an entry's case to count as canonical"
+        default=True, description="whether a value must match an entry's case to count as canonical"
     )
     keep_unmatched: bool | None = Field(
-        None,
+        default=None,
         description="keep a value that fits no entry as it is, instead of null "
         "(default: true with `clean`, else false)",
     )
     on_empty: OnEmpty = Field(
-        "null", description="an empty value: `null` (default: a null answer, without a call), "
+        default="null", description="an empty value: `null` (default: a null answer, without a call), "
         "`quarantine` or `skip` the row, or `ask` (no such check; a blank value still gets null)"
     )
 
