@@ -31,6 +31,7 @@ from corral._registry import suggest
 from corral.errors import JobSpecError
 from corral.io.spec import SinkSpec, SourceSpec
 from corral.tasks import Step, StepSpecError, parse_step
+from corral.tasks.base import matching
 
 #: the keys of a model mapping that the engine reads (limits, retries); the others are the model's options
 _ENGINE_KEYS = ("rpm", "tpm", "timeout_s", "max_retries", "max_outage_s", "batch_poll_s", "batch_resubmits")
@@ -148,12 +149,8 @@ class Job(BaseModel):
     @field_validator("name")
     @classmethod
     def _job_name(cls, v: str) -> str:
-        if not _JOB_NAME.fullmatch(v):
-            raise ValueError(
-                f"job name `{v}` must start with a letter or digit and use only letters, digits, "
-                "_, . and - (it names the run and its files)"
-            )
-        return v
+        return matching(v, _JOB_NAME, "job name `{}` must start with a letter or digit and use only "
+                        "letters, digits, _, . and - (it names the run and its files)")
 
     @field_validator("steps", mode="before")
     @classmethod

@@ -14,11 +14,12 @@ import re
 from abc import abstractmethod
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from jsonschema import Draft202012Validator, FormatChecker
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -39,9 +40,15 @@ from corral.strategies import parse_strategy
 from corral.strategies.base import Strategy
 from corral.strategies.single import Single
 
+
+def yaml_null(v: Any) -> Any:
+    """A ``null`` choice of a step key: YAML reads a bare ``key: null`` as None."""
+    return "null" if v is None else v
+
+
 #: what a step does with a row whose input is empty (see :meth:`Step.empty_input`):
 #: quarantine the row, skip it, give the step a null output without a call, or ask anyway
-OnEmpty = Literal["quarantine", "skip", "null", "ask"]
+OnEmpty = Annotated[Literal["quarantine", "skip", "null", "ask"], BeforeValidator(yaml_null)]
 
 _ON_EMPTY_HELP = (
     "a row whose input is empty (every placeholder missing, null or blank): `quarantine` it "
@@ -113,7 +120,7 @@ class Step(BaseModel):
     mode: Literal["online", "batch"] = Field(
         default="online", description="`batch` sends the step's calls through the provider's batch API"
     )
-    strategy: SerializeAsAny[Strategy] = Field(
+    strategy: Annotated[SerializeAsAny[Strategy], BeforeValidator(parse_strategy)] = Field(
         default_factory=Single,
         description="how much to think per record: single, vote, refine, best_of or cascade",
     )
@@ -155,12 +162,8 @@ class Step(BaseModel):
     @field_validator("name")
     @classmethod
     def _check_name(cls, v: str) -> str:
-        if not _STEP_NAME.fullmatch(v):
-            raise ValueError(
-                f"step name `{v}` must start with a letter or _ and use only letters, digits and _ "
-                "(it becomes a column name and a {placeholder})"
-            )
-        return v
+        return matching(v, _STEP_NAME, "step name `{}` must start with a letter or _ and use only "
+                        "letters, digits and _ (it becomes a column name and a {{placeholder}})")
 
     @field_validator("input")
     @classmethod
@@ -178,11 +181,6 @@ class Step(BaseModel):
             Condition.parse(v)
         return v
 
-    @field_validator("on_empty", mode="before")
-    @classmethod
-    def _yaml_null(cls, v: Any) -> Any:
-        return yaml_null(v)
-
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
         return self._without_later_defaults(handler(self))
@@ -197,11 +195,6 @@ class Step(BaseModel):
                 if key in data and data[key] == fields[key].default:
                     del data[key]
         return data
-
-    @field_validator("strategy", mode="before")
-    @classmethod
-    def _parse_strategy(cls, v: Any) -> Any:
-        return parse_strategy(v)
 
     @field_validator("checks", mode="before")
     @classmethod
@@ -547,9 +540,22 @@ class Step(BaseModel):
 Task = Step
 
 
-def yaml_null(v: Any) -> Any:
-    """A ``null`` choice of a step key: YAML reads a bare ``key: null`` as None."""
-    return "null" if v is None else v
+def matching(value: str, pattern: re.Pattern[str], rule: str) -> str:
+    """``value`` when ``pattern`` matches all of it, else a ``ValueError`` of ``rule`` (a
+    ``str.format`` text, ``{}`` standing for the value) that says what a good one looks like."""
+    if not pattern.fullmatch(value):
+        raise ValueError(rule.format(value))
+    return value
+
+
+def distinct_strings(values: list[Any], not_text: str, repeated: str) -> list[str]:
+    """``values`` when they are distinct strings, else a ``ValueError`` saying ``not_text`` (one
+    is not a string) or ``repeated`` (one is there twice)."""
+    if not all(isinstance(x, str) for x in values):
+        raise ValueError(not_text)
+    if len(set(values)) != len(values):
+        raise ValueError(repeated)
+    return values
 
 
 def _lookup(context: dict[str, Any], name: tuple[str, ...]) -> Any:

@@ -13,10 +13,12 @@ import json
 import re
 from collections import Counter
 from functools import cached_property
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SerializationInfo,
@@ -29,8 +31,8 @@ from pydantic import (
 from corral._grounding import find
 from corral.errors import InvalidOutput
 from corral.io.base import Column
-from corral.models.base import Message, Request
-from corral.tasks.base import Task, yaml_null
+from corral.models.base import Request
+from corral.tasks.base import Step, yaml_null
 
 FieldType = Literal["string", "number", "integer", "boolean", "date", "enum", "list"]
 ItemType = Literal["string", "number", "integer", "boolean", "date"]
@@ -274,7 +276,7 @@ def describe_fields(fields: dict[str, FieldSpec]) -> str:
 # --- field rules and grounding ------------------------------------------------------------
 
 #: what a step does with a value of a ``grounded`` field that does not occur in its input
-OnUngrounded = Literal["null", "review", "quarantine"]
+OnUngrounded = Annotated[Literal["null", "review", "quarantine"], BeforeValidator(yaml_null)]
 
 ON_UNGROUNDED_HELP = (
     "a `grounded` field's value that does not occur in the input: `review` holds the row for "
@@ -411,7 +413,7 @@ def has_rules(fields: dict[str, FieldSpec] | None) -> bool:
     )
 
 
-def ungrounded_mode(step: Task, on_ungrounded: str) -> str:
+def ungrounded_mode(step: Step, on_ungrounded: str) -> str:
     """``problem`` when the step's strategy repairs (refine, in any stage) or ``on_ungrounded``
     is ``review``; else ``null`` or ``quarantine``."""
     if on_ungrounded == "review" or any(st.name == "refine" for st in step.stages()):
@@ -419,7 +421,7 @@ def ungrounded_mode(step: Task, on_ungrounded: str) -> str:
     return on_ungrounded
 
 
-def check_on_ungrounded(step: Task, fields: dict[str, FieldSpec] | None) -> None:
+def check_on_ungrounded(step: Step, fields: dict[str, FieldSpec] | None) -> None:
     if "on_ungrounded" in step.model_fields_set and not any(f.grounded for f in (fields or {}).values()):
         raise ValueError("`on_ungrounded` is set but no field is `grounded: true`")
 
@@ -581,26 +583,18 @@ class FieldRules:
         return without_rules(schema) if self._has_rules else schema
 
 
-class ExtractStep(FieldRules, Task):
+class ExtractStep(FieldRules, Step):
     """Extract typed ``fields`` from each row; each field lands in its own column."""
 
     task: Literal["extract"] = "extract"
-    fields: dict[str, FieldSpec] = Field(description="field name -> type or {type, description, ...}")
+    fields: Annotated[dict[str, FieldSpec], BeforeValidator(parse_fields), AfterValidator(check_field_names)] = (
+        Field(description="field name -> type or {type, description, ...}")
+    )
     chunking: Chunking | None = Field(
         default=None,
         description="split inputs longer than `size` characters into overlapping chunks, "
         "ask each, and merge the fields (see each field's `merge`)",
     )
-
-    @field_validator("fields", mode="before")
-    @classmethod
-    def _shorthand(cls, v: Any) -> Any:
-        return parse_fields(v)
-
-    @field_validator("fields")
-    @classmethod
-    def _names(cls, v: dict[str, FieldSpec]) -> dict[str, FieldSpec]:
-        return check_field_names(v)
 
     on_ungrounded: OnUngrounded = Field(default="review", description=ON_UNGROUNDED_HELP)
 
@@ -614,11 +608,6 @@ class ExtractStep(FieldRules, Task):
         if v is False:
             return None
         return v
-
-    @field_validator("on_ungrounded", mode="before")
-    @classmethod
-    def _ungrounded_null(cls, v: Any) -> Any:
-        return yaml_null(v)
 
     @model_validator(mode="after")
     def _ungrounded_needs_a_field(self) -> ExtractStep:
@@ -684,19 +673,8 @@ class ExtractStep(FieldRules, Task):
         if _CHUNK not in context:
             return super().render(context, sample)
         i, n = context[_PART]
-        system = self._part_system()
-        if self.instructions:
-            system = system + "\n\n" + self.instructions.strip()
-        return Request(
-            messages=(
-                Message("system", system),
-                Message("user", f"[part {i} of {n}]\n{context[_CHUNK]}"),
-            ),
-            schema=self._part_schema,
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
-            sample=sample,
-        )
+        system = self.with_instructions(self._part_system())
+        return self.request(system, f"[part {i} of {n}]\n{context[_CHUNK]}", self._part_schema, sample)
 
     def combine(self, answers: list[dict[str, Any]], parts: list[dict[str, Any]]) -> dict[str, Any]:
         if len(parts) == 1 and _CHUNK not in parts[0]:

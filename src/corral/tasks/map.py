@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 import warnings
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from corral.io.base import Column
-from corral.models.base import Message, Request
-from corral.tasks.base import Task, yaml_null
+from corral.models.base import Request
+from corral.tasks.base import Step
 from corral.tasks.extract import (
     CHUNKS_KEY,
     ON_UNGROUNDED_HELP,
@@ -144,26 +144,21 @@ def describe_property(s: Any) -> str:
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message='Field name "schema"', category=UserWarning)
 
-    class MapStep(FieldRules, Task):
+    class MapStep(FieldRules, Step):
         """Produce new values for each row: ``instructions`` say what, ``fields`` or ``schema``
         declare the shape. One column per field (per top-level property of ``schema``)."""
 
         task: Literal["map"] = "map"
         instructions: str = Field(description="what to produce from the input; shown first in the prompt")
-        fields: dict[str, FieldSpec] | None = Field(
+        fields: Annotated[dict[str, FieldSpec] | None, BeforeValidator(parse_fields)] = Field(
             default=None, description="field name -> type or {type, description, ...}, as in extract"
         )
-        schema: dict[str, Any] | None = Field(  default=# type: ignore[assignment]
-            None, description="a JSON schema of an object, instead of `fields`"
+        schema: dict[str, Any] | None = Field(  # type: ignore[assignment]
+            default=None, description="a JSON schema of an object, instead of `fields`"
         )
         on_ungrounded: OnUngrounded = Field(default="review", description=ON_UNGROUNDED_HELP)
 
         later_keys: ClassVar[tuple[str, ...]] = ("on_ungrounded",)
-
-        @field_validator("on_ungrounded", mode="before")
-        @classmethod
-        def _ungrounded_null(cls, v: Any) -> Any:
-            return yaml_null(v)
 
         @field_validator("instructions")
         @classmethod
@@ -171,11 +166,6 @@ with warnings.catch_warnings():
             if not v.strip():
                 raise ValueError("`instructions` must say what to produce")
             return v
-
-        @field_validator("fields", mode="before")
-        @classmethod
-        def _shorthand(cls, v: Any) -> Any:
-            return parse_fields(v)
 
         @field_validator("fields")
         @classmethod
@@ -235,16 +225,7 @@ with warnings.catch_warnings():
 
         def render(self, context: dict[str, Any], sample: int = 0) -> Request:
             # instructions come first, inside the system prompt: not appended again after it
-            return Request(
-                messages=(
-                    Message("system", self.system_prompt()),
-                    Message("user", self.template.render(context)),
-                ),
-                schema=self._schema,
-                max_tokens=self.max_tokens,
-                temperature=self.temperature,
-                sample=sample,
-            )
+            return self.request(self.system_prompt(), self.template.render(context), self._schema, sample)
 
         def columns(self) -> list[Column]:
             if self.fields is not None:

@@ -25,7 +25,7 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 from corral.errors import SourceError
 from corral.io import SourceSpec
 from corral.io.base import Column
-from corral.models.base import Message, Request
+from corral.models.base import Request
 from corral.tasks._reference import (
     Index,
     ReferenceSpec,
@@ -35,7 +35,7 @@ from corral.tasks._reference import (
     read_values,
     reference_identity,
 )
-from corral.tasks.base import OnEmpty, Task
+from corral.tasks.base import OnEmpty, Step, distinct_strings
 
 Target = Literal["text", "date", "number"]
 
@@ -89,7 +89,7 @@ def _entries(v: Any, what: str = "reference") -> Any:
     return out
 
 
-class NormalizeStep(Task):
+class NormalizeStep(Step):
     """Map each row's value to a canonical form: free, against a reference, or column by column."""
 
     task: Literal["normalize"] = "normalize"
@@ -135,11 +135,7 @@ class NormalizeStep(Task):
     @classmethod
     def _clean_shorthand(cls, v: Any) -> Any:
         if isinstance(v, list):
-            if not all(isinstance(c, str) for c in v):
-                raise ValueError("`clean` lists column names")
-            if len(set(v)) != len(v):
-                raise ValueError("a column is listed twice")
-            return {c: None for c in v}
+            return dict.fromkeys(distinct_strings(v, "`clean` lists column names", "a column is listed twice"))
         if isinstance(v, dict):
             return {k: _entries(x, f"clean.{k}") for k, x in v.items()}
         return v
@@ -282,7 +278,7 @@ class NormalizeStep(Task):
             col: Index(values[col], case_sensitive=self.case_sensitive) for col in self.clean
         }
 
-    # --- the Task hooks --------------------------------------------------------------------
+    # --- the Step hooks --------------------------------------------------------------------
 
     def output_schema(self) -> dict[str, Any]:
         if self.kind == "free":
@@ -387,9 +383,7 @@ class NormalizeStep(Task):
         return known, todo, why
 
     def render(self, context: dict[str, Any], sample: int = 0) -> Request:
-        system = self.system_prompt()
-        if self.instructions:
-            system = system + "\n\n" + self.instructions.strip()
+        system = self.with_instructions(self.system_prompt())
         schema: dict[str, Any]
         if self.kind == "free":
             user = self._template.render(context)
@@ -406,13 +400,7 @@ class NormalizeStep(Task):
             found = index.candidates(value, self.candidates)
             user = head + f"Value: {value}\nCandidates:\n" + "\n".join(f"- {c}" for c in found)
             schema = _pick_schema(found)
-        return Request(
-            messages=(Message("system", system), Message("user", user)),
-            schema=schema,
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
-            sample=sample,
-        )
+        return self.request(system, user, schema, sample)
 
     def combine(self, answers: list[dict[str, Any]], parts: list[dict[str, Any]]) -> dict[str, Any]:
         mode = self.kind
