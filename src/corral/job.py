@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from decimal import Decimal
 from pathlib import Path
 from types import UnionType
@@ -31,7 +30,7 @@ from corral._registry import suggest
 from corral.errors import JobSpecError
 from corral.io.spec import SinkSpec, SourceSpec
 from corral.tasks import Step, StepSpecError, parse_step
-from corral.tasks.base import matching
+from corral.tasks.base import name_rule
 
 #: the keys of a model mapping that the engine reads (limits, retries); the others are the model's options
 _ENGINE_KEYS = ("rpm", "tpm", "timeout_s", "max_retries", "max_outage_s", "batch_poll_s", "batch_resubmits")
@@ -120,7 +119,8 @@ class Budget(BaseModel):
     )
 
 
-_JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_JOB_NAME = name_rule(r"[A-Za-z0-9][A-Za-z0-9_.-]*", "job name `{}` must start with a letter or digit "
+                      "and use only letters, digits, _, . and - (it names the run and its files)")
 
 
 class Job(BaseModel):
@@ -128,7 +128,7 @@ class Job(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(description="job name")
+    name: Annotated[str, _JOB_NAME] = Field(description="job name")
     source: SourceSpec = Field(description="input file or table")
     key: str | None = Field(default=None, description="column with a unique id per row (else a content hash)")
     steps: list[SerializeAsAny[Step]] = Field(
@@ -145,12 +145,6 @@ class Job(BaseModel):
     concurrency: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY, description="calls in flight at once")
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
-
-    @field_validator("name")
-    @classmethod
-    def _job_name(cls, v: str) -> str:
-        return matching(v, _JOB_NAME, "job name `{}` must start with a letter or digit and use only "
-                        "letters, digits, _, . and - (it names the run and its files)")
 
     @field_validator("steps", mode="before")
     @classmethod

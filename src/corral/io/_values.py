@@ -50,3 +50,18 @@ def to_text(v: Any) -> str:
     if isinstance(v, (dict, list, tuple, set, frozenset)):
         return json.dumps(to_json_value(v), ensure_ascii=False)
     return str(v)
+
+
+def json_type(v: Any) -> str:
+    """The JSON Schema type of a JSON value (``integer`` for an int, ``null`` for None)."""
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, int):
+        return "integer"
+    if isinstance(v, float):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "array"
+    return "object" if isinstance(v, dict) else "null"

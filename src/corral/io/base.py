@@ -28,7 +28,7 @@ from corral._registry import sink_classes, source_classes
 from corral.errors import SinkError, SourceError
 from corral.io._atomic import atomic_path, ensure_parent, temp_path_for
 from corral.io._text import PATH_HINT, iter_text_lines, one_line, os_reason
-from corral.io._values import to_json_value, to_text
+from corral.io._values import json_type, to_json_value, to_text
 from corral.io.spec import SinkSpec, SourceSpec, format_from_path
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "check_writable",
     "ensure_parent",
     "iter_text_lines",
+    "json_type",
     "one_line",
     "open_quarantine_sink",
     "open_side_sink",

@@ -37,12 +37,7 @@ class CsvSource(Source):
     """Rows of a delimited text file; the first non-blank row is the header."""
 
     def __init__(
-        self,
-        path: Path,
-        *,
-        delimiter: str = ",",
-        encoding: str = "utf-8",
-        quoting: bool = True,
+        self, path: Path, *, delimiter: str = ",", encoding: str = "utf-8", quoting: bool = True,
         fmt: str = "csv",
     ) -> None:
         self.path = path

@@ -10,7 +10,7 @@ from typing import Any
 from corral.errors import SourceError
 from corral.io._atomic import atomic_path
 from corral.io._text import iter_text_lines
-from corral.io._values import to_json_value
+from corral.io._values import json_type, to_json_value
 from corral.io.base import Batches, Column, Sink, Source, SourceRow, check_encoding
 from corral.io.spec import SourceSpec
 
@@ -20,18 +20,9 @@ __all__ = ["JsonlSink", "JsonlSource"]
 _SAMPLE_OBJECTS = 100
 
 
-def _kind(v: Any) -> str:
-    if isinstance(v, list):
-        return "an array"
-    if isinstance(v, str):
-        return "a string"
-    if isinstance(v, bool):
-        return "a boolean"
-    if isinstance(v, (int, float)):
-        return "a number"
-    if v is None:
-        return "null"
-    return type(v).__name__
+#: how a line's JSON value that is not an object is named, by its JSON type
+_FOUND = {"array": "an array", "string": "a string", "boolean": "a boolean", "integer": "a number",
+          "number": "a number", "null": "null"}
 
 
 def _parse(line: str, n: int) -> tuple[dict[str, Any] | None, str | None]:
@@ -42,7 +33,7 @@ def _parse(line: str, n: int) -> tuple[dict[str, Any] | None, str | None]:
     except RecursionError:
         return None, f"line {n}: not valid JSON (nested too deeply)"
     if not isinstance(obj, dict):
-        return None, f"line {n}: expected a JSON object, found {_kind(obj)}"
+        return None, f"line {n}: expected a JSON object, found {_FOUND[json_type(obj)]}"
     return obj, None
 
 

@@ -486,11 +486,7 @@ def _infer(v: Any) -> str:
     if isinstance(v, dt.date) and not isinstance(v, dt.datetime):
         return "date"
     if isinstance(v, (list, tuple)):
-        item = "null"
-        for x in v:
-            if not _fits(item, x):
-                item = _widen(item, x)
-        return "list:" + item
+        return _list_of("null", v)
     return "string"
 
 
@@ -501,12 +497,16 @@ def _widen(kind: str, v: Any) -> str:
     if kind == "int" and _fits("float", v):
         return "float"
     if kind.startswith("list:") and isinstance(v, (list, tuple)):
-        item = kind[5:]
-        for x in v:
-            if not _fits(item, x):
-                item = _widen(item, x)
-        return "list:" + item
+        return _list_of(kind[5:], v)
     return "string"
+
+
+def _list_of(item: str, values: list[Any] | tuple[Any, ...]) -> str:
+    """The list kind whose items are ``item`` widened to hold every one of ``values``."""
+    for x in values:
+        if not _fits(item, x):
+            item = _widen(item, x)
+    return "list:" + item
 
 
 def _convert(kind: str, v: Any) -> Any:

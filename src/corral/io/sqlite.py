@@ -221,10 +221,6 @@ class SqliteSink(Sink):
 
     format = "sqlite"
 
-    @classmethod
-    def from_spec(cls, spec: SinkSpec, path: Path, fmt: str) -> SqliteSink:
-        return cls(path, spec.table)
-
     def __init__(self, path: Path, table: str | None) -> None:
         super().__init__(path)
         if not table:
@@ -233,6 +229,10 @@ class SqliteSink(Sink):
                 f"`sink:`"
             )
         self.table = table
+
+    @classmethod
+    def from_spec(cls, spec: SinkSpec, path: Path, fmt: str) -> SqliteSink:
+        return cls(path, spec.table)
 
     def _fail(self, e: Exception) -> SinkError:
         return SinkError(

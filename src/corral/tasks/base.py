@@ -18,6 +18,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from jsonschema import Draft202012Validator, FormatChecker
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -46,6 +47,22 @@ def yaml_null(v: Any) -> Any:
     return "null" if v is None else v
 
 
+def name_rule(pattern: str, rule: str) -> AfterValidator:
+    """The validator of a name key: the name when ``pattern`` matches all of it, else a
+    ``ValueError`` of ``rule`` (``{}`` stands for the name) that says what a good one looks like."""
+    whole = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not whole.fullmatch(value):
+            raise ValueError(rule.format(value))
+        return value
+
+    return AfterValidator(check)
+
+
+_STEP_NAME = name_rule(r"[A-Za-z_][A-Za-z0-9_]*", "step name `{}` must start with a letter or _ and "
+                       "use only letters, digits and _ (it becomes a column name and a {{placeholder}})")
+
 #: what a step does with a row whose input is empty (see :meth:`Step.empty_input`):
 #: quarantine the row, skip it, give the step a null output without a call, or ask anyway
 OnEmpty = Annotated[Literal["quarantine", "skip", "null", "ask"], BeforeValidator(yaml_null)]
@@ -71,7 +88,6 @@ _LATER_KEYS = ("on_empty", "scoring", "calibrate", "min_confidence")
 AUTO_SCORING_MAX_CHOICES = 100
 AUTO_SCORING_MAX_QUESTIONS = 10
 
-_STEP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class Step(BaseModel):
@@ -105,7 +121,7 @@ class Step(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(description="step name; also the output column name")
+    name: Annotated[str, _STEP_NAME] = Field(description="step name; also the output column name")
     task: str = Field(description="which task this step runs")
     input: str = Field(description="template of the text sent to the model: {column} or {step.field}")
     instructions: str | None = Field(default=None, description="extra guidance appended to the prompt")
@@ -158,12 +174,6 @@ class Step(BaseModel):
     _condition: Condition | None = PrivateAttr(default=None)
     _checks: list[Condition] = PrivateAttr(default_factory=list)
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
-
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, v: str) -> str:
-        return matching(v, _STEP_NAME, "step name `{}` must start with a letter or _ and use only "
-                        "letters, digits and _ (it becomes a column name and a {{placeholder}})")
 
     @field_validator("input")
     @classmethod
@@ -517,8 +527,10 @@ class Step(BaseModel):
             raise Refused(f"refused by the model ({completion.finish_reason})")
         try:
             data = json.loads(completion.text, strict=False)
-        except (json.JSONDecodeError, ValueError) as e:
+        except json.JSONDecodeError as e:
             raise InvalidOutput(f"response is not JSON ({e.msg} at char {e.pos})") from None
+        except ValueError as e:  # e.g. an integer too long to convert
+            raise InvalidOutput(f"response is not JSON ({e})") from None
         if not isinstance(data, dict):
             raise InvalidOutput(f"response is JSON {type(data).__name__}, expected an object")
         schema = request.schema if request is not None and request.schema else self._schema
@@ -538,14 +550,6 @@ class Step(BaseModel):
 
 #: the name the Step class had first; plugins written against it keep working
 Task = Step
-
-
-def matching(value: str, pattern: re.Pattern[str], rule: str) -> str:
-    """``value`` when ``pattern`` matches all of it, else a ``ValueError`` of ``rule`` (a
-    ``str.format`` text, ``{}`` standing for the value) that says what a good one looks like."""
-    if not pattern.fullmatch(value):
-        raise ValueError(rule.format(value))
-    return value
 
 
 def distinct_strings(values: list[Any], not_text: str, repeated: str) -> list[str]:

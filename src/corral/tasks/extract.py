@@ -13,7 +13,7 @@ import json
 import re
 from collections import Counter
 from functools import cached_property
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -33,6 +33,10 @@ from corral.errors import InvalidOutput
 from corral.io.base import Column
 from corral.models.base import Request
 from corral.tasks.base import Step, yaml_null
+
+if TYPE_CHECKING:
+    from corral._template import Template
+    from corral.strategies.base import Strategy
 
 FieldType = Literal["string", "number", "integer", "boolean", "date", "enum", "list"]
 ItemType = Literal["string", "number", "integer", "boolean", "date"]
@@ -196,11 +200,12 @@ class FieldSpec(BaseModel):
                     out.append(f"{shown} is above the maximum {self.maximum:g}")
         return out
 
-    def schema(self) -> dict[str, Any]:  # type: ignore[override]
+    def schema(self) -> dict[str, Any]:  # type: ignore[override]  # pydantic's BaseModel.schema() is a classmethod
         if self.type == "enum":
             vals: list[Any] = list(self.values or [])
             s: dict[str, Any] = {"enum": vals + [None] if self.nullable else vals}
         else:
+            base: dict[str, Any]
             if self.type == "list":
                 base = {"type": "array", "items": _scalar_schema(self.items, self.max_length, self._rules())}
                 if self.max_items is not None:
@@ -413,10 +418,10 @@ def has_rules(fields: dict[str, FieldSpec] | None) -> bool:
     )
 
 
-def ungrounded_mode(step: Step, on_ungrounded: str) -> str:
-    """``problem`` when the step's strategy repairs (refine, in any stage) or ``on_ungrounded``
-    is ``review``; else ``null`` or ``quarantine``."""
-    if on_ungrounded == "review" or any(st.name == "refine" for st in step.stages()):
+def ungrounded_mode(stages: list[Strategy], on_ungrounded: str) -> str:
+    """``problem`` when the step's strategy repairs (refine, in any of its ``stages``) or
+    ``on_ungrounded`` is ``review``; else ``null`` or ``quarantine``."""
+    if on_ungrounded == "review" or any(st.name == "refine" for st in stages):
         return "problem"
     return on_ungrounded
 
@@ -547,11 +552,20 @@ class FieldRules:
     the fields that apply to a row (``_rule_fields``) and the text the answer was taken from
     (``_input_for``); extract and map mix it in."""
 
+    if TYPE_CHECKING:  # what the step it is mixed into has
+        fields: dict[str, FieldSpec] | None
+        on_ungrounded: str
+
+        @property
+        def template(self) -> Template: ...
+
+        def stages(self) -> list[Strategy]: ...
+
     def _rule_fields(self, context: dict[str, Any] | None = None) -> dict[str, FieldSpec]:
-        return self.fields or {}  # type: ignore[attr-defined,no-any-return]
+        return self.fields or {}
 
     def _input_for(self, context: dict[str, Any]) -> str:
-        return self.template.render(context)  # type: ignore[attr-defined,no-any-return]
+        return self.template.render(context)
 
     @cached_property
     def _grounded(self) -> bool:
@@ -563,7 +577,7 @@ class FieldRules:
 
     @cached_property
     def _mode(self) -> str:
-        return ungrounded_mode(self, self.on_ungrounded)  # type: ignore[attr-defined]
+        return ungrounded_mode(self.stages(), self.on_ungrounded)
 
     def ground(self, answer: dict[str, Any], context: dict[str, Any]) -> dict[str, Any] | None:
         if not self._grounded:
@@ -581,6 +595,14 @@ class FieldRules:
 
     def validation_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
         return without_rules(schema) if self._has_rules else schema
+
+
+def _extract_system(source: str, fields: dict[str, FieldSpec], note: str = "") -> str:
+    """The system prompt that asks for ``fields`` from ``source`` (``text``, or a chunk)."""
+    return (
+        f"You extract fields from {source}. Fields:\n" + describe_fields(fields) + note
+        + "\nAnswer with JSON only: an object with exactly these keys."
+    )
 
 
 class ExtractStep(FieldRules, Step):
@@ -628,11 +650,7 @@ class ExtractStep(FieldRules, Step):
         return fields_schema(self.fields)
 
     def system_prompt(self) -> str:
-        return (
-            "You extract fields from text. Fields:\n"
-            + describe_fields(self.fields)
-            + "\nAnswer with JSON only: an object with exactly these keys."
-        )
+        return _extract_system("text", self.fields)
 
     def columns(self) -> list[Column]:
         return [Column(name, f.column_type()) for name, f in self.fields.items()]
@@ -652,11 +670,9 @@ class ExtractStep(FieldRules, Step):
         return fields_schema(self._part_fields)
 
     def _part_system(self) -> str:
-        return (
-            "You extract fields from one part of a longer document. Fields:\n"
-            + describe_fields(self._part_fields)
-            + "\nUse null for a field this part does not state; other parts are read separately."
-            + "\nAnswer with JSON only: an object with exactly these keys."
+        return _extract_system(
+            "one part of a longer document", self._part_fields,
+            "\nUse null for a field this part does not state; other parts are read separately.",
         )
 
     def split(self, context: dict[str, Any]) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from corral.io.base import Column
+from corral.io.base import Column, json_type
 from corral.models.base import Request
 from corral.tasks.base import Step
 from corral.tasks.extract import (
@@ -71,24 +71,10 @@ def _types(s: Any) -> list[str]:
         for alt in s.get(key) or []:
             kinds += _types(alt)
     if "enum" in s:
-        kinds += ["null" if x is None else _json_type(x) for x in s["enum"]]
+        kinds += ["null" if x is None else json_type(x) for x in s["enum"]]
     if "const" in s:
-        kinds.append(_json_type(s["const"]))
+        kinds.append(json_type(s["const"]))
     return list(dict.fromkeys(kinds))
-
-
-def _json_type(x: Any) -> str:
-    if isinstance(x, bool):
-        return "boolean"
-    if isinstance(x, int):
-        return "integer"
-    if isinstance(x, float):
-        return "number"
-    if isinstance(x, str):
-        return "string"
-    if isinstance(x, list):
-        return "array"
-    return "object" if isinstance(x, dict) else "null"
 
 
 def property_column_type(s: Any) -> str:

@@ -269,7 +269,7 @@ class NormalizeStep(Step):
             wanted = {}
             for col, (column, _) in cols.items():
                 own = self.clean[col]
-                fix = f"clean.{col}.column" if own is not None and own.column else "clean"
+                fix = f"clean.{col}.column" if isinstance(own, ReferenceSpec) and own.column else "clean"
                 wanted[column] = (f"step `{self.name}` (column `{col}`)", fix)
             counts = count_values(spec, self._base_dir, wanted, job_source=mine)
             for col, (column, min_count) in cols.items():
