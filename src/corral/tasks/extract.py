@@ -1,9 +1,9 @@
 """``extract``: pull typed fields out of text, in one call or chunk by chunk for long documents.
 
 With ``chunking:`` a row whose rendered input is longer than ``chunking.size`` characters is
-split into overlapping chunks (:func:`chunk_spans`), each chunk is asked on its own, and each
-field's per-chunk values are merged by the field's ``merge`` rule. A row that fits in one chunk
-makes exactly the call it would make without chunking.
+split into overlapping chunks (see :mod:`corral.tasks._chunks`), each chunk is asked on its own,
+and each field's per-chunk values are merged by the field's ``merge`` rule. A row that fits in
+one chunk makes exactly the call it would make without chunking.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import re
-from collections import Counter
 from functools import cached_property
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
@@ -32,6 +31,7 @@ from corral._grounding import find
 from corral.errors import InvalidOutput
 from corral.io.base import Column
 from corral.models.base import Request
+from corral.tasks._chunks import Chunking, chunk_text, merge_values
 from corral.tasks.base import Step, yaml_null
 
 if TYPE_CHECKING:
@@ -429,120 +429,6 @@ def ungrounded_mode(stages: list[Strategy], on_ungrounded: str) -> str:
 def check_on_ungrounded(step: Step, fields: dict[str, FieldSpec] | None) -> None:
     if "on_ungrounded" in step.model_fields_set and not any(f.grounded for f in (fields or {}).values()):
         raise ValueError("`on_ungrounded` is set but no field is `grounded: true`")
-
-
-# --- chunking -------------------------------------------------------------------------------
-
-
-class Chunking(BaseModel):
-    """How a long input is split: chunks of at most ``size`` characters, each starting up to
-    ``overlap`` characters before the end of the one before it."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    size: int = Field(default=4000, ge=50, le=10_000_000, description="most characters in one chunk")
-    overlap: int = Field(default=200, ge=0, description="characters a chunk repeats from the one before")
-
-    @model_validator(mode="after")
-    def _overlap_below_size(self) -> Chunking:
-        if self.overlap >= self.size:
-            raise ValueError(
-                f"chunking.overlap ({self.overlap}) must be smaller than chunking.size ({self.size})"
-            )
-        return self
-
-
-_SPACE = re.compile(r"\s")
-# preferred places to end a chunk, best first: a blank line, a line end, a sentence end
-_BREAKS: tuple[tuple[str, int], ...] = (("\n\n", 0), ("\n", 0), (". ", 1), ("? ", 1), ("! ", 1))
-
-
-def _boundary(text: str, lo: int, hi: int) -> int:
-    """Where to end a chunk that may end anywhere in ``[lo, hi]``: after the last paragraph
-    break, else line break, else sentence end, else word; else at ``hi``."""
-    for sep, keep in _BREAKS:
-        i = text.rfind(sep, lo, hi + len(sep) - keep)
-        if i >= lo and i + keep <= hi:
-            return i + keep
-    for i in range(hi, lo - 1, -1):
-        if i < len(text) and text[i].isspace():
-            return i
-    return hi
-
-
-def chunk_spans(text: str, size: int, overlap: int) -> list[tuple[int, int]]:
-    """``(start, end)`` offsets of overlapping chunks of ``text``, each at most ``size`` long.
-
-    A text of at most ``size`` characters is one chunk, the whole text. Otherwise each chunk ends
-    at the last paragraph break in the second half of its window (else line break, sentence end,
-    whitespace; a hard cut only inside a word longer than half a chunk), and the next chunk
-    starts at the first word beginning in the last ``overlap`` characters of the one before.
-    Leading whitespace of a chunk is skipped.
-    """
-    n = len(text)
-    if n <= size:
-        return [(0, n)]
-    spans: list[tuple[int, int]] = []
-    start = 0
-    while True:
-        while start < n and text[start].isspace():
-            start += 1
-        if n - start <= size:
-            if start < n or not spans:
-                spans.append((start, n))
-            return spans
-        hi = start + size
-        lo = start + max(size // 2, overlap + 1)
-        end = _boundary(text, lo, hi)
-        while end > start + overlap + 1 and text[end - 1].isspace():
-            end -= 1
-        spans.append((start, end))
-        nxt = end - overlap  # > start, since end > start + overlap
-        if overlap:
-            m = _SPACE.search(text, nxt, end)
-            if m is not None:
-                nxt = m.end()
-        start = nxt
-
-
-def chunk_text(text: str, size: int, overlap: int) -> list[str]:
-    return [text[s:e] for s, e in chunk_spans(text, size, overlap)]
-
-
-def _canon(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False)
-
-
-def merge_values(rule: str, values: list[Any], is_list: bool = False) -> tuple[Any, Any]:
-    """Merge one field's per-chunk values (in document order) by ``rule``.
-
-    Returns ``(value, provenance)``: the chunk number (1-based) the value came from, or for
-    ``all`` the chunk number of each listed value; ``None`` where no chunk gave a value.
-    """
-    found = [(i + 1, v) for i, v in enumerate(values) if v is not None]
-    if rule == "all":
-        out: list[Any] = []
-        where: list[int] = []
-        seen: set[str] = set()
-        for i, v in found:
-            for item in v if is_list and isinstance(v, list) else [v]:
-                if item is None:
-                    continue
-                c = _canon(item)
-                if c not in seen:
-                    seen.add(c)
-                    out.append(item)
-                    where.append(i)
-        return out, where
-    if not found:
-        return None, None
-    if rule == "most_common":
-        counts = Counter(_canon(v) for _, v in found)
-        best = max(counts.values())
-        for i, v in found:  # ties go to the earliest
-            if counts[_canon(v)] == best:
-                return v, i
-    return found[0][1], found[0][0]
 
 
 class FieldRules:
