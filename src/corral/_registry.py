@@ -63,8 +63,13 @@ def sink_classes() -> dict[str, type[Sink]]:
     return _loaded(SINK_GROUP)
 
 
+def plugin_names(group: str) -> list[str]:
+    """The names registered under an entry-point ``group``, sorted (no plugin is loaded)."""
+    return sorted(_group(group))
+
+
 def model_names() -> list[str]:
-    return sorted(_group(MODEL_GROUP))
+    return plugin_names(MODEL_GROUP)
 
 
 def model_class(name: str) -> type:

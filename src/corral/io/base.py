@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from corral._registry import sink_classes, source_classes
+from corral._registry import SINK_GROUP, SOURCE_GROUP, plugin_names, sink_classes, source_classes
 from corral.errors import SinkError, SourceError
 from corral.io._atomic import atomic_path, ensure_parent, temp_path_for
 from corral.io._text import PATH_HINT, iter_text_lines, one_line, os_reason
@@ -62,6 +62,7 @@ __all__ = [
 ]
 
 COLUMN_TYPES: tuple[str, ...] = ("string", "integer", "number", "boolean", "date", "list", "any")
+#: the built-in formats (a plugin registers more under ``corral.sources`` / ``corral.sinks``)
 FORMATS: tuple[str, ...] = ("csv", "tsv", "jsonl", "parquet", "sqlite")
 
 _BLOCK = 1 << 20  # fingerprint read size: 1 MiB
@@ -183,9 +184,10 @@ def resolve_path(raw: str, base_dir: Path) -> Path:
 
 def _unknown_format(path: Path, where: str) -> str:
     ext = path.suffix or "(none)"
+    names = plugin_names(SOURCE_GROUP if where == "source" else SINK_GROUP)
     return (
         f"cannot tell the format of {where} file {path} from its extension {ext} — "
-        f"set `format:` under `{where}:` to one of {', '.join(FORMATS)}"
+        f"set `format:` under `{where}:` to one of {', '.join(names)}"
     )
 
 
@@ -235,7 +237,7 @@ def side_spec(spec: SinkSpec, kind: str) -> SinkSpec:
             table = f"{spec.table}_{kind}" if spec.table else kind
         return SinkSpec(
             path=override,
-            format=qfmt,  # type: ignore[arg-type]
+            format=qfmt,
             table=table,
             delimiter=spec.delimiter if qfmt == fmt else None,
         )
@@ -246,7 +248,7 @@ def side_spec(spec: SinkSpec, kind: str) -> SinkSpec:
     name = f"{p.stem}.{kind}{p.suffix}" if p.suffix else f"{p.name}.{kind}"
     return SinkSpec(
         path=str(p.with_name(name)),
-        format=fmt,  # type: ignore[arg-type]
+        format=fmt,
         table=None,
         delimiter=spec.delimiter,
     )

@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-SourceFormat = Literal["csv", "tsv", "jsonl", "parquet", "sqlite"]
-SinkFormat = Literal["csv", "tsv", "jsonl", "parquet", "sqlite"]
+from corral._registry import SINK_GROUP, SOURCE_GROUP, plugin_names, suggest
+
+
+def _registered(group: str, where: str) -> AfterValidator:
+    """The validator of a ``format:`` key: a name registered under the entry-point ``group``."""
+
+    def check(value: str) -> str:
+        names = plugin_names(group)
+        if value not in names:
+            raise ValueError(
+                f"unknown {where} format `{value}`{suggest(value, names) or '.'} Formats: "
+                f"{', '.join(names)}."
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+#: a format a source can be read in: a name under the ``corral.sources`` entry-point group
+SourceFormat = Annotated[str, _registered(SOURCE_GROUP, "source")]
+#: a format a sink can be written in: a name under the ``corral.sinks`` entry-point group
+SinkFormat = Annotated[str, _registered(SINK_GROUP, "sink")]
 
 _EXT_FORMATS: dict[str, str] = {
     ".csv": "csv",
