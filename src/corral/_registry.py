@@ -92,8 +92,9 @@ def suggest(word: str, options: list[str]) -> str:
 
 def first_problem(exc: ValidationError, cls: type, what: str) -> str:
     """The first problem of a plugin's mapping that ``cls`` rejected, in one line that names
-    ``what`` it is (``strategy `vote```) and, for an unknown key, the nearest and the valid keys."""
-    err = exc.errors()[0]
+    ``what`` it is (``strategy `vote```) and, for an unknown key, the nearest and the valid keys.
+    An unknown key is said first: a misspelt key is often why another one is missing."""
+    err = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
     where = ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden":
         valid = sorted(getattr(cls, "model_fields", {}))

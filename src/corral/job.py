@@ -348,7 +348,8 @@ def _problems(exc: ValidationError) -> list[_Problem]:
         for i, se in failed.failed:
             loc: tuple[Any, ...] = ("steps", i)
             if se.errors is None or se.step_class is None:
-                out.append(({"type": "step_task", "loc": loc, "msg": str(se), "ctx": {"error": se}}, Job, 0))
+                problem = {"type": "step_task", "loc": loc, "msg": str(se), "ctx": {"error": se}}
+                out.append((problem, Job, 0))
                 continue
             for inner in se.errors.errors():
                 out.append(({**inner, "loc": loc + tuple(inner["loc"])}, se.step_class, len(loc)))

@@ -20,7 +20,9 @@ class StepSpecError(ValueError):
     """A step mapping that does not validate. ``errors`` are pydantic's errors, located inside
     the step; ``step_class`` is the class its ``task:`` names, whose keys are the valid ones."""
 
-    def __init__(self, message: str, errors: ValidationError | None, step_class: type[Step] | None) -> None:
+    def __init__(
+        self, message: str, errors: ValidationError | None = None, step_class: type[Step] | None = None
+    ) -> None:
         super().__init__(message)
         self.errors = errors
         self.step_class = step_class
@@ -35,15 +37,15 @@ def parse_step(value: Any) -> Step:
     if isinstance(value, Step):
         return value
     if not isinstance(value, dict):
-        raise StepSpecError("a step is a mapping with name, task and input", None, None)
+        raise StepSpecError("a step is a mapping with name, task and input")
     classes = task_classes()
     tasks = ", ".join(classes)
     if "task" not in value:
-        raise StepSpecError(f"needs `task:` (one of {tasks})", None, None)
+        raise StepSpecError(f"needs `task:` (one of {tasks})")
     name = str(value["task"])
     cls = classes.get(name)
     if cls is None:
-        raise StepSpecError(f"unknown task `{name}`{suggest(name, list(classes))} Tasks: {tasks}.", None, None)
+        raise StepSpecError(f"unknown task `{name}`{suggest(name, list(classes))} Tasks: {tasks}.")
     try:
         step: Step = cls.model_validate(value)
     except ValidationError as e:

@@ -89,7 +89,6 @@ AUTO_SCORING_MAX_CHOICES = 100
 AUTO_SCORING_MAX_QUESTIONS = 10
 
 
-
 class Step(BaseModel):
     """Common keys of every step, and the hooks a task overrides.
 

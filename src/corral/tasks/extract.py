@@ -200,7 +200,8 @@ class FieldSpec(BaseModel):
                     out.append(f"{shown} is above the maximum {self.maximum:g}")
         return out
 
-    def schema(self) -> dict[str, Any]:  # type: ignore[override]  # pydantic's BaseModel.schema() is a classmethod
+    # pydantic's deprecated BaseModel.schema() is a classmethod: this field's schema overrides it
+    def schema(self) -> dict[str, Any]:  # type: ignore[override]
         if self.type == "enum":
             vals: list[Any] = list(self.values or [])
             s: dict[str, Any] = {"enum": vals + [None] if self.nullable else vals}
@@ -259,6 +260,10 @@ def check_field_names(v: dict[str, FieldSpec]) -> dict[str, FieldSpec]:
         if name == CHUNKS_KEY:
             raise ValueError(f"`{CHUNKS_KEY}` is reserved (it records which chunk a value came from)")
     return v
+
+
+#: a step's ``fields:``: names checked, a bare type name standing for ``{type: NAME}``
+Fields = Annotated[dict[str, FieldSpec], BeforeValidator(parse_fields), AfterValidator(check_field_names)]
 
 
 def fields_schema(fields: dict[str, FieldSpec]) -> dict[str, Any]:
@@ -495,9 +500,7 @@ class ExtractStep(FieldRules, Step):
     """Extract typed ``fields`` from each row; each field lands in its own column."""
 
     task: Literal["extract"] = "extract"
-    fields: Annotated[dict[str, FieldSpec], BeforeValidator(parse_fields), AfterValidator(check_field_names)] = (
-        Field(description="field name -> type or {type, description, ...}")
-    )
+    fields: Fields = Field(description="field name -> type or {type, description, ...}")
     chunking: Chunking | None = Field(
         default=None,
         description="split inputs longer than `size` characters into overlapping chunks, "
