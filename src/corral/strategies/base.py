@@ -143,6 +143,20 @@ class Strategy(BaseModel):
 # --- helpers shared by strategies ------------------------------------------------------------
 
 
+def check_verifier(
+    step: Step, strategy: str, role: str, instructions: str | None, model: str | None, verb: str
+) -> None:
+    """The rules of a strategy that verifies answers with the step's checks and field rules or a
+    ``role`` call (a critic, a judge): that call needs its ``instructions`` when its ``model`` is
+    set, and the step needs something to ``verb`` (check, score) its answers with."""
+    if model and not instructions:
+        raise ValueError(f"strategy `{strategy}`: `{role}_model` is set but `{role}` is not; "
+                         f"give the {role} its instructions with `{role}:`")
+    if not (step.checks or step.checks_fields() or instructions):
+        raise ValueError(f"strategy `{strategy}` has nothing to {verb} answers with; add `checks:` "
+                         f"to the step or a `{role}:` to the strategy")
+
+
 def canonical(value: Any) -> str:
     """A value as canonical JSON, so equal answers compare equal (lists of labels sorted)."""
     if isinstance(value, list) and all(isinstance(x, str) for x in value):

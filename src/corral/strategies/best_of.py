@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from corral.models.base import Message
-from corral.strategies.base import Outcome, Sample, Solver, Strategy
+from corral.strategies.base import Outcome, Sample, Solver, Strategy, check_verifier
 
 if TYPE_CHECKING:
     from corral.tasks.base import Step
@@ -41,12 +41,7 @@ class BestOf(Strategy):
     stop_early: bool = Field(True, description="stop at the first answer that passes every check")
 
     def check_step(self, step: Step) -> None:
-        if self.judge_model and not self.judge:
-            raise ValueError("strategy `best_of`: `judge_model` is set but `judge` is not; "
-                             "give the judge its instructions with `judge:`")
-        if not (step.checks or step.checks_fields() or self.judge):
-            raise ValueError("strategy `best_of` has nothing to score answers with; add `checks:` to "
-                             "the step or a `judge:` to the strategy")
+        check_verifier(step, "best_of", "judge", self.judge, self.judge_model, "score")
 
     def models(self) -> list[str]:
         return [m for m in (self.model, self.judge_model) if m]

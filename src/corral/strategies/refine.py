@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from corral.models.base import Message
-from corral.strategies.base import Outcome, Sample, Solver, Strategy
+from corral.strategies.base import Outcome, Sample, Solver, Strategy, check_verifier
 
 if TYPE_CHECKING:
     from corral.tasks.base import Step
@@ -40,12 +40,7 @@ class Refine(Strategy):
     critic_model: str | None = Field(None, description="model for the critic (default: `model`)")
 
     def check_step(self, step: Step) -> None:
-        if self.critic_model and not self.critic:
-            raise ValueError("strategy `refine`: `critic_model` is set but `critic` is not; "
-                             "give the critic its instructions with `critic:`")
-        if not (step.checks or step.checks_fields() or self.critic):
-            raise ValueError("strategy `refine` has nothing to check answers with; add `checks:` to "
-                             "the step or a `critic:` to the strategy")
+        check_verifier(step, "refine", "critic", self.critic, self.critic_model, "check")
 
     def models(self) -> list[str]:
         return [m for m in (self.model, self.critic_model) if m]
