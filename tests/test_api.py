@@ -32,7 +32,7 @@ def test_errors_tree_is_documented_and_rooted():
 
 def test_one_abstract_method_per_extension_point():
     assert corral.Model.__abstractmethods__ == frozenset({"complete"})
-    assert corral.Task.__abstractmethods__ == frozenset({"output_schema"})
+    assert corral.Step.__abstractmethods__ == frozenset({"output_schema"})
     assert corral.Strategy.__abstractmethods__ == frozenset({"solve"})
 
 
@@ -45,3 +45,26 @@ def test_builtins_register_through_entry_points():
     assert {"classify", "extract"} <= tasks
     strategies = {ep.name for ep in entry_points(group="corral.strategies")}
     assert strategies == {"single", "vote", "refine", "best_of", "cascade"}
+
+
+def test_formats_register_through_entry_points():
+    from importlib.metadata import entry_points
+
+    from corral.io.base import FORMATS
+
+    for group in ("corral.sources", "corral.sinks"):
+        assert {ep.name for ep in entry_points(group=group)} == set(FORMATS), group
+
+
+def test_importing_corral_loads_no_plugin():
+    import subprocess
+    import sys
+
+    code = ("import sys, corral, corral._registry as r; "
+            "assert r._loaded.cache_info().currsize == 0; "
+            "assert 'corral.tasks.map' not in sys.modules and 'corral.strategies.vote' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_step_is_the_task_extension_point():
+    assert corral.Step is corral.Task

@@ -745,3 +745,26 @@ def test_unclosed_quote_is_quarantined_not_swallowed(tmp_path):
     rows = list(open_source(SourceSpec(path=str(p)), tmp_path).rows())
     assert len(rows) == 1 and rows[0].data is None
     assert "never closed" in rows[0].error and "lines 2-4" in rows[0].error
+
+
+def test_formats_are_looked_up_in_the_registry(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from corral._registry import sink_classes, source_classes
+    from corral.io.csv import CsvSink, CsvSource
+
+    assert source_classes()["tsv"] is CsvSource and sink_classes()["csv"] is CsvSink
+    with pytest.raises(ValidationError, match=r"unknown source format `jsnl`; did you mean `jsonl`\? Formats: csv, jsonl"):
+        SourceSpec(path="x.txt", format="jsnl")
+    (tmp_path / "in.txt").write_text("a\tb\n1\t2\n", encoding="utf-8")
+    src = open_source(SourceSpec(path="in.txt", format="tsv"), tmp_path)
+    assert isinstance(src, CsvSource) and [r.data for r in src.rows()] == [{"a": "1", "b": "2"}]
+    with pytest.raises(SinkError, match="set `format:` under `sink:` to one of csv, jsonl, parquet, sqlite, tsv"):
+        open_sink(SinkSpec(path="out.xlsx"), tmp_path)
+
+
+def test_every_sink_refuses_repeated_column_names(tmp_path: Path) -> None:
+    for name in ("o.csv", "o.jsonl", "o.parquet"):
+        sink = open_sink(SinkSpec(path=name), tmp_path)
+        with pytest.raises(SinkError, match="two output columns are both named 'id'"):
+            sink.write([Column("id"), Column("id")], [[{"id": "1"}]], "id")

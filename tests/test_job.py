@@ -169,3 +169,31 @@ def test_parse_remembers_valid_texts_per_schema_without_sharing_answers():
         xy.parse(Completion(text))
     with pytest.raises(InvalidOutput):
         ab.parse(Completion('{"label": "c"}'))
+
+
+def test_parse_step_looks_the_task_up_when_validated():
+    from corral.tasks import StepSpecError, parse_step
+
+    step = parse_step({"name": "x", "task": "extract", "input": "{t}", "fields": {"a": "string"}})
+    assert isinstance(step, ExtractStep) and parse_step(step) is step
+    with pytest.raises(StepSpecError, match=r"unknown task `extrct`; did you mean `extract`\? Tasks: classify, "):
+        parse_step({"name": "x", "task": "extrct", "input": "{t}"})
+    with pytest.raises(StepSpecError, match=r"unknown key `lables` in task `classify`; did you mean `labels`\?"):
+        parse_step({"name": "x", "task": "classify", "input": "{t}", "lables": ["a", "b"]})
+
+
+def test_every_bad_step_is_counted_and_the_first_said_where_it_is():
+    steps = [{"name": "a", "task": "clasify", "input": "{t}"},
+             {"name": "b", "task": "classify", "input": "{t}", "labels": ["x", "y"], "max_tokens": 0}]
+    with pytest.raises(JobSpecError) as e:
+        job(steps=steps)
+    msg = str(e.value)
+    assert msg.startswith("job.yaml: unknown task `clasify` in steps[0] (step `a`); did you mean `classify`?")
+    assert msg.endswith("(and 1 more problem)")
+
+
+def test_steps_built_in_python_are_kept_as_they_are():
+    step = ClassifyStep(name="spam", input="{text}", labels=["spam", "ham"])
+    j = Job(name="t", source="in.csv", sink="out.csv", steps=[step])
+    assert j.steps[0] is step
+    assert Job.from_dict(j.model_dump(mode="json")).spec_hash() == j.spec_hash()

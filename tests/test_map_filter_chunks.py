@@ -17,7 +17,8 @@ import corral
 from corral import FakeModel, Job
 from corral.errors import JobSpecError, SourceError
 from corral.models.base import Request
-from corral.tasks.extract import ExtractStep, chunk_spans, chunk_text, merge_values
+from corral.tasks._chunks import chunk_spans, chunk_text, merge_values
+from corral.tasks.extract import ExtractStep
 from corral.tasks.map import MapStep, property_column_type
 
 from .conftest import ROOT, corral_bin, write

@@ -5,11 +5,9 @@ The public API is what ``__all__`` lists; everything else is private and may cha
 
 from __future__ import annotations
 
-# Extension points first: importing corral.job loads task plugins through entry points, and a
-# plugin may itself do `from corral import Task` while this module is still being imported.
 from corral import errors
 from corral._eval import Evaluation, evaluate
-from corral._result import RunResult  # noqa: I001
+from corral._result import RunResult
 from corral.engine import make_model, run, run_async
 from corral.errors import CorralError, UserError
 from corral.io.base import Column
@@ -18,7 +16,7 @@ from corral.models.base import Capabilities, Completion, Message, Model, Request
 from corral.models.fake import FakeModel
 from corral.store import SQLiteStore, Store, open_store
 from corral.strategies.base import Outcome, Sample, Solver, Strategy
-from corral.tasks.base import Task
+from corral.tasks.base import Step, Task
 from corral.tasks.classify import ClassifyStep
 from corral.tasks.extract import ExtractStep, FieldSpec
 
@@ -45,6 +43,7 @@ __all__ = [
     "SQLiteStore",
     "Sample",
     "Solver",
+    "Step",
     "Store",
     "Strategy",
     "Task",

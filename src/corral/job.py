@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Union
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -19,16 +19,18 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SerializeAsAny,
     ValidationError,
     field_validator,
     model_serializer,
     model_validator,
 )
 
-from corral._registry import suggest, task_classes
+from corral._registry import suggest
 from corral.errors import JobSpecError
 from corral.io.spec import SinkSpec, SourceSpec
-from corral.tasks.base import Task
+from corral.tasks import Step, StepSpecError, parse_step
+from corral.tasks.base import name_rule
 
 #: the keys of a model mapping that the engine reads (limits, retries); the others are the model's options
 _ENGINE_KEYS = ("rpm", "tpm", "timeout_s", "max_retries", "max_outage_s", "batch_poll_s", "batch_resubmits")
@@ -46,16 +48,16 @@ class ModelRef(BaseModel):
     name: str
     arg: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
-    rpm: float | None = Field(None, gt=0, description="requests per minute allowed")
-    tpm: float | None = Field(None, gt=0, description="tokens per minute allowed")
-    timeout_s: float | None = Field(None, gt=0, description="seconds one call may take")
-    max_retries: int = Field(6, ge=0, le=100, description="retries of a call that failed transiently")
+    rpm: float | None = Field(default=None, gt=0, description="requests per minute allowed")
+    tpm: float | None = Field(default=None, gt=0, description="tokens per minute allowed")
+    timeout_s: float | None = Field(default=None, gt=0, description="seconds one call may take")
+    max_retries: int = Field(default=6, ge=0, le=100, description="retries of a call that failed transiently")
     max_outage_s: float = Field(
-        300.0, gt=0, description="seconds the provider may stay unreachable before the run stops"
+        default=300.0, gt=0, description="seconds the provider may stay unreachable before the run stops"
     )
-    batch_poll_s: float = Field(30.0, gt=0, description="seconds between polls of a provider batch")
+    batch_poll_s: float = Field(default=30.0, gt=0, description="seconds between polls of a provider batch")
     batch_resubmits: int = Field(
-        2, ge=0, le=20, description="new batches for requests that errored, expired or were cancelled"
+        default=2, ge=0, le=20, description="new batches for requests that errored, expired or were cancelled"
     )
 
     @classmethod
@@ -96,9 +98,9 @@ class RecordBudget(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_calls: int | None = Field(None, ge=1, description="calls one record may use")
-    max_tokens: int | None = Field(None, ge=1, description="tokens (in + out) one record may use")
-    max_cost: Decimal | None = Field(None, gt=0, description="USD one record may cost")
+    max_calls: int | None = Field(default=None, ge=1, description="calls one record may use")
+    max_tokens: int | None = Field(default=None, ge=1, description="tokens (in + out) one record may use")
+    max_cost: Decimal | None = Field(default=None, gt=0, description="USD one record may cost")
 
     def active(self) -> bool:
         return any(v is not None for v in (self.max_calls, self.max_tokens, self.max_cost))
@@ -109,25 +111,16 @@ class Budget(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_cost_usd: Decimal | None = Field(None, ge=0, description="stop before spending more")
-    max_tokens: int | None = Field(None, ge=0, description="stop before using more tokens")
-    max_calls: int | None = Field(None, ge=0, description="stop before making more paid calls")
+    max_cost_usd: Decimal | None = Field(default=None, ge=0, description="stop before spending more")
+    max_tokens: int | None = Field(default=None, ge=0, description="stop before using more tokens")
+    max_calls: int | None = Field(default=None, ge=0, description="stop before making more paid calls")
     per_record: RecordBudget = Field(
         default_factory=RecordBudget, description="limits on each record's calls, tokens and cost"
     )
 
 
-def _step_union() -> Any:
-    classes = tuple(task_classes().values())
-    if len(classes) == 1:
-        return classes[0]
-    return Annotated[Union[classes], Field(discriminator="task")]  # noqa: UP007
-
-
-StepType = _step_union()
-
-
-_JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_JOB_NAME = name_rule(r"[A-Za-z0-9][A-Za-z0-9_.-]*", "job name `{}` must start with a letter or digit "
+                      "and use only letters, digits, _, . and - (it names the run and its files)")
 
 
 class Job(BaseModel):
@@ -135,10 +128,12 @@ class Job(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(description="job name")
+    name: Annotated[str, _JOB_NAME] = Field(description="job name")
     source: SourceSpec = Field(description="input file or table")
-    key: str | None = Field(None, description="column with a unique id per row (else a content hash)")
-    steps: list[StepType] = Field(min_length=1, description="what to ask about each row, in order")  # type: ignore[valid-type]
+    key: str | None = Field(default=None, description="column with a unique id per row (else a content hash)")
+    steps: list[SerializeAsAny[Step]] = Field(
+        min_length=1, description="what to ask about each row, in order (see `task:`)"
+    )
     model: ModelRef = Field(default_factory=lambda: ModelRef(name="local"), description="model name")
     models: dict[str, ModelRef] = Field(
         default_factory=dict,
@@ -147,19 +142,26 @@ class Job(BaseModel):
     sink: SinkSpec = Field(description="output file or table")
     budget: Budget = Field(default_factory=Budget, description="run-wide limits")
     tags: dict[str, str] = Field(default_factory=dict, description="labels kept with the run's costs")
-    concurrency: int | None = Field(None, ge=1, le=MAX_CONCURRENCY, description="calls in flight at once")
+    concurrency: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY, description="calls in flight at once")
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
-    @field_validator("name")
+    @field_validator("steps", mode="before")
     @classmethod
-    def _job_name(cls, v: str) -> str:
-        if not _JOB_NAME.fullmatch(v):
-            raise ValueError(
-                f"job name `{v}` must start with a letter or digit and use only letters, digits, "
-                "_, . and - (it names the run and its files)"
-            )
-        return v
+    def _steps(cls, v: Any) -> Any:
+        """Each step mapping as the class its ``task:`` names (see :func:`parse_step`)."""
+        if not isinstance(v, list):
+            return v
+        steps: list[Any] = []
+        failed: list[tuple[int, StepSpecError]] = []
+        for i, item in enumerate(v):
+            try:
+                steps.append(parse_step(item))
+            except StepSpecError as e:
+                failed.append((i, e))
+        if failed:
+            raise _StepsError(failed)
+        return steps
 
     @field_validator("source", "sink", mode="before")
     @classmethod
@@ -303,7 +305,7 @@ _LATER_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _step_identity(step: Task) -> dict[str, Any]:
+def _step_identity(step: Step) -> dict[str, Any]:
     d = step.model_dump(mode="json", exclude={"mode"})
     for k, default in _LATER_DEFAULTS.items():
         if d.get(k) == default:
@@ -321,81 +323,103 @@ def _secret(option: str) -> bool:
 # --- error messages ------------------------------------------------------------------------
 
 
-def _fields_of(loc: tuple[Any, ...]) -> list[str]:
-    """Valid keys of the mapping at ``loc`` in a job document."""
-    from corral.tasks.extract import FieldSpec
+class _StepsError(ValueError):
+    """The steps of ``steps:`` that did not validate, by index (see :func:`_problems`)."""
 
-    cls: type[BaseModel] | None = Job
+    def __init__(self, failed: list[tuple[int, StepSpecError]]) -> None:
+        super().__init__(f"steps[{failed[0][0]}]: {failed[0][1]}")
+        self.failed = failed
+
+
+#: one problem of a job document: pydantic's error dict, located from the top of the document,
+#: with the model class its location starts from (``Job``, or the step class for a step's keys)
+#: and how many leading parts of the location that class is below
+_Problem = tuple[dict[str, Any], type[BaseModel], int]
+
+
+def _problems(exc: ValidationError) -> list[_Problem]:
+    """The errors of ``exc``, with those of each step mapping located inside ``steps[i]``."""
+    out: list[_Problem] = []
+    for e in exc.errors():
+        failed = (e.get("ctx") or {}).get("error")
+        if not isinstance(failed, _StepsError):
+            out.append((dict(e), Job, 0))
+            continue
+        for i, se in failed.failed:
+            loc: tuple[Any, ...] = ("steps", i)
+            if se.errors is None or se.step_class is None:
+                problem = {"type": "step_task", "loc": loc, "msg": str(se), "ctx": {"error": se}}
+                out.append((problem, Job, 0))
+                continue
+            for inner in se.errors.errors():
+                out.append(({**inner, "loc": loc + tuple(inner["loc"])}, se.step_class, len(loc)))
+    return out
+
+
+def _model_in(ann: Any) -> tuple[type[BaseModel] | None, bool]:
+    """The model class a field's annotation holds, and whether it is inside a list or a dict
+    (then a location skips the index or key after the field)."""
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann, False
+    origin, args = get_origin(ann), get_args(ann)
+    if origin in (list, dict) and args:
+        return _model_in(args[-1])[0], True
+    if origin is Annotated and args:
+        return _model_in(args[0])
+    if origin in (Union, UnionType):
+        for a in args:
+            found = _model_in(a)
+            if found[0] is not None:
+                return found
+    return None, False
+
+
+def _fields_of(cls: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str]:
+    """Valid keys of the mapping at ``loc`` below a mapping that ``cls`` validates."""
     i = 0
     while i < len(loc) and cls is not None:
-        part = loc[i]
-        if cls is Job and part == "steps":
-            i += 2  # skip the index
-            tag = loc[i] if i < len(loc) else None
-            cls = task_classes().get(str(tag)) if tag is not None else None
-            i += 1
-            continue
-        if part == "fields" and cls is not Job:
-            cls = FieldSpec
-            i += 2
-            continue
-        field = cls.model_fields.get(str(part))
+        field = cls.model_fields.get(str(loc[i]))
         if field is None:
             break
-        ann = field.annotation
-        cls = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-        i += 1
+        cls, contained = _model_in(field.annotation)
+        i += 2 if contained else 1
     return sorted(cls.model_fields) if cls is not None else []
 
 
 def _where(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
+    """``loc`` as a reader finds it: ``steps[0] (step `mood`).fields.total``."""
     out = ""
-    i = 0
-    while i < len(loc):
-        part = loc[i]
+    for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-            if out.startswith("steps") and out.count("[") == 1:
+            if out == f"steps[{part}]":
                 steps = data.get("steps")
                 if isinstance(steps, list) and part < len(steps) and isinstance(steps[part], dict):
                     name = steps[part].get("name")
                     if name:
                         out += f" (step `{name}`)"
-                    task = steps[part].get("task")
-                    if i + 1 < len(loc) and loc[i + 1] == task:
-                        i += 1
-        else:
-            if str(part).startswith("function-"):
-                i += 1
-                continue
+        elif not str(part).startswith("function-"):
             out += ("." if out else "") + str(part)
-        i += 1
     return out
 
 
 def _describe(exc: ValidationError, data: dict[str, Any]) -> str:
-    order = {"union_tag_invalid": 0, "union_tag_not_found": 0, "extra_forbidden": 1}
-    errors = sorted(exc.errors(), key=lambda x: order.get(x["type"], 2))
-    e = errors[0]
+    order = {"step_task": 0, "extra_forbidden": 1}
+    problems = sorted(_problems(exc), key=lambda p: order.get(p[0]["type"], 2))
+    e, root, depth = problems[0]
     loc = tuple(e["loc"])
     kind = e["type"]
     if kind == "extra_forbidden":
         key = str(loc[-1])
         parent = loc[:-1]
-        valid = _fields_of(parent)
+        valid = _fields_of(root, parent[depth:])
         where = _where(parent, data)
         msg = f"unknown key `{key}`" + (f" in {where}" if where else "")
         msg += suggest(key, valid)
         if valid:
             msg += f" Valid keys: {', '.join(valid)}."
-    elif kind in ("union_tag_invalid", "union_tag_not_found"):
-        tasks = sorted(task_classes())
-        given = (e.get("ctx") or {}).get("tag")
-        where = _where(loc, data)
-        if kind == "union_tag_not_found" or given is None:
-            msg = f"{where} needs `task:` (one of {', '.join(tasks)})"
-        else:
-            msg = f"unknown task `{given}` in {where}{suggest(str(given), tasks)} Tasks: {', '.join(tasks)}."
+    elif kind == "step_task":
+        msg = _task_problem(e["ctx"]["error"], _where(loc, data))
     elif kind == "missing":
         where = _where(loc[:-1], data)
         msg = f"missing `{loc[-1]}`" + (f" in {where}" if where else " at the top level")
@@ -403,6 +427,16 @@ def _describe(exc: ValidationError, data: dict[str, Any]) -> str:
         where = _where(loc, data)
         text = e["msg"].removeprefix("Value error, ")
         msg = f"{where}: {text}" if where else text
-    if len(errors) > 1:
-        msg += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    if len(problems) > 1:
+        msg += f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})"
     return msg
+
+
+def _task_problem(error: StepSpecError, where: str) -> str:
+    """A step without a (known) ``task:``, or not a mapping, said at ``where``."""
+    text = str(error)
+    if text.startswith("unknown task "):  # `unknown task `x` in steps[0]; did you mean ...`
+        head, _, rest = text.partition("`")
+        name, _, tail = rest.partition("`")
+        return f"{head}`{name}` in {where}{tail}"
+    return f"{where} {text}" if text.startswith("needs ") else f"{where}: {text}"

@@ -5,48 +5,70 @@ cannot be parsed is still yielded (with ``data=None`` and an ``error`` naming it
 one bad line never stops an ingestion. A :class:`Sink` writes the complete output of a run every
 time it is called: file sinks write a temporary file beside the target and ``os.replace`` it, the
 SQLite sink upserts by key inside one transaction, so writing twice never duplicates anything.
+
+Formats are found by name in the ``corral.sources`` and ``corral.sinks`` entry-point groups
+(:func:`open_source`, :func:`open_sink`); each class opens itself from the job's spec
+(:meth:`Source.from_spec`, :meth:`Sink.from_spec`). The helpers formats share live in
+:mod:`corral.io._text` (reading text, messages), :mod:`corral.io._values` (values as JSON or
+text) and :mod:`corral.io._atomic` (files replaced whole); they are listed here too.
 """
 
 from __future__ import annotations
 
-import base64
 import codecs
-import datetime as dt
-import decimal
 import hashlib
-import io
-import json
-import math
 import os
-import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Generator, Iterable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
+from corral._registry import SINK_GROUP, SOURCE_GROUP, plugin_names, sink_classes, source_classes
 from corral.errors import SinkError, SourceError
+from corral.io._atomic import atomic_path, ensure_parent, temp_path_for
+from corral.io._text import PATH_HINT, iter_text_lines, one_line, os_reason
+from corral.io._values import json_type, to_json_value, to_text
 from corral.io.spec import SinkSpec, SourceSpec, format_from_path
 
 __all__ = [
     "COLUMN_TYPES",
     "FORMATS",
+    "Batches",
     "Column",
     "Sink",
     "Source",
     "SourceRow",
+    "atomic_path",
+    "check_encoding",
+    "check_sink_columns",
+    "check_writable",
+    "ensure_parent",
+    "iter_text_lines",
+    "json_type",
+    "one_line",
     "open_quarantine_sink",
+    "open_side_sink",
     "open_sink",
     "open_source",
+    "parse_delimiter",
     "quarantine_spec",
+    "read_table",
+    "resolve_path",
+    "side_spec",
+    "temp_path_for",
+    "to_json_value",
+    "to_text",
 ]
 
 COLUMN_TYPES: tuple[str, ...] = ("string", "integer", "number", "boolean", "date", "list", "any")
+#: the built-in formats (a plugin registers more under ``corral.sources`` / ``corral.sinks``)
 FORMATS: tuple[str, ...] = ("csv", "tsv", "jsonl", "parquet", "sqlite")
 
 _BLOCK = 1 << 20  # fingerprint read size: 1 MiB
-_PATH_HINT = "(paths are relative to the job file's folder)"
+
+#: the rows a sink writes, in batches (consumed lazily)
+Batches: TypeAlias = Iterable[list[dict[str, Any]]]
 
 
 @dataclass(slots=True)
@@ -94,6 +116,11 @@ class Source(ABC):
         self.path = path
         self.columns = columns
 
+    @classmethod
+    @abstractmethod
+    def from_spec(cls, spec: SourceSpec, path: Path, fmt: str) -> Source:
+        """Open ``path`` (the spec's, resolved) as format ``fmt`` with the spec's options."""
+
     @property
     def column_names(self) -> list[str]:
         return [c.name for c in self.columns]
@@ -106,7 +133,7 @@ class Source(ABC):
                 while block := f.read(_BLOCK):
                     h.update(block)
         except OSError as e:
-            raise SourceError(_os_reason(f"cannot read source file {self.path}", e)) from e
+            raise SourceError(os_reason(f"cannot read source file {self.path}", e)) from e
         return h.hexdigest()
 
     @abstractmethod
@@ -125,14 +152,20 @@ class Sink(ABC):
     def __init__(self, path: Path) -> None:
         self.path = path
 
+    @classmethod
+    def from_spec(cls, spec: SinkSpec, path: Path, fmt: str) -> Sink:
+        """A sink writing ``path`` (the spec's, resolved) as format ``fmt`` with its options."""
+        return cls(path)
+
+    def write(self, columns: list[Column], batches: Batches, key_column: str) -> int:
+        """Write every row of ``batches`` (consumed lazily); return how many were written.
+        The column names must be unique (see :func:`check_sink_columns`)."""
+        return self.write_rows(check_sink_columns(columns), columns, batches, key_column)
+
     @abstractmethod
-    def write(
-        self,
-        columns: list[Column],
-        batches: Iterable[list[dict[str, Any]]],
-        key_column: str,
-    ) -> int:
-        """Write every row of ``batches`` (consumed lazily); return how many were written."""
+    def write_rows(self, names: list[str], columns: list[Column], batches: Batches, key: str) -> int:
+        """:meth:`write` once the column ``names`` are known to be unique; ``key`` is the
+        column that identifies a row (an upserting sink replaces by it)."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.path}>"
@@ -151,9 +184,10 @@ def resolve_path(raw: str, base_dir: Path) -> Path:
 
 def _unknown_format(path: Path, where: str) -> str:
     ext = path.suffix or "(none)"
+    names = plugin_names(SOURCE_GROUP if where == "source" else SINK_GROUP)
     return (
         f"cannot tell the format of {where} file {path} from its extension {ext} — "
-        f"set `format:` under `{where}:` to one of {', '.join(FORMATS)}"
+        f"set `format:` under `{where}:` to one of {', '.join(names)}"
     )
 
 
@@ -162,70 +196,29 @@ def open_source(spec: SourceSpec, base_dir: Path) -> Source:
     path = resolve_path(spec.path, base_dir)
     if not path.exists():
         raise SourceError(
-            f"source file not found: {path} — check `source:` in the job file {_PATH_HINT}"
+            f"source file not found: {path} — check `source:` in the job file {PATH_HINT}"
         )
     if path.is_dir():
         raise SourceError(
             f"source path is a folder, not a file: {path} — point `source:` at a data file "
-            f"{_PATH_HINT}"
+            f"{PATH_HINT}"
         )
     fmt = spec.format or format_from_path(str(path))
-    if fmt is None:
+    cls = source_classes().get(fmt or "")
+    if fmt is None or cls is None:
         raise SourceError(_unknown_format(path, "source"))
-    if fmt in ("csv", "tsv"):
-        from corral.io.csv import CsvSource
-
-        return CsvSource(
-            path,
-            delimiter=parse_delimiter(spec.delimiter, "\t" if fmt == "tsv" else ",", "source"),
-            encoding=check_encoding(spec.encoding),
-            quoting=fmt == "csv",
-            fmt=fmt,
-        )
-    if fmt == "jsonl":
-        from corral.io.jsonl import JsonlSource
-
-        return JsonlSource(path, encoding=check_encoding(spec.encoding))
-    if fmt == "parquet":
-        from corral.io.parquet import ParquetSource
-
-        return ParquetSource(path)
-    if fmt == "sqlite":
-        from corral.io.sqlite import SqliteSource
-
-        return SqliteSource(path, spec.table)
-    raise SourceError(_unknown_format(path, "source"))  # pragma: no cover - Literal guards it
+    return cls.from_spec(spec, path, fmt)
 
 
 def open_sink(spec: SinkSpec, base_dir: Path) -> Sink:
     """Open the sink a job describes; its path is relative to ``base_dir`` unless absolute."""
     path = resolve_path(spec.path, base_dir)
     fmt = spec.format or format_from_path(str(path))
-    if fmt is None:
+    cls = sink_classes().get(fmt or "")
+    if fmt is None or cls is None:
         raise SinkError(_unknown_format(path, "sink"))
     check_writable(path)
-    if fmt in ("csv", "tsv"):
-        from corral.io.csv import CsvSink
-
-        return CsvSink(
-            path,
-            delimiter=parse_delimiter(spec.delimiter, "\t" if fmt == "tsv" else ",", "sink"),
-            quoting=fmt == "csv",
-            fmt=fmt,
-        )
-    if fmt == "jsonl":
-        from corral.io.jsonl import JsonlSink
-
-        return JsonlSink(path)
-    if fmt == "parquet":
-        from corral.io.parquet import ParquetSink
-
-        return ParquetSink(path)
-    if fmt == "sqlite":
-        from corral.io.sqlite import SqliteSink
-
-        return SqliteSink(path, spec.table)
-    raise SinkError(_unknown_format(path, "sink"))  # pragma: no cover - Literal guards it
+    return cls.from_spec(spec, path, fmt)
 
 
 def side_spec(spec: SinkSpec, kind: str) -> SinkSpec:
@@ -244,7 +237,7 @@ def side_spec(spec: SinkSpec, kind: str) -> SinkSpec:
             table = f"{spec.table}_{kind}" if spec.table else kind
         return SinkSpec(
             path=override,
-            format=qfmt,  # type: ignore[arg-type]
+            format=qfmt,
             table=table,
             delimiter=spec.delimiter if qfmt == fmt else None,
         )
@@ -255,7 +248,7 @@ def side_spec(spec: SinkSpec, kind: str) -> SinkSpec:
     name = f"{p.stem}.{kind}{p.suffix}" if p.suffix else f"{p.name}.{kind}"
     return SinkSpec(
         path=str(p.with_name(name)),
-        format=fmt,  # type: ignore[arg-type]
+        format=fmt,
         table=None,
         delimiter=spec.delimiter,
     )
@@ -279,8 +272,6 @@ def open_side_sink(spec: SinkSpec, base_dir: Path, kind: str) -> Sink:
 def read_table(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
     """The columns and rows of a small data file in any source format (a labels file, say);
     a malformed row is an error here, not a row set aside."""
-    from corral.io.spec import SourceSpec
-
     src = open_source(SourceSpec(path=str(path)), path.parent)
     rows = []
     for row in src.rows():
@@ -339,127 +330,13 @@ def check_writable(path: Path) -> None:
     if not ancestor.is_dir():
         raise SinkError(
             f"cannot create the sink's folder {path.parent}: {ancestor} is a file — choose "
-            f"another `sink:` path {_PATH_HINT}"
+            f"another `sink:` path {PATH_HINT}"
         )
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise SinkError(
             f"sink path is not writable: {path} (no write permission on {ancestor}) — choose a "
-            f"writable folder for `sink:` {_PATH_HINT}"
+            f"writable folder for `sink:` {PATH_HINT}"
         )
-
-
-def ensure_parent(path: Path) -> None:
-    """Create the parent folders of a sink path."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SinkError(
-            _os_reason(f"cannot create the sink's folder {path.parent}", e)
-            + f" — choose a writable `sink:` path {_PATH_HINT}"
-        ) from e
-
-
-def one_line(e: BaseException) -> str:
-    """An exception's message with all whitespace runs (newlines too) collapsed to one space."""
-    return " ".join(str(e).split()) or type(e).__name__
-
-
-def _os_reason(what: str, e: OSError) -> str:
-    return f"{what}: {e.strerror or one_line(e)}"
-
-
-# ----------------------------------------------------------------------------- text reading
-
-
-def _decode_error(path: Path, encoding: str, where: str, byte: int | None) -> SourceError:
-    shown = f" has the byte 0x{byte:02x}," if byte is not None else ""
-    return SourceError(
-        f"source file {path} is not valid {encoding}: {where}{shown} which cannot be decoded — "
-        f"re-save the file as UTF-8, or set `encoding:` under `source:` to the file's encoding "
-        f"(e.g. latin-1)"
-    )
-
-
-def iter_text_lines(path: Path, encoding: str) -> Generator[str, None, None]:
-    """Yield the decoded physical lines of a text file (line endings kept, BOM removed).
-
-    Bytes that do not decode raise :class:`SourceError` naming the line and the byte. Memory use
-    is one line at a time.
-    """
-    name = codecs.lookup(encoding).name
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise SourceError(_os_reason(f"cannot read source file {path}", e)) from e
-    with f:
-        if name.startswith(("utf-16", "utf-32")):
-            # Multi-byte code units: let a text wrapper split lines, lose exact byte positions.
-            text = io.TextIOWrapper(f, encoding=encoding, newline="")
-            n = 0
-            try:
-                for line in text:
-                    if n == 0 and line.startswith("\ufeff"):
-                        line = line[1:]
-                    n += 1
-                    yield line
-            except UnicodeDecodeError:
-                raise _decode_error(path, encoding, f"the text after line {n}", None) from None
-            return
-        n = 0
-        for raw in f:
-            n += 1
-            try:
-                line = raw.decode(encoding)
-            except UnicodeDecodeError as e:
-                raise _decode_error(path, encoding, f"line {n}", raw[e.start]) from None
-            if n == 1 and line.startswith("\ufeff"):
-                line = line[1:]
-            yield line
-
-
-# ----------------------------------------------------------------------------- value helpers
-
-
-def to_json_value(v: Any) -> Any:
-    """``v`` as a value ``json.dumps`` accepts: dates -> ISO text, decimals -> str, bytes ->
-    base64, NaN -> None, tuples -> lists, dict keys -> str."""
-    if v is None or isinstance(v, (str, bool, int)):
-        return v
-    if isinstance(v, float):
-        return None if math.isnan(v) else v
-    if isinstance(v, (dt.date, dt.time)):  # datetime is a date
-        return v.isoformat()
-    if isinstance(v, decimal.Decimal):
-        return str(v)
-    if isinstance(v, dt.timedelta):
-        return v.total_seconds()
-    if isinstance(v, (bytes, bytearray, memoryview)):
-        return base64.b64encode(bytes(v)).decode("ascii")
-    if isinstance(v, dict):
-        return {str(k): to_json_value(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple, set, frozenset)):
-        return [to_json_value(x) for x in v]
-    return str(v)
-
-
-def to_text(v: Any) -> str:
-    """``v`` as one text cell: strings as they are, ``None`` as empty, booleans as
-    ``true``/``false``, lists and dicts as JSON text."""
-    if v is None:
-        return ""
-    if isinstance(v, str):
-        return v
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float, decimal.Decimal)):
-        return str(v)
-    if isinstance(v, (dt.date, dt.time)):
-        return v.isoformat()
-    if isinstance(v, (bytes, bytearray, memoryview)):
-        return base64.b64encode(bytes(v)).decode("ascii")
-    if isinstance(v, (dict, list, tuple, set, frozenset)):
-        return json.dumps(to_json_value(v), ensure_ascii=False)
-    return str(v)
 
 
 def check_sink_columns(columns: list[Column]) -> list[str]:
@@ -473,39 +350,3 @@ def check_sink_columns(columns: list[Column]) -> list[str]:
             )
         seen.add(n)
     return names
-
-
-# ----------------------------------------------------------------------------- atomic files
-
-
-def temp_path_for(path: Path) -> Path:
-    """A fresh hidden temporary name in the same folder as ``path``."""
-    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; when the block succeeds, fsync it and
-    ``os.replace`` it over ``path``. On any error the temporary file is removed."""
-    ensure_parent(path)
-    tmp = temp_path_for(path)
-    try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError as e:
-        with suppress(OSError):
-            tmp.unlink()
-        raise SinkError(
-            _os_reason(f"cannot write sink file {path}", e)
-            + f" — check that the folder is writable and has space, or choose another `sink:` "
-            f"path {_PATH_HINT}"
-        ) from e
-    except BaseException:
-        with suppress(OSError):
-            tmp.unlink()
-        raise

@@ -11,21 +11,16 @@ files.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from corral.errors import SinkError, SourceError
-from corral.io.base import (
-    Column,
-    Sink,
-    Source,
-    SourceRow,
-    atomic_path,
-    check_sink_columns,
-    iter_text_lines,
-    to_text,
-)
+from corral.io._atomic import atomic_path
+from corral.io._text import iter_text_lines
+from corral.io._values import to_text
+from corral.io.base import Batches, Column, Sink, Source, SourceRow, check_encoding, parse_delimiter
+from corral.io.spec import SinkSpec, SourceSpec
 
 __all__ = ["CsvSink", "CsvSource"]
 
@@ -42,12 +37,7 @@ class CsvSource(Source):
     """Rows of a delimited text file; the first non-blank row is the header."""
 
     def __init__(
-        self,
-        path: Path,
-        *,
-        delimiter: str = ",",
-        encoding: str = "utf-8",
-        quoting: bool = True,
+        self, path: Path, *, delimiter: str = ",", encoding: str = "utf-8", quoting: bool = True,
         fmt: str = "csv",
     ) -> None:
         self.path = path
@@ -57,6 +47,16 @@ class CsvSource(Source):
         self.quoting = quoting
         _raise_field_limit()
         super().__init__(path, [Column(name, "string") for name in self._read_header()])
+
+    @classmethod
+    def from_spec(cls, spec: SourceSpec, path: Path, fmt: str) -> CsvSource:
+        return cls(
+            path,
+            delimiter=parse_delimiter(spec.delimiter, "\t" if fmt == "tsv" else ",", "source"),
+            encoding=check_encoding(spec.encoding),
+            quoting=fmt == "csv",
+            fmt=fmt,
+        )
 
     def _reader(self, lines: Iterator[str]) -> Any:
         if self.quoting:
@@ -172,13 +172,16 @@ class CsvSink(Sink):
         self.delimiter = delimiter
         self.quoting = quoting
 
-    def write(
-        self,
-        columns: list[Column],
-        batches: Iterable[list[dict[str, Any]]],
-        key_column: str,
-    ) -> int:
-        names = check_sink_columns(columns)
+    @classmethod
+    def from_spec(cls, spec: SinkSpec, path: Path, fmt: str) -> CsvSink:
+        return cls(
+            path,
+            delimiter=parse_delimiter(spec.delimiter, "\t" if fmt == "tsv" else ",", "sink"),
+            quoting=fmt == "csv",
+            fmt=fmt,
+        )
+
+    def write_rows(self, names: list[str], columns: list[Column], batches: Batches, key: str) -> int:
         cell = to_text if self.quoting else _tsv_cell
         count = 0
         with atomic_path(self.path) as tmp:

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from corral.errors import SourceError
-from corral.io.base import (
-    Column,
-    Sink,
-    Source,
-    SourceRow,
-    atomic_path,
-    check_sink_columns,
-    iter_text_lines,
-    to_json_value,
-)
+from corral.io._atomic import atomic_path
+from corral.io._text import iter_text_lines
+from corral.io._values import json_type, to_json_value
+from corral.io.base import Batches, Column, Sink, Source, SourceRow, check_encoding
+from corral.io.spec import SourceSpec
 
 __all__ = ["JsonlSink", "JsonlSource"]
 
@@ -25,18 +20,9 @@ __all__ = ["JsonlSink", "JsonlSource"]
 _SAMPLE_OBJECTS = 100
 
 
-def _kind(v: Any) -> str:
-    if isinstance(v, list):
-        return "an array"
-    if isinstance(v, str):
-        return "a string"
-    if isinstance(v, bool):
-        return "a boolean"
-    if isinstance(v, (int, float)):
-        return "a number"
-    if v is None:
-        return "null"
-    return type(v).__name__
+#: how a line's JSON value that is not an object is named, by its JSON type
+_FOUND = {"array": "an array", "string": "a string", "boolean": "a boolean", "integer": "a number",
+          "number": "a number", "null": "null"}
 
 
 def _parse(line: str, n: int) -> tuple[dict[str, Any] | None, str | None]:
@@ -47,7 +33,7 @@ def _parse(line: str, n: int) -> tuple[dict[str, Any] | None, str | None]:
     except RecursionError:
         return None, f"line {n}: not valid JSON (nested too deeply)"
     if not isinstance(obj, dict):
-        return None, f"line {n}: expected a JSON object, found {_kind(obj)}"
+        return None, f"line {n}: expected a JSON object, found {_FOUND[json_type(obj)]}"
     return obj, None
 
 
@@ -61,6 +47,10 @@ class JsonlSource(Source):
         self.path = path
         self.encoding = encoding
         super().__init__(path, [Column(name, "any") for name in self._sample_keys()])
+
+    @classmethod
+    def from_spec(cls, spec: SourceSpec, path: Path, fmt: str) -> JsonlSource:
+        return cls(path, encoding=check_encoding(spec.encoding))
 
     def _sample_keys(self) -> list[str]:
         keys: dict[str, None] = {}
@@ -119,13 +109,7 @@ class JsonlSink(Sink):
 
     format = "jsonl"
 
-    def write(
-        self,
-        columns: list[Column],
-        batches: Iterable[list[dict[str, Any]]],
-        key_column: str,
-    ) -> int:
-        names = check_sink_columns(columns)
+    def write_rows(self, names: list[str], columns: list[Column], batches: Batches, key: str) -> int:
         count = 0
         with atomic_path(self.path) as tmp:
             with open(tmp, "x", encoding="utf-8", newline="\n") as f:

@@ -23,7 +23,7 @@ import datetime as dt
 import decimal
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -33,18 +33,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from corral.errors import SourceError
-from corral.io.base import (
-    Column,
-    Sink,
-    Source,
-    SourceRow,
-    atomic_path,
-    check_sink_columns,
-    one_line,
-    temp_path_for,
-    to_json_value,
-    to_text,
-)
+from corral.io._atomic import atomic_path, temp_path_for
+from corral.io._text import one_line
+from corral.io._values import to_json_value, to_text
+from corral.io.base import Batches, Column, Sink, Source, SourceRow
+from corral.io.spec import SourceSpec
 
 __all__ = ["ParquetSink", "ParquetSource", "arrow_column_type", "decode_values", "encode_array"]
 
@@ -344,6 +337,10 @@ class ParquetSource(Source):
 
     format = "parquet"
 
+    @classmethod
+    def from_spec(cls, spec: SourceSpec, path: Path, fmt: str) -> ParquetSource:
+        return cls(path)
+
     def __init__(self, path: Path) -> None:
         pf = self._open(path)
         try:
@@ -489,11 +486,7 @@ def _infer(v: Any) -> str:
     if isinstance(v, dt.date) and not isinstance(v, dt.datetime):
         return "date"
     if isinstance(v, (list, tuple)):
-        item = "null"
-        for x in v:
-            if not _fits(item, x):
-                item = _widen(item, x)
-        return "list:" + item
+        return _list_of("null", v)
     return "string"
 
 
@@ -504,12 +497,16 @@ def _widen(kind: str, v: Any) -> str:
     if kind == "int" and _fits("float", v):
         return "float"
     if kind.startswith("list:") and isinstance(v, (list, tuple)):
-        item = kind[5:]
-        for x in v:
-            if not _fits(item, x):
-                item = _widen(item, x)
-        return "list:" + item
+        return _list_of(kind[5:], v)
     return "string"
+
+
+def _list_of(item: str, values: list[Any] | tuple[Any, ...]) -> str:
+    """The list kind whose items are ``item`` widened to hold every one of ``values``."""
+    for x in values:
+        if not _fits(item, x):
+            item = _widen(item, x)
+    return "list:" + item
 
 
 def _convert(kind: str, v: Any) -> Any:
@@ -538,13 +535,7 @@ class ParquetSink(Sink):
     format = "parquet"
     row_group_rows = 10_000
 
-    def write(
-        self,
-        columns: list[Column],
-        batches: Iterable[list[dict[str, Any]]],
-        key_column: str,
-    ) -> int:
-        names = check_sink_columns(columns)
+    def write_rows(self, names: list[str], columns: list[Column], batches: Batches, key: str) -> int:
         writer = _GrowingWriter(
             names,
             ["arrow" if c.arrow_type is not None else _DECLARED_KINDS[c.type] for c in columns],

@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-SourceFormat = Literal["csv", "tsv", "jsonl", "parquet", "sqlite"]
-SinkFormat = Literal["csv", "tsv", "jsonl", "parquet", "sqlite"]
+from corral._registry import SINK_GROUP, SOURCE_GROUP, plugin_names, suggest
+
+
+def _registered(group: str, where: str) -> AfterValidator:
+    """The validator of a ``format:`` key: a name registered under the entry-point ``group``."""
+
+    def check(value: str) -> str:
+        names = plugin_names(group)
+        if value not in names:
+            raise ValueError(
+                f"unknown {where} format `{value}`{suggest(value, names) or '.'} Formats: "
+                f"{', '.join(names)}."
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+#: a format a source can be read in: a name under the ``corral.sources`` entry-point group
+SourceFormat = Annotated[str, _registered(SOURCE_GROUP, "source")]
+#: a format a sink can be written in: a name under the ``corral.sinks`` entry-point group
+SinkFormat = Annotated[str, _registered(SINK_GROUP, "sink")]
 
 _EXT_FORMATS: dict[str, str] = {
     ".csv": "csv",
@@ -35,10 +55,10 @@ class SourceSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str = Field(description="file path, relative to the job file's folder")
-    format: SourceFormat | None = Field(None, description="inferred from the extension if omitted")
-    delimiter: str | None = Field(None, description="CSV field delimiter (default ',' or tab for .tsv)")
-    encoding: str = Field("utf-8", description="text encoding of CSV/TSV/JSONL files")
-    table: str | None = Field(None, description="table name, for a SQLite source")
+    format: SourceFormat | None = Field(default=None, description="inferred from the extension if omitted")
+    delimiter: str | None = Field(default=None, description="CSV field delimiter (default ',' or tab for .tsv)")
+    encoding: str = Field(default="utf-8", description="text encoding of CSV/TSV/JSONL files")
+    table: str | None = Field(default=None, description="table name, for a SQLite source")
 
 
 class SinkSpec(BaseModel):
@@ -47,21 +67,21 @@ class SinkSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str = Field(description="file path, relative to the job file's folder")
-    format: SinkFormat | None = Field(None, description="inferred from the extension if omitted")
-    table: str | None = Field(None, description="table name, for a SQLite sink")
-    delimiter: str | None = Field(None, description="CSV field delimiter")
+    format: SinkFormat | None = Field(default=None, description="inferred from the extension if omitted")
+    table: str | None = Field(default=None, description="table name, for a SQLite sink")
+    delimiter: str | None = Field(default=None, description="CSV field delimiter")
     quarantine: str | None = Field(
-        None,
+        default=None,
         description="where quarantined rows go (default: NAME.quarantine.EXT beside the sink, "
         "or table NAME_quarantine for SQLite)",
     )
     skipped: str | None = Field(
-        None,
+        default=None,
         description="where rows a filter step skipped go (default: NAME.skipped.EXT beside the "
         "sink, or table NAME_skipped for SQLite)",
     )
     review: str | None = Field(
-        None,
+        default=None,
         description="where rows held for review go (default: NAME.review.EXT beside the sink, "
         "or table NAME_review for SQLite)",
     )

@@ -16,22 +16,17 @@ import datetime as dt
 import hashlib
 import json
 import sqlite3
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Generator, Iterator
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 from corral.errors import SinkError, SourceError
-from corral.io.base import (
-    Column,
-    Sink,
-    Source,
-    SourceRow,
-    check_sink_columns,
-    ensure_parent,
-    one_line,
-    to_json_value,
-)
+from corral.io._atomic import ensure_parent
+from corral.io._text import one_line
+from corral.io._values import to_json_value
+from corral.io.base import Batches, Column, Sink, Source, SourceRow
+from corral.io.spec import SinkSpec, SourceSpec
 
 __all__ = ["SqliteSink", "SqliteSource", "sqlite_column_type"]
 
@@ -74,6 +69,10 @@ class SqliteSource(Source):
     """Rows of one table (or view) of a SQLite database file."""
 
     format = "sqlite"
+
+    @classmethod
+    def from_spec(cls, spec: SourceSpec, path: Path, fmt: str) -> SqliteSource:
+        return cls(path, spec.table)
 
     def __init__(self, path: Path, table: str | None) -> None:
         self.path = path
@@ -231,6 +230,10 @@ class SqliteSink(Sink):
             )
         self.table = table
 
+    @classmethod
+    def from_spec(cls, spec: SinkSpec, path: Path, fmt: str) -> SqliteSink:
+        return cls(path, spec.table)
+
     def _fail(self, e: Exception) -> SinkError:
         return SinkError(
             f"cannot write table {self.table!r} in SQLite database {self.path}: {one_line(e)} — "
@@ -238,16 +241,10 @@ class SqliteSink(Sink):
             f"`table:`"
         )
 
-    def write(
-        self,
-        columns: list[Column],
-        batches: Iterable[list[dict[str, Any]]],
-        key_column: str,
-    ) -> int:
-        names = check_sink_columns(columns)
-        if key_column not in names:
+    def write_rows(self, names: list[str], columns: list[Column], batches: Batches, key: str) -> int:
+        if key not in names:
             raise SinkError(
-                f"the key column {key_column!r} is not among the output columns "
+                f"the key column {key!r} is not among the output columns "
                 f"({', '.join(names)}) — set `key:` in the job file to one of them"
             )
         ensure_parent(self.path)
@@ -263,7 +260,7 @@ class SqliteSink(Sink):
                 defs = []
                 for c in columns:
                     d = f"{quote_ident(c.name)} {_DECLARED[c.type]}".rstrip()
-                    if c.name == key_column:
+                    if c.name == key:
                         d += " NOT NULL PRIMARY KEY"
                     defs.append(d)
                 conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(defs)})")
@@ -276,10 +273,10 @@ class SqliteSink(Sink):
                         )
                 col_sql = ", ".join(quote_ident(n) for n in names)
                 updates = [f"{quote_ident(n)} = excluded.{quote_ident(n)}" for n in names
-                           if n != key_column]
+                           if n != key]
                 sql = (
                     f"INSERT INTO {table} ({col_sql}) VALUES ({', '.join('?' * len(names))}) "
-                    f"ON CONFLICT({quote_ident(key_column)}) DO "
+                    f"ON CONFLICT({quote_ident(key)}) DO "
                     + (f"UPDATE SET {', '.join(updates)}" if updates else "NOTHING")
                 )
             except sqlite3.Error as e:
@@ -289,17 +286,17 @@ class SqliteSink(Sink):
                 try:
                     conn.executemany(sql, params)
                 except sqlite3.IntegrityError as e:
-                    if f".{key_column}" not in str(e):
+                    if f".{key}" not in str(e):
                         raise self._fail(e) from None
                     raise SinkError(
                         f"cannot write table {self.table!r} in {self.path}: {one_line(e)} — "
-                        f"every output row needs a value in the key column {key_column!r}"
+                        f"every output row needs a value in the key column {key!r}"
                     ) from None
                 except sqlite3.OperationalError as e:
                     if "ON CONFLICT" in str(e):
                         raise SinkError(
                             f"table {self.table!r} in {self.path} already exists without "
-                            f"{key_column!r} as its primary key — drop the table, or set "
+                            f"{key!r} as its primary key — drop the table, or set "
                             f"`table:` under `sink:` to a new name"
                         ) from None
                     raise self._fail(e) from None

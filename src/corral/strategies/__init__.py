@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from corral._registry import strategy_classes, suggest
+from corral._registry import first_problem, strategy_classes, suggest
 from corral.strategies.base import Strategy
 
 
@@ -32,15 +32,7 @@ def parse_strategy(value: Any) -> Strategy:
             f"unknown strategy `{name}`{suggest(str(name), list(classes))} Strategies: {', '.join(classes)}."
         )
     try:
-        return cls.model_validate(value)  # type: ignore[no-any-return]
+        strategy: Strategy = cls.model_validate(value)
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            valid = sorted(cls.model_fields)
-            raise ValueError(
-                f"unknown key `{where}` in strategy `{name}`{suggest(str(err['loc'][-1]), valid)} "
-                f"Valid keys: {', '.join(valid)}."
-            ) from None
-        msg = err["msg"].removeprefix("Value error, ")
-        raise ValueError(f"strategy `{name}`" + (f" {where}" if where else "") + f": {msg}") from None
+        raise ValueError(first_problem(e, cls, f"strategy `{name}`")) from None
+    return strategy

@@ -12,11 +12,14 @@ from __future__ import annotations
 import json
 from abc import abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from corral.models.base import Message
+
+if TYPE_CHECKING:
+    from corral.tasks.base import Step
 
 
 @dataclass(slots=True)
@@ -105,7 +108,7 @@ class Strategy(BaseModel):
 
     name: str = Field(description="which strategy")
     model: str | None = Field(
-        None,
+        default=None,
         description="model for this strategy's calls (`NAME` or `NAME:ARG`); default the job's model",
     )
 
@@ -123,6 +126,11 @@ class Strategy(BaseModel):
     async def solve(self, ctx: Solver) -> Outcome:
         """Reach an answer for one record by asking ``ctx`` for samples."""
 
+    def check_step(self, step: Step) -> None:
+        """Raise ``ValueError`` (said at the step) when this strategy cannot run on ``step``, e.g.
+        ``refine`` on a step with nothing to check answers with. Called when the step is
+        validated, for each stage; the default checks nothing."""
+
     def models(self) -> list[str]:
         """Model names this strategy (and the ones inside it) call."""
         return [self.model] if self.model else []
@@ -133,6 +141,20 @@ class Strategy(BaseModel):
 
 
 # --- helpers shared by strategies ------------------------------------------------------------
+
+
+def check_verifier(
+    step: Step, strategy: str, role: str, instructions: str | None, model: str | None, verb: str
+) -> None:
+    """The rules of a strategy that verifies answers with the step's checks and field rules or a
+    ``role`` call (a critic, a judge): that call needs its ``instructions`` when its ``model`` is
+    set, and the step needs something to ``verb`` (check, score) its answers with."""
+    if model and not instructions:
+        raise ValueError(f"strategy `{strategy}`: `{role}_model` is set but `{role}` is not; "
+                         f"give the {role} its instructions with `{role}:`")
+    if not (step.checks or step.checks_fields() or instructions):
+        raise ValueError(f"strategy `{strategy}` has nothing to {verb} answers with; add `checks:` "
+                         f"to the step or a `{role}:` to the strategy")
 
 
 def canonical(value: Any) -> str:

@@ -8,12 +8,15 @@ stops at the first answer that passes every check (and, with a judge, scores ``j
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
 from corral.models.base import Message
-from corral.strategies.base import Outcome, Sample, Solver, Strategy
+from corral.strategies.base import Outcome, Sample, Solver, Strategy, check_verifier
+
+if TYPE_CHECKING:
+    from corral.tasks.base import Step
 
 JUDGE_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -36,6 +39,9 @@ class BestOf(Strategy):
     judge_model: str | None = Field(None, description="model for the judge (default: `model`)")
     judge_pass: int = Field(7, ge=0, le=10, description="judge score an answer needs to stop early")
     stop_early: bool = Field(True, description="stop at the first answer that passes every check")
+
+    def check_step(self, step: Step) -> None:
+        check_verifier(step, "best_of", "judge", self.judge, self.judge_model, "score")
 
     def models(self) -> list[str]:
         return [m for m in (self.model, self.judge_model) if m]

@@ -8,12 +8,15 @@ answer and its problems only, so the context does not grow with the rounds.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
 from corral.models.base import Message
-from corral.strategies.base import Outcome, Sample, Solver, Strategy
+from corral.strategies.base import Outcome, Sample, Solver, Strategy, check_verifier
+
+if TYPE_CHECKING:
+    from corral.tasks.base import Step
 
 CRITIC_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -35,6 +38,9 @@ class Refine(Strategy):
         None, description="instructions for a critic call that reviews each answer"
     )
     critic_model: str | None = Field(None, description="model for the critic (default: `model`)")
+
+    def check_step(self, step: Step) -> None:
+        check_verifier(step, "refine", "critic", self.critic, self.critic_model, "check")
 
     def models(self) -> list[str]:
         return [m for m in (self.model, self.critic_model) if m]

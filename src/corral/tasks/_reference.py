@@ -29,11 +29,11 @@ class FileSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    path: str | None = Field(None, description="reference file, relative to the job file's folder")
-    table: str | None = Field(None, description="table name, for a SQLite reference")
-    format: SourceFormat | None = Field(None, description="inferred from the extension if omitted")
-    delimiter: str | None = Field(None, description="CSV field delimiter")
-    encoding: str = Field("utf-8", description="text encoding of CSV/TSV/JSONL files")
+    path: str | None = Field(default=None, description="reference file, relative to the job file's folder")
+    table: str | None = Field(default=None, description="table name, for a SQLite reference")
+    format: SourceFormat | None = Field(default=None, description="inferred from the extension if omitted")
+    delimiter: str | None = Field(default=None, description="CSV field delimiter")
+    encoding: str = Field(default="utf-8", description="text encoding of CSV/TSV/JSONL files")
 
     def source_spec(self) -> SourceSpec:
         assert self.path is not None
@@ -46,9 +46,9 @@ class FileSpec(BaseModel):
 class ReferenceSpec(FileSpec):
     """Canonical values: one column of a file (``normalize``)."""
 
-    column: str | None = Field(None, description="the column holding the canonical values")
+    column: str | None = Field(default=None, description="the column holding the canonical values")
     min_count: int | None = Field(
-        None, ge=1, description="keep only values that appear at least this many times"
+        default=None, ge=1, description="keep only values that appear at least this many times"
     )
 
 
@@ -57,8 +57,8 @@ class EntrySpec(FileSpec):
 
     path: str = Field(description="reference file, relative to the job file's folder")
     key: str = Field(description="the column holding each entry's id")
-    fields: list[str] | None = Field(None, description="columns shown to the model for each entry")
-    template: str | None = Field(None, description="how an entry is shown: {column} placeholders")
+    fields: list[str] | None = Field(default=None, description="columns shown to the model for each entry")
+    template: str | None = Field(default=None, description="how an entry is shown: {column} placeholders")
 
 
 def parse_spec(

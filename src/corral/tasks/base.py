@@ -1,10 +1,10 @@
-"""The Task extension point.
+"""The Step extension point (a *task* is a kind of step: ``task: classify``).
 
-A task is a pydantic model (its fields are the step's keys in a job file) that says what to ask
+A step is a pydantic model (its fields are the step's keys in a job file) that says what to ask
 and what shape the answer must have. Subclasses implement one abstract method,
-:meth:`Task.output_schema`; they usually also override :meth:`Task.system_prompt`,
-:meth:`Task.columns` and :meth:`Task.value`. Register a subclass under the ``corral.tasks``
-entry-point group with the name used in ``task:``.
+:meth:`Step.output_schema`, and override the hooks listed in :class:`Step`'s docstring where
+the defaults do not fit. Register a subclass under the ``corral.tasks`` entry-point group with
+the name used in ``task:``. ``Task`` is the same class, under the name it had first.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ import re
 from abc import abstractmethod
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from jsonschema import Draft202012Validator, FormatChecker
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -39,9 +41,31 @@ from corral.strategies import parse_strategy
 from corral.strategies.base import Strategy
 from corral.strategies.single import Single
 
-#: what a step does with a row whose input is empty (see :meth:`Task.empty_input`):
+
+def yaml_null(v: Any) -> Any:
+    """A ``null`` choice of a step key: YAML reads a bare ``key: null`` as None."""
+    return "null" if v is None else v
+
+
+def name_rule(pattern: str, rule: str) -> AfterValidator:
+    """The validator of a name key: the name when ``pattern`` matches all of it, else a
+    ``ValueError`` of ``rule`` (``{}`` stands for the name) that says what a good one looks like."""
+    whole = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not whole.fullmatch(value):
+            raise ValueError(rule.format(value))
+        return value
+
+    return AfterValidator(check)
+
+
+_STEP_NAME = name_rule(r"[A-Za-z_][A-Za-z0-9_]*", "step name `{}` must start with a letter or _ and "
+                       "use only letters, digits and _ (it becomes a column name and a {{placeholder}})")
+
+#: what a step does with a row whose input is empty (see :meth:`Step.empty_input`):
 #: quarantine the row, skip it, give the step a null output without a call, or ask anyway
-OnEmpty = Literal["quarantine", "skip", "null", "ask"]
+OnEmpty = Annotated[Literal["quarantine", "skip", "null", "ask"], BeforeValidator(yaml_null)]
 
 _ON_EMPTY_HELP = (
     "a row whose input is empty (every placeholder missing, null or blank): `quarantine` it "
@@ -64,30 +88,54 @@ _LATER_KEYS = ("on_empty", "scoring", "calibrate", "min_confidence")
 AUTO_SCORING_MAX_CHOICES = 100
 AUTO_SCORING_MAX_QUESTIONS = 10
 
-_STEP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
+class Step(BaseModel):
+    """Common keys of every step, and the hooks a task overrides.
 
-class Task(BaseModel):
-    """Common keys of every step."""
+    ===========================  ==============================================================
+    hook                         what it decides (default)
+    ===========================  ==============================================================
+    ``output_schema()``          the JSON schema every answer satisfies (abstract)
+    ``system_prompt()``          the system message (the schema, as JSON)
+    ``render(context, sample)``  the :class:`Request` for one row (system + rendered ``input``;
+                                 build it with :meth:`request`)
+    ``columns()``                the sink columns the step adds (one, named after the step)
+    ``value(answer)``            what later steps see as ``{name}`` (the answer)
+    ``to_columns(value)``        the sink values, keyed like ``columns()``
+    ``shortcut(context)``        an answer reached without a call (none)
+    ``split`` / ``combine``      one call per chunk of a long input, merged (one call)
+    ``skip(value)``              a reason to end the row as ``skipped`` (none; see ``can_skip``)
+    ``input_names()``            the placeholders whose emptiness makes the input empty
+    ``empty_answer()``           the answer to an empty input under ``on_empty: null`` (null)
+    ``ground(answer, context)``  where grounded fields were found in the input (none)
+    ``checks_fields()``          whether ``field_problems`` can find anything (False)
+    ``field_problems(...)``      the answer's broken field rules (none)
+    ``validation_schema(s)``     the schema an answer is parsed against (``s``)
+    ``identity()``               what else the step computes from, e.g. a file's content
+    ``bind(base_dir, source)``   read files the step needs, once before a run
+    ``score_requests`` and       answer by likelihood (``can_score``, ``scoring_choices``,
+    ``from_scores``              ``scoring_prompts``)
+    ===========================  ==============================================================
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(description="step name; also the output column name")
+    name: Annotated[str, _STEP_NAME] = Field(description="step name; also the output column name")
     task: str = Field(description="which task this step runs")
     input: str = Field(description="template of the text sent to the model: {column} or {step.field}")
-    instructions: str | None = Field(None, description="extra guidance appended to the prompt")
+    instructions: str | None = Field(default=None, description="extra guidance appended to the prompt")
     max_attempts: int = Field(
-        3, ge=1, le=20, description="tries per record before it is quarantined"
+        default=3, ge=1, le=20, description="tries per record before it is quarantined"
     )
-    max_tokens: int = Field(256, ge=1, le=100_000, description="output token limit per call")
-    temperature: float = Field(0.0, ge=0.0, le=2.0, description="sampling temperature")
+    max_tokens: int = Field(default=256, ge=1, le=100_000, description="output token limit per call")
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="sampling temperature")
     when: str | None = Field(
-        None, description="run this step only for rows where this expression is true"
+        default=None, description="run this step only for rows where this expression is true"
     )
     mode: Literal["online", "batch"] = Field(
-        "online", description="`batch` sends the step's calls through the provider's batch API"
+        default="online", description="`batch` sends the step's calls through the provider's batch API"
     )
-    strategy: SerializeAsAny[Strategy] = Field(
+    strategy: Annotated[SerializeAsAny[Strategy], BeforeValidator(parse_strategy)] = Field(
         default_factory=Single,
         description="how much to think per record: single, vote, refine, best_of or cascade",
     )
@@ -96,25 +144,25 @@ class Task(BaseModel):
         description="expressions every answer must satisfy (answer fields and row columns by name)",
     )
     reasoning: bool | Literal["low", "medium", "high"] = Field(
-        False,
+        default=False,
         description="true: the model writes its reasoning before the answer; low/medium/high: "
         "the provider's reasoning setting. Kept in the trace, not the sink",
     )
-    on_empty: OnEmpty = Field("quarantine", description=_ON_EMPTY_HELP)
+    on_empty: OnEmpty = Field(default="quarantine", description=_ON_EMPTY_HELP)
     scoring: Scoring = Field(
-        "auto",
+        default="auto",
         description="`likelihood`: pick the label the model finds most probable (classify, "
         "filter) instead of generating JSON; `generate`: a JSON answer; `auto` (default): "
         "likelihood on models that score exactly (local) for up to 100 labels (10 with multi_label), generate elsewhere",
     )
     calibrate: Calibrate = Field(
-        "auto",
+        default="auto",
         description="`contextual`: divide each label's probability by what the prompt gives a "
         "content-free input (N/A, empty, [MASK]); `none`: raw scores; `auto` (default): contextual with "
         "likelihood scoring on models that score exactly",
     )
     min_confidence: float | None = Field(
-        None, gt=0.0, le=1.0,
+        default=None, gt=0.0, le=1.0,
         description="hold an answer whose confidence is under this for review, never written to the sink",
     )
 
@@ -125,16 +173,6 @@ class Task(BaseModel):
     _condition: Condition | None = PrivateAttr(default=None)
     _checks: list[Condition] = PrivateAttr(default_factory=list)
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
-
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, v: str) -> str:
-        if not _STEP_NAME.fullmatch(v):
-            raise ValueError(
-                f"step name `{v}` must start with a letter or _ and use only letters, digits and _ "
-                "(it becomes a column name and a {placeholder})"
-            )
-        return v
 
     @field_validator("input")
     @classmethod
@@ -152,11 +190,6 @@ class Task(BaseModel):
             Condition.parse(v)
         return v
 
-    @field_validator("on_empty", mode="before")
-    @classmethod
-    def _yaml_null(cls, v: Any) -> Any:
-        return yaml_null(v)
-
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
         return self._without_later_defaults(handler(self))
@@ -171,11 +204,6 @@ class Task(BaseModel):
                 if key in data and data[key] == fields[key].default:
                     del data[key]
         return data
-
-    @field_validator("strategy", mode="before")
-    @classmethod
-    def _parse_strategy(cls, v: Any) -> Any:
-        return parse_strategy(v)
 
     @field_validator("checks", mode="before")
     @classmethod
@@ -200,29 +228,13 @@ class Task(BaseModel):
         return getattr(self.strategy, "stages", None) or [self.strategy]
 
     @model_validator(mode="after")
-    def _strategy_has_a_verifier(self) -> Task:
-        checked = bool(self.checks) or self.checks_fields()
+    def _strategies_fit(self) -> Step:
         for st in self.stages():
-            if st.name == "refine" and getattr(st, "critic_model", None) and not getattr(st, "critic", None):
-                raise ValueError("strategy `refine`: `critic_model` is set but `critic` is not; "
-                                 "give the critic its instructions with `critic:`")
-            if st.name == "best_of" and getattr(st, "judge_model", None) and not getattr(st, "judge", None):
-                raise ValueError("strategy `best_of`: `judge_model` is set but `judge` is not; "
-                                 "give the judge its instructions with `judge:`")
-            if st.name == "refine" and not checked and not getattr(st, "critic", None):
-                raise ValueError(
-                    "strategy `refine` has nothing to check answers with; add `checks:` to the "
-                    "step or a `critic:` to the strategy"
-                )
-            if st.name == "best_of" and not checked and not getattr(st, "judge", None):
-                raise ValueError(
-                    "strategy `best_of` has nothing to score answers with; add `checks:` to the "
-                    "step or a `judge:` to the strategy"
-                )
+            st.check_step(self)
         return self
 
     @model_validator(mode="after")
-    def _scoring_fits(self) -> Task:
+    def _scoring_fits(self) -> Step:
         if self.scoring == "likelihood":
             if not self.can_score:
                 raise ValueError(
@@ -240,7 +252,7 @@ class Task(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _reasoning_free(self) -> Task:
+    def _reasoning_free(self) -> Step:
         if self.reasoning is True and "reasoning" in (self.output_schema().get("properties") or {}):
             raise ValueError(
                 "`reasoning: true` adds a `reasoning` field, but this step's answer already has "
@@ -428,12 +440,18 @@ class Task(BaseModel):
         return frozenset(self.when_names())
 
     def render(self, context: dict[str, Any], sample: int = 0) -> Request:
+        """The request that asks the model about one row: the system prompt (with the step's
+        ``instructions``) and the rendered ``input``, for the step's schema."""
+        return self.request(self._system, self._tpl.render(context), self._schema, sample)
+
+    def request(
+        self, system: str, user: str, schema: dict[str, Any] | None, sample: int = 0
+    ) -> Request:
+        """A request of this step: ``system`` and ``user`` messages, the answer's ``schema``,
+        and the step's output limit and temperature (what every :meth:`render` sends)."""
         return Request(
-            messages=(
-                Message("system", self._system),
-                Message("user", self._tpl.render(context)),
-            ),
-            schema=self._schema,
+            messages=(Message("system", system), Message("user", user)),
+            schema=schema,
             max_tokens=self.max_tokens,
             temperature=self.temperature,
             sample=sample,
@@ -508,8 +526,10 @@ class Task(BaseModel):
             raise Refused(f"refused by the model ({completion.finish_reason})")
         try:
             data = json.loads(completion.text, strict=False)
-        except (json.JSONDecodeError, ValueError) as e:
+        except json.JSONDecodeError as e:
             raise InvalidOutput(f"response is not JSON ({e.msg} at char {e.pos})") from None
+        except ValueError as e:  # e.g. an integer too long to convert
+            raise InvalidOutput(f"response is not JSON ({e})") from None
         if not isinstance(data, dict):
             raise InvalidOutput(f"response is JSON {type(data).__name__}, expected an object")
         schema = request.schema if request is not None and request.schema else self._schema
@@ -527,9 +547,18 @@ class Task(BaseModel):
         return data
 
 
-def yaml_null(v: Any) -> Any:
-    """A ``null`` choice of a step key: YAML reads a bare ``key: null`` as None."""
-    return "null" if v is None else v
+#: the name the Step class had first; plugins written against it keep working
+Task = Step
+
+
+def distinct_strings(values: list[Any], not_text: str, repeated: str) -> list[str]:
+    """``values`` when they are distinct strings, else a ``ValueError`` saying ``not_text`` (one
+    is not a string) or ``repeated`` (one is there twice)."""
+    if not all(isinstance(x, str) for x in values):
+        raise ValueError(not_text)
+    if len(set(values)) != len(values):
+        raise ValueError(repeated)
+    return values
 
 
 def _lookup(context: dict[str, Any], name: tuple[str, ...]) -> Any:

@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 
 from corral.io.base import Column
 from corral.models.base import Message, Request
-from corral.tasks.base import Task
+from corral.tasks.base import Step, distinct_strings
 
 #: the answers of a yes/no scoring request (``multi_label`` scoring, filters)
 YES_NO = ("yes", "no")
@@ -33,7 +33,7 @@ def calibrated(scores: dict[str, float], content_free: dict[str, float] | None) 
     return softmax({k: v - content_free.get(k, 0.0) for k, v in scores.items()})
 
 
-class ClassifyStep(Task):
+class ClassifyStep(Step):
     """Label each row with one of ``labels`` (or a subset, with ``multi_label: true``).
 
     ``labels`` is a mapping of label to description, or a plain list of labels. The label
@@ -42,7 +42,7 @@ class ClassifyStep(Task):
 
     task: Literal["classify"] = "classify"
     labels: dict[str, str] = Field(description="label -> description, or a list of labels")
-    multi_label: bool = Field(False, description="allow several labels per row")
+    multi_label: bool = Field(default=False, description="allow several labels per row")
 
     can_score: ClassVar[bool] = True
 
@@ -50,11 +50,7 @@ class ClassifyStep(Task):
     @classmethod
     def _labels(cls, v: Any) -> Any:
         if isinstance(v, list):
-            if not all(isinstance(x, str) for x in v):
-                raise ValueError("labels must be strings")
-            if len(set(v)) != len(v):
-                raise ValueError("labels must be unique")
-            return {x: "" for x in v}
+            return dict.fromkeys(distinct_strings(v, "labels must be strings", "labels must be unique"), "")
         if isinstance(v, dict):
             return {str(k): "" if d is None else str(d) for k, d in v.items()}
         return v

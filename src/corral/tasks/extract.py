@@ -1,9 +1,9 @@
 """``extract``: pull typed fields out of text, in one call or chunk by chunk for long documents.
 
 With ``chunking:`` a row whose rendered input is longer than ``chunking.size`` characters is
-split into overlapping chunks (:func:`chunk_spans`), each chunk is asked on its own, and each
-field's per-chunk values are merged by the field's ``merge`` rule. A row that fits in one chunk
-makes exactly the call it would make without chunking.
+split into overlapping chunks (see :mod:`corral.tasks._chunks`), each chunk is asked on its own,
+and each field's per-chunk values are merged by the field's ``merge`` rule. A row that fits in
+one chunk makes exactly the call it would make without chunking.
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import re
-from collections import Counter
 from functools import cached_property
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SerializationInfo,
@@ -29,8 +30,13 @@ from pydantic import (
 from corral._grounding import find
 from corral.errors import InvalidOutput
 from corral.io.base import Column
-from corral.models.base import Message, Request
-from corral.tasks.base import Task, yaml_null
+from corral.models.base import Request
+from corral.tasks._chunks import Chunking, chunk_text, merge_values
+from corral.tasks.base import Step, yaml_null
+
+if TYPE_CHECKING:
+    from corral._template import Template
+    from corral.strategies.base import Strategy
 
 FieldType = Literal["string", "number", "integer", "boolean", "date", "enum", "list"]
 ItemType = Literal["string", "number", "integer", "boolean", "date"]
@@ -96,26 +102,26 @@ class FieldSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    type: FieldType = Field("string", description="string, number, integer, boolean, date, enum or list")
-    description: str = Field("", description="what the field means; shown to the model")
-    nullable: bool = Field(False, description="allow null when the text does not say")
-    values: list[str] | None = Field(None, description="allowed values, for type enum")
-    items: ItemType = Field("string", description="element type, for type list")
-    max_length: int | None = Field(None, ge=1, description="longest allowed string, in characters")
-    max_items: int | None = Field(None, ge=1, description="most elements, for type list")
+    type: FieldType = Field(default="string", description="string, number, integer, boolean, date, enum or list")
+    description: str = Field(default="", description="what the field means; shown to the model")
+    nullable: bool = Field(default=False, description="allow null when the text does not say")
+    values: list[str] | None = Field(default=None, description="allowed values, for type enum")
+    items: ItemType = Field(default="string", description="element type, for type list")
+    max_length: int | None = Field(default=None, ge=1, description="longest allowed string, in characters")
+    max_items: int | None = Field(default=None, ge=1, description="most elements, for type list")
     merge: MergeRule = Field(
-        "first",
+        default="first",
         description="how the values of a chunked document's parts are merged: first, "
         "most_common or all (a list of the distinct values)",
     )
     grounded: bool = Field(
-        False, description="the value must occur in the step's input (each item, for a list)"
+        default=False, description="the value must occur in the step's input (each item, for a list)"
     )
     pattern: str | None = Field(
-        None, description="a regular expression the whole string must match, for strings"
+        default=None, description="a regular expression the whole string must match, for strings"
     )
-    minimum: float | None = Field(None, description="smallest allowed value, for numbers")
-    maximum: float | None = Field(None, description="largest allowed value, for numbers")
+    minimum: float | None = Field(default=None, description="smallest allowed value, for numbers")
+    maximum: float | None = Field(default=None, description="largest allowed value, for numbers")
 
     @field_validator("pattern")
     @classmethod
@@ -194,11 +200,13 @@ class FieldSpec(BaseModel):
                     out.append(f"{shown} is above the maximum {self.maximum:g}")
         return out
 
+    # pydantic's deprecated BaseModel.schema() is a classmethod: this field's schema overrides it
     def schema(self) -> dict[str, Any]:  # type: ignore[override]
         if self.type == "enum":
             vals: list[Any] = list(self.values or [])
             s: dict[str, Any] = {"enum": vals + [None] if self.nullable else vals}
         else:
+            base: dict[str, Any]
             if self.type == "list":
                 base = {"type": "array", "items": _scalar_schema(self.items, self.max_length, self._rules())}
                 if self.max_items is not None:
@@ -254,6 +262,10 @@ def check_field_names(v: dict[str, FieldSpec]) -> dict[str, FieldSpec]:
     return v
 
 
+#: a step's ``fields:``: names checked, a bare type name standing for ``{type: NAME}``
+Fields = Annotated[dict[str, FieldSpec], BeforeValidator(parse_fields), AfterValidator(check_field_names)]
+
+
 def fields_schema(fields: dict[str, FieldSpec]) -> dict[str, Any]:
     return {
         "type": "object",
@@ -274,7 +286,7 @@ def describe_fields(fields: dict[str, FieldSpec]) -> str:
 # --- field rules and grounding ------------------------------------------------------------
 
 #: what a step does with a value of a ``grounded`` field that does not occur in its input
-OnUngrounded = Literal["null", "review", "quarantine"]
+OnUngrounded = Annotated[Literal["null", "review", "quarantine"], BeforeValidator(yaml_null)]
 
 ON_UNGROUNDED_HELP = (
     "a `grounded` field's value that does not occur in the input: `review` holds the row for "
@@ -411,131 +423,17 @@ def has_rules(fields: dict[str, FieldSpec] | None) -> bool:
     )
 
 
-def ungrounded_mode(step: Task, on_ungrounded: str) -> str:
-    """``problem`` when the step's strategy repairs (refine, in any stage) or ``on_ungrounded``
-    is ``review``; else ``null`` or ``quarantine``."""
-    if on_ungrounded == "review" or any(st.name == "refine" for st in step.stages()):
+def ungrounded_mode(stages: list[Strategy], on_ungrounded: str) -> str:
+    """``problem`` when the step's strategy repairs (refine, in any of its ``stages``) or
+    ``on_ungrounded`` is ``review``; else ``null`` or ``quarantine``."""
+    if on_ungrounded == "review" or any(st.name == "refine" for st in stages):
         return "problem"
     return on_ungrounded
 
 
-def check_on_ungrounded(step: Task, fields: dict[str, FieldSpec] | None) -> None:
+def check_on_ungrounded(step: Step, fields: dict[str, FieldSpec] | None) -> None:
     if "on_ungrounded" in step.model_fields_set and not any(f.grounded for f in (fields or {}).values()):
         raise ValueError("`on_ungrounded` is set but no field is `grounded: true`")
-
-
-# --- chunking -------------------------------------------------------------------------------
-
-
-class Chunking(BaseModel):
-    """How a long input is split: chunks of at most ``size`` characters, each starting up to
-    ``overlap`` characters before the end of the one before it."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    size: int = Field(4000, ge=50, le=10_000_000, description="most characters in one chunk")
-    overlap: int = Field(200, ge=0, description="characters a chunk repeats from the one before")
-
-    @model_validator(mode="after")
-    def _overlap_below_size(self) -> Chunking:
-        if self.overlap >= self.size:
-            raise ValueError(
-                f"chunking.overlap ({self.overlap}) must be smaller than chunking.size ({self.size})"
-            )
-        return self
-
-
-_SPACE = re.compile(r"\s")
-# preferred places to end a chunk, best first: a blank line, a line end, a sentence end
-_BREAKS: tuple[tuple[str, int], ...] = (("\n\n", 0), ("\n", 0), (". ", 1), ("? ", 1), ("! ", 1))
-
-
-def _boundary(text: str, lo: int, hi: int) -> int:
-    """Where to end a chunk that may end anywhere in ``[lo, hi]``: after the last paragraph
-    break, else line break, else sentence end, else word; else at ``hi``."""
-    for sep, keep in _BREAKS:
-        i = text.rfind(sep, lo, hi + len(sep) - keep)
-        if i >= lo and i + keep <= hi:
-            return i + keep
-    for i in range(hi, lo - 1, -1):
-        if i < len(text) and text[i].isspace():
-            return i
-    return hi
-
-
-def chunk_spans(text: str, size: int, overlap: int) -> list[tuple[int, int]]:
-    """``(start, end)`` offsets of overlapping chunks of ``text``, each at most ``size`` long.
-
-    A text of at most ``size`` characters is one chunk, the whole text. Otherwise each chunk ends
-    at the last paragraph break in the second half of its window (else line break, sentence end,
-    whitespace; a hard cut only inside a word longer than half a chunk), and the next chunk
-    starts at the first word beginning in the last ``overlap`` characters of the one before.
-    Leading whitespace of a chunk is skipped.
-    """
-    n = len(text)
-    if n <= size:
-        return [(0, n)]
-    spans: list[tuple[int, int]] = []
-    start = 0
-    while True:
-        while start < n and text[start].isspace():
-            start += 1
-        if n - start <= size:
-            if start < n or not spans:
-                spans.append((start, n))
-            return spans
-        hi = start + size
-        lo = start + max(size // 2, overlap + 1)
-        end = _boundary(text, lo, hi)
-        while end > start + overlap + 1 and text[end - 1].isspace():
-            end -= 1
-        spans.append((start, end))
-        nxt = end - overlap  # > start, since end > start + overlap
-        if overlap:
-            m = _SPACE.search(text, nxt, end)
-            if m is not None:
-                nxt = m.end()
-        start = nxt
-
-
-def chunk_text(text: str, size: int, overlap: int) -> list[str]:
-    return [text[s:e] for s, e in chunk_spans(text, size, overlap)]
-
-
-def _canon(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False)
-
-
-def merge_values(rule: str, values: list[Any], is_list: bool = False) -> tuple[Any, Any]:
-    """Merge one field's per-chunk values (in document order) by ``rule``.
-
-    Returns ``(value, provenance)``: the chunk number (1-based) the value came from, or for
-    ``all`` the chunk number of each listed value; ``None`` where no chunk gave a value.
-    """
-    found = [(i + 1, v) for i, v in enumerate(values) if v is not None]
-    if rule == "all":
-        out: list[Any] = []
-        where: list[int] = []
-        seen: set[str] = set()
-        for i, v in found:
-            for item in v if is_list and isinstance(v, list) else [v]:
-                if item is None:
-                    continue
-                c = _canon(item)
-                if c not in seen:
-                    seen.add(c)
-                    out.append(item)
-                    where.append(i)
-        return out, where
-    if not found:
-        return None, None
-    if rule == "most_common":
-        counts = Counter(_canon(v) for _, v in found)
-        best = max(counts.values())
-        for i, v in found:  # ties go to the earliest
-            if counts[_canon(v)] == best:
-                return v, i
-    return found[0][1], found[0][0]
 
 
 class FieldRules:
@@ -545,11 +443,20 @@ class FieldRules:
     the fields that apply to a row (``_rule_fields``) and the text the answer was taken from
     (``_input_for``); extract and map mix it in."""
 
+    if TYPE_CHECKING:  # what the step it is mixed into has
+        fields: dict[str, FieldSpec] | None
+        on_ungrounded: str
+
+        @property
+        def template(self) -> Template: ...
+
+        def stages(self) -> list[Strategy]: ...
+
     def _rule_fields(self, context: dict[str, Any] | None = None) -> dict[str, FieldSpec]:
-        return self.fields or {}  # type: ignore[attr-defined,no-any-return]
+        return self.fields or {}
 
     def _input_for(self, context: dict[str, Any]) -> str:
-        return self.template.render(context)  # type: ignore[attr-defined,no-any-return]
+        return self.template.render(context)
 
     @cached_property
     def _grounded(self) -> bool:
@@ -561,7 +468,7 @@ class FieldRules:
 
     @cached_property
     def _mode(self) -> str:
-        return ungrounded_mode(self, self.on_ungrounded)  # type: ignore[attr-defined]
+        return ungrounded_mode(self.stages(), self.on_ungrounded)
 
     def ground(self, answer: dict[str, Any], context: dict[str, Any]) -> dict[str, Any] | None:
         if not self._grounded:
@@ -581,28 +488,26 @@ class FieldRules:
         return without_rules(schema) if self._has_rules else schema
 
 
-class ExtractStep(FieldRules, Task):
+def _extract_system(source: str, fields: dict[str, FieldSpec], note: str = "") -> str:
+    """The system prompt that asks for ``fields`` from ``source`` (``text``, or a chunk)."""
+    return (
+        f"You extract fields from {source}. Fields:\n" + describe_fields(fields) + note
+        + "\nAnswer with JSON only: an object with exactly these keys."
+    )
+
+
+class ExtractStep(FieldRules, Step):
     """Extract typed ``fields`` from each row; each field lands in its own column."""
 
     task: Literal["extract"] = "extract"
-    fields: dict[str, FieldSpec] = Field(description="field name -> type or {type, description, ...}")
+    fields: Fields = Field(description="field name -> type or {type, description, ...}")
     chunking: Chunking | None = Field(
-        None,
+        default=None,
         description="split inputs longer than `size` characters into overlapping chunks, "
         "ask each, and merge the fields (see each field's `merge`)",
     )
 
-    @field_validator("fields", mode="before")
-    @classmethod
-    def _shorthand(cls, v: Any) -> Any:
-        return parse_fields(v)
-
-    @field_validator("fields")
-    @classmethod
-    def _names(cls, v: dict[str, FieldSpec]) -> dict[str, FieldSpec]:
-        return check_field_names(v)
-
-    on_ungrounded: OnUngrounded = Field("review", description=ON_UNGROUNDED_HELP)
+    on_ungrounded: OnUngrounded = Field(default="review", description=ON_UNGROUNDED_HELP)
 
     later_keys: ClassVar[tuple[str, ...]] = ("chunking", "on_ungrounded")
 
@@ -614,11 +519,6 @@ class ExtractStep(FieldRules, Task):
         if v is False:
             return None
         return v
-
-    @field_validator("on_ungrounded", mode="before")
-    @classmethod
-    def _ungrounded_null(cls, v: Any) -> Any:
-        return yaml_null(v)
 
     @model_validator(mode="after")
     def _ungrounded_needs_a_field(self) -> ExtractStep:
@@ -639,11 +539,7 @@ class ExtractStep(FieldRules, Task):
         return fields_schema(self.fields)
 
     def system_prompt(self) -> str:
-        return (
-            "You extract fields from text. Fields:\n"
-            + describe_fields(self.fields)
-            + "\nAnswer with JSON only: an object with exactly these keys."
-        )
+        return _extract_system("text", self.fields)
 
     def columns(self) -> list[Column]:
         return [Column(name, f.column_type()) for name, f in self.fields.items()]
@@ -663,11 +559,9 @@ class ExtractStep(FieldRules, Task):
         return fields_schema(self._part_fields)
 
     def _part_system(self) -> str:
-        return (
-            "You extract fields from one part of a longer document. Fields:\n"
-            + describe_fields(self._part_fields)
-            + "\nUse null for a field this part does not state; other parts are read separately."
-            + "\nAnswer with JSON only: an object with exactly these keys."
+        return _extract_system(
+            "one part of a longer document", self._part_fields,
+            "\nUse null for a field this part does not state; other parts are read separately.",
         )
 
     def split(self, context: dict[str, Any]) -> list[dict[str, Any]]:
@@ -684,19 +578,8 @@ class ExtractStep(FieldRules, Task):
         if _CHUNK not in context:
             return super().render(context, sample)
         i, n = context[_PART]
-        system = self._part_system()
-        if self.instructions:
-            system = system + "\n\n" + self.instructions.strip()
-        return Request(
-            messages=(
-                Message("system", system),
-                Message("user", f"[part {i} of {n}]\n{context[_CHUNK]}"),
-            ),
-            schema=self._part_schema,
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
-            sample=sample,
-        )
+        system = self.with_instructions(self._part_system())
+        return self.request(system, f"[part {i} of {n}]\n{context[_CHUNK]}", self._part_schema, sample)
 
     def combine(self, answers: list[dict[str, Any]], parts: list[dict[str, Any]]) -> dict[str, Any]:
         if len(parts) == 1 and _CHUNK not in parts[0]:

@@ -14,13 +14,13 @@ from pydantic import Field, field_validator
 
 from corral.io.base import Column
 from corral.models.base import Message, Request
-from corral.tasks.base import Task
+from corral.tasks.base import Step
 from corral.tasks.classify import YES_NO, calibrated
 
 REASON_MAX = 200
 
 
-class FilterStep(Task):
+class FilterStep(Step):
     """Ask ``question`` (yes or no) about each row; keep the row when the answer is
     ``keep_when`` (yes by default), skip it otherwise. The step's column is ``true`` for every
     written row (null where its ``when:`` kept it from running)."""
@@ -28,7 +28,7 @@ class FilterStep(Task):
     task: Literal["filter"] = "filter"
     question: str = Field(description="a yes/no question about the input, e.g. `Is this a refund request?`")
     keep_when: Literal["yes", "no"] = Field(
-        "yes", description="keep rows whose answer is yes (default) or no"
+        default="yes", description="keep rows whose answer is yes (default) or no"
     )
 
     can_skip: ClassVar[bool] = True

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 import warnings
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from corral.io.base import Column
-from corral.models.base import Message, Request
-from corral.tasks.base import Task, yaml_null
+from corral.io.base import Column, json_type
+from corral.models.base import Request
+from corral.tasks.base import Step
 from corral.tasks.extract import (
     CHUNKS_KEY,
     ON_UNGROUNDED_HELP,
@@ -71,24 +71,10 @@ def _types(s: Any) -> list[str]:
         for alt in s.get(key) or []:
             kinds += _types(alt)
     if "enum" in s:
-        kinds += ["null" if x is None else _json_type(x) for x in s["enum"]]
+        kinds += ["null" if x is None else json_type(x) for x in s["enum"]]
     if "const" in s:
-        kinds.append(_json_type(s["const"]))
+        kinds.append(json_type(s["const"]))
     return list(dict.fromkeys(kinds))
-
-
-def _json_type(x: Any) -> str:
-    if isinstance(x, bool):
-        return "boolean"
-    if isinstance(x, int):
-        return "integer"
-    if isinstance(x, float):
-        return "number"
-    if isinstance(x, str):
-        return "string"
-    if isinstance(x, list):
-        return "array"
-    return "object" if isinstance(x, dict) else "null"
 
 
 def property_column_type(s: Any) -> str:
@@ -144,26 +130,21 @@ def describe_property(s: Any) -> str:
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message='Field name "schema"', category=UserWarning)
 
-    class MapStep(FieldRules, Task):
+    class MapStep(FieldRules, Step):
         """Produce new values for each row: ``instructions`` say what, ``fields`` or ``schema``
         declare the shape. One column per field (per top-level property of ``schema``)."""
 
         task: Literal["map"] = "map"
         instructions: str = Field(description="what to produce from the input; shown first in the prompt")
-        fields: dict[str, FieldSpec] | None = Field(
-            None, description="field name -> type or {type, description, ...}, as in extract"
+        fields: Annotated[dict[str, FieldSpec] | None, BeforeValidator(parse_fields)] = Field(
+            default=None, description="field name -> type or {type, description, ...}, as in extract"
         )
         schema: dict[str, Any] | None = Field(  # type: ignore[assignment]
-            None, description="a JSON schema of an object, instead of `fields`"
+            default=None, description="a JSON schema of an object, instead of `fields`"
         )
-        on_ungrounded: OnUngrounded = Field("review", description=ON_UNGROUNDED_HELP)
+        on_ungrounded: OnUngrounded = Field(default="review", description=ON_UNGROUNDED_HELP)
 
         later_keys: ClassVar[tuple[str, ...]] = ("on_ungrounded",)
-
-        @field_validator("on_ungrounded", mode="before")
-        @classmethod
-        def _ungrounded_null(cls, v: Any) -> Any:
-            return yaml_null(v)
 
         @field_validator("instructions")
         @classmethod
@@ -171,11 +152,6 @@ with warnings.catch_warnings():
             if not v.strip():
                 raise ValueError("`instructions` must say what to produce")
             return v
-
-        @field_validator("fields", mode="before")
-        @classmethod
-        def _shorthand(cls, v: Any) -> Any:
-            return parse_fields(v)
 
         @field_validator("fields")
         @classmethod
@@ -235,16 +211,7 @@ with warnings.catch_warnings():
 
         def render(self, context: dict[str, Any], sample: int = 0) -> Request:
             # instructions come first, inside the system prompt: not appended again after it
-            return Request(
-                messages=(
-                    Message("system", self.system_prompt()),
-                    Message("user", self.template.render(context)),
-                ),
-                schema=self._schema,
-                max_tokens=self.max_tokens,
-                temperature=self.temperature,
-                sample=sample,
-            )
+            return self.request(self.system_prompt(), self.template.render(context), self._schema, sample)
 
         def columns(self) -> list[Column]:
             if self.fields is not None:

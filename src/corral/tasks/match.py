@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 from corral._template import Template
 from corral.io import SourceSpec
 from corral.io.base import Column
-from corral.models.base import Message, Request
+from corral.models.base import Request
 from corral.tasks._reference import (
     EntrySpec,
     Index,
@@ -28,7 +28,7 @@ from corral.tasks._reference import (
     reference_identity,
     similarity,
 )
-from corral.tasks.base import OnEmpty, Task
+from corral.tasks.base import OnEmpty, Step
 
 _REASON = {"type": "string", "maxLength": 100}
 
@@ -64,23 +64,23 @@ def _check(v: str | None) -> str | None:
     return v
 
 
-class MatchStep(Task):
+class MatchStep(Step):
     """Decide whether the row's ``left`` record is its ``right`` record, or which ``reference``
     entry it is."""
 
     task: Literal["match"] = "match"
-    input: str = Field("", description="not used: match reads `left` and `right` (or `reference`)")
+    input: str = Field(default="", description="not used: match reads `left` and `right` (or `reference`)")
     left: str = Field(description="template of the row's record")
-    right: str | None = Field(None, description="template of the record to compare it with")
+    right: str | None = Field(default=None, description="template of the record to compare it with")
     reference: list[str] | EntrySpec | None = Field(
-        None, description="entries to find the record among: {path, key, fields or template}"
+        default=None, description="entries to find the record among: {path, key, fields or template}"
     )
-    candidates: int = Field(5, ge=1, le=100, description="reference entries shown per row")
+    candidates: int = Field(default=5, ge=1, le=100, description="reference entries shown per row")
     block: BlockSpec | None = Field(
-        None, description="{threshold: T}: answer 'no match' without a call below similarity T"
+        default=None, description="{threshold: T}: answer 'no match' without a call below similarity T"
     )
     on_empty: OnEmpty = Field(
-        "null", description="a row whose records are empty: `null` (default: no match, without a "
+        default="null", description="a row whose records are empty: `null` (default: no match, without a "
         "call), `quarantine` or `skip` the row, or `ask` (pair mode asks; reference mode answers null)"
     )
 
@@ -174,7 +174,7 @@ class MatchStep(Task):
         kept = [e for e, s in zip(found, sims) if s >= self.block.threshold]
         return kept, max(sims, default=0.0)
 
-    # --- the Task hooks --------------------------------------------------------------------
+    # --- the Step hooks --------------------------------------------------------------------
 
     def output_schema(self) -> dict[str, Any]:
         if self.kind == "pair":
@@ -225,9 +225,7 @@ class MatchStep(Task):
         return {"match": None, "reason": reason}, reason
 
     def render(self, context: dict[str, Any], sample: int = 0) -> Request:
-        system = self.system_prompt()
-        if self.instructions:
-            system = system + "\n\n" + self.instructions.strip()
+        system = self.with_instructions(self.system_prompt())
         left = self._left.render(context).strip()
         if self.kind == "pair":
             assert self._right is not None
@@ -238,13 +236,7 @@ class MatchStep(Task):
             lines = "\n".join(f"- {key}: {text}" if key != text else f"- {key}" for key, text in found)
             user = f"Record: {left}\nEntries:\n{lines}"
             schema = _schema("match", {"enum": [k for k, _ in found] + [None]})
-        return Request(
-            messages=(Message("system", system), Message("user", user)),
-            schema=schema,
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
-            sample=sample,
-        )
+        return self.request(system, user, schema, sample)
 
     def to_columns(self, value: Any) -> dict[str, Any]:
         field = "same" if self.kind == "pair" else "match"

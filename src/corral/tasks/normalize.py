@@ -25,7 +25,7 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 from corral.errors import SourceError
 from corral.io import SourceSpec
 from corral.io.base import Column
-from corral.models.base import Message, Request
+from corral.models.base import Request
 from corral.tasks._reference import (
     Index,
     ReferenceSpec,
@@ -35,7 +35,7 @@ from corral.tasks._reference import (
     read_values,
     reference_identity,
 )
-from corral.tasks.base import OnEmpty, Task
+from corral.tasks.base import OnEmpty, Step, distinct_strings
 
 Target = Literal["text", "date", "number"]
 
@@ -89,35 +89,35 @@ def _entries(v: Any, what: str = "reference") -> Any:
     return out
 
 
-class NormalizeStep(Task):
+class NormalizeStep(Step):
     """Map each row's value to a canonical form: free, against a reference, or column by column."""
 
     task: Literal["normalize"] = "normalize"
     input: str = Field(
-        "", description="template of the value to normalize (with `clean`: optional row context)"
+        default="", description="template of the value to normalize (with `clean`: optional row context)"
     )
     to: Target | None = Field(
-        None, description="free mode: the kind of value, text (default), date or number"
+        default=None, description="free mode: the kind of value, text (default), date or number"
     )
     reference: list[str] | ReferenceSpec | None = Field(
-        None, description="canonical entries: a list, or {path, column, table, min_count}"
+        default=None, description="canonical entries: a list, or {path, column, table, min_count}"
     )
     clean: dict[str, list[str] | ReferenceSpec | None] | None = Field(
-        None, description="columns to clean, each against its own reference"
+        default=None, description="columns to clean, each against its own reference"
     )
     candidates: int = Field(
-        20, ge=1, le=1000, description="most reference entries shown to the model per value"
+        default=20, ge=1, le=1000, description="most reference entries shown to the model per value"
     )
     case_sensitive: bool = Field(
-        True, description="whether a value must match an entry's case to count as canonical"
+        default=True, description="whether a value must match an entry's case to count as canonical"
     )
     keep_unmatched: bool | None = Field(
-        None,
+        default=None,
         description="keep a value that fits no entry as it is, instead of null "
         "(default: true with `clean`, else false)",
     )
     on_empty: OnEmpty = Field(
-        "null", description="an empty value: `null` (default: a null answer, without a call), "
+        default="null", description="an empty value: `null` (default: a null answer, without a call), "
         "`quarantine` or `skip` the row, or `ask` (no such check; a blank value still gets null)"
     )
 
@@ -135,11 +135,7 @@ class NormalizeStep(Task):
     @classmethod
     def _clean_shorthand(cls, v: Any) -> Any:
         if isinstance(v, list):
-            if not all(isinstance(c, str) for c in v):
-                raise ValueError("`clean` lists column names")
-            if len(set(v)) != len(v):
-                raise ValueError("a column is listed twice")
-            return {c: None for c in v}
+            return dict.fromkeys(distinct_strings(v, "`clean` lists column names", "a column is listed twice"))
         if isinstance(v, dict):
             return {k: _entries(x, f"clean.{k}") for k, x in v.items()}
         return v
@@ -273,7 +269,7 @@ class NormalizeStep(Task):
             wanted = {}
             for col, (column, _) in cols.items():
                 own = self.clean[col]
-                fix = f"clean.{col}.column" if own is not None and own.column else "clean"
+                fix = f"clean.{col}.column" if isinstance(own, ReferenceSpec) and own.column else "clean"
                 wanted[column] = (f"step `{self.name}` (column `{col}`)", fix)
             counts = count_values(spec, self._base_dir, wanted, job_source=mine)
             for col, (column, min_count) in cols.items():
@@ -282,7 +278,7 @@ class NormalizeStep(Task):
             col: Index(values[col], case_sensitive=self.case_sensitive) for col in self.clean
         }
 
-    # --- the Task hooks --------------------------------------------------------------------
+    # --- the Step hooks --------------------------------------------------------------------
 
     def output_schema(self) -> dict[str, Any]:
         if self.kind == "free":
@@ -387,9 +383,7 @@ class NormalizeStep(Task):
         return known, todo, why
 
     def render(self, context: dict[str, Any], sample: int = 0) -> Request:
-        system = self.system_prompt()
-        if self.instructions:
-            system = system + "\n\n" + self.instructions.strip()
+        system = self.with_instructions(self.system_prompt())
         schema: dict[str, Any]
         if self.kind == "free":
             user = self._template.render(context)
@@ -406,13 +400,7 @@ class NormalizeStep(Task):
             found = index.candidates(value, self.candidates)
             user = head + f"Value: {value}\nCandidates:\n" + "\n".join(f"- {c}" for c in found)
             schema = _pick_schema(found)
-        return Request(
-            messages=(Message("system", system), Message("user", user)),
-            schema=schema,
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
-            sample=sample,
-        )
+        return self.request(system, user, schema, sample)
 
     def combine(self, answers: list[dict[str, Any]], parts: list[dict[str, Any]]) -> dict[str, Any]:
         mode = self.kind
