@@ -60,7 +60,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from corral import _labels
-from corral._export import accepted_events, split_label
+from corral._export import accepted_events
 from corral.engine import _plan, make_model, run_async, run_id_for, store_path_for
 from corral.errors import RunNotFoundError, UserError
 from corral.io import open_source
@@ -68,7 +68,7 @@ from corral.io.base import Column
 from corral.job import Job
 from corral.models.base import Model
 from corral.store import Store, open_store
-from corral.store.base import DECISIONS, FINAL_STATES, STATES, RunInfo
+from corral.store.base import FINAL_STATES, STATES, RecordRow, RunInfo, TraceEvent
 from corral.tasks.base import Task
 
 #: tasks whose output is a label (scored by accuracy, macro-F1 and confusions)
@@ -442,45 +442,45 @@ class _Row:
     store_key: str
     state: str
     outputs: dict[str, Any]
-    calls: list[dict[str, Any]]
+    calls: list[TraceEvent]
 
 
-def confidence_of(calls: list[dict[str, Any]], step: str) -> float | None:
+def confidence_of(calls: list[TraceEvent], step: str) -> float | None:
     """The confidence recorded for a step's answer in a record's trace (module docstring)."""
-    accepted = [ev for ev in accepted_events(calls) if split_label(ev["step"])[0] == step]
+    accepted = [ev for ev in accepted_events(calls) if ev.step_name == step]
     if accepted:
-        confs = [(ev.get("data") or {}).get("confidence") for ev in accepted]
+        confs = [ev.info.get("confidence") for ev in accepted]
         if all(isinstance(c, (int, float)) for c in confs):
-            return float(min(confs))
+            return float(min(c for c in confs if c is not None))
         return None
     for ev in reversed(calls):
-        data = ev.get("data") or {}
+        data = ev.info
         c = data.get("confidence")
-        if split_label(ev["step"])[0] == step and "answer" in data and isinstance(c, (int, float)):
+        if ev.step_name == step and "answer" in data and isinstance(c, (int, float)):
             return float(c)
     return None
 
 
-def _spend_of(calls: list[dict[str, Any]], step: str | None = None) -> tuple[int, int, int, Decimal | None]:
+def _spend_of(calls: list[TraceEvent], step: str | None = None) -> tuple[int, int, int, Decimal | None]:
     """Calls, tokens and cost of a record's calls (of one step when given), replays counted at the
     price first paid (from the recorded response's usage), as :meth:`Store.run_spend` does."""
     n = tin = tout = 0
     cost: Decimal | None = Decimal(0)
     for ev in calls:
-        if ev.get("replayed") is None or ev["outcome"] in DECISIONS:
+        if ev.replayed is None or ev.kind == "decision":
             continue  # not a call (no ledger row), or a decision pointing at a call's hash
-        if step is not None and split_label(ev["step"])[0] != step:
+        if step is not None and ev.step_name != step:
             continue
         n += 1
-        usage = (ev.get("response") or {}).get("usage")
+        usage = (ev.response or {}).get("usage")
         if usage is not None:
             tin += int(usage.get("input_tokens") or 0)
             tout += int(usage.get("output_tokens") or 0)
             price = usage.get("cost")
         else:  # a billed call that failed: the ledger row holds its usage
-            tin += int(ev.get("input_tokens") or 0)
-            tout += int(ev.get("output_tokens") or 0)
-            price = ev.get("cost_usd")
+            tin += int(ev.input_tokens or 0)
+            tout += int(ev.output_tokens or 0)
+            price = ev.cost_usd
         if cost is not None:
             cost = None if price is None else cost + Decimal(str(price))
     return n, tin, tout, cost
@@ -649,24 +649,23 @@ def _records(st: Store, info: RunInfo, key: str, gold: dict[str, Any],
              keyed: bool) -> tuple[dict[str, _Row], dict[str, Any] | None]:
     """The run's records of labeled keys (by label key), and one record's input row. A run
     ``keyed`` by the labels' key column has them looked up by key, not read whole."""
-    found: Iterable[dict[str, Any]]
+    found: Iterable[RecordRow]
     if keyed:
         found = sorted((r for k in gold if (r := st.record(info.id, k)) is not None),
-                       key=lambda r: (STATES.index(r["state"]), r["ordinal"]))
+                       key=lambda r: (STATES.index(r.state), r.ordinal))
     else:
-        found = (dict(r, state=state) for state in STATES for chunk in st.iter_records(info.id, state)
-                 for r in chunk)
+        found = (r for state in STATES for chunk in st.iter_records(info.id, state) for r in chunk)
     rows: dict[str, _Row] = {}
     sample: dict[str, Any] | None = None
     for r in found:
-        data = r["data"]
+        data = r.data
         if data is None:
             continue
         if sample is None:
             sample = data
-        k = str(data[key]) if key in data and not _labels.blank(data[key]) else r["key"]
+        k = str(data[key]) if key in data and not _labels.blank(data[key]) else r.key
         if k in gold and k not in rows:
-            rows[k] = _Row(r["key"], r["state"], r["outputs"] or {}, [])
+            rows[k] = _Row(r.key, r.state, r.outputs or {}, [])
     for row in rows.values():
         row.calls = st.record_calls(info.id, row.store_key)
     return rows, sample
@@ -734,7 +733,7 @@ def resolve_run(st: Store, run: str) -> RunInfo:
 def _state(st: Store, run_id: str, key: str) -> str | None:
     """A record's state in a run (None when the run has no record of the key)."""
     r = st.record(run_id, key)
-    return None if r is None else r["state"]
+    return None if r is None else r.state
 
 
 async def _labeled_run(

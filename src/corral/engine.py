@@ -63,6 +63,7 @@ from corral.store.base import (
     FinalRecord,
     LeasedRecord,
     NewRecord,
+    RecordRow,
     RunInfo,
 )
 from corral.strategies.base import Outcome
@@ -1106,11 +1107,11 @@ class _Runner:
             if not open_:
                 break
             for b in open_:
-                status = await self._batch_call(api.poll_batch, b["id"])
+                status = await self._batch_call(api.poll_batch, b.id)
                 if status.state == "ended":
-                    await self._fetch(api, b["id"], status)
+                    await self._fetch(api, b.id, status)
                 else:
-                    self.store.set_batch_state(b["id"], "submitted", status.detail)
+                    self.store.set_batch_state(b.id, "submitted", status.detail)
             if self.progress:
                 self.progress({"phase": "batch", "open": len(self.store.open_batches(self.run.id)), **self.snapshot()})
             if self.store.open_batches(self.run.id):
@@ -1137,7 +1138,7 @@ class _Runner:
         calls: list[CallRecord] = []
         outcomes: dict[str, str] = {}
         for it in self.store.batch_items(batch_id):
-            h = it["custom_id"]
+            h = it.custom_id
             got = results.get(h)
             comp = got.completion if got is not None else None
             if comp is None:
@@ -1147,9 +1148,9 @@ class _Runner:
             u = comp.usage
             self._count(u)
             calls.append(CallRecord(
-                self.run.id, it["key"], it["step"], it["attempt"], h, self.model.id, False,
+                self.run.id, it.key, it.step, it.attempt, h, self.model.id, False,
                 u.input_tokens, u.output_tokens, u.cached_input_tokens, u.reasoning_tokens,
-                u.cost, comp.latency_s, request_json=it["request"], response_json=_dumps(comp.to_dict()),
+                u.cost, comp.latency_s, request_json=it.request, response_json=_dumps(comp.to_dict()),
             ))
         self.store.finish_batch(batch_id, calls, outcomes, status.detail)
 
@@ -1226,13 +1227,13 @@ def _write_outputs(
 ) -> dict[str, str]:
     steps = job.steps
 
-    def answered(state: str, tail: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Any:
+    def answered(state: str, tail: Callable[[RecordRow], dict[str, Any]] | None = None) -> Any:
         """Rows in ``state`` with their steps' columns (and the ``tail`` columns of each record)."""
         for chunk in store.iter_records(run.id, state, below_ordinal=limit):
             rows = []
             for r in chunk:
-                row = dict(r["data"] or {})
-                outs = r["outputs"] or {}
+                row = dict(r.data or {})
+                outs = r.outputs or {}
                 for step, pairs in zip(steps, plan.step_columns):
                     value = outs.get(step.name)
                     vals = step.to_columns(value) if value is not None else {}
@@ -1243,19 +1244,19 @@ def _write_outputs(
                 rows.append(row)
             yield rows
 
-    def why(r: dict[str, Any]) -> dict[str, Any]:
-        return {"_key": r["key"], "_line": r["line"], "_reason": r["reason"]}
+    def why(r: RecordRow) -> dict[str, Any]:
+        return {"_key": r.key, "_line": r.line, "_reason": r.reason}
 
     def set_aside(state: str) -> Any:
         for chunk in store.iter_records(run.id, state, below_ordinal=limit):
-            yield [{**(r["data"] or {}), **why(r)} for r in chunk]
+            yield [{**(r.data or {}), **why(r)} for r in chunk]
 
     key_col = job.key or "_key"
     sink = open_sink(job.sink, job.base_dir)
     q = open_quarantine_sink(job.sink, job.base_dir)
     if job.key is None:  # key-less jobs: the sink's key column is the content key
         cols = plan.columns + [Column("_key", "string")]
-        sink.write(cols, answered("done", lambda r: {"_key": r["key"]}), key_col)
+        sink.write(cols, answered("done", lambda r: {"_key": r.key}), key_col)
     else:
         sink.write(plan.columns, answered("done"), key_col)
     names = {c.name for c in plan.input_columns}

@@ -8,11 +8,12 @@ stops at the first answer that passes every check (and, with a judge, scores ``j
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from corral.models.base import Message
+from corral.store.base import TraceEvent
 from corral.strategies.base import Outcome, Sample, Solver, Strategy
 
 JUDGE_SCHEMA: dict[str, Any] = {
@@ -43,6 +44,25 @@ class BestOf(Strategy):
     def expected_calls(self) -> tuple[float, float]:
         per = 2 if self.judge else 1
         return (float(per), float(per * self.n))
+
+    decisions: ClassVar[frozenset[str]] = frozenset({"best"})
+
+    @classmethod
+    def describe(cls, event: TraceEvent) -> list[str]:
+        """``best_of: branch 0 passed, judge 8/10; branch 1 failed -> kept branch 0``."""
+        d = event.info
+        if d.get("branches") is None:
+            return super().describe(event)
+        parts = []
+        for b in d["branches"]:
+            s = f"branch {b.get('branch')} " + ("passed" if b.get("passed") else "failed")
+            if b.get("judge") is not None:
+                s += f", judge {b['judge']}/10"
+            if b.get("problems"):
+                n = len(b["problems"])
+                s += f", {n} failed check{'s' * (n > 1)}"
+            parts.append(s)
+        return [f"best_of: {'; '.join(parts)} -> kept branch {d.get('kept')}"]
 
     async def solve(self, ctx: Solver) -> Outcome:
         best: tuple[tuple[float, ...], int, Sample] | None = None
