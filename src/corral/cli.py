@@ -308,6 +308,7 @@ def eval_cmd(
     (the labeled rows alone, within the job's budget) unless --no-run. Notes go to stderr.
     """
     from corral import _eval
+    from corral import _eval_tables as tables
 
     err = _err()
     if labels is None:
@@ -337,11 +338,11 @@ def eval_cmd(
         click.echo(json.dumps(result.to_json()))
         return
     out = _out()
-    for i, t in enumerate([_eval.summary_table(result)] + [d for r in result.runs for d in _eval.detail_tables(r)]):
+    for i, t in enumerate([tables.summary_table(result)] + [d for r in result.runs for d in tables.detail_tables(r)]):
         if i:
             click.echo()
         report.print_table(out, t)
-    lines = _eval.missing_confidences(result)
+    lines = tables.missing_confidences(result)
     if result.unscored_steps:
         lines.append(f"not scored (no gold column in the labels file): {', '.join(result.unscored_steps)}")
     if result.unused_columns:
