@@ -51,7 +51,7 @@ import shutil
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from corral import _labels
 from corral._eval_scoring import (
@@ -72,7 +72,7 @@ from corral.models.base import Model
 from corral.store import Store, open_store
 from corral.store.base import FINAL_STATES, STATES, RecordRow, RunInfo
 
-__all__ = ["EvalError", "Evaluation", "Interrupted", "evaluate", "evaluate_async", "resolve_run"]
+__all__ = ["EvalError", "EvalOptions", "Evaluation", "Interrupted", "evaluate", "evaluate_async", "resolve_run"]
 
 
 class EvalError(UserError):
@@ -354,16 +354,17 @@ async def evaluate_async(
             st.close()
 
 
-def evaluate(
-    job: Job | str | Path,
-    *,
-    labels: str | Path,
-    runs: Sequence[str] = (),
-    model: Model | str | dict[str, Any] | None = None,
-    store: Store | str | Path | None = None,
-    key_column: str | None = None,
-    run_missing: bool = True,
-) -> Evaluation:
+class EvalOptions(TypedDict, total=False):
+    """The keyword options of :func:`evaluate`, as :func:`evaluate_async` takes them."""
+
+    runs: Sequence[str]  # default ()
+    model: Model | str | dict[str, Any] | None
+    store: Store | str | Path | None
+    key_column: str | None
+    run_missing: bool  # default True
+
+
+def evaluate(job: Job | str | Path, *, labels: str | Path, **options: Unpack[EvalOptions]) -> Evaluation:
     """Score a job's answers against labeled rows and return an :class:`Evaluation`.
 
     ``labels`` is a CSV, TSV or JSONL file keyed like the source (``key_column``, default the
@@ -374,9 +375,6 @@ def evaluate(
     they count as not answered. ``runs`` names stored runs (ids, prefixes or job names) to score
     side by side as they are. Raises :class:`corral.UserError` on bad input.
     """
-    return asyncio.run(evaluate_async(
-        job, labels=labels, runs=runs, model=model, store=store, key_column=key_column,
-        run_missing=run_missing,
-    ))
+    return asyncio.run(evaluate_async(job, labels=labels, **options))
 
 

@@ -434,10 +434,12 @@ def calibration(pairs: Sequence[tuple[float, bool]], without: int) -> Calibratio
     n = len(pairs)
     out, ece = [], 0.0
     for i, b in enumerate(bins):
-        mean = sum(c for c, _ in b) / len(b) if b else None
-        acc = sum(ok for _, ok in b) / len(b) if b else None
+        mean: float | None = None
+        acc: float | None = None
         if b:
-            ece += len(b) / n * abs(acc - mean)  # type: ignore[operator]
+            mean = sum(c for c, _ in b) / len(b)
+            acc = sum(ok for _, ok in b) / len(b)
+            ece += len(b) / n * abs(acc - mean)
         out.append(Bin(round(i / BINS, 2), round((i + 1) / BINS, 2), len(b), mean, acc))
     if not n:
         return Calibration(0, without, None, [], [])
@@ -455,7 +457,7 @@ def _macro_f1(
     """Macro-F1 over every label seen in gold or answers (a multi-label answer counts each of its
     labels), and each label's support (gold rows), predicted rows and F1."""
     classes: set[Any] = set().union(*golds, *preds) if golds else set()
-    per = []
+    per: list[dict[str, Any]] = []
     for c in sorted(classes, key=str):
         tp = sum(c in g and c in p for g, p in zip(golds, preds))
         fp = sum(c in p and c not in g for g, p in zip(golds, preds))

@@ -70,21 +70,24 @@ def _out() -> Console:
 
 
 @contextlib.contextmanager
+def _reading(store: Path | None) -> Iterator[Store]:
+    """The store a read-only command names, closed at the end. It must exist: a mistyped
+    --store is reported, never created. A StoreError (a missing store, or one found damaged
+    while the command reads it) or a UserError (no such run) ends the command with the one-line
+    error and exit 2, never a traceback."""
+    with _exit_codes():
+        st = open_store(store, create=False)
+        try:
+            yield st
+        finally:
+            st.close()
+
+
+@contextlib.contextmanager
 def _run_of(store: Path | None, run: str | None) -> Iterator[tuple[Store, RunInfo]]:
-    """The store and the run a command names (one-line error and exit 2 when there is none, or
-    when the store turns out damaged while the command reads it)."""
-    st = _open(store)
-    try:
-        try:
-            info = _resolve(st, run)
-        except UserError as e:
-            _fail(str(e))
-        try:
-            yield st, info
-        except StoreError as e:  # met while iterating records (export): no traceback either
-            _fail(str(e))
-    finally:
-        st.close()
+    """The store and the run a command names, as :func:`_reading` reads them."""
+    with _reading(store) as st:
+        yield st, _resolve(st, run)
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
@@ -356,37 +359,6 @@ def eval_cmd(
 # --- corral runs / status / show ---------------------------------------------------------
 
 
-def _open(store: Path | None) -> Store:
-    """The store a read-only command names. It must exist: a mistyped --store is reported, never
-    created. Its methods end the command with the one-line error (exit 2) on a StoreError."""
-    try:
-        st = open_store(store, create=False)
-    except StoreError as e:
-        _fail(str(e))
-    return _ExitOnStoreError(st)  # type: ignore[return-value]
-
-
-class _ExitOnStoreError:
-    """A store whose method calls end the command with the one-line error and exit 2 when they
-    raise StoreError (a store damaged where the command reads it), as a failed open does."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._store, name)
-        if not callable(attr):
-            return attr
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return attr(*args, **kwargs)
-            except StoreError as e:
-                _fail(str(e))
-
-        return call
-
-
 def _resolve(st: Store, run: str | None) -> RunInfo:
     if run is None:
         runs = st.list_runs(1)
@@ -404,8 +376,7 @@ def _resolve(st: Store, run: str | None) -> RunInfo:
 @_store_option
 def runs_cmd(n: int, as_json: bool, store: Path | None) -> None:
     """List runs, newest first."""
-    st = _open(store)
-    try:
+    with _reading(store) as st:
         results = [summarize(st, r, status=live_status(st, r)) for r in st.list_runs(n)]
         if as_json:
             click.echo(json.dumps([r.to_json() for r in results]))
@@ -424,8 +395,6 @@ def runs_cmd(n: int, as_json: bool, store: Path | None) -> None:
                 "?" if r.cost_usd is None else f"${float(r.cost_usd):.4f}",
             )
         _out().print(t)
-    finally:
-        st.close()
 
 
 @main.command("status")

@@ -130,6 +130,14 @@ def split_label(label: str) -> tuple[str, str | None]:
     return (m.group("step"), m.group("part")) if m else (label, None)
 
 
+def _as_json(row: Any, money: Callable[[Decimal], Any]) -> dict[str, Any]:
+    """A read row as a JSON-ready mapping, its Decimal amounts as ``money`` writes them (as the
+    CLI's ``--json`` has printed each of them so far)."""
+    return {
+        k: money(v) if isinstance(v, Decimal) else v for k, v in dataclasses.asdict(row).items()
+    }
+
+
 @dataclass(slots=True)
 class RecordRow:
     """One record of a run as the store holds it: its input row, state and step outputs."""
@@ -144,7 +152,7 @@ class RecordRow:
     attempts: int
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return _as_json(self, str)
 
 
 @dataclass(slots=True)
@@ -186,9 +194,8 @@ class TraceEvent:
         return self.data or {}
 
     def to_json(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["cost_usd"] = None if self.cost_usd is None else str(self.cost_usd)
-        return out
+        """The event as ``corral show --json`` prints it (``cost_usd`` as a decimal string)."""
+        return _as_json(self, str)
 
 
 @dataclass(slots=True)
@@ -229,9 +236,8 @@ class StepSpend:
     cost: Decimal | None
 
     def to_json(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["cost"] = None if self.cost is None else float(self.cost)
-        return out
+        """The row as ``corral status --json`` prints it under ``by_step`` (``cost`` a float)."""
+        return _as_json(self, float)
 
 
 @dataclass(slots=True)

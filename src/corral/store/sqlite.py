@@ -391,10 +391,7 @@ class SQLiteStore(Store):
         return row[0] if row else None
 
     def commit(
-        self,
-        calls: list[CallRecord],
-        attempts: list[AttemptRecord],
-        finals: list[FinalRecord],
+        self, calls: list[CallRecord], attempts: list[AttemptRecord], finals: list[FinalRecord]
     ) -> None:
         with self._tx() as db:
             self._write(db, calls, attempts, finals)

@@ -31,6 +31,7 @@ class BestOf(Strategy):
     """Explore ``n`` branches; keep the one that checks out."""
 
     name: Literal["best_of"] = "best_of"
+    decisions: ClassVar[frozenset[str]] = frozenset({"best"})
     n: int = Field(4, ge=1, le=50, description="most answers sampled per record")
     temperature: float = Field(0.7, ge=0.0, le=2.0, description="sampling temperature of the branches")
     judge: str | None = Field(None, description="instructions for a judge call that scores each answer 0-10")
@@ -45,7 +46,6 @@ class BestOf(Strategy):
         per = 2 if self.judge else 1
         return (float(per), float(per * self.n))
 
-    decisions: ClassVar[frozenset[str]] = frozenset({"best"})
 
     @classmethod
     def describe(cls, event: TraceEvent) -> list[str]:

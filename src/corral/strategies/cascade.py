@@ -21,6 +21,7 @@ class Cascade(Strategy):
     """Escalate from cheap to strong on low confidence or failed checks."""
 
     name: Literal["cascade"] = "cascade"
+    decisions: ClassVar[frozenset[str]] = frozenset({"escalate"})
     stages: list[SerializeAsAny[Strategy]] = Field(min_length=2, description="strategies tried in order, cheapest first")
     threshold: float = Field(
         0.8, ge=0.0, le=1.0, description="confidence a stage's answer needs to be accepted"
@@ -47,7 +48,6 @@ class Cascade(Strategy):
             if isinstance(s, Cascade):
                 raise ValueError("a cascade stage cannot itself be a cascade; list its stages instead")
 
-    decisions: ClassVar[frozenset[str]] = frozenset({"escalate"})
 
     @classmethod
     def describe(cls, event: TraceEvent) -> list[str]:

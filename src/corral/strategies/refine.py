@@ -31,6 +31,7 @@ class Refine(Strategy):
     """Validate and repair, up to ``rounds`` repairs."""
 
     name: Literal["refine"] = "refine"
+    decisions: ClassVar[frozenset[str]] = frozenset({"critique"})
     rounds: int = Field(2, ge=1, le=10, description="most repair rounds after the first answer")
     critic: str | None = Field(
         None, description="instructions for a critic call that reviews each answer"
@@ -44,7 +45,6 @@ class Refine(Strategy):
         per = 2 if self.critic else 1
         return (float(per), float(per * (self.rounds + 1)))
 
-    decisions: ClassVar[frozenset[str]] = frozenset({"critique"})
 
     @classmethod
     def describe(cls, event: TraceEvent) -> list[str]:

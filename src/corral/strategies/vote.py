@@ -22,13 +22,16 @@ class Vote(Strategy):
     """Self-consistency voting with an adaptive stop."""
 
     name: Literal["vote"] = "vote"
+    decisions: ClassVar[frozenset[str]] = frozenset({"vote"})
     samples: int = Field(5, ge=1, le=50, description="most answers sampled per record")
-    min_samples: int = Field(2, ge=1, le=50, description="answers sampled before an early stop")
+    min_samples: int = Field(default=2, ge=1, le=50, description="answers sampled before an early stop")
     agreement: float = Field(
         1.0, gt=0.0, le=1.0,
         description="stop early once this share of the answers agree (every field's leader)",
     )
-    temperature: float = Field(0.7, ge=0.0, le=2.0, description="sampling temperature of the votes")
+    temperature: float = Field(
+        default=0.7, ge=0.0, le=2.0, description="sampling temperature of the votes"
+    )
     adaptive: bool = Field(True, description="stop early; false always samples `samples` answers")
 
     @model_validator(mode="before")
@@ -50,7 +53,6 @@ class Vote(Strategy):
     def expected_calls(self) -> tuple[float, float]:
         return (float(self.min_samples if self.adaptive else self.samples), float(self.samples))
 
-    decisions: ClassVar[frozenset[str]] = frozenset({"vote"})
 
     @classmethod
     def describe(cls, event: TraceEvent) -> list[str]:
