@@ -11,6 +11,7 @@ Exit codes:
        the key or add credit, then run again
   5    the provider stayed unreachable for longer than the model's max_outage_s (default
        300 s); start the server or correct base_url, then run again to resume
+  6    calibrate: no candidate reached --target (the report names the most accurate)
   130  interrupted (Ctrl-C); finished work is kept, run the same command again to resume
 """
 
@@ -43,8 +44,12 @@ EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_STOPPED = 3
-EXIT_AUTH = 4
+#: the provider refused the run: the credentials (HTTP 401) or the account (out of quota)
+EXIT_REFUSED = 4
+EXIT_AUTH = EXIT_REFUSED  # its earlier name
 EXIT_UNAVAILABLE = 5
+#: calibrate measured every candidate and none reached --target
+EXIT_TARGET_MISSED = 6
 EXIT_INTERRUPTED = 130
 
 _store_option = click.option(
@@ -171,7 +176,7 @@ def run_cmd(job_file: Path, limit: int | None, model_name: str | None, as_json: 
         sys.exit(EXIT_UNAVAILABLE)
     if result.status == "failed":
         err.print(f"Failed: {result.stop_reason}. Resume with: {again}", markup=False)
-        sys.exit(EXIT_AUTH)
+        sys.exit(EXIT_REFUSED)
     err.print(
         f"Stopped: {result.stop_reason}. Raise the budget in the job file, then resume with: {again}",
         markup=False,
@@ -226,7 +231,7 @@ def calibrate_cmd(
     as_json: bool, store: Path | None,
 ) -> None:
     """Measure strategies for a step on a labeled sample and report the cheapest one that
-    reaches --target accuracy, with its measured accuracy and cost (exit 1 if none does).
+    reaches --target accuracy, with its measured accuracy and cost (exit 6 if none does).
 
     Candidates share the store, so a call two of them make is paid once; each candidate's cost
     counts its replayed calls at the price first paid. Progress goes to stderr.
@@ -261,7 +266,7 @@ def calibrate_cmd(
     chosen, best = found.chosen, found.most_accurate
     if as_json:
         click.echo(json.dumps(found.to_json()))
-        sys.exit(EXIT_OK if chosen else EXIT_INTERNAL)
+        sys.exit(EXIT_OK if chosen else EXIT_TARGET_MISSED)
     out = _out()
     t = Table(title=f"step `{found.step}` · {found.rows:,} labeled rows · target {found.target:.1%}")
     for name in ("", "strategy", "accuracy", "95% interval", "calls/row", "tokens/row", "cost/1k rows", "held", "quarantined"):
@@ -277,7 +282,7 @@ def calibrate_cmd(
     if chosen is None:
         out.print(f"No candidate reaches {found.target:.1%} accuracy. The most accurate is {best.candidate.label if best else '-'}"
                   f" at {best.accuracy if best else 0:.1%}.", markup=False)
-        sys.exit(EXIT_INTERNAL)
+        sys.exit(EXIT_TARGET_MISSED)
     per_k = "an unknown cost" if chosen.cost_per_1000 is None else f"${float(chosen.cost_per_1000):,.4f} per 1,000 rows"
     lo, hi = chosen.interval
     out.print(f"Cheapest reaching {found.target:.1%}: {chosen.candidate.label} — accuracy {chosen.accuracy:.1%} "
