@@ -42,6 +42,8 @@ def _r(x: float | None, nd: int = 6) -> float | None:
 
 @dataclass
 class Confusion:
+    """How many labeled rows with gold label ``gold`` were answered ``predicted``."""
+
     gold: str
     predicted: str
     count: int
@@ -127,6 +129,8 @@ class Group:
 
 @dataclass
 class Bin:
+    """One confidence bin of the reliability table: its answers' mean confidence and accuracy."""
+
     lo: float
     hi: float
     count: int
@@ -170,6 +174,8 @@ class Calibration:
 
 @dataclass
 class Spend:
+    """Calls, tokens and cost of labeled rows (replays counted at the price first paid)."""
+
     calls: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
@@ -192,6 +198,8 @@ class Spend:
 
 @dataclass
 class StepEval:
+    """One step of a run, scored: its label or field scores, groups by state, calibration."""
+
     step: str
     task: str
     kind: str  # "labels" or "fields"
@@ -230,6 +238,8 @@ class StepEval:
 
 @dataclass
 class RunEval:
+    """One run, scored: its steps, the rows right on every step, and what they cost."""
+
     run: str
     job: str
     model: str | None
@@ -471,6 +481,8 @@ def _macro_f1(
 
 def score_step(step: Task, pairs: list[tuple[str, str]], gold_cols: dict[str, str],
                rows: dict[str, LabeledRow], gold: dict[str, dict[str, Any]], missing: list[str]) -> StepEval:
+    """Score one step's answers in ``rows`` against ``gold`` (see :mod:`corral._eval`);
+    ``missing`` are labeled keys the run has no record of."""
     kind = "labels" if step.task in LABEL_TASKS else "fields"
     ev = StepEval(step.name, step.task, kind, dict(gold_cols))
     groups = {g: Group(g) for g in GROUPS}

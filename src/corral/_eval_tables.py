@@ -15,20 +15,25 @@ from corral._eval_scoring import Evaluation, RunEval, StepEval
 
 @dataclass
 class ReportTable:
+    """A titled table of text cells: the first column left-aligned, the others right-aligned."""
+
     title: str
     headers: list[str]
     rows: list[list[str]]
 
 
 def pct(x: float | None) -> str:
+    """A share as a percentage (``–`` when there is nothing to measure)."""
     return "–" if x is None else f"{x:.1%}"
 
 
 def money(x: Decimal | float | None, places: int = 4) -> str:
+    """A cost in dollars (``unknown`` when some price is)."""
     return "unknown" if x is None else f"${float(x):,.{places}f}"
 
 
 def run_title(r: RunEval) -> str:
+    """A run's column heading: its id, job and model."""
     return f"{r.run} · {r.job}" + (f" · {r.model}" if r.model else "")
 
 

@@ -208,6 +208,7 @@ class PlainProgress:
 
 
 def money(cost: Any) -> str:
+    """A cost in dollars, or why it is unknown."""
     if cost is None:
         return "unknown (a model without prices was used)"
     return f"${float(cost):,.4f}"
@@ -272,6 +273,8 @@ def print_summary(console: Console, r: RunResult, store: Store | None) -> None:
 
 
 def reason_kind(reason: str) -> str:
+    """A quarantine or review reason with its row-specific parts taken out, so that the summary
+    counts rows by the kind of reason (malformed rows together, confidences under one bar)."""
     # group "line 17: expected 4 fields" style reasons by their text after the location
     if reason.startswith("malformed input: line"):
         return "malformed input row"
@@ -446,6 +449,7 @@ def _grounding_lines(g: Any, answer: Any) -> list[str]:
 
 
 def count(n: int, what: str) -> str:
+    """``1 row``, ``1,200 rows``."""
     return f"{n:,} {what}" + ("" if n == 1 else "s")
 
 

@@ -28,6 +28,7 @@ def _script(db: sqlite3.Connection, sql: str) -> None:
 
 @migration
 def m001_initial(db: sqlite3.Connection) -> None:
+    """Runs, records, the response cache, the ledger and the attempts (the trace)."""
     _script(
         db,
         """
@@ -108,6 +109,7 @@ def m001_initial(db: sqlite3.Connection) -> None:
 
 @migration
 def m002_batches(db: sqlite3.Connection) -> None:
+    """Provider batches and their items, so a submitted batch is polled again after a crash."""
     _script(
         db,
         """
