@@ -192,13 +192,13 @@ def test_table_and_snippet(first, folder):
     assert len(progress) == 16 and progress[0].startswith("[1/16] ")
 
 
-def test_unreachable_target_exits_1_and_names_the_most_accurate(first, folder):
+def test_unreachable_target_exits_6_and_names_the_most_accurate(first, folder):
     result = calibrate(folder, "--target", "0.999")
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 6, result.output
     best = first[0]["most_accurate"]
     assert f"No candidate reaches 99.9% accuracy. The most accurate is {best['strategy']}" in result.stdout
     as_json = calibrate(folder, "--target", "0.999", "--json")
-    assert as_json.exit_code == 1
+    assert as_json.exit_code == 6
     report = json.loads(as_json.stdout)
     assert report["chosen"] is None and report["snippet"] is None
     assert report["most_accurate"]["accuracy"] == max(c["accuracy"] for c in report["candidates"])

@@ -212,9 +212,9 @@ def test_progress_states_show_review_skipped_and_spend():
 
     from rich.console import Console
 
-    from corral.cli import _ProgressView
+    from corral.report import ProgressView
 
-    view = _ProgressView(Console(file=io.StringIO(), force_terminal=True, width=200))
+    view = ProgressView(Console(file=io.StringIO(), force_terminal=True, width=200))
     ev = {"phase": "run", "in": 60, "done": 30, "quarantined": 1, "review": 2, "skipped": 0,
           "pending": 27, "made": 64, "replayed": 12, "cost": 0.064}
     view.update(ev)
@@ -225,7 +225,7 @@ def test_progress_states_show_review_skipped_and_spend():
 
 
 def test_summary_groups_held_rows_by_reason_not_by_each_confidence():
-    from corral.cli import _reason_kind
+    from corral.report import reason_kind as _reason_kind
 
     a = _reason_kind("step `category`: confidence 0.61 < 0.70")
     b = _reason_kind("step `category`: confidence 0.54 < 0.70")

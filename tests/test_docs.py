@@ -95,7 +95,8 @@ def test_cli_doc_lists_every_exit_code():
     doc = text(DOCS / "cli.md")
     from corral import cli
 
-    for name in ("EXIT_OK", "EXIT_INTERNAL", "EXIT_USAGE", "EXIT_STOPPED", "EXIT_INTERRUPTED"):
+    for name in ("EXIT_OK", "EXIT_INTERNAL", "EXIT_USAGE", "EXIT_STOPPED", "EXIT_REFUSED",
+                 "EXIT_UNAVAILABLE", "EXIT_TARGET_MISSED", "EXIT_INTERRUPTED"):
         assert f"| `{getattr(cli, name)}` |" in doc, f"exit code {name} is not in docs/cli.md"
 
 

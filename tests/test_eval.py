@@ -427,7 +427,7 @@ def test_docs_list_every_json_field():
     """Every key of the JSON object is explained in docs/cli.md's `corral eval` section."""
     doc = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
     section = doc.split("## corral eval", 1)[1].split("\n## ", 1)[0]
-    from corral._eval import (
+    from corral._eval_scoring import (
         Bin,
         Calibration,
         Confusion,

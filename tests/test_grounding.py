@@ -209,7 +209,7 @@ def trace(r: Any, key: str) -> list[dict[str, Any]]:
 
     st = open_store(None)
     try:
-        return st.record_calls(r.run, key)
+        return [ev.to_json() for ev in st.record_calls(r.run, key)]
     finally:
         st.close()
 

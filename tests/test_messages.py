@@ -241,7 +241,7 @@ def test_cli_doc_has_the_failed_status_and_exit_code_4():
     from corral import cli
 
     text = doc("cli.md")
-    row = next(ln for ln in text.splitlines() if ln.startswith(f"| `{cli.EXIT_AUTH}` |"))
+    row = next(ln for ln in text.splitlines() if ln.startswith(f"| `{cli.EXIT_REFUSED}` |"))
     assert "credentials" in row and "quota" in row and "`failed`" in row
     status = next(ln for ln in text.splitlines() if ln.startswith("| `status` |"))
     for s in ("finished", "stopped", "interrupted", "failed", "running"):

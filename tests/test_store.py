@@ -69,7 +69,7 @@ def test_commit_is_atomic_and_ledger_totals(tmp_path):
     assert s.totals(run.id).cost is None  # unknown is not zero
     with pytest.raises(sqlite3.IntegrityError):
         s.commit([], [], [FinalRecord(run.id, "k", None, None, None, 1)])  # type: ignore[arg-type]
-    assert s.record(run.id, "k")["state"] == "done"  # the failed commit changed nothing
+    assert s.record(run.id, "k").state == "done"  # the failed commit changed nothing
 
 
 def test_ingesting_rows_another_worker_loaded_is_not_a_duplicate(tmp_path):
@@ -84,3 +84,46 @@ def test_ingesting_rows_another_worker_loaded_is_not_a_duplicate(tmp_path):
     with pytest.raises(DuplicateKeyError) as e:
         s.ingest(run.id, [NewRecord("k1", 7, 9, "{}")], 8)
     assert (e.value.key, e.value.first_line, e.value.second_line) == ("k1", 3, 9)
+
+
+def test_delete_run_deletes_its_provider_batches(tmp_path):
+    """A run abandoned with a submitted, unfetched batch (no ledger row yet) leaves nothing behind:
+    a new run with the same id must not poll the old run's batch."""
+    s = SQLiteStore(tmp_path / "s.db")
+    run = new_run(s)
+    other = new_run(s, "r2")
+    for rid in (run.id, other.id):
+        s.ingest(rid, [NewRecord("k", 0, 2, "{}")], 1)
+        s.add_batch(rid, f"batch-{rid}", "fake", [(f"v1:{rid}", "k", "step", 0, "{}")])
+    assert [b.id for b in s.open_batches(run.id)] == ["batch-r1"]
+    s.delete_run(run.id)
+    assert s.get_run(run.id) is None and s.open_batches(run.id) == []
+    assert s.db.execute("SELECT COUNT(*) FROM batch_items WHERE run_id=?", (run.id,)).fetchone()[0] == 0
+    assert [b.id for b in s.open_batches(other.id)] == ["batch-r2"]  # another run's stay
+    assert [i.custom_id for i in s.batch_items("batch-r2")] == ["v1:r2"]
+
+
+def test_reads_are_typed_rows(tmp_path):
+    from decimal import Decimal
+
+    s = SQLiteStore(tmp_path / "s.db")
+    run = new_run(s)
+    s.ingest(run.id, [NewRecord("k", 0, 2, '{"text": "hi"}')], 1)
+    call = CallRecord(run.id, "k", "step[1/2]", 0, "v1:abc", "fake", False, 10, 2, 0, 0, Decimal("0.5"), 0.1,
+                      "{}", '{"text": "x", "usage": {"input_tokens": 10, "output_tokens": 2, "cost": 0.5}}')
+    from corral.store.base import AttemptRecord
+
+    s.commit([call], [AttemptRecord(run.id, "k", "step[1/2]", 0, "v1:abc", "ok"),
+                      AttemptRecord(run.id, "k", "step[1/2]", 0, None, "vote", data='{"fields": {}}')],
+             [FinalRecord(run.id, "k", "done", '{"step": "a"}', None, 1)])
+    rec = s.record(run.id, "k")
+    assert (rec.key, rec.state, rec.data, rec.outputs, rec.attempts) == ("k", "done", {"text": "hi"}, {"step": "a"}, 1)
+    [[row]] = list(s.iter_records(run.id, "done"))
+    assert row == rec
+    call_ev, vote = s.record_calls(run.id, "k")
+    assert (call_ev.kind, call_ev.step_name, call_ev.part, call_ev.cost_usd) == ("call", "step", "1/2", Decimal("0.5"))
+    assert call_ev.to_json()["cost_usd"] == "0.5"
+    assert (vote.kind, vote.data) == ("decision", {"fields": {}})
+    [spend] = s.breakdown(run.id)
+    assert (spend.step, spend.calls, spend.cost) == ("step", 1, Decimal("0.5"))
+    assert s.run_spend(run.id).cost == Decimal("0.5")

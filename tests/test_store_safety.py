@@ -213,8 +213,8 @@ def test_reads_of_a_damaged_store_raise_store_error(damaged):
         st.run_spend(run)
         for chunk in st.iter_records(run, "done", chunk=50):
             for rec in chunk:
-                st.record(run, rec["key"])
-                st.record_calls(run, rec["key"])
+                st.record(run, rec.key)
+                st.record_calls(run, rec.key)
         for i in range(400):
             st.cached(f"v1:{i}")
         st.db.execute("SELECT COUNT(*), SUM(LENGTH(response)) FROM responses").fetchall()

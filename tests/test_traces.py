@@ -205,6 +205,55 @@ def test_show_budget_stop(tmp_path):
     assert '» budget: record max_calls 2 reached; best answer so far {"label": "a"}' in out
 
 
+def test_a_plugin_strategys_decisions_render_as_decisions_in_its_own_words(monkeypatch):
+    """An outcome outside the closed set of call outcomes is a decision: the registered strategy
+    that declares it describes it; one nobody declares gets the default `event: detail` line."""
+    from decimal import Decimal
+    from typing import ClassVar
+
+    from rich.console import Console
+
+    from corral import report
+    from corral.store.base import TraceEvent
+    from corral.strategies.base import Strategy
+
+    class Streak(Strategy):
+        decisions: ClassVar[frozenset[str]] = frozenset({"streak"})
+
+        @classmethod
+        def describe(cls, event: TraceEvent) -> list[str]:
+            return [f"streak of {event.info['length']}", "second line"]
+
+        async def solve(self, ctx: Any) -> Any:  # pragma: no cover - never run
+            raise NotImplementedError
+
+    monkeypatch.setattr(report, "strategy_classes", lambda: {"streak": Streak, **corral_classes()})
+
+    def event(outcome: str, **data: Any) -> TraceEvent:
+        return TraceEvent("s", 0, outcome, "the detail", None, None, None, None, None, None,
+                          Decimal(0) if outcome == "ok" else None, data or None)
+
+    assert event("streak").kind == "decision" and event("ok").kind == "call"
+    assert report.decision_lines(event("streak", length=3)) == ["streak of 3", "second line"]
+    assert report.decision_lines(event("hunch")) == ["hunch: the detail"]
+    assert report.decision_lines(event("vote")) == ["vote: the detail"]  # a vote without tallies
+    out = Console(record=True, width=200)
+    from corral.store.base import RecordRow, RunInfo
+
+    info = RunInfo("r1", "j", "h", "f", {}, "finished", None, 0.0, 0.0, 1, True, {})
+    report.print_record(out, info, RecordRow("k", 0, None, {}, "done", None, None, 1),
+                        [event("streak", length=2), event("hunch")])
+    text = out.export_text()
+    assert "» streak of 2\n    second line" in text and "» hunch: the detail" in text
+    assert "attempt" not in text  # neither is printed as a model call
+
+
+def corral_classes() -> dict[str, type]:
+    from corral._registry import strategy_classes
+
+    return strategy_classes()
+
+
 # --- corral export traces --------------------------------------------------------------------
 
 ROWS = {"r1": "refund please", "r2": "cannot log in", "r3": "hold me", "r4": "garbage", "r5": "hello there"}

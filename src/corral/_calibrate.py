@@ -460,20 +460,20 @@ def measure(store: Store, plan: Plan, run_id: str, status: str, c: Candidate) ->
     for state in ("done", "skipped"):  # a filter step's answer stands in a skipped row too
         for chunk in store.iter_records(run_id, state):
             for r in chunk:
-                outs = r["outputs"] or {}
-                if r["key"] not in plan.labels or outs.get(step.name) is None:
+                outs = r.outputs or {}
+                if r.key not in plan.labels or outs.get(step.name) is None:
                     continue
                 cols = step.to_columns(outs[step.name])
                 value = next(iter(cols.values())) if len(cols) == 1 else cols
-                correct += matches(value, plan.labels[r["key"]])
+                correct += matches(value, plan.labels[r.key])
     spend = store.run_spend(run_id)
     rows = len(plan.labels)
     return Measured(
         candidate=c, run=run_id, status=status, rows=rows, correct=correct,
         held=counts.get("review", 0), quarantined=counts.get("quarantined", 0),
-        not_written=rows - counts.get("done", 0), calls=spend["calls"],
-        input_tokens=spend["input_tokens"], output_tokens=spend["output_tokens"],
-        cost=spend["cost"], target=plan.target,
+        not_written=rows - counts.get("done", 0), calls=spend.calls,
+        input_tokens=spend.input_tokens, output_tokens=spend.output_tokens,
+        cost=spend.cost, target=plan.target,
     )
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -20,11 +19,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from corral._solver import REASONING_NOTE
-from corral.store.base import RunInfo, Store
+from corral.store.base import RunInfo, Store, TraceEvent
 
 FORMATS = ("sft",)
-
-_PART = re.compile(r"^(?P<step>.*)\[(?P<part>\d+/\d+)\]$")
 
 
 @dataclass(slots=True)
@@ -42,20 +39,14 @@ def step_names(info: RunInfo) -> list[str]:
     return [str(s.get("name")) for s in (info.spec.get("steps") or []) if isinstance(s, dict)]
 
 
-def split_label(label: str) -> tuple[str, str | None]:
-    """A trace's step label -> (step name, chunk ``i/n`` or None): ``facts[2/3]`` -> (facts, 2/3)."""
-    m = _PART.match(label)
-    return (m.group("step"), m.group("part")) if m else (label, None)
-
-
-def accepted_events(trace: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def accepted_events(trace: list[TraceEvent]) -> list[TraceEvent]:
     """The ``accepted`` event of each step label, in trace order (the last one of a label wins: a
     record processed twice, after a crash, replays to the same answer)."""
-    found: dict[str, dict[str, Any]] = {}
+    found: dict[str, TraceEvent] = {}
     for ev in trace:
         # an event of its own, or (a single call's answer accepted as it is) the call's own row
-        if ev["outcome"] == "accepted" or (ev.get("data") or {}).get("accepted") is True:
-            found[ev["step"]] = ev
+        if ev.outcome == "accepted" or ev.info.get("accepted") is True:
+            found[ev.step] = ev
     return list(found.values())
 
 
@@ -107,15 +98,15 @@ def _state_examples(
     for chunk in store.iter_records(info.id, state):
         for rec in chunk:
             got = 0
-            for ev in accepted_events(store.record_calls(info.id, rec["key"])):
-                name, part = split_label(ev["step"])
+            for ev in accepted_events(store.record_calls(info.id, rec.key)):
+                name, part = ev.step_name, ev.part
                 if step is not None and name != step:
                     continue
-                data = ev["data"] or {}
+                data = ev.info
                 answer = data.get("answer")
                 if not isinstance(answer, dict):
                     continue
-                messages = prompt_messages(ev["request"], reasoning)
+                messages = prompt_messages(ev.request, reasoning)
                 if messages is None:
                     stats.no_prompt += 1
                     continue
@@ -124,7 +115,7 @@ def _state_examples(
                     stats.with_reasoning += 1
                 meta: dict[str, Any] = {
                     "run": info.id,
-                    "key": rec["key"],
+                    "key": rec.key,
                     "step": name,
                     "strategy": data.get("strategy"),
                     "confidence": data.get("confidence"),

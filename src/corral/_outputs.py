@@ -17,7 +17,7 @@ from corral._registry import suggest
 from corral.errors import SourceError, UserError
 from corral.io import Column, Source, open_quarantine_sink, open_side_sink, open_sink, open_source
 from corral.job import Job
-from corral.store.base import RunInfo, Store
+from corral.store.base import RecordRow, RunInfo, Store
 from corral.tasks.base import Task
 
 Rows = Iterator[list[dict[str, Any]]]
@@ -122,13 +122,13 @@ def write_outputs(store: Store, run: RunInfo, job: Job, plan: Plan, limit: int |
     skipped, review), as shown to the user."""
     steps: list[Task] = job.steps
 
-    def answered(state: str, tail: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Rows:
+    def answered(state: str, tail: Callable[[RecordRow], dict[str, Any]] | None = None) -> Rows:
         """Rows in ``state`` with their steps' columns (and the ``tail`` columns of each record)."""
         for chunk in store.iter_records(run.id, state, below_ordinal=limit):
             rows = []
             for r in chunk:
-                row = dict(r["data"] or {})  # store read side: a record's data and outputs
-                outs = r["outputs"] or {}
+                row = dict(r.data or {})
+                outs = r.outputs or {}
                 for step, pairs in zip(steps, plan.step_columns):
                     value = outs.get(step.name)
                     vals = step.to_columns(value) if value is not None else {}
@@ -139,19 +139,19 @@ def write_outputs(store: Store, run: RunInfo, job: Job, plan: Plan, limit: int |
                 rows.append(row)
             yield rows
 
-    def why(r: dict[str, Any]) -> dict[str, Any]:
-        return {"_key": r["key"], "_line": r["line"], "_reason": r["reason"]}  # store read side
+    def why(r: RecordRow) -> dict[str, Any]:
+        return {"_key": r.key, "_line": r.line, "_reason": r.reason}
 
     def set_aside(state: str) -> Rows:
         for chunk in store.iter_records(run.id, state, below_ordinal=limit):
-            yield [{**(r["data"] or {}), **why(r)} for r in chunk]  # store read side
+            yield [{**(r.data or {}), **why(r)} for r in chunk]
 
     key_col = job.key or "_key"
     sink = open_sink(job.sink, job.base_dir)
     q = open_quarantine_sink(job.sink, job.base_dir)
     if job.key is None:  # key-less jobs: the sink's key column is the content key
         cols = plan.columns + [Column("_key", "string")]
-        sink.write(cols, answered("done", lambda r: {"_key": r["key"]}), key_col)
+        sink.write(cols, answered("done", lambda r: {"_key": r.key}), key_col)
     else:
         sink.write(plan.columns, answered("done"), key_col)
     names = {c.name for c in plan.input_columns}

@@ -13,9 +13,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from corral._eval import (
-    Calibration,
-    Evaluation,
+from corral._eval_scoring import Calibration, Evaluation
+from corral._eval_tables import (
     ReportTable,
     detail_tables,
     missing_confidences,

@@ -101,7 +101,7 @@ class BatchCoordinator:
             if not open_:
                 break
             for b in open_:
-                batch_id = b["id"]  # store read side: an open batch's id
+                batch_id = b.id
                 status = await self._call(self.api.poll_batch, batch_id)
                 if status.state == "ended":
                     await self._fetch(batch_id, status)
@@ -130,9 +130,7 @@ class BatchCoordinator:
         outcomes: dict[str, str] = {}
         model_id = self.client.model.id
         for it in self.store.batch_items(batch_id):
-            # store read side: a batch item's custom_id, key, step, attempt and request
-            h, key, step, attempt, request_json = (
-                it["custom_id"], it["key"], it["step"], it["attempt"], it["request"])
+            h, key, step, attempt, request_json = it.custom_id, it.key, it.step, it.attempt, it.request
             got = results.get(h)
             comp = got.completion if got is not None else None
             if comp is None:

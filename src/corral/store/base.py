@@ -11,14 +11,15 @@ except for a violated constraint, which is a bug of the caller.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
-#: attempt outcomes that are a strategy's decisions rather than a model call
-DECISIONS = frozenset({"vote", "critique", "best", "escalate", "accepted", "budget"})
+from corral._outcomes import CALL_OUTCOMES
 
 STATES = ("pending", "leased", "done", "quarantined", "review", "skipped")
 FINAL_STATES = ("done", "quarantined", "review", "skipped")
@@ -91,8 +92,8 @@ class AttemptRecord:
     step: str
     attempt: int
     request_hash: str | None
-    #: a call's outcome (ok, checks, truncated, refused, invalid, error, retry) or a strategy's
-    #: decision (vote, critique, best, escalate, accepted, budget)
+    #: a call's outcome (one of :data:`corral._outcomes.CALL_OUTCOMES`) or a decision (a
+    #: strategy's: vote, critique, best, escalate...; the engine's: accepted, budget)
     outcome: str
     detail: str | None = None
     data: str | None = None  # JSON: answer, confidence, votes, critique... (the trace)
@@ -117,6 +118,138 @@ class LedgerTotals:
     cost: Decimal | None = Decimal(0)
 
 
+# --- what is read ---------------------------------------------------------------------------
+
+_PART = re.compile(r"^(?P<step>.*)\[(?P<part>\d+/\d+)\]$")
+
+
+def split_label(label: str) -> tuple[str, str | None]:
+    """A trace's step label -> (step name, chunk ``i/n`` or None): ``facts[2/3]`` -> (facts, 2/3).
+    A step that splits a long input into parts records each part under such a label."""
+    m = _PART.match(label)
+    return (m.group("step"), m.group("part")) if m else (label, None)
+
+
+def _as_json(row: Any, money: Callable[[Decimal], Any]) -> dict[str, Any]:
+    """A read row as a JSON-ready mapping, its Decimal amounts as ``money`` writes them (as the
+    CLI's ``--json`` has printed each of them so far)."""
+    return {
+        k: money(v) if isinstance(v, Decimal) else v for k, v in dataclasses.asdict(row).items()
+    }
+
+
+@dataclass(slots=True)
+class RecordRow:
+    """One record of a run as the store holds it: its input row, state and step outputs."""
+
+    key: str
+    ordinal: int
+    line: int | None  # the source line, when the source has lines
+    data: dict[str, Any] | None  # the input row; None for a malformed one
+    state: str  # one of STATES
+    reason: str | None  # why it is quarantined, held or skipped
+    outputs: dict[str, Any] | None  # step name -> the step's output, once final
+    attempts: int
+
+    def to_json(self) -> dict[str, Any]:
+        return _as_json(self, str)
+
+
+@dataclass(slots=True)
+class TraceEvent:
+    """One event of a record's trace: a model call (``kind == "call"``, with its recorded
+    request, response and ledger row) or a decision (a strategy's, such as a vote, or the
+    engine's: the accepted answer, a budget stop), which carries no call of its own."""
+
+    step: str  # the step's label: its name, or ``name[i/n]`` for one part of a split input
+    attempt: int
+    outcome: str
+    detail: str | None
+    request_hash: str | None
+    request: dict[str, Any] | None
+    response: dict[str, Any] | None
+    replayed: bool | None  # None: no ledger row (a decision, or a call that got no answer)
+    input_tokens: int | None
+    output_tokens: int | None
+    cost_usd: Decimal | None
+    data: dict[str, Any] | None  # answer, confidence, votes, critique... as the writer put them
+
+    @property
+    def kind(self) -> Literal["call", "decision"]:
+        return "call" if self.outcome in CALL_OUTCOMES else "decision"
+
+    @property
+    def step_name(self) -> str:
+        """The step's name, without the part of a split input."""
+        return split_label(self.step)[0]
+
+    @property
+    def part(self) -> str | None:
+        """``i/n`` for one part of a split input, else None."""
+        return split_label(self.step)[1]
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """``data``, or an empty mapping when the event has none."""
+        return self.data or {}
+
+    def to_json(self) -> dict[str, Any]:
+        """The event as ``corral show --json`` prints it (``cost_usd`` as a decimal string)."""
+        return _as_json(self, str)
+
+
+@dataclass(slots=True)
+class BatchRow:
+    """A provider batch the run submitted and has not fetched yet."""
+
+    id: str
+    model: str
+    state: str  # submitted | fetched
+    detail: str | None  # the provider's last word on it
+    items: int
+    created_at: float
+
+
+@dataclass(slots=True)
+class BatchItem:
+    """One request of a provider batch, and where its answer goes."""
+
+    custom_id: str  # the request's hash
+    key: str
+    step: str
+    attempt: int
+    request: str  # the request's JSON
+
+
+@dataclass(slots=True)
+class StepSpend:
+    """A run's paid calls of one step, strategy (and stage) and model: what each extra call
+    bought. ``cost`` is None when some call's price is unknown."""
+
+    step: str
+    strategy: str | None
+    model: str
+    calls: int
+    replayed: int
+    input_tokens: int
+    output_tokens: int
+    cost: Decimal | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The row as ``corral status --json`` prints it under ``by_step`` (``cost`` a float)."""
+        return _as_json(self, float)
+
+
+@dataclass(slots=True)
+class RunSpend:
+    """What a run's calls cost in all, replays counted at the price first paid for them."""
+
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cost: Decimal | None  # None when some call's price is unknown
+
+
 class DuplicateKeyError(Exception):
     def __init__(self, key: str, first_line: int | None, second_line: int | None) -> None:
         super().__init__(key)
@@ -126,19 +259,41 @@ class DuplicateKeyError(Exception):
 
 
 class Store(ABC):
+    """Everything durable about runs: the contract a store (SQLite, a future Postgres) implements.
+
+    Each method is one transaction. Reads return the typed rows above; writes take the records
+    above. Keys are a run's record keys; request hashes are :meth:`Request.cache_key` values.
+    """
+
     # runs
     @abstractmethod
-    def create_run(self, run: RunInfo) -> RunInfo: ...
+    def create_run(self, run: RunInfo) -> RunInfo:
+        """Insert a run unless one with its id exists; return the run as stored (the existing
+        one, when another process created it first)."""
+
     @abstractmethod
-    def get_run(self, run_id: str) -> RunInfo | None: ...
+    def get_run(self, run_id: str) -> RunInfo | None:
+        """The run with this exact id, or None."""
+
     @abstractmethod
-    def find_runs(self, prefix: str) -> list[RunInfo]: ...
+    def find_runs(self, prefix: str) -> list[RunInfo]:
+        """Runs whose id starts with ``prefix`` or whose job is named ``prefix``, latest
+        updated first."""
+
     @abstractmethod
-    def list_runs(self, limit: int = 50) -> list[RunInfo]: ...
+    def list_runs(self, limit: int = 50) -> list[RunInfo]:
+        """The ``limit`` runs updated last, latest first."""
+
     @abstractmethod
-    def update_run(self, run_id: str, **fields: Any) -> None: ...
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        """Set some of a run's fields (status, stop_reason, ingested_rows, ingest_done, tags,
+        outputs, spec, elapsed_s) and its updated_at; ValueError for any other field."""
+
     @abstractmethod
-    def delete_run(self, run_id: str) -> None: ...
+    def delete_run(self, run_id: str) -> None:
+        """Delete a run and everything of it: records, ledger, trace and provider batches (the
+        response cache stays: other runs may replay it)."""
+
     @abstractmethod
     def has_calls(self, run_id: str) -> bool:
         """Whether the ledger holds any call of the run."""
@@ -154,21 +309,28 @@ class Store(ABC):
 
     # queue
     @abstractmethod
-    def reclaim(self, run_id: str, is_dead: Any) -> int:
-        """Return leased records whose lease expired or whose owner ``is_dead(owner)`` to pending."""
+    def reclaim(self, run_id: str, is_dead: Callable[[str], bool]) -> int:
+        """Return leased records whose lease expired or whose owner ``is_dead(owner)`` to pending;
+        how many were returned."""
 
     @abstractmethod
     def lease(
         self, run_id: str, owner: str, n: int, ttl_s: float, below_ordinal: int | None = None
-    ) -> list[LeasedRecord]: ...
+    ) -> list[LeasedRecord]:
+        """Lease up to ``n`` pending records (lowest ordinals first, below ``below_ordinal`` when
+        given) to ``owner`` for ``ttl_s`` seconds, in ordinal order."""
+
     @abstractmethod
     def lease_owners(self, run_id: str) -> list[str]:
         """Owners holding leases in the run now."""
 
     @abstractmethod
-    def renew(self, run_id: str, owner: str, ttl_s: float) -> None: ...
+    def renew(self, run_id: str, owner: str, ttl_s: float) -> None:
+        """Extend every lease ``owner`` holds in the run to ``ttl_s`` seconds from now."""
+
     @abstractmethod
-    def release(self, run_id: str, owner: str) -> int: ...
+    def release(self, run_id: str, owner: str) -> int:
+        """Return the records ``owner`` still leases to pending; how many."""
 
     # calls
     @abstractmethod
@@ -186,29 +348,40 @@ class Store(ABC):
 
     # reading
     @abstractmethod
-    def counts(self, run_id: str, below_ordinal: int | None = None) -> dict[str, int]: ...
+    def counts(self, run_id: str, below_ordinal: int | None = None) -> dict[str, int]:
+        """State -> number of the run's records in it (below ``below_ordinal`` when given);
+        states without records are left out."""
+
     @abstractmethod
-    def totals(self, run_id: str) -> LedgerTotals: ...
+    def totals(self, run_id: str) -> LedgerTotals:
+        """The run's ledger summed: calls made and replayed, paid tokens, cost (None when some
+        paid call's price is unknown)."""
+
     @abstractmethod
-    def breakdown(self, run_id: str) -> list[dict[str, Any]]:
-        """The run's ledger grouped by step (chunks of a step together), strategy and model:
-        ``step, strategy, model, calls, replayed, input_tokens, output_tokens, cost`` (paid calls'
-        tokens and cost; cost ``None`` when a price is unknown)."""
+    def breakdown(self, run_id: str) -> list[StepSpend]:
+        """The run's ledger grouped by step (chunks of a step together), strategy and model, in
+        the order each group first called: paid calls' tokens and cost, and replays."""
+
     @abstractmethod
-    def run_spend(self, run_id: str) -> dict[str, Any]:
+    def run_spend(self, run_id: str) -> RunSpend:
         """What the run's calls cost in all, replays counted at the price first paid for them:
-        ``{calls, input_tokens, output_tokens, cost}`` summed over the run's ledger rows, each
-        read from its recorded response's usage; ``cost`` is a Decimal, or None when some
-        call's price is unknown."""
+        summed over the run's ledger rows, each read from its recorded response's usage."""
 
     @abstractmethod
     def iter_records(
         self, run_id: str, state: str, chunk: int = 2000, below_ordinal: int | None = None
-    ) -> Iterator[list[dict[str, Any]]]: ...
+    ) -> Iterator[list[RecordRow]]:
+        """The run's records in ``state`` (below ``below_ordinal`` when given), in ordinal
+        order, ``chunk`` at a time: each chunk is read when the previous one is consumed."""
+
     @abstractmethod
-    def record(self, run_id: str, key: str) -> dict[str, Any] | None: ...
+    def record(self, run_id: str, key: str) -> RecordRow | None:
+        """The run's record with this key, or None."""
+
     @abstractmethod
-    def record_calls(self, run_id: str, key: str) -> list[dict[str, Any]]: ...
+    def record_calls(self, run_id: str, key: str) -> list[TraceEvent]:
+        """The record's trace in the order it was written: every call with its recorded request
+        and response and its ledger row, and every decision."""
 
     # provider batches
     @abstractmethod
@@ -218,13 +391,21 @@ class Store(ABC):
         """Persist a submitted batch and its items (custom_id, key, step, attempt, request)."""
 
     @abstractmethod
-    def open_batches(self, run_id: str) -> list[dict[str, Any]]: ...
+    def open_batches(self, run_id: str) -> list[BatchRow]:
+        """The run's batches not fetched yet, oldest first."""
+
     @abstractmethod
-    def set_batch_state(self, batch_id: str, state: str, detail: str | None = None) -> None: ...
+    def set_batch_state(self, batch_id: str, state: str, detail: str | None = None) -> None:
+        """Record a batch's state and the provider's last word on it."""
+
     @abstractmethod
-    def batch_items(self, batch_id: str) -> list[dict[str, Any]]: ...
+    def batch_items(self, batch_id: str) -> list[BatchItem]:
+        """The requests a batch was submitted with."""
+
     @abstractmethod
-    def batch_failures(self, run_id: str) -> dict[str, tuple[int, str]]: ...
+    def batch_failures(self, run_id: str) -> dict[str, tuple[int, str]]:
+        """Request hash -> (how many batch submissions of it failed, the last reason)."""
+
     @abstractmethod
     def batch_answered(self, run_id: str) -> set[str]:
         """Request hashes the run's batches answered (paid and in the ledger already)."""
@@ -232,7 +413,10 @@ class Store(ABC):
     @abstractmethod
     def finish_batch(
         self, batch_id: str, calls: list[CallRecord], outcomes: dict[str, str], detail: str | None
-    ) -> None: ...
+    ) -> None:
+        """Record a fetched batch in one transaction: its answers (cache + ledger) and each
+        item's outcome (custom_id -> ok or the reason), and mark it fetched."""
 
     @abstractmethod
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Close the store; later method calls fail."""

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
+import contextlib
 import json
 import random
 import sqlite3
@@ -12,246 +11,42 @@ import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from corral.errors import StoreError
+from corral.store._errors import BUSY, DAMAGED_FIX, store_error, translating_errors
+from corral.store._migrations import MIGRATIONS, migrate
 from corral.store.base import (
     AttemptRecord,
+    BatchItem,
+    BatchRow,
     CallRecord,
     DuplicateKeyError,
     FinalRecord,
     LeasedRecord,
     LedgerTotals,
     NewRecord,
+    RecordRow,
     RunInfo,
+    RunSpend,
+    StepSpend,
     Store,
+    TraceEvent,
+    split_label,
 )
 
+__all__ = ["SQLiteStore", "MIGRATIONS", "BUSY_TIMEOUT_S"]
+
+#: how long a command waits for another process's write lock before it gives up
+BUSY_TIMEOUT_S = 30.0
+
 _NANO = Decimal(1_000_000_000)
-
-# --- migrations: append only; each runs once, in order, inside a transaction ---------------
-
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = []
-
-
-def migration(fn: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3.Connection], None]:
-    MIGRATIONS.append(fn)
-    return fn
-
-
-def _script(db: sqlite3.Connection, sql: str) -> None:
-    # executescript() would COMMIT the migration's transaction; run statement by statement
-    for stmt in sql.split(";"):
-        if stmt.strip():
-            db.execute(stmt)
-
-
-@migration
-def m001_initial(db: sqlite3.Connection) -> None:
-    _script(
-        db,
-        """
-        CREATE TABLE runs (
-            id TEXT PRIMARY KEY,
-            job_name TEXT NOT NULL,
-            spec_hash TEXT NOT NULL,
-            fingerprint TEXT NOT NULL,
-            spec TEXT NOT NULL,
-            status TEXT NOT NULL,
-            stop_reason TEXT,
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL,
-            ingested_rows INTEGER NOT NULL DEFAULT 0,
-            ingest_done INTEGER NOT NULL DEFAULT 0,
-            tags TEXT NOT NULL DEFAULT '{}',
-            outputs TEXT NOT NULL DEFAULT '[]',
-            elapsed_s REAL NOT NULL DEFAULT 0
-        );
-        CREATE TABLE records (
-            run_id TEXT NOT NULL,
-            key TEXT NOT NULL,
-            ordinal INTEGER NOT NULL,
-            line INTEGER,
-            content_hash TEXT,
-            data TEXT,
-            state TEXT NOT NULL,
-            reason TEXT,
-            outputs TEXT,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            lease_owner TEXT,
-            lease_expires REAL,
-            updated_at REAL NOT NULL,
-            UNIQUE (run_id, key)
-        );
-        CREATE INDEX records_state ON records (run_id, state, ordinal);
-        CREATE TABLE responses (
-            id INTEGER PRIMARY KEY,
-            request_hash TEXT NOT NULL UNIQUE,
-            model TEXT NOT NULL,
-            request TEXT NOT NULL,
-            response TEXT NOT NULL,
-            created_at REAL NOT NULL
-        );
-        CREATE TABLE ledger (
-            id INTEGER PRIMARY KEY,
-            run_id TEXT NOT NULL,
-            key TEXT NOT NULL,
-            step TEXT NOT NULL,
-            attempt INTEGER NOT NULL,
-            request_hash TEXT NOT NULL,
-            model TEXT NOT NULL,
-            replayed INTEGER NOT NULL,
-            input_tokens INTEGER NOT NULL,
-            output_tokens INTEGER NOT NULL,
-            cached_input_tokens INTEGER NOT NULL,
-            reasoning_tokens INTEGER NOT NULL,
-            cost_nanos INTEGER,
-            latency_s REAL NOT NULL,
-            created_at REAL NOT NULL
-        );
-        CREATE INDEX ledger_run ON ledger (run_id, key);
-        CREATE TABLE attempts (
-            id INTEGER PRIMARY KEY,
-            run_id TEXT NOT NULL,
-            key TEXT NOT NULL,
-            step TEXT NOT NULL,
-            attempt INTEGER NOT NULL,
-            request_hash TEXT,
-            outcome TEXT NOT NULL,
-            detail TEXT,
-            created_at REAL NOT NULL
-        );
-        CREATE INDEX attempts_record ON attempts (run_id, key);
-        """
-    )
-
-
-@migration
-def m002_batches(db: sqlite3.Connection) -> None:
-    _script(
-        db,
-        """
-        CREATE TABLE batches (
-            id TEXT PRIMARY KEY,
-            run_id TEXT NOT NULL,
-            model TEXT NOT NULL,
-            state TEXT NOT NULL,
-            detail TEXT,
-            n_items INTEGER NOT NULL,
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL
-        );
-        CREATE INDEX batches_run ON batches (run_id, state);
-        CREATE TABLE batch_items (
-            batch_id TEXT NOT NULL,
-            custom_id TEXT NOT NULL,
-            run_id TEXT NOT NULL,
-            key TEXT NOT NULL,
-            step TEXT NOT NULL,
-            attempt INTEGER NOT NULL,
-            request TEXT NOT NULL,
-            outcome TEXT,
-            UNIQUE (batch_id, custom_id)
-        );
-        CREATE INDEX batch_items_hash ON batch_items (run_id, custom_id);
-        """,
-    )
-
-
-@migration
-def m003_traces(db: sqlite3.Connection) -> None:
-    """Strategy traces: attempts carry structured data (answers, votes, critiques, escalations),
-    and the ledger attributes each call to the strategy that made it."""
-    _script(
-        db,
-        """
-        ALTER TABLE attempts ADD COLUMN data TEXT;
-        ALTER TABLE ledger ADD COLUMN strategy TEXT
-        """,
-    )
-
 
 def _to_nanos(cost: Decimal | None) -> int | None:
     return None if cost is None else int((cost * _NANO).to_integral_value())
 
 
-#: how long a command waits for another process's write lock before it gives up
-BUSY_TIMEOUT_S = 30.0
-
-# SQLite primary result codes (the low byte of ``sqlite_errorcode``) that say what went wrong
-_DAMAGED = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
-_BUSY = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED
-_DISK = {10, 13}  # SQLITE_IOERR, SQLITE_FULL
-_ACCESS = {3, 8, 14, 23}  # SQLITE_PERM, READONLY, CANTOPEN, AUTH
-
-_DAMAGED_FIX = (
-    "restore the file from a backup, or move it away (or point --store / CORRAL_STORE at another "
-    "file) to start a new store; resuming its runs needs a good copy of this file"
-)
-
-
-def _store_error(path: Path, e: sqlite3.DatabaseError, opening: bool) -> StoreError:
-    """The one-line StoreError, with its fix, for an SQLite error met opening or using a store."""
-    lead = f"cannot open the store at {path}" if opening else f"cannot use the store at {path}"
-    code = (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF
-    if code in _DAMAGED or "malformed" in str(e):
-        return StoreError(f"{lead}: it is damaged ({e}) — {_DAMAGED_FIX}")
-    if code in _BUSY:
-        return StoreError(
-            f"{lead}: another process kept it locked for over {BUSY_TIMEOUT_S:g} s ({e}) — let that "
-            "process finish (or stop it), then run the command again"
-        )
-    if code in _DISK:
-        what = "the disk is full" if code == 13 else f"a disk error ({e})"
-        return StoreError(f"{lead}: {what} — free some space (or check the disk), then run again; finished work is kept")
-    if code in _ACCESS:
-        return StoreError(
-            f"{lead}: {e} — point --store (or CORRAL_STORE) at a file you can write, or fix the "
-            "permissions of this one and of its folder"
-        )
-    return StoreError(f"{lead}: {e} — if the file is not a Corral store or was changed by another program, {_DAMAGED_FIX}")
-
-
-_S = TypeVar("_S", bound=type)
-
-
-def _translating_errors(cls: _S) -> _S:
-    """Wrap every public method so that an SQLite error it meets is raised as a StoreError that says
-    what to do. Constraint violations (IntegrityError) and misuse (ProgrammingError) are bugs of
-    the caller, not states of the store: they pass as they are."""
-    for name, fn in list(vars(cls).items()):
-        if not name.startswith("_") and inspect.isfunction(fn):
-            setattr(cls, name, _translate(fn))
-    return cls
-
-
-def _translate(fn: Callable[..., Any]) -> Callable[..., Any]:
-    if inspect.isgeneratorfunction(fn):
-
-        @functools.wraps(fn)
-        def gen(self: SQLiteStore, *args: Any, **kwargs: Any) -> Iterator[Any]:
-            try:
-                yield from fn(self, *args, **kwargs)
-            except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
-                raise
-            except sqlite3.DatabaseError as e:
-                raise _store_error(self.path, e, opening=False) from e
-
-        return gen
-
-    @functools.wraps(fn)
-    def call(self: SQLiteStore, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(self, *args, **kwargs)
-        except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
-            raise
-        except sqlite3.DatabaseError as e:
-            raise _store_error(self.path, e, opening=False) from e
-
-    return call
-
-
-@_translating_errors
+@translating_errors
 class SQLiteStore(Store):
     """A store in one SQLite file. Safe for several processes (WAL, busy timeout), including
     several that open a fresh store at the same moment (the schema is created under a write lock).
@@ -313,7 +108,7 @@ class SQLiteStore(Store):
         except sqlite3.DatabaseError as e:
             if not self.path.exists():
                 raise self._missing() from None
-            raise _store_error(self.path, e, opening=True) from None
+            raise store_error(self.path, e, True, BUSY_TIMEOUT_S) from None
         except OSError as e:
             raise StoreError(
                 f"cannot create the store at {self.path}: {e.strerror} — point --store (or "
@@ -327,10 +122,10 @@ class SQLiteStore(Store):
             db.execute("PRAGMA wal_autocheckpoint=10000")
             db.execute("PRAGMA cache_size=-65536")
             db.execute("PRAGMA foreign_keys=ON")
-            self._migrate(db)
+            migrate(db, self.path)
         except sqlite3.DatabaseError as e:
             db.close()
-            raise _store_error(self.path, e, opening=True) from None
+            raise store_error(self.path, e, True, BUSY_TIMEOUT_S) from None
         except BaseException:
             db.close()
             raise
@@ -346,7 +141,7 @@ class SQLiteStore(Store):
                 db.execute("PRAGMA journal_mode=WAL")
                 return
             except sqlite3.OperationalError as e:
-                if ((e.sqlite_errorcode or 0) & 0xFF) not in _BUSY or time.monotonic() > deadline:
+                if ((e.sqlite_errorcode or 0) & 0xFF) not in BUSY or time.monotonic() > deadline:
                     raise
                 time.sleep(0.005 + 0.02 * random.random())
 
@@ -363,38 +158,25 @@ class SQLiteStore(Store):
             first = problems[0][:160] if problems else "; ".join(lines)[:160]
             raise StoreError(
                 f"cannot open the store at {self.path}: it is damaged (integrity check: {first}) — "
-                f"{_DAMAGED_FIX}"
+                f"{DAMAGED_FIX}"
             )
 
-    def _migrate(self, db: sqlite3.Connection) -> None:
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version == len(MIGRATIONS):
-            return
-        self._refuse_newer(version)
-        # Several processes may open a fresh (or older) store at once: the first to take the
-        # write lock migrates; the others wait for it (busy timeout), then read the new version.
+    def _db_error(self, e: sqlite3.DatabaseError) -> StoreError:
+        """The StoreError, with its fix, for an SQLite error a method met."""
+        return store_error(self.path, e, False, BUSY_TIMEOUT_S)
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+        db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            self._refuse_newer(version)
-            for i, fn in enumerate(MIGRATIONS[version:], start=version + 1):
-                fn(db)
-                db.execute(f"PRAGMA user_version={i}")
-            db.execute("COMMIT")
+            yield db
         except BaseException:
-            if db.in_transaction:
+            if db.in_transaction:  # SQLite rolls back by itself on some errors (disk full...)
                 db.execute("ROLLBACK")
             raise
-
-    def _refuse_newer(self, version: int) -> None:
-        if version > len(MIGRATIONS):
-            raise StoreError(
-                f"the store at {self.path} was written by a newer Corral (schema {version}); "
-                "upgrade Corral or use another --store"
-            )
-
-    def _tx(self) -> _Tx:
-        return _Tx(self.db)
+        db.execute("COMMIT")
 
     def close(self) -> None:
         self._closed = True
@@ -495,7 +277,7 @@ class SQLiteStore(Store):
 
     def delete_run(self, run_id: str) -> None:
         with self._tx() as db:
-            for table in ("records", "ledger", "attempts"):
+            for table in ("records", "ledger", "attempts", "batch_items", "batches"):
                 db.execute(f"DELETE FROM {table} WHERE run_id=?", (run_id,))
             db.execute("DELETE FROM runs WHERE id=?", (run_id,))
 
@@ -544,7 +326,7 @@ class SQLiteStore(Store):
 
     # --- queue -------------------------------------------------------------------------
 
-    def reclaim(self, run_id: str, is_dead: Any) -> int:
+    def reclaim(self, run_id: str, is_dead: Callable[[str], bool]) -> int:
         now = time.time()
         dead = [o for o in self.lease_owners(run_id) if is_dead(o)]
         with self._tx() as db:
@@ -609,10 +391,7 @@ class SQLiteStore(Store):
         return row[0] if row else None
 
     def commit(
-        self,
-        calls: list[CallRecord],
-        attempts: list[AttemptRecord],
-        finals: list[FinalRecord],
+        self, calls: list[CallRecord], attempts: list[AttemptRecord], finals: list[FinalRecord]
     ) -> None:
         with self._tx() as db:
             self._write(db, calls, attempts, finals)
@@ -691,16 +470,13 @@ class SQLiteStore(Store):
                 [(batch_id, c, run_id, k, st, a, r) for c, k, st, a, r in items],
             )
 
-    def open_batches(self, run_id: str) -> list[dict[str, Any]]:
+    def open_batches(self, run_id: str) -> list[BatchRow]:
         rows = self.db.execute(
             "SELECT id, model, state, detail, n_items, created_at FROM batches "
             "WHERE run_id=? AND state != 'fetched' ORDER BY created_at",
             (run_id,),
         ).fetchall()
-        return [
-            {"id": i, "model": m, "state": st, "detail": d, "items": n, "created_at": c}
-            for i, m, st, d, n, c in rows
-        ]
+        return [BatchRow(*row) for row in rows]
 
     def set_batch_state(self, batch_id: str, state: str, detail: str | None = None) -> None:
         with self._tx() as db:
@@ -709,18 +485,14 @@ class SQLiteStore(Store):
                 (state, detail, time.time(), batch_id),
             )
 
-    def batch_items(self, batch_id: str) -> list[dict[str, Any]]:
+    def batch_items(self, batch_id: str) -> list[BatchItem]:
         rows = self.db.execute(
             "SELECT custom_id, key, step, attempt, request FROM batch_items WHERE batch_id=?",
             (batch_id,),
         ).fetchall()
-        return [
-            {"custom_id": c, "key": k, "step": st, "attempt": a, "request": r}
-            for c, k, st, a, r in rows
-        ]
+        return [BatchItem(*row) for row in rows]
 
     def batch_failures(self, run_id: str) -> dict[str, tuple[int, str]]:
-        """request hash -> (how many batch submissions of it failed, the last reason)."""
         out: dict[str, tuple[int, str]] = {}
         rows = self.db.execute(
             "SELECT custom_id, outcome FROM batch_items WHERE run_id=? AND outcome IS NOT NULL "
@@ -740,8 +512,7 @@ class SQLiteStore(Store):
     def finish_batch(
         self, batch_id: str, calls: list[CallRecord], outcomes: dict[str, str], detail: str | None
     ) -> None:
-        """Record a fetched batch in one transaction: its answers (cache + ledger) and each
-        item's outcome, and mark it fetched, so a crash never fetches half a batch twice."""
+        # one transaction, so a crash never fetches half a batch twice
         with self._tx() as db:
             self._write(db, calls, [], [])
             db.executemany(
@@ -780,107 +551,85 @@ class SQLiteStore(Store):
         cost = None if unknown else Decimal(row[4]) / _NANO
         return LedgerTotals(row[0], row[1], row[2], row[3], cost)
 
-    def breakdown(self, run_id: str) -> list[dict[str, Any]]:
+    def breakdown(self, run_id: str) -> list[StepSpend]:
         rows = self.db.execute(
             "SELECT step, strategy, model, SUM(replayed=0), SUM(replayed=1), "
             "COALESCE(SUM(CASE WHEN replayed=0 THEN input_tokens END),0), "
             "COALESCE(SUM(CASE WHEN replayed=0 THEN output_tokens END),0), "
             "COALESCE(SUM(cost_nanos),0), SUM(replayed=0 AND cost_nanos IS NULL), MIN(id) "
-            "FROM ledger WHERE run_id=? GROUP BY step, strategy, model",
+            "FROM ledger WHERE run_id=? GROUP BY step, strategy, model ORDER BY MIN(id)",
             (run_id,),
         ).fetchall()
-        merged: dict[tuple[str, str | None, str], dict[str, Any]] = {}
-        for step, strategy, model, paid, replayed, tin, tout, nanos, unknown, first in rows:
-            name = step.split("[", 1)[0]  # `details[2/3]`: a chunk of step `details`
-            k = (name, strategy, model)
-            m = merged.setdefault(k, {
-                "step": name, "strategy": strategy, "model": model, "calls": 0, "replayed": 0,
-                "input_tokens": 0, "output_tokens": 0, "cost": Decimal(0), "_first": first,
-            })
-            m["calls"] += paid or 0
-            m["replayed"] += replayed or 0
-            m["input_tokens"] += tin
-            m["output_tokens"] += tout
-            m["_first"] = min(m["_first"], first)
-            if unknown or m["cost"] is None:
-                m["cost"] = None
-            else:
-                m["cost"] += Decimal(nanos) / _NANO
-        out = sorted(merged.values(), key=lambda m: m.pop("_first"))
-        return out
+        merged: dict[tuple[str, str | None, str], StepSpend] = {}  # in order of first call
+        for step, strategy, model, paid, replayed, tin, tout, nanos, unknown, _first in rows:
+            name = split_label(step)[0]  # `details[2/3]`: a chunk of step `details`
+            m = merged.setdefault(
+                (name, strategy, model), StepSpend(name, strategy, model, 0, 0, 0, 0, Decimal(0))
+            )
+            m.calls += paid or 0
+            m.replayed += replayed or 0
+            m.input_tokens += tin
+            m.output_tokens += tout
+            m.cost = None if unknown or m.cost is None else m.cost + Decimal(nanos) / _NANO
+        return list(merged.values())
 
-    def run_spend(self, run_id: str) -> dict[str, Any]:
+    def run_spend(self, run_id: str) -> RunSpend:
         rows = self.db.execute(
-            "SELECT l.replayed, l.input_tokens, l.output_tokens, l.cost_nanos, r.response "
+            "SELECT l.input_tokens, l.output_tokens, l.cost_nanos, r.response "
             "FROM ledger l LEFT JOIN responses r ON r.request_hash = l.request_hash "
             "WHERE l.run_id=?",
             (run_id,),
         )
-        calls = tokens_in = tokens_out = 0
-        cost: Decimal | None = Decimal(0)
-        for _replayed, tin, tout, nanos, response in rows:
-            calls += 1
+        spend = RunSpend(0, 0, 0, Decimal(0))
+        for tin, tout, nanos, response in rows:
+            spend.calls += 1
             if response is not None:
                 usage = json.loads(response).get("usage") or {}
-                tokens_in += int(usage.get("input_tokens") or 0)
-                tokens_out += int(usage.get("output_tokens") or 0)
+                spend.input_tokens += int(usage.get("input_tokens") or 0)
+                spend.output_tokens += int(usage.get("output_tokens") or 0)
                 price = usage.get("cost")
                 paid = None if price is None else Decimal(str(price))
             else:  # a billed call that failed: no response, the ledger row holds its usage
-                tokens_in += tin
-                tokens_out += tout
+                spend.input_tokens += tin
+                spend.output_tokens += tout
                 paid = None if nanos is None else Decimal(nanos) / _NANO
-            if cost is not None:
-                cost = None if paid is None else cost + paid
-        return {"calls": calls, "input_tokens": tokens_in, "output_tokens": tokens_out, "cost": cost}
+            if spend.cost is not None:
+                spend.cost = None if paid is None else spend.cost + paid
+        return spend
+
+    _RECORD_COLS = "key, ordinal, line, data, state, reason, outputs, attempts"
+
+    @staticmethod
+    def _record(row: tuple[Any, ...]) -> RecordRow:
+        k, o, ln, d, state, reason, out, attempts = row
+        return RecordRow(
+            k, o, ln, json.loads(d) if d else None, state, reason,
+            json.loads(out) if out else None, attempts,
+        )
 
     def iter_records(
         self, run_id: str, state: str, chunk: int = 2000, below_ordinal: int | None = None
-    ) -> Iterator[list[dict[str, Any]]]:
+    ) -> Iterator[list[RecordRow]]:
         last = -1
         end = below_ordinal if below_ordinal is not None else 1 << 62
         while True:
             rows = self.db.execute(
-                "SELECT key, ordinal, line, data, outputs, reason FROM records "
-                "WHERE run_id=? AND state=? AND ordinal > ? AND ordinal < ? ORDER BY ordinal LIMIT ?",
+                f"SELECT {self._RECORD_COLS} FROM records WHERE run_id=? AND state=? AND ordinal > ? "
+                "AND ordinal < ? ORDER BY ordinal LIMIT ?",
                 (run_id, state, last, end, chunk),
             ).fetchall()
             if not rows:
                 return
             last = rows[-1][1]
-            yield [
-                {
-                    "key": k,
-                    "ordinal": o,
-                    "line": ln,
-                    "data": json.loads(d) if d else None,
-                    "outputs": json.loads(out) if out else None,
-                    "reason": reason,
-                }
-                for k, o, ln, d, out, reason in rows
-            ]
+            yield [self._record(r) for r in rows]
 
-    def record(self, run_id: str, key: str) -> dict[str, Any] | None:
+    def record(self, run_id: str, key: str) -> RecordRow | None:
         row = self.db.execute(
-            "SELECT key, ordinal, line, data, state, reason, outputs, attempts FROM records "
-            "WHERE run_id=? AND key=?",
-            (run_id, key),
+            f"SELECT {self._RECORD_COLS} FROM records WHERE run_id=? AND key=?", (run_id, key)
         ).fetchone()
-        if row is None:
-            return None
-        k, o, ln, d, state, reason, out, attempts = row
-        return {
-            "key": k,
-            "ordinal": o,
-            "line": ln,
-            "data": json.loads(d) if d else None,
-            "state": state,
-            "reason": reason,
-            "outputs": json.loads(out) if out else None,
-            "attempts": attempts,
-        }
+        return None if row is None else self._record(row)
 
-    def record_calls(self, run_id: str, key: str) -> list[dict[str, Any]]:
+    def record_calls(self, run_id: str, key: str) -> list[TraceEvent]:
         rows = self.db.execute(
             "SELECT a.step, a.attempt, a.outcome, a.detail, a.request_hash, r.request, r.response, "
             "l.replayed, l.input_tokens, l.output_tokens, l.cost_nanos, a.data "
@@ -896,37 +645,13 @@ class SQLiteStore(Store):
             if h is not None and (step, att, h) in seen:
                 continue
             seen.add((step, att, h))
-            out.append(
-                {
-                    "step": step,
-                    "attempt": att,
-                    "outcome": outcome,
-                    "detail": detail,
-                    "request_hash": h,
-                    "request": json.loads(req) if req else None,
-                    "response": json.loads(resp) if resp else None,
-                    "replayed": bool(replayed) if replayed is not None else None,
-                    "input_tokens": tin,
-                    "output_tokens": tout,
-                    "cost_usd": None if nanos is None else str(Decimal(nanos) / _NANO),
-                    "data": json.loads(data) if data else None,
-                }
-            )
+            out.append(TraceEvent(
+                step, att, outcome, detail, h,
+                json.loads(req) if req else None,
+                json.loads(resp) if resp else None,
+                bool(replayed) if replayed is not None else None,
+                tin, tout,
+                None if nanos is None else Decimal(nanos) / _NANO,
+                json.loads(data) if data else None,
+            ))
         return out
-
-
-class _Tx:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.db.execute("BEGIN IMMEDIATE")
-        return self.db
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is None:
-            self.db.execute("COMMIT")
-        elif self.db.in_transaction:  # SQLite rolls back by itself on some errors (disk full...)
-            self.db.execute("ROLLBACK")

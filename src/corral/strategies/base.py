@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 from abc import abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from corral.models.base import Message
+from corral.store.base import TraceEvent
 
 if TYPE_CHECKING:
     from corral.tasks.base import Step
@@ -121,6 +122,17 @@ class Strategy(BaseModel):
                 "(rpm, price...) under the job's `models:` mapping"
             )
         return v
+
+    #: the outcomes this strategy writes its decisions with (``ctx.note(event, ...)``): their
+    #: trace events are rendered by its :meth:`describe`
+    decisions: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def describe(cls, event: TraceEvent) -> list[str]:
+        """One of this strategy's decisions as a short line for ``corral show`` (and, where it
+        helps, indented lines under it). Override it to render a plugin's own events; this
+        default prints the outcome and its detail."""
+        return [f"{event.outcome}: {event.detail}" if event.detail else event.outcome]
 
     @abstractmethod
     async def solve(self, ctx: Solver) -> Outcome:

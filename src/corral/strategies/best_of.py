@@ -8,11 +8,12 @@ stops at the first answer that passes every check (and, with a judge, scores ``j
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
 from corral.models.base import Message
+from corral.store.base import TraceEvent
 from corral.strategies.base import Outcome, Sample, Solver, Strategy, check_verifier
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ class BestOf(Strategy):
     """Explore ``n`` branches; keep the one that checks out."""
 
     name: Literal["best_of"] = "best_of"
+    decisions: ClassVar[frozenset[str]] = frozenset({"best"})
     n: int = Field(4, ge=1, le=50, description="most answers sampled per record")
     temperature: float = Field(0.7, ge=0.0, le=2.0, description="sampling temperature of the branches")
     judge: str | None = Field(None, description="instructions for a judge call that scores each answer 0-10")
@@ -49,6 +51,24 @@ class BestOf(Strategy):
     def expected_calls(self) -> tuple[float, float]:
         per = 2 if self.judge else 1
         return (float(per), float(per * self.n))
+
+
+    @classmethod
+    def describe(cls, event: TraceEvent) -> list[str]:
+        """``best_of: branch 0 passed, judge 8/10; branch 1 failed -> kept branch 0``."""
+        d = event.info
+        if d.get("branches") is None:
+            return super().describe(event)
+        parts = []
+        for b in d["branches"]:
+            s = f"branch {b.get('branch')} " + ("passed" if b.get("passed") else "failed")
+            if b.get("judge") is not None:
+                s += f", judge {b['judge']}/10"
+            if b.get("problems"):
+                n = len(b["problems"])
+                s += f", {n} failed check{'s' * (n > 1)}"
+            parts.append(s)
+        return [f"best_of: {'; '.join(parts)} -> kept branch {d.get('kept')}"]
 
     async def solve(self, ctx: Solver) -> Outcome:
         best: tuple[tuple[float, ...], int, Sample] | None = None

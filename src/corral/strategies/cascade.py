@@ -8,10 +8,12 @@ otherwise the record escalates to the next stage. The last stage's answer stands
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, SerializeAsAny, field_validator
 
+from corral._trace_text import conf
+from corral.store.base import TraceEvent
 from corral.strategies.base import Outcome, Solver, Strategy
 
 
@@ -19,6 +21,7 @@ class Cascade(Strategy):
     """Escalate from cheap to strong on low confidence or failed checks."""
 
     name: Literal["cascade"] = "cascade"
+    decisions: ClassVar[frozenset[str]] = frozenset({"escalate"})
     stages: list[SerializeAsAny[Strategy]] = Field(min_length=2, description="strategies tried in order, cheapest first")
     threshold: float = Field(
         0.8, ge=0.0, le=1.0, description="confidence a stage's answer needs to be accepted"
@@ -44,6 +47,25 @@ class Cascade(Strategy):
         for s in self.stages:
             if isinstance(s, Cascade):
                 raise ValueError("a cascade stage cannot itself be a cascade; list its stages instead")
+
+
+    @classmethod
+    def describe(cls, event: TraceEvent) -> list[str]:
+        """``escalate: stage 1 -> stage 2: <why>``, or that a stage's answer was accepted."""
+        d = event.info
+        if "stage" not in d:
+            return super().describe(event)
+        stage = d["stage"]
+        confidence, threshold = d.get("confidence"), d.get("threshold")
+        bar = f"threshold {threshold:g}" if threshold is not None else "no threshold"
+        if d.get("escalate"):
+            why = str(d.get("why") or event.detail or "")
+            if why.startswith("confidence ") and confidence is not None:
+                return [f"escalate: stage {stage} -> stage {stage + 1}: confidence {conf(confidence)} < {bar}"]
+            return [f"escalate: stage {stage} -> stage {stage + 1}: {why} (confidence {conf(confidence)}, {bar})"]
+        if confidence is None:
+            return [f"cascade: stage {stage} accepted (no confidence measure, {bar}; checks passed)"]
+        return [f"cascade: stage {stage} accepted (confidence {conf(confidence)} >= {bar}; checks passed)"]
 
     async def solve(self, ctx: Solver) -> Outcome:
         out = Outcome(None, error="no stage ran")

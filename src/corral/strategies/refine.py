@@ -8,11 +8,12 @@ answer and its problems only, so the context does not grow with the rounds.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
 from corral.models.base import Message
+from corral.store.base import TraceEvent
 from corral.strategies.base import Outcome, Sample, Solver, Strategy, check_verifier
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ class Refine(Strategy):
     """Validate and repair, up to ``rounds`` repairs."""
 
     name: Literal["refine"] = "refine"
+    decisions: ClassVar[frozenset[str]] = frozenset({"critique"})
     rounds: int = Field(2, ge=1, le=10, description="most repair rounds after the first answer")
     critic: str | None = Field(
         None, description="instructions for a critic call that reviews each answer"
@@ -48,6 +50,21 @@ class Refine(Strategy):
     def expected_calls(self) -> tuple[float, float]:
         per = 2 if self.critic else 1
         return (float(per), float(per * (self.rounds + 1)))
+
+
+    @classmethod
+    def describe(cls, event: TraceEvent) -> list[str]:
+        """``critique of answer 2: <problem>``, a line a problem when there are several."""
+        d = event.info
+        if "problems" not in d:
+            return super().describe(event)
+        problems = [str(p) for p in d["problems"] or []]
+        if not problems:
+            return [f"critique: {event.detail or 'no problems'}"]
+        head = f"critique of answer {int(d.get('round', 0)) + 1}:"
+        if len(problems) == 1:
+            return [f"{head} {problems[0]}"]
+        return [head, *(f"- {p}" for p in problems)]
 
     async def solve(self, ctx: Solver) -> Outcome:
         s = await ctx.sample(model=self.model)

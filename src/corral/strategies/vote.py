@@ -9,10 +9,12 @@ by the samples left, so an easy row costs about ``min_samples`` calls rather tha
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from corral._trace_text import conf, votes_text
+from corral.store.base import TraceEvent
 from corral.strategies.base import Outcome, Sample, Solver, Strategy, canonical
 
 
@@ -20,13 +22,16 @@ class Vote(Strategy):
     """Self-consistency voting with an adaptive stop."""
 
     name: Literal["vote"] = "vote"
+    decisions: ClassVar[frozenset[str]] = frozenset({"vote"})
     samples: int = Field(5, ge=1, le=50, description="most answers sampled per record")
-    min_samples: int = Field(2, ge=1, le=50, description="answers sampled before an early stop")
+    min_samples: int = Field(default=2, ge=1, le=50, description="answers sampled before an early stop")
     agreement: float = Field(
         1.0, gt=0.0, le=1.0,
         description="stop early once this share of the answers agree (every field's leader)",
     )
-    temperature: float = Field(0.7, ge=0.0, le=2.0, description="sampling temperature of the votes")
+    temperature: float = Field(
+        default=0.7, ge=0.0, le=2.0, description="sampling temperature of the votes"
+    )
     adaptive: bool = Field(True, description="stop early; false always samples `samples` answers")
 
     @model_validator(mode="before")
@@ -47,6 +52,25 @@ class Vote(Strategy):
 
     def expected_calls(self) -> tuple[float, float]:
         return (float(self.min_samples if self.adaptive else self.samples), float(self.samples))
+
+
+    @classmethod
+    def describe(cls, event: TraceEvent) -> list[str]:
+        """``vote: billing 3, account 1 -> billing (agreement 0.75)``; a line a field for fields."""
+        d = event.info
+        if not d.get("fields"):
+            return super().describe(event)
+        notes = [f"agreement {conf(d.get('agreement'))}"]
+        if d.get("failed"):
+            notes.append(f"{d['failed']} sample{'s' * (d['failed'] > 1)} without an answer")
+        if d.get("stopped"):
+            notes.append(f"stopped: {d['stopped']}")
+        tail = f"({'; '.join(notes)})"
+        fields: dict[str, dict[str, int]] = d["fields"]
+        if len(fields) == 1:
+            (votes,) = fields.values()
+            return [f"vote: {votes_text(votes)} {tail}"]
+        return [f"vote, {d.get('answers', '?')} answers {tail}:", *(f"{k}: {votes_text(v)}" for k, v in fields.items())]
 
     async def solve(self, ctx: Solver) -> Outcome:
         got: list[Sample] = []

@@ -1,0 +1,184 @@
+"""The SQLite store's schema, as migrations: append only; each runs once, in order, inside a
+transaction, and ``PRAGMA user_version`` counts those that ran. A store whose version is higher
+than :data:`MIGRATIONS` knows was written by a newer Corral and is refused, never changed."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+from corral.errors import StoreError
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = []
+
+
+def migration(fn: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3.Connection], None]:
+    """Append ``fn`` to the schema's migrations (decorator)."""
+    MIGRATIONS.append(fn)
+    return fn
+
+
+def _script(db: sqlite3.Connection, sql: str) -> None:
+    # executescript() would COMMIT the migration's transaction; run statement by statement
+    for stmt in sql.split(";"):
+        if stmt.strip():
+            db.execute(stmt)
+
+
+@migration
+def m001_initial(db: sqlite3.Connection) -> None:
+    """Runs, records, the response cache, the ledger and the attempts (the trace)."""
+    _script(
+        db,
+        """
+        CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            job_name TEXT NOT NULL,
+            spec_hash TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            spec TEXT NOT NULL,
+            status TEXT NOT NULL,
+            stop_reason TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            ingested_rows INTEGER NOT NULL DEFAULT 0,
+            ingest_done INTEGER NOT NULL DEFAULT 0,
+            tags TEXT NOT NULL DEFAULT '{}',
+            outputs TEXT NOT NULL DEFAULT '[]',
+            elapsed_s REAL NOT NULL DEFAULT 0
+        );
+        CREATE TABLE records (
+            run_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            ordinal INTEGER NOT NULL,
+            line INTEGER,
+            content_hash TEXT,
+            data TEXT,
+            state TEXT NOT NULL,
+            reason TEXT,
+            outputs TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            lease_owner TEXT,
+            lease_expires REAL,
+            updated_at REAL NOT NULL,
+            UNIQUE (run_id, key)
+        );
+        CREATE INDEX records_state ON records (run_id, state, ordinal);
+        CREATE TABLE responses (
+            id INTEGER PRIMARY KEY,
+            request_hash TEXT NOT NULL UNIQUE,
+            model TEXT NOT NULL,
+            request TEXT NOT NULL,
+            response TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE TABLE ledger (
+            id INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            step TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            request_hash TEXT NOT NULL,
+            model TEXT NOT NULL,
+            replayed INTEGER NOT NULL,
+            input_tokens INTEGER NOT NULL,
+            output_tokens INTEGER NOT NULL,
+            cached_input_tokens INTEGER NOT NULL,
+            reasoning_tokens INTEGER NOT NULL,
+            cost_nanos INTEGER,
+            latency_s REAL NOT NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX ledger_run ON ledger (run_id, key);
+        CREATE TABLE attempts (
+            id INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            step TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            request_hash TEXT,
+            outcome TEXT NOT NULL,
+            detail TEXT,
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX attempts_record ON attempts (run_id, key);
+        """
+    )
+
+
+@migration
+def m002_batches(db: sqlite3.Connection) -> None:
+    """Provider batches and their items, so a submitted batch is polled again after a crash."""
+    _script(
+        db,
+        """
+        CREATE TABLE batches (
+            id TEXT PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            model TEXT NOT NULL,
+            state TEXT NOT NULL,
+            detail TEXT,
+            n_items INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE INDEX batches_run ON batches (run_id, state);
+        CREATE TABLE batch_items (
+            batch_id TEXT NOT NULL,
+            custom_id TEXT NOT NULL,
+            run_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            step TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            request TEXT NOT NULL,
+            outcome TEXT,
+            UNIQUE (batch_id, custom_id)
+        );
+        CREATE INDEX batch_items_hash ON batch_items (run_id, custom_id);
+        """,
+    )
+
+
+@migration
+def m003_traces(db: sqlite3.Connection) -> None:
+    """Strategy traces: attempts carry structured data (answers, votes, critiques, escalations),
+    and the ledger attributes each call to the strategy that made it."""
+    _script(
+        db,
+        """
+        ALTER TABLE attempts ADD COLUMN data TEXT;
+        ALTER TABLE ledger ADD COLUMN strategy TEXT
+        """,
+    )
+
+
+def migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Bring the store at ``path`` (open as ``db``) to the latest schema; StoreError when it was
+    written by a newer Corral."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version == len(MIGRATIONS):
+        return
+    _refuse_newer(version, path)
+    # Several processes may open a fresh (or older) store at once: the first to take the
+    # write lock migrates; the others wait for it (busy timeout), then read the new version.
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        _refuse_newer(version, path)
+        for i, fn in enumerate(MIGRATIONS[version:], start=version + 1):
+            fn(db)
+            db.execute(f"PRAGMA user_version={i}")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+def _refuse_newer(version: int, path: Path) -> None:
+    if version > len(MIGRATIONS):
+        raise StoreError(
+            f"the store at {path} was written by a newer Corral (schema {version}); "
+            "upgrade Corral or use another --store"
+        )
