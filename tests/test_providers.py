@@ -15,13 +15,16 @@ from jsonschema import Draft202012Validator
 
 import corral
 from corral.errors import (
+    AuthenticationError,
     ModelError,
     ModelNotFoundError,
     PermanentModelError,
     RateLimited,
     TransientModelError,
 )
-from corral.models._keys import AuthenticationError, Price, Secret, find_key, redact, retry_after
+from corral.models._hosted import retry_after
+from corral.models._keys import Secret, find_key, redact
+from corral.models._prices import Price
 from corral.models.base import Message, Request
 from corral.testing import ProviderServer
 
@@ -30,7 +33,8 @@ from .conftest import write
 openai = pytest.importorskip("openai")
 anthropic = pytest.importorskip("anthropic")
 
-from corral.models.anthropic import AnthropicModel, ContextWindowExceeded  # noqa: E402
+from corral.errors import ContextWindowExceeded  # noqa: E402
+from corral.models.anthropic import AnthropicModel  # noqa: E402
 from corral.models.openai import OpenAIModel  # noqa: E402
 
 from ._providers import KEY, SCHEMA, claude, oai  # noqa: E402
