@@ -42,11 +42,10 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from corral.models.fake import _generate
+from corral._answers import WORD, answer_for
 
 __all__ = ["ProviderServer", "Served"]
 
-_WORD = re.compile(r"[A-Za-z][A-Za-z'-]{2,}")
 _SCHEMA_IN_PROMPT = re.compile(r"schema:\s*(?=\{)", re.I)
 
 OPENAI = "openai"
@@ -120,7 +119,7 @@ _THINKING_DOCS = "https://docs.claude.com/en/docs/build-with-claude/extended-thi
 
 def _thought(user_text: str) -> str:
     """The reasoning text answered to a request that asks for reasoning (from its words)."""
-    words = list(dict.fromkeys(_WORD.findall(user_text)))[:6]
+    words = list(dict.fromkeys(WORD.findall(user_text)))[:6]
     about = ", ".join(words) if words else "nothing in particular"
     return (f"The request mentions {about}. Weighing it step by step, the answer is the JSON "
             "value the schema asks for.")
@@ -637,10 +636,7 @@ class ProviderServer:
         if self.answer is not None:
             value = self.answer(body, provider)
         else:
-            rng = random.Random(f"{self.seed}:{hashlib.sha256(user_text.encode()).hexdigest()}")
-            words = _WORD.findall(user_text) or ["value"]
-            sch = schema or {"type": "object", "properties": {"text": {"type": "string"}}}
-            value = _generate(sch, rng, words)
+            value = answer_for(schema, user_text, self.seed, read_patterns=False)
         text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
         def done(text: str, finish: str, value: Any = value, out: int | None = None) -> _Answer:
