@@ -341,3 +341,11 @@ class HostedModel(Model):
             if custom_id in seen:
                 raise PermanentModelError(f"{self.id}: custom_id {custom_id!r} appears twice in one batch")
             seen.add(custom_id)
+
+    def _check_batch_size(self, size: int, api: str, most: int) -> None:
+        """Refuse a batch of more bytes than the provider takes."""
+        if size > most:
+            raise PermanentModelError(
+                f"{self.id}: the batch is {size} bytes; the {api} takes at most {most} bytes: "
+                "split it into smaller batches"
+            )

@@ -352,11 +352,7 @@ class AnthropicModel(HostedModel):
             entry = {"custom_id": self._send_id(custom_id), "params": params}
             size += len(json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode("utf-8")) + 1
             out.append(entry)
-        if size > most_bytes:
-            raise PermanentModelError(
-                f"{self.id}: the batch is {size} bytes; the Message Batches API takes at most "
-                f"{most_bytes} bytes: split it into smaller batches"
-            )
+        self._check_batch_size(size, "Message Batches API", most_bytes)
         return out
 
     async def submit_batch(self, items: list[tuple[str, Request]]) -> str:

@@ -501,11 +501,7 @@ class OpenAIModel(HostedModel):
             line = {"custom_id": custom_id, "method": "POST", "url": _BATCH_ENDPOINT, "body": self.params(request)}
             lines.append(json.dumps(line, ensure_ascii=False, separators=(",", ":")))
         data = ("\n".join(lines) + "\n").encode("utf-8")
-        if len(data) > most_bytes:
-            raise PermanentModelError(
-                f"{self.id}: the batch input is {len(data)} bytes; the Batch API takes at most "
-                f"{most_bytes} bytes: split it into smaller batches"
-            )
+        self._check_batch_size(len(data), "Batch API", most_bytes)
         return data
 
     async def submit_batch(self, items: list[tuple[str, Request]]) -> str:

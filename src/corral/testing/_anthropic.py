@@ -187,11 +187,17 @@ class AnthropicAPI(ServerCore):
             self.submissions["message_batches"] += 1
         return obj
 
+    def _msg_batch_state(self, bid: str) -> dict[str, Any]:
+        """A message batch's state (its object, requests, results...), or a 404 as Anthropic
+        answers it."""
+        st = self._msg_batches.get(bid)
+        if st is None:
+            raise _HTTPError(404, _anthropic_error(404, f"message batch {bid} not found"))
+        return st
+
     def _poll_msg_batch(self, bid: str) -> dict[str, Any]:
         with self._lock:
-            st = self._msg_batches.get(bid)
-            if st is None:
-                raise _HTTPError(404, _anthropic_error(404, f"message batch {bid} not found"))
+            st = self._msg_batch_state(bid)
             obj = st["obj"]
             if obj["processing_status"] == "ended":
                 return obj
@@ -240,9 +246,7 @@ class AnthropicAPI(ServerCore):
 
     def _cancel_msg_batch(self, bid: str) -> dict[str, Any]:
         with self._lock:
-            st = self._msg_batches.get(bid)
-            if st is None:
-                raise _HTTPError(404, _anthropic_error(404, f"message batch {bid} not found"))
+            st = self._msg_batch_state(bid)
             obj = st["obj"]
             if obj["processing_status"] != "ended":
                 st["cancel"] = True
@@ -251,9 +255,7 @@ class AnthropicAPI(ServerCore):
 
     def _msg_batch_results(self, bid: str) -> bytes:
         with self._lock:
-            st = self._msg_batches.get(bid)
-            if st is None:
-                raise _HTTPError(404, _anthropic_error(404, f"message batch {bid} not found"))
+            st = self._msg_batch_state(bid)
             if st["results"] is None:
                 raise _HTTPError(400, _anthropic_error(400, f"message batch {bid} has not ended yet"))
             return st["results"]

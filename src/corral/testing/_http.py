@@ -9,7 +9,6 @@ The APIs themselves are :mod:`corral.testing._openai` and :mod:`corral.testing._
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import math
 import random
@@ -258,7 +257,7 @@ class ServerCore:
 
     def configure(self, **faults: Any) -> ServerCore:
         """Change faults at runtime (``srv.configure(down=True)``); unknown names are an error."""
-        known = set(inspect.signature(type(self).__init__).parameters) - {"self", "host", "port"}
+        known = {k for k, kind in ServerCore.__annotations__.items() if not str(kind).startswith("ClassVar")}
         unknown = set(faults) - known
         if unknown:
             raise TypeError(f"unknown ProviderServer option(s): {', '.join(sorted(unknown))}")

@@ -256,11 +256,16 @@ class OpenAIAPI(ServerCore):
             self.submissions["batches"] += 1
         return batch
 
+    def _batch_state(self, bid: str) -> dict[str, Any]:
+        """A batch's state (its object, lines, polls...), or a 404 as OpenAI answers it."""
+        st = self._batches.get(bid)
+        if st is None:
+            raise _HTTPError(404, _openai_error(f"No such Batch object: {bid}", "invalid_request_error"))
+        return st
+
     def _poll_batch(self, bid: str) -> dict[str, Any]:
         with self._lock:
-            st = self._batches.get(bid)
-            if st is None:
-                raise _HTTPError(404, _openai_error(f"No such Batch object: {bid}", "invalid_request_error"))
+            st = self._batch_state(bid)
             obj = st["obj"]
             if obj["status"] in ("completed", "expired", "cancelled", "failed"):
                 return obj
@@ -335,9 +340,7 @@ class OpenAIAPI(ServerCore):
 
     def _cancel_batch(self, bid: str) -> dict[str, Any]:
         with self._lock:
-            st = self._batches.get(bid)
-            if st is None:
-                raise _HTTPError(404, _openai_error(f"No such Batch object: {bid}", "invalid_request_error"))
+            st = self._batch_state(bid)
             obj = st["obj"]
             if obj["status"] in ("completed", "expired", "failed", "cancelled"):
                 raise _HTTPError(409, _openai_error(

@@ -134,19 +134,6 @@ class ProviderServer(OpenAIAPI, AnthropicAPI):
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
+        faults = {k: v for k, v in locals().items() if k not in ("self", "host", "port")}
         self._setup(host, port)
-        self.configure(
-            latency_s=latency_s, rpm=rpm, tpm=tpm, rate_window_s=rate_window_s,
-            ratelimit_rate=ratelimit_rate, retry_after_s=retry_after_s, error_rate=error_rate,
-            error_codes=error_codes, timeout_rate=timeout_rate, hang_s=hang_s,
-            fail_status=fail_status, fail_message=fail_message, fail_code=fail_code,
-            truncation_rate=truncation_rate,
-            refusal_rate=refusal_rate, content_filter_rate=content_filter_rate,
-            malformed_rate=malformed_rate, context_window=context_window,
-            context_exceeded_rate=context_exceeded_rate, cache_ratio=cache_ratio,
-            reasoning_tokens=reasoning_tokens, down=down, down_mode=down_mode,
-            batch_polls=batch_polls, expire_batches=expire_batches,
-            batch_failure_rate=batch_failure_rate, api_key=api_key, echo_key=echo_key,
-            models=models, supports_json_schema=supports_json_schema, answer=answer,
-            top_logprobs=top_logprobs, seed=seed,
-        )
+        self.configure(**faults)
