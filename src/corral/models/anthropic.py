@@ -5,9 +5,10 @@ Structured output by a forced tool: the request's schema becomes the ``input_sch
 ``structured: json_schema`` the schema goes in ``output_config.format`` instead; with
 ``structured: prompt`` it is written in the system prompt.
 
-The SDK's own retries are off (the engine owns retries); every SDK error is translated in
-:meth:`AnthropicModel._translate`. The latest ``anthropic-ratelimit-*`` headers are kept in
-:attr:`AnthropicModel.rate_limits` for the engine.
+The SDK's own retries are off (the engine owns retries); every SDK error is translated at the
+hosted models' shared boundary (:mod:`corral.models._hosted`), with Anthropic's own cases (402 or
+"credit balance", 413 or "too long") added here. The latest ``anthropic-ratelimit-*`` headers
+are kept in :attr:`AnthropicModel.rate_limits` for the engine.
 
 The model also speaks the Message Batches API (:class:`corral.models.base.BatchAPI`): each
 request's ``params`` are exactly what :meth:`AnthropicModel.complete` sends; results are parsed as
@@ -38,6 +39,7 @@ from pydantic import Field, field_validator
 from corral.errors import ContextWindowExceeded, ModelError, PermanentModelError, QuotaExceeded
 from corral.models._hosted import HostedModel, HostedOptions, batch_counts, retryable
 from corral.models._options import parse_options
+from corral.models._schemas import add_note, output_schema, schema_note
 from corral.models.base import (
     BatchItem,
     BatchStatus,
@@ -52,13 +54,6 @@ __all__ = ["AnthropicModel", "AnthropicOptions", "ContextWindowExceeded"]
 
 _INSTALL_HINT = "make install-hosted, or pip install -e '.[anthropic]', in the Corral checkout"
 DEFAULT_BASE_URL = "https://api.anthropic.com"
-#: keywords Anthropic's structured outputs refuse (``For 'number' type, property 'minimum' is not
-#: supported``): left out of ``output_config.format``, still checked on every answer
-_NOT_IN_OUTPUT_FORMAT = frozenset({
-    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
-    "minLength", "maxLength", "maxItems", "uniqueItems", "minProperties", "maxProperties",
-})
-_SCHEMA_NOTE = "Answer with a JSON object that matches this JSON schema:\n"
 _TOO_LONG = (
     "the prompt and the answer do not fit in the model's context window; shorten the input "
     "or lower the step's max_tokens"
@@ -224,13 +219,11 @@ class AnthropicModel(HostedModel):
                     # extended thinking refuses a forced tool: let the model choose, and say
                     # which tool carries the answer (a text answer is read as text, as ever)
                     p["tool_choice"] = {"type": "auto"}
-                    note = _TOOL_NOTE.format(name=self.tool_name)
-                    system = (system.rstrip() + "\n\n" + note) if system else note
+                    system = add_note(system, _TOOL_NOTE.format(name=self.tool_name))
             elif mode == "json_schema":
-                p["output_config"] = {"format": {"type": "json_schema", "schema": _output_schema(schema)}}
+                p["output_config"] = {"format": {"type": "json_schema", "schema": output_schema(schema)}}
             else:
-                note = _SCHEMA_NOTE + json.dumps(schema, ensure_ascii=False)
-                system = (system.rstrip() + "\n\n" + note) if system else note
+                system = schema_note(schema, system)
         if system:
             p["system"] = system
         p["messages"] = messages or [{"role": "user", "content": ""}]
@@ -423,10 +416,3 @@ class AnthropicModel(HostedModel):
         return None
 
 
-def _output_schema(s: Any) -> Any:
-    """A copy of a schema without the keywords structured outputs refuse."""
-    if isinstance(s, list):
-        return [_output_schema(x) for x in s]
-    if not isinstance(s, dict):
-        return s
-    return {k: _output_schema(v) for k, v in s.items() if k not in _NOT_IN_OUTPUT_FORMAT}

@@ -6,9 +6,10 @@ talks to vLLM, llama.cpp's server, Ollama, or any server that speaks the chat co
     model: {name: openai:Qwen2.5-7B-Instruct, base_url: "http://localhost:8000/v1"}
 
 The SDK's own retries are off: the engine retries, rate limits and times out calls. Every SDK
-error is translated here, in :meth:`OpenAIModel._translate`, into :class:`RateLimited`,
-:class:`TransientModelError`, :class:`PermanentModelError` or :class:`AuthenticationError`.
-The latest rate-limit headers are kept in :attr:`OpenAIModel.rate_limits` for the engine.
+error is translated at the hosted models' shared boundary (:mod:`corral.models._hosted`); this
+module adds OpenAI's own cases (``insufficient_quota``, ``context_length_exceeded``, an answer
+that is not a chat completion). The latest rate-limit headers are kept in
+:attr:`OpenAIModel.rate_limits` for the engine.
 
 The model also speaks OpenAI's Batch API (:class:`corral.models.base.BatchAPI`): each request
 becomes one JSONL line whose body is exactly what :meth:`OpenAIModel.complete` would send, the
@@ -38,6 +39,7 @@ from corral.errors import ModelError, PermanentModelError, QuotaExceeded, Transi
 from corral.models._hosted import HostedModel, HostedOptions, batch_counts, retryable
 from corral.models._keys import Secret
 from corral.models._options import parse_options
+from corral.models._schemas import strict_ok, strict_schema, with_schema_in_prompt
 from corral.models.base import (
     BatchItem,
     BatchStatus,
@@ -56,14 +58,6 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 SERVICE_TIERS = ("auto", "default", "flex", "priority")
 #: models that reject any temperature but the default (reasoning models)
 _NO_TEMPERATURE = ("o1", "o3", "o4", "gpt-5")
-#: JSON-schema keywords that rule out OpenAI's strict structured outputs
-_NOT_STRICT = {
-    "allOf", "not", "if", "then", "else", "oneOf", "patternProperties", "dependentRequired",
-    "dependentSchemas", "unevaluatedProperties", "propertyNames", "contains",
-}
-#: validation-only keywords left out of a strict schema on the wire (the task still checks them)
-_STRIP_STRICT = {"uniqueItems", "minLength", "maxLength", "minProperties", "maxProperties"}
-_SCHEMA_NOTE = "Answer with a JSON object that matches this JSON schema:\n"
 #: the Batch API's limits: requests per batch, bytes of the input file
 BATCH_LIMITS = (50_000, 200 * 1024 * 1024)
 _BATCH_ENDPOINT = "/v1/chat/completions"
@@ -73,52 +67,10 @@ _BATCH_ENDED = ("completed", "expired", "cancelled", "failed")
 _FILE_TIMEOUT = 600.0
 
 
-def _strict_ok(s: Any, root: bool = True) -> bool:
-    """Whether OpenAI's strict mode accepts the schema as it is (every object closed and
-    every property required, no unsupported keyword)."""
-    if not isinstance(s, dict) or _NOT_STRICT & set(s):
-        return False
-    kind = s.get("type")
-    if root and kind != "object":
-        return False
-    if kind == "object" or "properties" in s:
-        props = s.get("properties") or {}
-        if s.get("additionalProperties") is not False or set(s.get("required") or []) != set(props):
-            return False
-        return all(_strict_ok(v, False) for v in props.values())
-    if kind == "array" or "items" in s:
-        return _strict_ok(s.get("items"), False)
-    if "anyOf" in s:
-        return all(_strict_ok(v, False) for v in s["anyOf"])
-    return True
 
 
-def _strict_schema(s: Any) -> Any:
-    """A copy of the schema for strict mode: an ``enum`` without ``type`` gets one, and
-    validation-only keywords strict mode may refuse are left out (answers are still checked
-    against the full schema by the task)."""
-    if isinstance(s, list):
-        return [_strict_schema(x) for x in s]
-    if not isinstance(s, dict):
-        return s
-    out = {k: _strict_schema(v) for k, v in s.items() if k not in _STRIP_STRICT}
-    if "enum" in out and "type" not in out:
-        names = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "NoneType": "null"}
-        kinds = sorted({names.get(type(v).__name__, "string") for v in out["enum"]})
-        if "integer" in kinds and "number" in kinds:
-            kinds.remove("integer")
-        out["type"] = kinds[0] if len(kinds) == 1 else kinds
-    return out
 
 
-def _with_schema_in_prompt(messages: list[dict[str, str]], schema: dict[str, Any]) -> list[dict[str, str]]:
-    note = _SCHEMA_NOTE + json.dumps(schema, ensure_ascii=False)
-    out = [dict(m) for m in messages]
-    for m in out:
-        if m["role"] == "system":
-            m["content"] = m["content"].rstrip() + "\n\n" + note
-            return out
-    return [{"role": "system", "content": note}, *out]
 
 
 def _batch_errors(batch: Any) -> str:
@@ -341,14 +293,14 @@ class OpenAIModel(HostedModel):
             return p
         if request.schema is not None:
             if self._schema_mode == "json_schema":
-                strict = _strict_ok(request.schema) if self.strict is None else self.strict
-                schema = _strict_schema(request.schema) if strict else copy.deepcopy(request.schema)
+                strict = strict_ok(request.schema) if self.strict is None else self.strict
+                schema = strict_schema(request.schema) if strict else copy.deepcopy(request.schema)
                 p["response_format"] = {
                     "type": "json_schema",
                     "json_schema": {"name": "answer", "schema": schema, "strict": bool(strict)},
                 }
             else:
-                messages = _with_schema_in_prompt(messages, request.schema)
+                messages = with_schema_in_prompt(messages, request.schema)
                 p["response_format"] = {"type": "json_object"}
         p["messages"] = messages
         p[self.max_tokens_param] = request.max_tokens
