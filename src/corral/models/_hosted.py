@@ -36,7 +36,10 @@ from corral.models._options import ModelOptions
 from corral.models._prices import Price, price_for
 from corral.models.base import Model, Request
 
-__all__ = ["HostedModel", "HostedOptions", "batch_counts", "rate_limit_headers", "retry_after", "unreachable"]
+__all__ = [
+    "HostedModel", "HostedOptions", "batch_counts", "rate_limit_headers", "retry_after", "retryable",
+    "unreachable",
+]
 
 T = TypeVar("T")
 
@@ -134,7 +137,15 @@ class HostedOptions(ModelOptions):
     max_concurrency: int = Field(1024, description="calls in flight the engine may allow")
     context_window: int | None = Field(None, description="the model's context window in tokens")
     supports_batch: bool = Field(True, description="whether the server has the provider's batch API")
-    headers: dict[str, str] | None = Field(None, description="extra HTTP headers sent with every call")
+    headers: dict[str, str] | None = Field(
+        None, repr=False, description="extra HTTP headers sent with every call"
+    )
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _key_as_text(cls, v: Any) -> Any:
+        # a key of digits is read by YAML as a number
+        return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
     @field_validator("timeout")
     @classmethod

@@ -17,8 +17,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from corral._registry import suggest
 from corral.errors import ModelConfigError
+from corral.models._keys import redact
 
-__all__ = ["ModelOptions", "parse_options", "options_signature"]
+__all__ = ["ModelOptions", "options_signature", "parse_options", "unknown_options"]
 
 OptionsT = TypeVar("OptionsT", bound="ModelOptions")
 
@@ -32,16 +33,9 @@ class ModelOptions(BaseModel):
 def parse_options(schema: type[OptionsT], model: str, given: Mapping[str, Any]) -> OptionsT:
     """``given`` checked against ``schema``; a problem raises :class:`ModelConfigError` naming
     ``model`` (as the job names it: ``fake``, ``openai:gpt-4o-mini``), the option and its fix."""
-    fields = sorted(schema.model_fields)
     unknown = [k for k in given if k not in schema.model_fields]
     if unknown:
-        key = unknown[0]
-        others = ", ".join(f"`{k}`" for k in unknown[1:])
-        more = f" (and {len(unknown) - 1} more: {others})" if others else ""
-        raise ModelConfigError(
-            f"model `{model}`: unknown option `{key}`{suggest(key, fields) or '.'}{more} "
-            f"Valid options: {', '.join(fields) or 'none'}."
-        )
+        raise ModelConfigError(unknown_options(model, unknown, list(schema.model_fields)))
     try:
         return schema.model_validate(dict(given))
     except ValidationError as e:
@@ -50,9 +44,23 @@ def parse_options(schema: type[OptionsT], model: str, given: Mapping[str, Any]) 
         if first["type"] == "value_error":  # a validator's own sentence names the option
             said = str(first["ctx"]["error"]) if "ctx" in first else first["msg"]
             raise ModelConfigError(f"model `{model}`: {said}") from None
-        raise ModelConfigError(
-            f"model `{model}`: option `{where}`: {first['msg']} (got {first.get('input')!r})"
-        ) from None
+        field = schema.model_fields.get(str(first["loc"][0])) if first["loc"] else None
+        # a secret option's value (a key, the headers that may carry one) is never echoed
+        got = f" (got {first.get('input')!r})" if field is None or field.repr else ""
+        raise ModelConfigError(redact(f"model `{model}`: option `{where}`: {first['msg']}{got}", None)) from None
+
+
+def unknown_options(model: str, unknown: list[str], valid: list[str], shared: list[str] | None = None) -> str:
+    """The message for options a model does not take: the first, the nearest valid key, how many
+    more, then every valid option (and ``shared``, the keys every ``model:`` mapping takes)."""
+    key = unknown[0]
+    others = ", ".join(f"`{k}`" for k in unknown[1:])
+    more = f" (and {len(unknown) - 1} more: {others})" if others else ""
+    also = f"; and for every model: {', '.join(shared)}" if shared else ""
+    return (
+        f"model `{model}`: unknown option `{key}`{suggest(key, valid + list(shared or ())) or '.'}{more} "
+        f"Valid options: {', '.join(sorted(valid)) or 'none'}{also}."
+    )
 
 
 def options_signature(schema: type[ModelOptions]) -> inspect.Signature:

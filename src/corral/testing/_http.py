@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from corral._answers import answer_for
 from corral.testing._text import _Answer, _cut, _thought, _tokens
@@ -255,7 +255,7 @@ class ServerCore:
         self._msg_batches: dict[str, dict[str, Any]] = {}
         self.reset_counters()
 
-    def configure(self, **faults: Any) -> ServerCore:
+    def configure(self, **faults: Any) -> Self:
         """Change faults at runtime (``srv.configure(down=True)``); unknown names are an error."""
         known = {k for k, kind in ServerCore.__annotations__.items() if not str(kind).startswith("ClassVar")}
         unknown = set(faults) - known
@@ -333,10 +333,10 @@ class ServerCore:
         """``http://127.0.0.1:PORT/v1``, the form OpenAI-compatible servers are usually given."""
         return self.url + "/v1"
 
-    def start(self) -> ServerCore:
+    def start(self) -> Self:
         if self._httpd is not None:
             return self
-        server = self
+        server: ServerCore = self
 
         class Handler(_Handler):
             srv = server
@@ -366,7 +366,7 @@ class ServerCore:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> ServerCore:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
