@@ -9,24 +9,23 @@ import random
 import uuid
 from typing import Any, ClassVar
 
+from corral.testing._answer import SimulatedModel, _Answer, _cut, _schema_in, _text_of, _tokens
 from corral.testing._http import (
     ANTHROPIC,
     Call,
     Route,
     Served,
-    ServerCore,
     _anthropic_error,
     _HTTPError,
     _now_iso,
 )
-from corral.testing._text import _Answer, _cut, _schema_in, _text_of, _tokens
 
 __all__ = ["AnthropicAPI"]
 
 _THINKING_DOCS = "https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
 
 
-class AnthropicAPI(ServerCore):
+class AnthropicAPI(SimulatedModel):
     """``/v1/messages`` and ``/v1/messages/batches``."""
 
     def _anthropic_message(self, body: dict[str, Any], raw: bytes, route: str, *,

@@ -2,8 +2,9 @@
 route shares (outages, keys, error rates, hangs), rate limits in sliding windows, the counters
 tests compare a run against, and the route table that sends each request to its API.
 
-The APIs themselves are :mod:`corral.testing._openai` and :mod:`corral.testing._anthropic`;
-:class:`corral.testing.ProviderServer` is both on top of :class:`ServerCore`.
+The APIs themselves are :mod:`corral.testing._openai` and :mod:`corral.testing._anthropic`, on
+top of the simulated model of :mod:`corral.testing._answer`; :class:`corral.testing.ProviderServer`
+is both APIs on top of :class:`ServerCore`.
 """
 
 from __future__ import annotations
@@ -21,9 +22,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar, Self
-
-from corral._answers import answer_for
-from corral.testing._text import _Answer, _cut, _thought, _tokens
 
 __all__ = ["Call", "Route", "Served", "ServerCore"]
 
@@ -505,50 +503,6 @@ class ServerCore:
         if r < self.timeout_rate:
             raise _Hang()
         return dice
-
-    def _generate(self, provider: str, body: dict[str, Any], schema: dict[str, Any] | None,
-                  prompt_text: str, user_text: str, max_tokens: int, dice: random.Random,
-                  think: bool = False) -> _Answer:
-        prompt_tokens = _tokens(prompt_text)
-        cached = int(prompt_tokens * float(self.cache_ratio))
-        reasoning = int(self.reasoning_tokens)
-        thought: str | None = None
-        if think:  # the reasoning comes first and counts against max_tokens
-            thought = _thought(user_text)
-            reasoning = reasoning or _tokens(thought)
-            max_tokens = max(1, max_tokens - reasoning)
-        r = dice.random()
-        if self.answer is not None:
-            value = self.answer(body, provider)
-        else:
-            value = answer_for(schema, user_text, self.seed, read_patterns=False)
-        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-
-        def done(text: str, finish: str, value: Any = value, out: int | None = None) -> _Answer:
-            completion = (_tokens(text) if out is None else out) + reasoning
-            return _Answer(value, text, finish, prompt_tokens, completion, cached, reasoning, thought)
-
-        if r < self.refusal_rate:
-            return done("I'm sorry, but I can't help with that request.", "refusal", None)
-        r -= self.refusal_rate
-        if provider == OPENAI:
-            if r < self.content_filter_rate:
-                return done("", "content_filter", None, 0)
-            r -= self.content_filter_rate
-        if r < self.truncation_rate:
-            cut = text[: max(1, len(text) // 2)]
-            return done(cut, "length", _cut(value), max(1, min(max_tokens, _tokens(cut))))
-        r -= self.truncation_rate
-        if r < self.malformed_rate:
-            return done("Sure! Here is the answer you asked for: " + text, "malformed", None)
-        r -= self.malformed_rate
-        if provider == ANTHROPIC and r < self.context_exceeded_rate:
-            cut = text[: max(1, len(text) // 3)]
-            return done(cut, "context", _cut(value))
-        if _tokens(text) > max_tokens:  # a real limit: the answer does not fit
-            cut = text[: max(1, max_tokens * 4)]
-            return done(cut, "length", _cut(value), max_tokens)
-        return done(text, "stop")
 
     def _auth(self, provider: str, headers: Any) -> None:
         if self.api_key is None:

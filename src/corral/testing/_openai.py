@@ -11,17 +11,16 @@ import time
 import uuid
 from typing import Any, ClassVar
 
+from corral.testing._answer import SimulatedModel, _Answer, _schema_in, _text_of, _tokens
 from corral.testing._http import (
     _DEFAULT_MESSAGES,
     OPENAI,
     Call,
     Route,
     Served,
-    ServerCore,
     _HTTPError,
     _openai_error,
 )
-from corral.testing._text import _Answer, _schema_in, _text_of, _tokens
 
 __all__ = ["OpenAIAPI"]
 
@@ -29,7 +28,7 @@ __all__ = ["OpenAIAPI"]
 _EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 
 
-class OpenAIAPI(ServerCore):
+class OpenAIAPI(SimulatedModel):
     """``/v1/chat/completions``, ``/v1/files`` and ``/v1/batches`` (also without ``/v1``)."""
 
     def _openai_chat(self, body: dict[str, Any], raw: bytes, route: str, *, batch: bool = False,
