@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.errors import TransientModelError
+from corral.errors import ModelConfigError, TransientModelError
 from corral.models.base import Completion, Message, Request
 from corral.models.fake import FakeModel
 
@@ -260,9 +260,9 @@ def test_bad_truth_files_and_options_say_how_to_fix(tmp_path, truth):
     with pytest.raises(ValueError, match=r"\.csv, \.tsv or \.jsonl"):
         FakeModel(truth=str(tmp_path / "t.xlsx"))
     for a in (0, 1, 1.5, -0.1):
-        with pytest.raises(ValueError, match="accuracy must be"):
+        with pytest.raises(ModelConfigError, match="accuracy must be"):
             FakeModel(accuracy=a)
-    with pytest.raises(ValueError, match="confusers must be"):
+    with pytest.raises(ModelConfigError, match="confusers must be"):
         FakeModel(confusers=0)
     with pytest.raises(ValueError) as e:
         FakeModel(truth=str(path), truth_label="nope")

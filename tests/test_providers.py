@@ -15,13 +15,16 @@ from jsonschema import Draft202012Validator
 
 import corral
 from corral.errors import (
+    AuthenticationError,
     ModelError,
     ModelNotFoundError,
     PermanentModelError,
     RateLimited,
     TransientModelError,
 )
-from corral.models._keys import AuthenticationError, Price, Secret, find_key, redact, retry_after
+from corral.models._hosted import retry_after
+from corral.models._keys import Secret, find_key, redact
+from corral.models._prices import Price
 from corral.models.base import Message, Request
 from corral.testing import ProviderServer
 
@@ -30,7 +33,8 @@ from .conftest import write
 openai = pytest.importorskip("openai")
 anthropic = pytest.importorskip("anthropic")
 
-from corral.models.anthropic import AnthropicModel, ContextWindowExceeded  # noqa: E402
+from corral.errors import ContextWindowExceeded  # noqa: E402
+from corral.models.anthropic import AnthropicModel  # noqa: E402
 from corral.models.openai import OpenAIModel  # noqa: E402
 
 from ._providers import KEY, SCHEMA, claude, oai  # noqa: E402
@@ -680,3 +684,58 @@ def test_openai_flex_is_sent_priced_at_batch_rates_and_falls_back_when_asked():
             oai(srv, service_tier="slow")
         with pytest.raises(ModelNotFoundError, match="flex_fallback needs"):
             oai(srv, flex_fallback=True)
+
+
+# --- typed options and the shared error ladder ---------------------------------------------------
+
+
+def test_every_model_takes_its_typed_options_and_refuses_others():
+    import importlib.util
+    import inspect
+
+    from corral.engine import make_model
+    from corral.errors import ModelConfigError
+    from corral.models.fake import FakeModel
+
+    classes: list[type] = [FakeModel, OpenAIModel, AnthropicModel]
+    if importlib.util.find_spec("llama_cpp") is not None:
+        from corral.models.local import LocalModel
+
+        classes.append(LocalModel)
+    for cls in classes:  # the signature make_model reads is the options' fields
+        assert set(inspect.signature(cls).parameters) - {"arg"} == set(cls.Options.model_fields)
+    with pytest.raises(ModelConfigError) as info:
+        OpenAIModel("gpt-4o-mini", api_key=KEY, timout=5)
+    msg = str(info.value)
+    assert msg.startswith("model `openai:gpt-4o-mini`: unknown option `timout`; did you mean `timeout`?")
+    assert "Valid options: " in msg and "service_tier" in msg
+    with pytest.raises(ModelConfigError, match=r"model `anthropic:claude-haiku-4-5`: structured must be"):
+        AnthropicModel("claude-haiku-4-5", api_key=KEY, structured="tools")
+    with pytest.raises(ModelConfigError, match=r"option `max_concurrency`: .*'many'"):
+        OpenAIModel("m", base_url="http://127.0.0.1:1/v1", max_concurrency="many")
+    with pytest.raises(ModelConfigError, match="timeout must be a positive number"):
+        OpenAIModel("m", base_url="http://127.0.0.1:1/v1", timeout=0)
+    with pytest.raises(ModelConfigError, match="model `fake`: error_rate must be between 0 and 1"):
+        FakeModel(error_rate=2)
+    fake = make_model({"name": "fake", "seed": 3, "latency": [0, 0.01]})
+    assert isinstance(fake, FakeModel) and fake.seed == 3 and fake.latency == (0.0, 0.01)
+
+
+def test_the_shared_status_ladder():
+    from corral.errors import RateLimited
+    from corral.models._hosted import batch_counts
+
+    m = OpenAIModel("gpt-4o-mini", api_key=KEY)
+    e = m._status_error(401, "bad key", None, None)
+    assert isinstance(e, AuthenticationError) and "OPENAI_API_KEY" in str(e) and '{"openai": "..."}' in str(e)
+    e = m._status_error(429, "slow down", {"retry-after": "2"}, "req_1")
+    assert isinstance(e, RateLimited) and e.retry_after == 2.0 and "(request req_1)" in str(e)
+    for status in (408, 409, 500, 529):
+        assert type(m._status_error(status, "x", None, None)) is TransientModelError
+    e = m._status_error(404, "no such model", None, None)
+    assert type(e) is PermanentModelError and "check the model name and base_url" in str(e)
+    assert "request rejected (400: x)" in str(m._status_error(400, "x", None, None))
+    a = AnthropicModel("claude-haiku-4-5", api_key=KEY)
+    assert '{"anthropic": "..."}' in str(a._status_error(401, "x", None, None))
+    assert batch_counts(None) == {}
+    assert batch_counts({"total": 3, "failed": None, "note": "x"}) == {"total": 3, "failed": 0}

@@ -17,7 +17,7 @@ from jsonschema import Draft202012Validator
 from corral.errors import PermanentModelError
 from corral.models.base import BatchItem, Message, Request
 from corral.testing import ProviderServer
-from corral.testing.server import _thought, _tokens
+from corral.testing._answer import _thought, _tokens
 
 openai = pytest.importorskip("openai")
 anthropic = pytest.importorskip("anthropic")

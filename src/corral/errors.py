@@ -8,6 +8,7 @@ Every exception Corral raises on purpose derives from :class:`CorralError`::
     │   ├── SourceError           missing file, missing column, duplicate keys, bad encoding
     │   ├── SinkError             the output cannot be written where the job says
     │   ├── ModelNotFoundError    unknown model name, missing model file or extra
+    │   │   └── ModelConfigError  a bad model option, API key or price
     │   └── RunNotFoundError      `corral status/show` named a run or key that is not stored
     ├── StoreError                the store cannot be opened or is from a newer Corral
     ├── ModelError                a model call failed; translated at the provider boundary
@@ -16,7 +17,8 @@ Every exception Corral raises on purpose derives from :class:`CorralError`::
     │   │   └── ProviderUnavailable  unreachable for longer than ``max_outage_s``: the run stops
     │   └── PermanentModelError   retrying will not help: the row is quarantined at once
     │       ├── AuthenticationError  the provider refused the credentials: the run stops
-    │       └── QuotaExceeded     the account is out of credit or quota: the run stops
+    │       ├── QuotaExceeded     the account is out of credit or quota: the run stops
+    │       └── ContextWindowExceeded  the prompt and answer overflowed the context window
     └── OutputError               a response came back but cannot be used as a value
         ├── Truncated             the model stopped at its output limit
         ├── Refused               the model refused or a content filter stopped it
@@ -29,6 +31,11 @@ retries within the record's attempt budget and then quarantines the row with the
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from corral.models.base import Usage
+
 __all__ = [
     "CorralError",
     "UserError",
@@ -36,6 +43,7 @@ __all__ = [
     "SourceError",
     "SinkError",
     "ModelNotFoundError",
+    "ModelConfigError",
     "RunNotFoundError",
     "StoreError",
     "ModelError",
@@ -45,6 +53,7 @@ __all__ = [
     "PermanentModelError",
     "AuthenticationError",
     "QuotaExceeded",
+    "ContextWindowExceeded",
     "OutputError",
     "Truncated",
     "Refused",
@@ -74,6 +83,12 @@ class SinkError(UserError):
 
 class ModelNotFoundError(UserError):
     """The model name does not resolve to an installed model."""
+
+
+class ModelConfigError(ModelNotFoundError):
+    """A model option, API key, keys file or price is invalid or missing; the message names the
+    option and its valid values. A :class:`ModelNotFoundError` so that code written before this
+    class existed, which caught that, still catches these."""
 
 
 class RunNotFoundError(UserError):
@@ -117,6 +132,16 @@ class AuthenticationError(PermanentModelError):
 class QuotaExceeded(PermanentModelError):
     """The provider says the account is out of credit or quota (OpenAI ``insufficient_quota``,
     Anthropic 402 ``billing_error``): every row would fail, so the run stops."""
+
+
+class ContextWindowExceeded(PermanentModelError):
+    """The model stopped because its context window was full (Anthropic's
+    ``model_context_window_exceeded``). The call was made and paid for: :attr:`usage` holds what
+    it used, so the engine can charge it."""
+
+    def __init__(self, message: str, usage: Usage | None = None) -> None:
+        super().__init__(message)
+        self.usage = usage
 
 
 class OutputError(CorralError):

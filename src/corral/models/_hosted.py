@@ -1,17 +1,90 @@
-"""What the hosted-provider adapters (``openai:``, ``anthropic:``) share: one SDK client per event
-loop, rate-limit headers observed from every answer, and the checks every batch's items pass."""
+"""The provider boundary the hosted adapters (``openai:``, ``anthropic:``) share, written once.
+
+- one SDK client per event loop, built with the SDK's retries off (the engine retries);
+- every SDK error becomes Corral's in one place: :meth:`HostedModel._guarded` runs a call and
+  translates what the SDK raises, :meth:`HostedModel._status_error` is the ladder of HTTP
+  statuses both providers share, and each adapter's :meth:`HostedModel._special_error` keeps
+  only its own cases (OpenAI's ``insufficient_quota``, Anthropic's 402...);
+- rate-limit headers are observed from every answer and every error;
+- the checks every batch's items pass, and a batch's ``request_counts`` as counts.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import importlib
+import importlib.util
 import os
 import time
 from abc import abstractmethod
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
-from corral.errors import PermanentModelError
-from corral.models._keys import rate_limit_headers
+from pydantic import Field, field_validator
+
+from corral.errors import (
+    AuthenticationError,
+    ModelError,
+    ModelNotFoundError,
+    PermanentModelError,
+    RateLimited,
+    TransientModelError,
+)
+from corral.models._keys import Secret, base_url_tag, find_key, redact, shown_keys_file
+from corral.models._options import ModelOptions
+from corral.models._prices import Price, price_for
 from corral.models.base import Model, Request
+
+__all__ = [
+    "HostedModel", "HostedOptions", "batch_counts", "rate_limit_headers", "retry_after", "retryable",
+    "unreachable",
+]
+
+T = TypeVar("T")
+
+_LIMIT_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "retry-after")
+
+
+def rate_limit_headers(headers: Any) -> dict[str, str]:
+    """The rate-limit headers of a response (``x-ratelimit-*``, ``anthropic-ratelimit-*``,
+    ``retry-after``, ``retry-after-ms``), lower-cased, as strings."""
+    if headers is None:
+        return {}
+    out: dict[str, str] = {}
+    try:
+        items = headers.items()
+    except AttributeError:
+        return {}
+    for k, v in items:
+        name = str(k).lower()
+        if name.startswith(_LIMIT_PREFIXES):
+            out[name] = str(v)
+    return out
+
+
+def retry_after(headers: Any) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date)."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 def unreachable(e: BaseException) -> str:
@@ -31,20 +104,134 @@ def unreachable(e: BaseException) -> str:
     return f"{type(inner).__name__}: {inner}" if inner is not None else str(e)
 
 
+def batch_counts(request_counts: Any) -> dict[str, int]:
+    """A batch's ``request_counts`` (an SDK model or a mapping) as ``{name: count}``."""
+    if request_counts is None:
+        return {}
+    if hasattr(request_counts, "model_dump"):
+        raw = request_counts.model_dump()
+    else:
+        raw = dict(request_counts)
+    return {str(k): int(v or 0) for k, v in raw.items() if isinstance(v, (int, type(None)))}
+
+
+def retryable(status: int) -> bool:
+    """Whether an HTTP status is worth retrying: a timeout (408), a conflict (409), a 5xx."""
+    return status in (408, 409) or status >= 500
+
+
+class HostedOptions(ModelOptions):
+    """The options every hosted model takes."""
+
+    base_url: str | None = Field(
+        None, description="the server; default the SDK's environment variable, else the provider's"
+    )
+    api_key: str | None = Field(
+        None, repr=False, description="the API key; prefer the environment or the keys file"
+    )
+    api_key_env: str = Field("", description="the environment variable the key is read from")
+    timeout: float = Field(60.0, description="seconds the HTTP client waits for one answer")
+    prices: dict[str, Any] | None = Field(
+        None, description="USD per million tokens, overriding the price table"
+    )
+    max_concurrency: int = Field(1024, description="calls in flight the engine may allow")
+    context_window: int | None = Field(None, description="the model's context window in tokens")
+    supports_batch: bool = Field(True, description="whether the server has the provider's batch API")
+    headers: dict[str, str] | None = Field(
+        None, repr=False, description="extra HTTP headers sent with every call"
+    )
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _key_as_text(cls, v: Any) -> Any:
+        # a key of digits is read by YAML as a number
+        return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive_timeout(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("timeout must be a positive number of seconds")
+        return v
+
+    @field_validator("max_concurrency")
+    @classmethod
+    def _some_concurrency(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        return v
+
+
 class HostedModel(Model):
-    """A model behind an HTTP API whose official SDK Corral drives (retries off: the engine's)."""
+    """A model behind an HTTP API whose official SDK Corral drives (retries off: the engine's).
+
+    A subclass names its SDK (:attr:`sdk_module`, :attr:`sdk_error`), builds its client
+    (:meth:`_new_sdk`) and says what its provider's errors mean beyond the shared ladder
+    (:meth:`_special_error`, :meth:`_detail`)."""
+
+    #: the provider's name: the model name's prefix and the keys file's entry
+    provider: str = ""
+    #: the SDK's module, imported when first needed (``openai``, ``anthropic``)
+    sdk_module: str = ""
+    #: how to install the SDK (named when it is missing)
+    install_hint: str = ""
+    #: the name of the SDK's base exception class in that module
+    sdk_error: str = ""
+    #: the environment variable the key was looked up in (named in the 401 message)
+    api_key_env: str = ""
+    #: seconds the HTTP client waits for an answer
+    timeout: float = 60.0
 
     def __init__(self) -> None:
         #: the latest rate-limit and ``retry-after`` headers (lower-case name -> value)
         self.rate_limits: dict[str, str] = {}
         #: ``time.time()`` when :attr:`rate_limits` was last updated
         self.rate_limits_at: float | None = None
+        self._key: Secret | None = None
         self._sdk: Any = None
         self._sdk_loop: asyncio.AbstractEventLoop | None = None
 
     @abstractmethod
     def _new_sdk(self) -> Any:
         """A new async SDK client (built on the running event loop)."""
+
+    def _configure(
+        self, arg: str | None, options: HostedOptions, default_url: str, url_env: str, key_required: bool
+    ) -> None:
+        """Set what every hosted model has from its options: name, server, key, id, timeout,
+        price and headers. The id names a server other than the provider's by a hash of its URL
+        (which may hold credentials)."""
+        self.name = str(arg).strip()
+        url = options.base_url or os.environ.get(url_env) or default_url
+        self.base_url = url.strip().rstrip("/")
+        self.api_key_env = options.api_key_env
+        self._key = find_key(self.provider, options.api_key, options.api_key_env, required=key_required)
+        own = self.base_url == default_url
+        self.id = f"{self.provider}:{self.name}" + ("" if own else f"@{base_url_tag(self.base_url)}")
+        self.timeout = options.timeout
+        self.price: Price | None = (
+            Price.parse(options.prices, where="prices")
+            if options.prices is not None
+            else price_for(self.provider, self.name)
+        )
+        self.headers = dict(options.headers or {})
+
+    @classmethod
+    def _named(cls, arg: str | None, example: str) -> str:
+        """The model name after ``PROVIDER:``, once the SDK is known to be installed."""
+        if importlib.util.find_spec(cls.sdk_module) is None:
+            raise ModelNotFoundError(
+                f"the {cls.provider} model needs the {cls.sdk_module} package; run: {cls.install_hint}"
+            )
+        if not arg or not str(arg).strip():
+            raise ModelNotFoundError(
+                f"name the model after `{cls.provider}:`, e.g. `{cls.provider}:{example}`"
+            )
+        return str(arg).strip()
+
+    def _api_key(self) -> str | None:
+        """The key itself, for the SDK client only."""
+        return self._key.get() if self._key is not None else None
 
     def _client(self) -> Any:
         loop = asyncio.get_running_loop()
@@ -65,6 +252,90 @@ class HostedModel(Model):
             self.rate_limits = found
             self.rate_limits_at = time.time()
 
+    # --- the error boundary ------------------------------------------------------------------
+
+    def _sdk_mod(self) -> Any:
+        return importlib.import_module(self.sdk_module)
+
+    async def _guarded(self, call: Awaitable[T]) -> T:
+        """Await ``call``; an SDK error it raises comes out as Corral's (:meth:`_translate`).
+
+        The one place where SDK errors are not chained to Corral's: ours is raised after the
+        ``except`` block has ended, so it carries no ``__context__``. The SDK's exception text may
+        quote the key and its request holds it; neither may reach a trace or a log."""
+        sdk_error: type[BaseException] = getattr(self._sdk_mod(), self.sdk_error)
+        failure: ModelError | None = None
+        try:
+            return await call
+        except sdk_error as e:
+            failure = self._translate(e)
+        raise failure
+
+    def _say(self, text: str) -> str:
+        """``text`` as it may be shown: without the key or anything shaped like one."""
+        return redact(text, self._key)
+
+    def _where(self) -> str:
+        """The model, as messages name it."""
+        return self.id
+
+    def _translate(self, e: BaseException) -> ModelError:
+        """An SDK error as Corral's: timeouts and connection errors, then HTTP statuses (the
+        adapter's own cases first, then :meth:`_status_error`)."""
+        sdk = self._sdk_mod()
+        where = self._where()
+        if isinstance(e, sdk.APITimeoutError):
+            return TransientModelError(self._say(f"{where}: no answer within {self.timeout:g} s (timeout)"))
+        if isinstance(e, sdk.APIConnectionError):
+            return TransientModelError(self._say(f"{where}: cannot reach the server ({unreachable(e)})"))
+        if isinstance(e, sdk.APIStatusError):
+            headers = e.response.headers if e.response is not None else None
+            self._observe(headers)
+            detail = self._detail(e)
+            rid = getattr(e, "request_id", None)
+            tail = f" (request {rid})" if rid else ""
+            special = None if e.status_code == 401 else self._special_error(e, e.status_code, detail, tail)
+            return special or self._status_error(e.status_code, detail, headers, rid)
+        return PermanentModelError(self._say(f"{where}: {type(e).__name__}: {e}"))
+
+    def _detail(self, e: Any) -> str:
+        """The provider's own words in an error response."""
+        return str(getattr(e, "message", "") or e)
+
+    def _special_error(self, e: Any, status: int, detail: str, tail: str) -> ModelError | None:
+        """The adapter's own reading of an error response, ahead of the shared ladder (``None``:
+        the ladder decides). ``tail`` names the request id for the message."""
+        return None
+
+    def _status_error(
+        self, status: int, detail: str, headers: Any, request_id: str | None
+    ) -> ModelError:
+        """The ladder of HTTP statuses every provider shares: 401 is the key, 429 a rate limit
+        (with the server's ``retry-after``), 408/409/5xx worth retrying, 404 the model name or
+        the URL, anything else a rejected request."""
+        where = self._where()
+        tail = f" (request {request_id})" if request_id else ""
+        if status == 401:
+            env = self.api_key_env
+            return AuthenticationError(self._say(
+                f"{where} rejected the API key (401: {detail}); set {env} to a valid key "
+                f"(export {env}=...), pass the model's api_key option, or add it to "
+                f'{shown_keys_file()} as {{"{self.provider}": "..."}}'
+            ))
+        if status == 429:
+            return RateLimited(
+                self._say(f"{where}: rate limited (429: {detail}){tail}"), retry_after=retry_after(headers)
+            )
+        if retryable(status):
+            return TransientModelError(self._say(f"{where}: server error {status}: {detail}{tail}"))
+        if status == 404:
+            return PermanentModelError(self._say(
+                f"{where}: not found (404: {detail}); check the model name and base_url{tail}"
+            ))
+        return PermanentModelError(self._say(f"{where}: request rejected ({status}: {detail}){tail}"))
+
+    # --- batches -----------------------------------------------------------------------------
+
     def _check_batch(self, items: list[tuple[str, Request]], api: str, most: int) -> None:
         """Refuse a batch the provider would: empty, too many items, or custom ids that are not
         distinct non-empty strings."""
@@ -81,3 +352,11 @@ class HostedModel(Model):
             if custom_id in seen:
                 raise PermanentModelError(f"{self.id}: custom_id {custom_id!r} appears twice in one batch")
             seen.add(custom_id)
+
+    def _check_batch_size(self, size: int, api: str, most: int) -> None:
+        """Refuse a batch of more bytes than the provider takes."""
+        if size > most:
+            raise PermanentModelError(
+                f"{self.id}: the batch is {size} bytes; the {api} takes at most {most} bytes: "
+                "split it into smaller batches"
+            )

@@ -5,9 +5,10 @@ Structured output by a forced tool: the request's schema becomes the ``input_sch
 ``structured: json_schema`` the schema goes in ``output_config.format`` instead; with
 ``structured: prompt`` it is written in the system prompt.
 
-The SDK's own retries are off (the engine owns retries); every SDK error is translated in
-:meth:`AnthropicModel._translate`. The latest ``anthropic-ratelimit-*`` headers are kept in
-:attr:`AnthropicModel.rate_limits` for the engine.
+The SDK's own retries are off (the engine owns retries); every SDK error is translated at the
+hosted models' shared boundary (:mod:`corral.models._hosted`), with Anthropic's own cases (402 or
+"credit balance", 413 or "too long") added here. The latest ``anthropic-ratelimit-*`` headers
+are kept in :attr:`AnthropicModel.rate_limits` for the engine.
 
 The model also speaks the Message Batches API (:class:`corral.models.base.BatchAPI`): each
 request's ``params`` are exactly what :meth:`AnthropicModel.complete` sends; results are parsed as
@@ -27,33 +28,18 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import importlib.util
 import inspect
 import json
-import os
 import re
 import time
 from typing import Any
 
-from corral.errors import (
-    ModelError,
-    ModelNotFoundError,
-    PermanentModelError,
-    QuotaExceeded,
-    RateLimited,
-    TransientModelError,
-)
-from corral.models._hosted import HostedModel, unreachable
-from corral.models._keys import (
-    AuthenticationError,
-    Price,
-    base_url_tag,
-    find_key,
-    price_for,
-    redact,
-    retry_after,
-    shown_keys_file,
-)
+from pydantic import Field, field_validator
+
+from corral.errors import ContextWindowExceeded, ModelError, PermanentModelError, QuotaExceeded
+from corral.models._hosted import HostedModel, HostedOptions, batch_counts, retryable
+from corral.models._options import parse_options
+from corral.models._schemas import add_note, output_schema, schema_note
 from corral.models.base import (
     BatchItem,
     BatchStatus,
@@ -64,17 +50,10 @@ from corral.models.base import (
     Usage,
 )
 
-__all__ = ["AnthropicModel"]
+__all__ = ["AnthropicModel", "AnthropicOptions", "ContextWindowExceeded"]
 
-DEFAULT_BASE_URL = "https://api.anthropic.com"
 _INSTALL_HINT = "make install-hosted, or pip install -e '.[anthropic]', in the Corral checkout"
-#: keywords Anthropic's structured outputs refuse (``For 'number' type, property 'minimum' is not
-#: supported``): left out of ``output_config.format``, still checked on every answer
-_NOT_IN_OUTPUT_FORMAT = frozenset({
-    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
-    "minLength", "maxLength", "maxItems", "uniqueItems", "minProperties", "maxProperties",
-})
-_SCHEMA_NOTE = "Answer with a JSON object that matches this JSON schema:\n"
+DEFAULT_BASE_URL = "https://api.anthropic.com"
 _TOO_LONG = (
     "the prompt and the answer do not fit in the model's context window; shorten the input "
     "or lower the step's max_tokens"
@@ -139,108 +118,57 @@ def decode_custom_id(sent: str) -> str | None:
     return None
 
 
-class ContextWindowExceeded(PermanentModelError):
-    """The model stopped because its context window was full (``model_context_window_exceeded``).
+class AnthropicOptions(HostedOptions):
+    """The options of ``anthropic:MODEL`` (docs/providers.md has them in a table)."""
 
-    The call was made and paid for: :attr:`usage` holds what it used."""
+    api_key_env: str = Field("ANTHROPIC_API_KEY", description="the environment variable the key is read from")
+    structured: str = Field(
+        "tool", description="tool: force a tool whose input schema is the step's schema; "
+        "json_schema: output_config.format; prompt: the schema in the system prompt"
+    )
+    tool_name: str = Field("answer", description="the name of that tool")
+    send_temperature: bool = Field(
+        False, description="send the step's temperature as an extra body field (not with "
+        "extended thinking, which allows only the default)"
+    )
 
-    def __init__(self, message: str, usage: Usage | None = None) -> None:
-        super().__init__(message)
-        self.usage = usage
+    @field_validator("structured")
+    @classmethod
+    def _known_mode(cls, v: str) -> str:
+        if v not in ("tool", "json_schema", "prompt"):
+            raise ValueError("structured must be `tool`, `json_schema` or `prompt`")
+        return v
 
 
 class AnthropicModel(HostedModel):
     """A Claude model behind Anthropic's Messages API.
 
-    ``arg`` is the model name (``claude-haiku-4-5``, ``claude-sonnet-4-5-20250929``...). Options
-    (all optional):
-
-    ``base_url``
-        Default ``$ANTHROPIC_BASE_URL``, else ``https://api.anthropic.com``.
-    ``api_key`` / ``api_key_env``
-        The key, else the environment variable ``api_key_env`` (default ``ANTHROPIC_API_KEY``),
-        else the ``anthropic`` entry of the keys file.
-    ``timeout``
-        Seconds the HTTP client waits for an answer (default 60).
-    ``structured``
-        ``tool`` (default): force a tool whose input schema is the step's schema;
-        ``json_schema``: ``output_config.format``; ``prompt``: the schema in the system prompt.
-    ``tool_name``
-        The name of that tool (default ``answer``).
-    ``send_temperature``
-        Send the step's temperature (default ``False``: the SDK's Messages API has no
-        ``temperature`` parameter; ``True`` sends it as an extra body field, except with
-        extended thinking, which allows only the default).
-    ``prices``
-        USD per million tokens ``{input, output, cached_input, cache_write, batch_discount}``,
-        overriding the price table; unknown models have cost ``None``.
-    ``max_concurrency``, ``context_window``
-        Capabilities the engine reads (default 64 calls in flight; window unknown).
-    ``supports_batch``
-        Whether the server has the Message Batches API (default ``True``).
-    ``headers``
-        Extra HTTP headers sent with every call (e.g. ``anthropic-beta``).
+    ``arg`` is the model name (``claude-haiku-4-5``, ``claude-sonnet-4-5-20250929``...); the
+    options are :class:`AnthropicOptions`. Unknown models have cost ``None``, never 0.
     """
 
     provider = "anthropic"
+    sdk_module = "anthropic"
+    install_hint = _INSTALL_HINT
+    sdk_error = "AnthropicError"
+    Options = AnthropicOptions
     capabilities = Capabilities(supports_schema=True, supports_logprobs=False, max_concurrency=1024)
 
-    def __init__(
-        self,
-        arg: str | None = None,
-        *,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        api_key_env: str = "ANTHROPIC_API_KEY",
-        timeout: float = 60.0,
-        structured: str = "tool",
-        tool_name: str = "answer",
-        send_temperature: bool = False,
-        prices: dict[str, Any] | None = None,
-        max_concurrency: int = 1024,
-        context_window: int | None = None,
-        supports_batch: bool = True,
-        headers: dict[str, str] | None = None,
-    ) -> None:
+    def __init__(self, arg: str | None = None, **options: Any) -> None:
         super().__init__()
-        if importlib.util.find_spec("anthropic") is None:
-            raise ModelNotFoundError(
-                f"the anthropic model needs the anthropic package; run: {_INSTALL_HINT}"
-            )
-        if not arg or not str(arg).strip():
-            raise ModelNotFoundError(
-                "name the model after `anthropic:`, e.g. `anthropic:claude-haiku-4-5`"
-            )
-        self.name = str(arg).strip()
-        url = base_url if base_url else os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL
-        self.base_url = url.strip().rstrip("/")
+        name = self._named(arg, "claude-haiku-4-5")
+        opts = parse_options(AnthropicOptions, f"anthropic:{name}", options)
+        self._configure(name, opts, DEFAULT_BASE_URL, "ANTHROPIC_BASE_URL", key_required=True)
         self.is_anthropic = self.base_url == DEFAULT_BASE_URL
-        self.api_key_env = api_key_env
-        self._key = find_key("anthropic", api_key, api_key_env)
-        self.id = f"anthropic:{self.name}" + (
-            "" if self.is_anthropic else f"@{base_url_tag(self.base_url)}"
-        )
-        if float(timeout) <= 0:
-            raise ModelNotFoundError("timeout must be a positive number of seconds")
-        self.timeout = float(timeout)
-        if structured not in ("tool", "json_schema", "prompt"):
-            raise ModelNotFoundError("structured must be `tool`, `json_schema` or `prompt`")
-        self.structured = structured
-        self.tool_name = tool_name
-        self.send_temperature = bool(send_temperature)
-        self.price: Price | None = (
-            Price.parse(prices, where="prices") if prices is not None
-            else price_for("anthropic", self.name)
-        )
-        if int(max_concurrency) < 1:
-            raise ModelNotFoundError("max_concurrency must be at least 1")
-        self.headers = dict(headers or {})
+        self.structured = opts.structured
+        self.tool_name = opts.tool_name
+        self.send_temperature = opts.send_temperature
         self.capabilities = Capabilities(
             supports_schema=True,
             supports_logprobs=False,
-            supports_batch=bool(supports_batch),
-            max_concurrency=int(max_concurrency),
-            context_window=context_window,
+            supports_batch=opts.supports_batch,
+            max_concurrency=opts.max_concurrency,
+            context_window=opts.context_window,
         )
         #: (max requests per batch, max bytes of the batch create request)
         self.batch_limits: tuple[int, int] = BATCH_LIMITS
@@ -254,7 +182,7 @@ class AnthropicModel(HostedModel):
         import anthropic
 
         return anthropic.AsyncAnthropic(
-            api_key=self._key.get(),  # type: ignore[union-attr]
+            api_key=self._api_key(),
             base_url=self.base_url,
             timeout=self.timeout,
             max_retries=0,  # the engine owns retries
@@ -291,13 +219,11 @@ class AnthropicModel(HostedModel):
                     # extended thinking refuses a forced tool: let the model choose, and say
                     # which tool carries the answer (a text answer is read as text, as ever)
                     p["tool_choice"] = {"type": "auto"}
-                    note = _TOOL_NOTE.format(name=self.tool_name)
-                    system = (system.rstrip() + "\n\n" + note) if system else note
+                    system = add_note(system, _TOOL_NOTE.format(name=self.tool_name))
             elif mode == "json_schema":
-                p["output_config"] = {"format": {"type": "json_schema", "schema": _output_schema(schema)}}
+                p["output_config"] = {"format": {"type": "json_schema", "schema": output_schema(schema)}}
             else:
-                note = _SCHEMA_NOTE + json.dumps(schema, ensure_ascii=False)
-                system = (system.rstrip() + "\n\n" + note) if system else note
+                system = schema_note(schema, system)
         if system:
             p["system"] = system
         p["messages"] = messages or [{"role": "user", "content": ""}]
@@ -320,23 +246,18 @@ class AnthropicModel(HostedModel):
         return budget
 
     async def complete(self, request: Request) -> Completion:
-        import anthropic
-
-        client = self._client()
         t0 = time.perf_counter()
-        failure: ModelError | None = None
-        try:
-            raw = await client.messages.with_raw_response.create(**self.params(request))
-            self._observe(raw.headers)
-            msg = raw.parse()
-            if inspect.isawaitable(msg):
-                msg = await msg
-        except anthropic.AnthropicError as e:
-            failure = self._translate(e)
-        if failure is not None:
-            # raised outside the except block: the SDK's exception is not chained to ours
-            raise failure
+        msg = await self._guarded(self._create(self.params(request)))
         return self._completion(msg, time.perf_counter() - t0)
+
+    async def _create(self, params: dict[str, Any]) -> Any:
+        """One Messages API call: its rate-limit headers observed, its response parsed."""
+        raw = await self._client().messages.with_raw_response.create(**params)
+        self._observe(raw.headers)
+        msg = raw.parse()
+        if inspect.isawaitable(msg):
+            msg = await msg
+        return msg
 
     def _completion(self, msg: Any, latency: float, batch: bool = False) -> Completion:
         usage = self._usage(getattr(msg, "usage", None), batch=batch)
@@ -352,8 +273,8 @@ class AnthropicModel(HostedModel):
         if text is None:
             text = "".join(getattr(b, "text", "") or "" for b in blocks if getattr(b, "type", None) == "text")
         # extended thinking's blocks (redacted_thinking blocks carry no readable text)
-        thoughts = [getattr(b, "thinking", None) for b in blocks if getattr(b, "type", None) == "thinking"]
-        thoughts = [t for t in thoughts if isinstance(t, str) and t.strip()]
+        said = (getattr(b, "thinking", None) for b in blocks if getattr(b, "type", None) == "thinking")
+        thoughts = [t for t in said if isinstance(t, str) and t.strip()]
         finish: FinishReason
         if stop == "max_tokens":
             finish = "length"
@@ -424,72 +345,39 @@ class AnthropicModel(HostedModel):
             entry = {"custom_id": self._send_id(custom_id), "params": params}
             size += len(json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode("utf-8")) + 1
             out.append(entry)
-        if size > most_bytes:
-            raise PermanentModelError(
-                f"{self.id}: the batch is {size} bytes; the Message Batches API takes at most "
-                f"{most_bytes} bytes: split it into smaller batches"
-            )
+        self._check_batch_size(size, "Message Batches API", most_bytes)
         return out
 
     async def submit_batch(self, items: list[tuple[str, Request]]) -> str:
         """Create a message batch; returns its id."""
-        import anthropic
-
         requests = self.batch_requests(items)
-        failure: ModelError | None = None
-        try:
-            batch = await self._client().messages.batches.create(
-                requests=requests, timeout=max(self.timeout, _FILE_TIMEOUT)
-            )
-        except anthropic.AnthropicError as e:
-            failure = self._translate(e)
-        if failure is not None:
-            raise failure
+        timeout = max(self.timeout, _FILE_TIMEOUT)
+        batch = await self._guarded(self._client().messages.batches.create(requests=requests, timeout=timeout))
         return str(batch.id)
 
     async def poll_batch(self, batch_id: str) -> BatchStatus:
         """The batch's state: ``ended`` once its ``processing_status`` is ``ended``."""
-        import anthropic
-
-        failure: ModelError | None = None
-        try:
-            batch = await self._client().messages.batches.retrieve(batch_id)
-        except anthropic.AnthropicError as e:
-            failure = self._translate(e)
-        if failure is not None:
-            raise failure
+        batch = await self._guarded(self._client().messages.batches.retrieve(batch_id))
         status = str(getattr(batch, "processing_status", "") or "")
-        rc = getattr(batch, "request_counts", None)
-        counts: dict[str, int] = {}
-        if rc is not None:
-            raw = rc.model_dump() if hasattr(rc, "model_dump") else dict(rc)
-            counts = {str(k): int(v or 0) for k, v in raw.items() if isinstance(v, (int, type(None)))}
         return BatchStatus(
             id=str(batch.id),
             state="ended" if status == "ended" else "in_progress",
-            counts=counts,
+            counts=batch_counts(getattr(batch, "request_counts", None)),
             detail=status,
         )
 
     async def fetch_batch(self, batch_id: str) -> list[BatchItem]:
         """Every item of an ended batch: ``succeeded`` answers parsed as online ones and priced
         at the batch price; ``errored`` with the provider's message; ``expired``; ``cancelled``."""
-        import anthropic
+        return await self._guarded(self._results(batch_id))
 
-        failure: ModelError | None = None
+    async def _results(self, batch_id: str) -> list[BatchItem]:
         found: dict[str, BatchItem] = {}
-        try:
-            results = await self._client().messages.batches.results(
-                batch_id, timeout=max(self.timeout, _FILE_TIMEOUT)
-            )
-            async for r in results:
-                cid = self._caller_id(str(r.custom_id))
-                if cid not in found:
-                    found[cid] = self._batch_result(cid, r.result)
-        except anthropic.AnthropicError as e:
-            failure = self._translate(e)
-        if failure is not None:
-            raise failure
+        timeout = max(self.timeout, _FILE_TIMEOUT)
+        async for r in await self._client().messages.batches.results(batch_id, timeout=timeout):
+            cid = self._caller_id(str(r.custom_id))
+            if cid not in found:
+                found[cid] = self._batch_result(cid, r.result)
         return list(found.values())
 
     def _batch_result(self, cid: str, result: Any) -> BatchItem:
@@ -508,62 +396,23 @@ class AnthropicModel(HostedModel):
             err = getattr(resp, "error", None) if resp is not None else None
             etype = getattr(err, "type", None) or "error"
             msg = getattr(err, "message", None) or ""
-            return BatchItem(cid, None, redact(f"errored: {etype}: {msg}", self._key))
+            return BatchItem(cid, None, self._say(f"errored: {etype}: {msg}"))
         return BatchItem(cid, None, f"errored: unknown batch result type {kind!r}")
 
-    # --- the error boundary ------------------------------------------------------------------
+    # --- the error boundary: Anthropic's own cases (the shared ladder is HostedModel's) -----
 
-    def _translate(self, e: Exception) -> ModelError:
-        """The one place SDK errors become Corral's."""
-        import anthropic
+    def _detail(self, e: Any) -> str:
+        return getattr(e, "api_message", None) or super()._detail(e)
 
-        where = self.id
-
-        def say(text: str) -> str:
-            return redact(text, self._key)
-
-        if isinstance(e, anthropic.APITimeoutError):
-            return TransientModelError(say(f"{where}: no answer within {self.timeout:g} s (timeout)"))
-        if isinstance(e, anthropic.APIConnectionError):
-            return TransientModelError(say(f"{where}: cannot reach the server ({unreachable(e)})"))
-        if isinstance(e, anthropic.APIStatusError):
-            headers = e.response.headers if e.response is not None else None
-            self._observe(headers)
-            status = e.status_code
-            detail = getattr(e, "api_message", None) or str(getattr(e, "message", "") or e)
-            rid = getattr(e, "request_id", None)
-            tail = f" (request {rid})" if rid else ""
-            if status == 401:
-                return AuthenticationError(say(
-                    f"{where} rejected the API key (401: {detail}); set {self.api_key_env} to a "
-                    f"valid key (export {self.api_key_env}=...), pass the model's api_key option, "
-                    f"or add it to {shown_keys_file()} as {{\"anthropic\": \"...\"}}"
-                ))
-            if status == 402 or "credit balance" in detail.lower():
-                return QuotaExceeded(say(
-                    f"{where}: the account is out of credit ({status}: {detail}){tail}; add credit "
-                    "in the provider's billing settings, then run again"
-                ))
-            if status == 429:
-                return RateLimited(
-                    say(f"{where}: rate limited (429: {detail}){tail}"), retry_after=retry_after(headers)
-                )
-            if status in (408, 409) or status >= 500:
-                return TransientModelError(say(f"{where}: server error {status}: {detail}{tail}"))
-            if status == 413 or "too long" in detail.lower():
-                return PermanentModelError(say(f"{where}: too long ({status}: {detail}); {_TOO_LONG}"))
-            if status == 404:
-                return PermanentModelError(say(
-                    f"{where}: not found (404: {detail}); check the model name and base_url{tail}"
-                ))
-            return PermanentModelError(say(f"{where}: request rejected ({status}: {detail}){tail}"))
-        return PermanentModelError(say(f"{where}: {type(e).__name__}: {e}"))
+    def _special_error(self, e: Any, status: int, detail: str, tail: str) -> ModelError | None:
+        where = self._where()
+        if status == 402 or "credit balance" in detail.lower():
+            return QuotaExceeded(self._say(
+                f"{where}: the account is out of credit ({status}: {detail}){tail}; add credit "
+                "in the provider's billing settings, then run again"
+            ))
+        if (status == 413 or "too long" in detail.lower()) and status != 429 and not retryable(status):
+            return PermanentModelError(self._say(f"{where}: too long ({status}: {detail}); {_TOO_LONG}"))
+        return None
 
 
-def _output_schema(s: Any) -> Any:
-    """A copy of a schema without the keywords structured outputs refuse."""
-    if isinstance(s, list):
-        return [_output_schema(x) for x in s]
-    if not isinstance(s, dict):
-        return s
-    return {k: _output_schema(v) for k, v in s.items() if k not in _NOT_IN_OUTPUT_FORMAT}

@@ -10,6 +10,8 @@ from typing import Any, ClassVar, Literal
 
 import orjson
 
+from corral.models._options import ModelOptions, options_signature
+
 FinishReason = Literal["stop", "length", "refused", "content_filter", "error"]
 
 #: Bumped whenever the shape of what goes into a request hash changes, so old cache entries
@@ -55,7 +57,7 @@ class Request:
 
     def cache_key(self, model_id: str) -> str:
         """Versioned content hash of everything that determines the response."""
-        payload = {
+        payload: dict[str, Any] = {
             "model": model_id,
             "messages": [m.to_dict() for m in self.messages],
             "schema": self.schema,
@@ -196,7 +198,18 @@ class Model(ABC):
 
     #: stable identifier used in cache keys and the ledger, e.g. ``fake`` or ``local:smollm2``
     id: str = "model"
-    capabilities: ClassVar[Capabilities] = Capabilities()
+    #: what the model can do; a class default that an instance may replace from its options
+    capabilities: Capabilities = Capabilities()
+    #: the model's options as a :class:`corral.models._options.ModelOptions` subclass, or
+    #: ``None`` for a model whose constructor declares its own keywords. A class that sets it
+    #: gets the signature its options make (see :func:`~corral.models._options.options_signature`)
+    Options: ClassVar[type[ModelOptions] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        options = cls.__dict__.get("Options")
+        if options is not None:
+            setattr(cls, "__signature__", options_signature(options))  # noqa: B010 - not a plain attribute to mypy
 
     @abstractmethod
     async def complete(self, request: Request) -> Completion:

