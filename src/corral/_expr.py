@@ -30,7 +30,7 @@ _FUNCTIONS = {
 }
 
 
-class _Attr(dict):  # type: ignore[type-arg]
+class _Attr(dict[str, Any]):
     def __getattr__(self, name: str) -> Any:
         try:
             return _wrap(self[name])
