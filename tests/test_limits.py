@@ -141,6 +141,46 @@ def test_slow_start_ends_when_more_calls_in_flight_bring_no_more_answers(monkeyp
     assert max(seen) < 200, seen
 
 
+def test_slow_start_ends_when_the_calls_start_to_queue(monkeypatch):
+    """A client that can handle 100 answers a second at 0.1 s latency: past 10 in flight the
+    calls queue, so their latency grows with the calls in flight. Slow start ends at the first
+    round whose latency is INFLATION times the lowest, the limit lands near rate x lowest latency
+    x INFLATION, and it does not creep up while the latency stays inflated."""
+    import corral._limits as limits
+
+    clock = [0.0]
+    monkeypatch.setattr(limits.time, "monotonic", lambda: clock[0])
+
+    async def one_round(g: AdaptiveConcurrency) -> None:
+        n = int(g.limit)
+        latency = max(0.1, n / 100.0)  # queueing: n in flight take n / 100 s to be answered
+        for _ in range(n):
+            await g.acquire()
+        for _ in range(n):
+            clock[0] += latency / n
+            g.observe(latency, None)
+            await g.release("ok")
+
+    async def go() -> tuple[list[float], float]:
+        g = AdaptiveConcurrency(1024, start=4)
+        seen = []
+        for _ in range(12):
+            await one_round(g)
+            seen.append(g.limit)
+            if not g.slow_start:
+                break
+        landed = g.limit
+        for _ in range(20):  # 20 more round trips of inflated latency
+            await one_round(g)
+        assert not g.slow_start, seen
+        return seen, g.limit - landed
+
+    seen, grew = asyncio.run(go())
+    assert max(seen) <= 128, seen  # stopped within a few doublings past the 10 that suffice
+    assert seen[-1] <= 100 * 0.1 * AdaptiveConcurrency.INFLATION * 2, seen
+    assert grew < 1.0  # held while the calls queue
+
+
 def test_rate_times_latency_caps_the_limit_and_token_limits_count_through_call_size():
     async def go() -> tuple[float, float]:
         g = AdaptiveConcurrency(1024, start=8)

@@ -165,9 +165,12 @@ class AdaptiveConcurrency:
     From ``start``, each success adds one call while in slow start, so the limit doubles every
     round trip, until the first overload (429, 503), or until doubling stops paying: two rounds
     in a row whose answers per second grew by less than a quarter (the provider, not the calls
-    in flight, is then the limit; the limit goes back to what the best round had). After that each success adds ``1/limit``
-    (about one a round trip) and an overload halves the limit, at most once per ``cooldown_s`` so
-    one burst of errors counts once. The limit never passes ``maximum`` (the job's hard cap) nor
+    in flight, is then the limit; the limit goes back to what the best round had), or one round
+    whose latency is more than ``INFLATION`` times the lowest a round has had (the calls now
+    queue, in this process or at the provider, so more of them add delay, not answers; the limit
+    goes to the best round's rate x that lowest latency x ``INFLATION``). After that each success
+    adds ``1/limit`` (about one a round trip) while the latency is not inflated, and an overload
+    halves the limit, at most once per ``cooldown_s`` so one burst of errors counts once. The limit never passes ``maximum`` (the job's hard cap) nor
     the ceiling that the provider's rate limits and the calls' latency allow (:meth:`observe`:
     in flight = requests per second x latency, with room to spare): more calls in flight than
     that would only queue at the rate limiter.
@@ -181,6 +184,8 @@ class AdaptiveConcurrency:
     GROWTH = 1.25
     #: the shortest slow-start round, in seconds (at no latency, a rate over less is noise)
     MIN_ROUND_S = 0.05
+    #: latency over this many times the lowest round's means the calls in flight are queueing
+    INFLATION = 2.0
 
     def __init__(self, maximum: int, start: int | None = None, cooldown_s: float = 1.0) -> None:
         self.maximum = max(1, maximum)
@@ -199,6 +204,8 @@ class AdaptiveConcurrency:
         self._best_rate = 0.0
         self._best_limit = self.limit
         self._flat = 0
+        #: the lowest latency (moving average) at the end of a slow-start round
+        self._base_latency: float | None = None
         self._cond = asyncio.Condition()
 
     @property
@@ -216,8 +223,10 @@ class AdaptiveConcurrency:
             if outcome == "ok":
                 if self.slow_start:
                     self._count_round()
-                step = 1.0 if self.slow_start else 1.0 / max(self.limit, 1.0)
-                self.limit = min(self.cap, self.limit + step)
+                if self.slow_start:
+                    self.limit = min(self.cap, self.limit + 1.0)
+                elif not self._queueing():
+                    self.limit = min(self.cap, self.limit + 1.0 / max(self.limit, 1.0))
             elif outcome == "overload":
                 self.slow_start = False
                 now = time.monotonic()
@@ -238,7 +247,15 @@ class AdaptiveConcurrency:
         if self._round_done < self._round_need or span < max(self.latency_s or 0.0, self.MIN_ROUND_S):
             return
         rate = self._round_done / span
-        if rate >= self._best_rate * self.GROWTH:
+        if self.latency_s is not None and not self._queueing():
+            base = self._base_latency
+            self._base_latency = self.latency_s if base is None else min(base, self.latency_s)
+        if self._queueing():  # more in flight only waits longer
+            self.slow_start = False
+            assert self._base_latency is not None
+            fits = self._best_rate * self._base_latency * self.INFLATION
+            self.limit = min(self.limit, max(self._best_limit, fits, 1.0))
+        elif rate >= self._best_rate * self.GROWTH:
             self._best_rate, self._best_limit, self._flat = rate, self.limit, 0
         else:
             self._flat += 1
@@ -246,6 +263,11 @@ class AdaptiveConcurrency:
                 self.slow_start = False
                 self.limit = min(self.limit, self._best_limit)
         self._round_need = 0
+
+    def _queueing(self) -> bool:
+        """Whether the calls' latency is inflated past ``INFLATION`` x the lowest round's."""
+        base, now = self._base_latency, self.latency_s
+        return base is not None and now is not None and now > self.INFLATION * base
 
     def observe(self, latency_s: float, per_second: float | None) -> None:
         """A call's latency, and the request rate the limiter allows (``None``: no limit known)."""

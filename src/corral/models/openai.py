@@ -26,13 +26,14 @@ count in ``completion_tokens_details.reasoning_tokens``.
 from __future__ import annotations
 
 import copy
-import inspect
+import importlib
 import json
 import math
 import os
 import time
 from typing import Any
 
+import orjson
 from pydantic import Field, field_validator, model_validator
 
 from corral.errors import ModelError, PermanentModelError, QuotaExceeded, TransientModelError
@@ -345,13 +346,18 @@ class OpenAIModel(HostedModel):
             return await self._create(client, params)
 
     async def _create(self, client: Any, params: dict[str, Any]) -> Any:
-        """One chat completions call: its rate-limit headers observed, its response parsed."""
-        raw = await client.chat.completions.with_raw_response.create(**params)
+        """One chat completions call: its rate-limit headers observed, its response parsed.
+
+        The SDK's own client sends it (its auth, base_url, connection pool and error types), as
+        a plain POST of the request body: ``chat.completions.create`` would first walk the body
+        against its typed parameters (about 0.7 ms a call on these machines, an eighth of the
+        engine's time per row at high rates), and the body here is already plain JSON. The answer
+        is built into the SDK's ``ChatCompletion`` without validation, as its own parse does."""
+        import openai
+
+        raw = await client.post("/chat/completions", body=params, cast_to=_http_response())
         self._observe(raw.headers)
-        resp = raw.parse()
-        if inspect.isawaitable(resp):
-            resp = await resp
-        return resp
+        return openai.types.chat.ChatCompletion.construct(**orjson.loads(raw.content))
 
     def _schema_fallback(self, e: Any, params: dict[str, Any]) -> bool:
         """On a server that rejects json_schema, switch to json_object for good (auto mode)."""
@@ -614,3 +620,15 @@ class OpenAIModel(HostedModel):
                 self._say(f"{self._where()}: the server's answer is not a valid chat completion: {e}")
             )
         return super()._translate(e)
+
+
+def _http_response() -> type:
+    """The response class of the SDK's HTTP client, which its ``post`` returns as it is when asked
+    for it (the SDK's documented way to make a request of its own): httpx2 since openai 3,
+    httpx before."""
+    try:
+        module = importlib.import_module("httpx2")
+    except ImportError:
+        module = importlib.import_module("httpx")
+    response: type = module.Response
+    return response
