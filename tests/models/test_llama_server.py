@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from .conftest import corral_bin, write
+from ..conftest import corral_bin, write
 
 pytest.importorskip("llama_cpp.server")
 pytest.importorskip("openai")

@@ -21,7 +21,7 @@ from corral.store import SQLiteStore, open_store
 from corral.store.base import RunInfo
 from corral.store.sqlite import MIGRATIONS
 
-from .conftest import corral_bin, write
+from ..conftest import corral_bin, write
 
 JOB = """\
 name: safety

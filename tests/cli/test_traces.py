@@ -15,7 +15,7 @@ from corral import FakeModel, Job
 from corral.cli import main
 from corral.models.base import Request
 
-from .conftest import write
+from ..conftest import write
 
 SYSTEM = "You classify text"
 

@@ -23,7 +23,7 @@ anthropic = pytest.importorskip("anthropic")
 from corral.models.anthropic import decode_custom_id, encode_custom_id  # noqa: E402
 from corral.models.openai import OpenAIModel  # noqa: E402
 
-from ._providers import KEY, SCHEMA, claude, oai  # noqa: E402
+from .._providers import KEY, SCHEMA, claude, oai  # noqa: E402
 
 N = 30
 ANTHROPIC_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")

@@ -16,7 +16,7 @@ import corral
 from corral import Job
 from corral.testing import ProviderServer
 
-from .conftest import corral_bin, write
+from ..conftest import corral_bin, write
 
 pytest.importorskip("openai")
 from corral.models.openai import OpenAIModel  # noqa: E402

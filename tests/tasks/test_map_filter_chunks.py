@@ -21,7 +21,7 @@ from corral.tasks._chunks import chunk_spans, chunk_text, merge_values
 from corral.tasks.extract import ExtractStep
 from corral.tasks.map import MapStep, property_column_type
 
-from .conftest import ROOT, corral_bin, write
+from ..conftest import ROOT, corral_bin, write
 
 EXAMPLES = ROOT / "examples"
 
@@ -301,7 +301,7 @@ def test_when_unknown_name_is_one_line_error_before_any_call(tmp_path):
 
 
 def test_when_that_errors_on_a_row_quarantines_only_that_row(tmp_path):
-    # (a `when:` over a step that did not run is false, not an error: tests/test_empty_and_when.py)
+    # (a `when:` over a step that did not run is false, not an error: tests/tasks/test_empty_and_when.py)
     job = job_of(tmp_path, [
         {"name": "x", "task": "extract", "input": "{body}", "fields": {"amount": {"type": "number", "nullable": True}}},
         {"name": "big", "task": "classify", "input": "{body}", "labels": ["yes", "no"], "when": "x.amount > 10"},

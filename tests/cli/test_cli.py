@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import corral_bin, write
+from ..conftest import corral_bin, write
 
 JOB = """\
 name: cli-test

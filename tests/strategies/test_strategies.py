@@ -22,7 +22,7 @@ from corral.cli import main as cli_main
 from corral.errors import JobSpecError
 from corral.models.base import Request
 
-from .conftest import write
+from ..conftest import write
 
 # --- helpers ----------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from corral.io import (
 )
 from corral.io.parquet import ParquetSink
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 SMS_TSV = SHARED / "sms_spam" / "SMSSpamCollection.tsv"
 
 COLUMNS = [

@@ -28,7 +28,7 @@ from corral.models._prices import Price
 from corral.models.base import Message, Request
 from corral.testing import ProviderServer
 
-from .conftest import write
+from ..conftest import write
 
 openai = pytest.importorskip("openai")
 anthropic = pytest.importorskip("anthropic")
@@ -37,7 +37,7 @@ from corral.errors import ContextWindowExceeded  # noqa: E402
 from corral.models.anthropic import AnthropicModel  # noqa: E402
 from corral.models.openai import OpenAIModel  # noqa: E402
 
-from ._providers import KEY, SCHEMA, claude, oai  # noqa: E402
+from .._providers import KEY, SCHEMA, claude, oai  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

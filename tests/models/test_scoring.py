@@ -23,8 +23,8 @@ from corral.models.openai import choice_logprobs
 from corral.tasks.base import CONTENT_FREE
 from corral.testing import ProviderServer
 
-from ._providers import KEY, oai
-from .conftest import write
+from .._providers import KEY, oai
+from ..conftest import write
 
 #: content-free requests a calibrated scoring step makes once per run (and per yes/no question)
 NCF = len(CONTENT_FREE)

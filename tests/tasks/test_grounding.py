@@ -22,7 +22,7 @@ from corral.errors import JobSpecError
 from corral.models.base import Request
 from corral.tasks.extract import ExtractStep, wire_pattern
 
-from .conftest import write
+from ..conftest import write
 
 # --- the matcher ------------------------------------------------------------------------------
 

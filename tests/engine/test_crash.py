@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 
-from .conftest import corral_bin, write
+from ..conftest import corral_bin, write
 
 ROWS = 400
 JOB = """\

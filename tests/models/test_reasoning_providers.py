@@ -25,7 +25,7 @@ anthropic = pytest.importorskip("anthropic")
 from corral.models.anthropic import THINKING_BUDGETS, AnthropicModel  # noqa: E402
 from corral.models.openai import OpenAIModel  # noqa: E402
 
-from ._providers import KEY, SCHEMA, claude, oai  # noqa: E402
+from .._providers import KEY, SCHEMA, claude, oai  # noqa: E402
 
 TEXT = "My invoice was charged twice, please refund"
 CHAT = "POST /v1/chat/completions"

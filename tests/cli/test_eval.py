@@ -27,7 +27,7 @@ import corral
 from corral.cli import main
 from corral.models.base import Request
 
-from .conftest import ROOT, write
+from ..conftest import ROOT, write
 
 EXAMPLES = ROOT / "examples"
 LABELS = ["account", "billing", "other", "shipping", "technical"]

@@ -21,7 +21,7 @@ from corral import FakeModel, Job
 from corral.errors import JobSpecError, SourceError, UserError
 from corral.models.base import Request
 
-from .conftest import corral_bin, write
+from ..conftest import corral_bin, write
 
 REASON = "step `category`: empty input ({text} is empty)"
 

@@ -13,7 +13,7 @@ import corral
 from corral import FakeModel, Job
 from corral.errors import ModelNotFoundError, SourceError, UserError
 
-from .conftest import write
+from ..conftest import write
 
 TICKETS = "id,subject,body\n" + "".join(
     f"T{i},Subject {i},Body text number {i} about order ORD-{10000 + i}\n" for i in range(1, 41)

@@ -19,7 +19,7 @@ from corral._calibrate import matches, wilson
 from corral.cli import main
 from corral.strategies import parse_strategy
 
-from .conftest import write
+from ..conftest import write
 
 LABELS = ["billing", "shipping", "technical", "account", "other"]
 N = 300

@@ -17,7 +17,7 @@ from corral import FakeModel, Job
 from corral.errors import JobSpecError, SourceError
 from corral.models.base import Request
 
-from .conftest import ROOT, corral_bin, write
+from ..conftest import ROOT, corral_bin, write
 
 VENDORS = [
     "Acme Corporation", "Globex Inc", "Initech LLC", "Umbrella Pharmaceuticals", "Stark Industries",
@@ -493,7 +493,7 @@ def test_match_templates_are_checked_against_the_source(tmp_path):
 def test_clean_mode_on_the_hospital_typos_with_a_closest_candidate_model(tmp_path):
     """The design's reach on real dirty data: a model that always picks the closest candidate
     fixes most injected typos of the columns listed, asking only about the values that are rare."""
-    from .conftest import shared
+    from ..conftest import shared
 
     dirty = shared("hospital_errors", "hospital.csv")
     truth: dict[int, dict[str, str]] = {}
