@@ -37,7 +37,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from corral.errors import ContextWindowExceeded, ModelError, PermanentModelError, QuotaExceeded
-from corral.models._hosted import HostedModel, HostedOptions, batch_counts, retryable
+from corral.models._hosted import HostedModel, HostedOptions, batch_counts, pool_limits, retryable
 from corral.models._options import parse_options
 from corral.models._schemas import add_note, output_schema, schema_note
 from corral.models.base import (
@@ -187,6 +187,7 @@ class AnthropicModel(HostedModel):
             timeout=self.timeout,
             max_retries=0,  # the engine owns retries
             default_headers=self.headers or None,
+            http_client=anthropic.DefaultAsyncHttpxClient(limits=pool_limits(self.capabilities.max_concurrency)),
         )
 
     # --- one call ----------------------------------------------------------------------------

@@ -26,7 +26,6 @@ count in ``completion_tokens_details.reasoning_tokens``.
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import math
 import os
@@ -37,7 +36,14 @@ import orjson
 from pydantic import Field, field_validator, model_validator
 
 from corral.errors import ModelError, PermanentModelError, QuotaExceeded, TransientModelError
-from corral.models._hosted import HostedModel, HostedOptions, batch_counts, retryable
+from corral.models._hosted import (
+    HostedModel,
+    HostedOptions,
+    batch_counts,
+    http_module,
+    pool_limits,
+    retryable,
+)
 from corral.models._keys import Secret
 from corral.models._options import parse_options
 from corral.models._schemas import strict_ok, strict_schema, with_schema_in_prompt
@@ -272,6 +278,7 @@ class OpenAIModel(HostedModel):
             timeout=self.timeout,
             max_retries=0,  # the engine owns retries
             default_headers=self.headers or None,
+            http_client=openai.DefaultAsyncHttpxClient(limits=pool_limits(self.capabilities.max_concurrency)),
         )
 
     # --- one call ----------------------------------------------------------------------------
@@ -355,7 +362,7 @@ class OpenAIModel(HostedModel):
         is built into the SDK's ``ChatCompletion`` without validation, as its own parse does."""
         import openai
 
-        raw = await client.post("/chat/completions", body=params, cast_to=_http_response())
+        raw = await client.post("/chat/completions", body=params, cast_to=http_module().Response)
         self._observe(raw.headers)
         return openai.types.chat.ChatCompletion.construct(**orjson.loads(raw.content))
 
@@ -620,15 +627,3 @@ class OpenAIModel(HostedModel):
                 self._say(f"{self._where()}: the server's answer is not a valid chat completion: {e}")
             )
         return super()._translate(e)
-
-
-def _http_response() -> type:
-    """The response class of the SDK's HTTP client, which its ``post`` returns as it is when asked
-    for it (the SDK's documented way to make a request of its own): httpx2 since openai 3,
-    httpx before."""
-    try:
-        module = importlib.import_module("httpx2")
-    except ImportError:
-        module = importlib.import_module("httpx")
-    response: type = module.Response
-    return response
