@@ -223,6 +223,8 @@ class AdaptiveConcurrency:
             if outcome == "ok":
                 if self.slow_start:
                     self._count_round()
+                if self.slow_start and self._queueing():  # seen between rounds: stop at once
+                    self._land()
                 if self.slow_start:
                     self.limit = min(self.cap, self.limit + 1.0)
                 elif not self._queueing():
@@ -251,10 +253,7 @@ class AdaptiveConcurrency:
             base = self._base_latency
             self._base_latency = self.latency_s if base is None else min(base, self.latency_s)
         if self._queueing():  # more in flight only waits longer
-            self.slow_start = False
-            assert self._base_latency is not None
-            fits = self._best_rate * self._base_latency * self.INFLATION
-            self.limit = min(self.limit, max(self._best_limit, fits, 1.0))
+            self._land()
         elif rate >= self._best_rate * self.GROWTH:
             self._best_rate, self._best_limit, self._flat = rate, self.limit, 0
         else:
@@ -262,6 +261,14 @@ class AdaptiveConcurrency:
             if self._flat >= 2:  # more calls in flight no longer bring more answers
                 self.slow_start = False
                 self.limit = min(self.limit, self._best_limit)
+        self._round_need = 0
+
+    def _land(self) -> None:
+        """End slow start because the calls queue: keep what the best round had, or what its
+        rate needs at the lowest latency (with ``INFLATION`` of room), whichever is more."""
+        self.slow_start = False
+        fits = self._best_rate * (self._base_latency or 0.0) * self.INFLATION
+        self.limit = min(self.limit, max(self._best_limit, fits, 1.0))
         self._round_need = 0
 
     def _queueing(self) -> bool:
