@@ -55,13 +55,13 @@ def make_job(tmp: Path, latency: float) -> tuple[Path, Path]:
 
 
 def concurrency(job: Path) -> int:
-    """Calls in flight at once, computed the way the engine does (corral/engine.py _Runner)."""
+    """The most calls in flight at once: the job's ``concurrency``, else the engine's own default
+    for the model (``default_concurrency``; the adaptive limit stays within it)."""
     import corral
-    from corral.engine import make_model
+    from corral.engine import default_concurrency, make_model
 
     j = corral.Job.load(job)
-    cap = make_model(j.model, j.base_dir).capabilities.max_concurrency
-    return j.concurrency or (min(cap, 32) if cap > 1 else 2)
+    return j.concurrency or default_concurrency(make_model(j.model, j.base_dir))
 
 
 def store_counts(store: Path) -> dict:
