@@ -379,6 +379,11 @@ class RequestLayer:
         self.calls: set[asyncio.Future[Completion]] = set()
         self.warned: set[str] = set()  # steps whose oversized prompt was reported
 
+    def calls_allowed(self) -> int:
+        """The calls the run's models allow in flight now (their adaptive limits together)."""
+        slots = {id(c): c.slots.limit for c in (self.main, *self.clients.values())}
+        return int(sum(slots.values()))
+
     @classmethod
     def for_run(
         cls, store: Store, run_id: str, counts: Counts, halt: Halt, job: Job, concurrency: int,

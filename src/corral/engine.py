@@ -35,7 +35,6 @@ from corral._client import (
 from corral._commit import GroupCommitter
 from corral._ingest import ingest, new_run
 from corral._outputs import describe_preview, prepare, show_path, write_outputs
-from corral._outputs import plan as _plan
 from corral._record import RecordProcessor
 from corral._result import RunResult, summarize
 from corral._solver import check_scoring
@@ -49,7 +48,7 @@ from corral.store.leases import LEASE_TTL_S, live_status, new_owner_id, other_ow
 
 __all__ = [
     "run", "run_async", "run_id_for", "store_path_for", "make_model", "live_status",
-    "default_concurrency", "_plan",  # _plan: corral._eval imports it from here
+    "default_concurrency",
 ]
 
 #: on Ctrl-C or SIGTERM, how long calls in flight may take to bring their answers
@@ -65,9 +64,9 @@ def run_id_for(job: Job, model: Model, fingerprint: str) -> str:
 
 
 class _Runner:
-    """The scheduler of one run: a producer leases records in chunks, ``concurrency`` workers
-    take each to its final state, a reporter shows progress, and a stop cuts calls in flight
-    short after :data:`STOP_GRACE_S`. It owns the run's counters and its parts."""
+    """The scheduler of one run: a producer leases records in chunks, workers (as many as the
+    calls allowed in flight keep busy, up to ``concurrency``) take each to its final state, a
+    reporter shows progress, a stop cuts calls short after :data:`STOP_GRACE_S`."""
 
     def __init__(
         self, job: Job, model: Model, store: Store, run: RunInfo, limit: int | None,
@@ -116,8 +115,15 @@ class _Runner:
                 for _ in range(self.concurrency):
                     await queue.put(None)
 
+        workers: list[asyncio.Task[None]] = []
+
+        def grow() -> None:  # as many workers as the calls allowed in flight keep busy, and a few
+            while len(workers) < min(self.concurrency, self.layer.calls_allowed() * 5 // 4 + 8):
+                workers.append(asyncio.create_task(work()))
+
         async def work() -> None:
             while True:
+                grow()
                 rec = await queue.get()
                 if rec is None:
                     return
@@ -144,8 +150,10 @@ class _Runner:
         reporter = asyncio.create_task(report())
         cutter = asyncio.create_task(self.layer.cut_short(STOP_GRACE_S))
         try:
-            workers = [asyncio.create_task(work()) for _ in range(self.concurrency)]
+            grow()
             await asyncio.gather(produce(), *workers)
+            while not all(w.done() for w in workers):  # and those started since
+                await asyncio.gather(*workers)
         finally:
             reporter.cancel()
             cutter.cancel()
@@ -179,16 +187,11 @@ class _Runner:
         """The run's counters as the progress display shows them."""
         s, c = self.counts.states, self.counts
         return {
-            "in": sum(s.values()),
-            "done": s.get("done", 0),
-            "quarantined": s.get("quarantined", 0),
-            "review": s.get("review", 0),
-            "skipped": s.get("skipped", 0),
+            "in": sum(s.values()), "done": s.get("done", 0), "quarantined": s.get("quarantined", 0),
+            "review": s.get("review", 0), "skipped": s.get("skipped", 0),
             "pending": s.get("pending", 0) + s.get("leased", 0),
-            "made": c.made,
-            "replayed": c.replayed,
-            "cost": None if c.cost is None or not c.cost else float(c.cost),
-            "paused": self.layer.paused(),
+            "made": c.made, "replayed": c.replayed,
+            "cost": None if c.cost is None or not c.cost else float(c.cost), "paused": self.layer.paused(),
         }
 
 
