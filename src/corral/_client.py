@@ -381,8 +381,7 @@ class RequestLayer:
 
     def calls_allowed(self) -> int:
         """The calls the run's models allow in flight now (their adaptive limits together)."""
-        slots = {id(c): c.slots.limit for c in (self.main, *self.clients.values())}
-        return int(sum(slots.values()))
+        return int(self.main.slots.limit + sum(c.slots.limit for c in self.clients.values()))
 
     @classmethod
     def for_run(

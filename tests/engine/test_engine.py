@@ -326,3 +326,29 @@ def test_self_reference_is_named(tmp_path):
     steps = [{"name": "mood", "task": "classify", "input": "{mood}", "labels": ["x", "y"]}]
     with pytest.raises(UserError, match="its own output"):
         corral.run(make_job(tmp_path, steps=steps), model=FakeModel())
+
+
+def test_workers_follow_the_calls_allowed_in_flight(tmp_path, monkeypatch):
+    """Without a job's `concurrency`, the fake model allows 256 calls in flight, but slow start
+    begins at 8: the records being worked on at once grow with that limit (a quarter more, plus
+    8), instead of all 200 rows being leased into 256 workers at the start."""
+    from corral._record import RecordProcessor
+
+    data = "id,subject,body\n" + "".join(f"T{i},S{i},Body {i}\n" for i in range(200))
+    job = make_job(tmp_path, data=data)
+    busy, peak = 0, 0
+    process = RecordProcessor.process
+
+    async def counted(self, committer, rec):
+        nonlocal busy, peak
+        busy += 1
+        peak = max(peak, busy)
+        try:
+            return await process(self, committer, rec)
+        finally:
+            busy -= 1
+
+    monkeypatch.setattr(RecordProcessor, "process", counted)
+    r = corral.run(job, model=FakeModel(latency=0.05))
+    assert (r.status, r.written) == ("finished", 200)
+    assert 8 < peak < 200, peak  # grew past the start, never one worker per row

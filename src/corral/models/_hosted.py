@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import importlib
 import importlib.util
 import os
@@ -169,8 +170,10 @@ class HostedOptions(ModelOptions):
 KEEPALIVE_IDLE = 20
 
 
+@functools.cache
 def http_module() -> Any:
-    """The HTTP client library the SDKs are built on: httpx2 (openai 3, anthropic 2), else httpx."""
+    """The HTTP client library the SDKs are built on: httpx2 (openai 3, anthropic 2), else httpx
+    (looked up once: every OpenAI call names its response class)."""
     try:
         return importlib.import_module("httpx2")
     except ImportError:
