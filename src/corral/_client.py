@@ -101,9 +101,10 @@ def _check_options(ref: ModelRef, cls: type[Model], options: dict[str, Any]) -> 
 def strategy_models(
     job: Job, make: Callable[[ModelRef, Path | None], Model] = make_model
 ) -> dict[str, tuple[Model, ModelRef]]:
-    """The models the steps' strategies name (by ``models:`` entry), built once per run."""
+    """The models the steps' strategies name (by ``models:`` entry), their experts' too, built
+    once per run."""
     out: dict[str, tuple[Model, ModelRef]] = {}
-    steps: list[Task] = job.steps
+    steps: list[Task] = [v for s in job.steps for v in s.variants()]
     for step in steps:
         for name in step.strategy.models():
             if name not in out:

@@ -24,9 +24,10 @@ CALL_OUTCOMES = frozenset({
     "shortcut",  # the step answered without a call (a rule of the task)
 })
 
-#: decisions the engine itself writes, whatever the strategy: the answer it accepted, and the
-#: record budget that stopped a strategy
-ENGINE_DECISIONS = frozenset({"accepted", "budget"})
+#: decisions the engine itself writes, whatever the strategy: the answer it accepted, the
+#: record budget that stopped a strategy, and a row's route at a step with experts or System 1
+#: (``data.route``: an expert's name, ``default``, ``system1`` or ``audit``; see corral._router)
+ENGINE_DECISIONS = frozenset({"accepted", "budget", "route"})
 
 
 def is_call(outcome: str) -> bool:

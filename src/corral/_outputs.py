@@ -79,6 +79,10 @@ def _check_names(steps: list[Task], source: Source, cols: list[str]) -> None:
         reads: list[tuple[Sequence[str], str, str, str]] = [
             ((h,), f"step `{step.name}`: when: uses", "`{}`", "a condition") for h in step.when_names()]
         reads += [(n, f"step `{step.name}` uses", "{{{}}}", "a step") for n in step.names_used()]
+        for e in step.routes():  # each expert's own `when:` and template
+            who = f"step `{step.name}`: expert `{e.route}`"
+            reads += [((h,), f"{who}: when: uses", "`{}`", "a condition") for h in sorted(e.condition.names)]
+            reads += [(n, f"{who} uses", "{{{}}}", "a step") for n in e.step.names_used()]
         for name, lead, shown, subject in reads:
             head = name[0]
             if head in known or head in earlier:
@@ -101,7 +105,8 @@ def prepare(job: Job) -> tuple[Source, Plan]:
     store is touched: its steps bound (templates, files), its columns, sinks that can be written."""
     steps: list[Task] = job.steps
     for step in steps:
-        step.bind(job.base_dir, job.source)
+        for variant in step.variants():  # an expert may read its own files (a reference list)
+            variant.bind(job.base_dir, job.source)
     source = open_source(job.source, job.base_dir)
     out = plan(job, source)
     open_sink(job.sink, job.base_dir)  # fail now, not after the work, if it cannot be written
@@ -162,7 +167,7 @@ def write_outputs(store: Store, run: RunInfo, job: Job, plan: Plan, limit: int |
     q.write(with_answers, answered("quarantined", why), "_key")
     outputs = {"sink": show_path(sink.path), "quarantine": show_path(q.path)}
     counts = store.counts(run.id, limit)
-    if any(s.can_skip or s.on_empty == "skip" for s in steps) or counts.get("skipped", 0):
+    if any(v.can_skip or v.on_empty == "skip" for s in steps for v in s.variants()) or counts.get("skipped", 0):
         sk = open_side_sink(job.sink, job.base_dir, "skipped")
         sk.write(side_cols, set_aside("skipped"), "_key")
         outputs["skipped"] = show_path(sk.path)

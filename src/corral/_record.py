@@ -1,6 +1,7 @@
 """Record processing: one leased record through the job's steps, to exactly one final state.
 
-For each step: its ``when:`` (a step that does not run gives ``None``), its empty-input rule,
+For each step: its ``when:`` (a step that does not run gives ``None``), its route (an expert of
+the step takes the row, see :mod:`corral._router`), its empty-input rule,
 its shortcut, else its strategy on each part (chunk) of the input through a
 :class:`~corral._solver.StepSolver`; then the gates: an answer missing is quarantined, one that
 fails its checks or the record's budget goes to review with the best answer, one under
@@ -18,6 +19,7 @@ from typing import Any
 from corral._client import Counts, RequestLayer
 from corral._commit import GroupCommitter, dumps
 from corral._expr import ConditionError
+from corral._router import pick
 from corral._solver import OutOfBudget, RecordUse, StepSolver, low_confidence
 from corral.errors import OutputError
 from corral.job import Job
@@ -74,6 +76,14 @@ class RecordProcessor:
                 absent.add(step.name)
                 note(step.name, "not run", detail)
                 continue
+            if step.experts:  # the rules router: the row's expert, or the step as written
+                try:
+                    routed = pick(step, context, absent)
+                except ConditionError as e:
+                    final(committer, rec, "quarantined", so_far(), f"step `{step.name}`: {e}", tries)
+                    return
+                committer.add(attempt=routed.event(self.run_id, rec.key))
+                step = routed.step
             short = None
             if step.on_empty != "ask":
                 empty = step.empty_input(context)

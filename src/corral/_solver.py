@@ -81,7 +81,7 @@ _CONTENT_FREE: weakref.WeakKeyDictionary[Any, dict[str, asyncio.Future[dict[str,
 
 
 #: the calibration offsets of a run's scoring steps, by (step, model), once worked out
-_OFFSETS: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], list[dict[str, float]]]] = (
+_OFFSETS: weakref.WeakKeyDictionary[Any, dict[tuple[str, str, int], list[dict[str, float]]]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -118,8 +118,8 @@ def low_confidence(step: Task, conf: float | None) -> str | None:
 
 def check_scoring(job: Any, model: Any, extra: dict[str, Any]) -> None:
     """The job errors of ``scoring: likelihood`` and ``min_confidence`` on the models a step
-    calls, found before any row is asked: one line naming the fix."""
-    for step in job.steps:
+    calls, found before any row is asked: one line naming the fix (an expert's, by its name)."""
+    for step, label in ((v, _label(s, v)) for s in job.steps for v in s.variants()):
         used = []
         for st in step.stages():
             name = st.model or step.strategy.model
@@ -128,7 +128,7 @@ def check_scoring(job: Any, model: Any, extra: dict[str, Any]) -> None:
             # (a stage on a model that cannot score generates its answer instead)
             ids = ", ".join(dict.fromkeys(m.id for _, m in used))
             raise UserError(
-                f"step `{step.name}`: `scoring: likelihood` needs a model that scores labels "
+                f"{label}: `scoring: likelihood` needs a model that scores labels "
                 f"(local, or an openai: model); {ids} does not; set `scoring: generate`"
             )
         if step.min_confidence is not None:
@@ -140,9 +140,15 @@ def check_scoring(job: Any, model: Any, extra: dict[str, Any]) -> None:
                 ids = ", ".join(dict.fromkeys(m.id for _, m in used))
                 hint = ("`scoring: likelihood`, " if step.can_score else "") + "a `vote` strategy"
                 raise UserError(
-                    f"step `{step.name}`: `min_confidence` needs a confidence, which {ids} does not "
+                    f"{label}: `min_confidence` needs a confidence, which {ids} does not "
                     f"give this step; use {hint} or a model with `logprobs: true`"
                 )
+
+
+def _label(step: Any, variant: Any) -> str:
+    """How a check names a step, or one of its experts: ``step `reply` (expert `german`)``."""
+    route = next((e.route for e in step.routes() if e.step is variant), None)
+    return f"step `{step.name}`" + (f" (expert `{route}`)" if route else "")
 
 
 def confidence(comp: Completion) -> float | None:
@@ -305,7 +311,8 @@ class StepSolver:
         (:data:`CONTENT_FREE`) of its log-probability normalised over the choices. The same for
         every row of the step (its inputs are all replaced), so worked out once per run."""
         memo = _OFFSETS.setdefault(self.layer, {})
-        key = (self.step.name, client.model.id)
+        # by the step object: an expert of the step (same name) has its own prompts and labels
+        key = (self.step.name, client.model.id, id(self.step))
         got = memo.get(key)
         if got is None:
             got = memo[key] = await self._offsets(n, client)

@@ -28,6 +28,17 @@ def votes_text(votes: dict[str, int]) -> str:
     return f"{', '.join(shown)} -> {_value(ranked[0][0])}" if ranked else "no votes"
 
 
+def route_line(step: str, detail: str | None, data: dict[str, Any]) -> str:
+    """A route event as ``corral show`` prints it: ``route: step `reply` -> expert `german`: when
+    lang == "de"``, with System 1's probability and threshold when the event has them."""
+    route = data.get("route")
+    text = f"route: step `{step}` -> {detail or route or 'unknown'}"
+    notes = [f"{k} {conf(data[k])}" for k in ("p", "threshold") if isinstance(data.get(k), (int, float))]
+    if "answer" in data:
+        notes.append(f"answer {compact(data['answer'])}")
+    return text + (f" ({', '.join(notes)})" if notes else "")
+
+
 def _value(canonical_json: str) -> str:
     try:
         v = json.loads(canonical_json)

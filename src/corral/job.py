@@ -197,24 +197,27 @@ class Job(BaseModel):
         from corral._registry import model_names
 
         known = model_names()
-        for s in self.steps:
-            for name in s.strategy.models():
-                if name in self.models:
-                    continue
-                base = name.partition(":")[0].strip()
-                if base not in known:
-                    choices = sorted(self.models) + known
-                    raise ValueError(
-                        f"step `{s.name}`: strategy model `{name}` is neither a key of `models:` "
-                        f"nor an installed model{suggest(name, choices) or '.'} Choose from: "
-                        f"{', '.join(choices)}."
-                    )
+        for s in self.steps:  # the step's strategy, and each expert's (its own or `model:`)
+            named = [(f"step `{s.name}`: strategy model", s)]
+            named += [(f"step `{s.name}`: expert `{e.route}`: model", e.step) for e in s.routes()]
+            for who, variant in named:
+                for name in variant.strategy.models():
+                    if name in self.models:
+                        continue
+                    base = name.partition(":")[0].strip()
+                    if base not in known:
+                        choices = sorted(self.models) + known
+                        raise ValueError(
+                            f"{who} `{name}` is neither a key of `models:` "
+                            f"nor an installed model{suggest(name, choices) or '.'} Choose from: "
+                            f"{', '.join(choices)}."
+                        )
         return self
 
     def can_review(self) -> bool:
         """Whether rows can be held for review (checks, per-record budgets, deliberation)."""
         return self.budget.per_record.active() or any(
-            s.checks or s.strategy.name != "single" for s in self.steps
+            v.checks or v.strategy.name != "single" for s in self.steps for v in s.variants()
         )
 
     def model_ref(self, name: str | None) -> ModelRef:
@@ -313,6 +316,9 @@ def _step_identity(step: Step) -> dict[str, Any]:
     bound = step.identity()  # e.g. a reference file's content
     if bound:
         d["_bound"] = bound
+    experts = {e.route: e.step.identity() for e in step.routes()}  # (their keys are in `experts`)
+    if any(experts.values()):
+        d["_bound_experts"] = experts
     return d
 
 

@@ -31,7 +31,7 @@ from rich.table import Table
 
 from corral._registry import strategy_classes
 from corral._result import RunResult
-from corral._trace_text import compact, conf
+from corral._trace_text import compact, conf, route_line
 from corral.models.local import BUNDLED_ID
 from corral.store import STORE_ENV, Store, default_store_path
 from corral.store.base import RecordRow, RunInfo, StepSpend, TraceEvent
@@ -455,13 +455,15 @@ def count(n: int, what: str) -> str:
 
 def decision_lines(ev: TraceEvent) -> list[str]:
     """A decision as one short line (and, for some, indented lines under it): the engine's own
-    (the accepted answer, a budget stop) here; a strategy's as the registered strategy that
+    (the accepted answer, a budget stop, a route) here; a strategy's as the registered strategy that
     writes that outcome describes it (the default line for a plugin's that says nothing)."""
     d = ev.info
     if ev.outcome == "budget":
         best = d.get("answer")
         tail = f"; best answer so far {compact(best)}" if best is not None else "; no answer yet"
         return [f"budget: {(ev.detail or '').removeprefix('budget: ')}{tail}"]
+    if ev.outcome == "route":
+        return [route_line(ev.step_name, ev.detail, d)]
     if ev.outcome == "accepted" and "answer" in d:
         notes = []
         if d.get("confidence") is not None:

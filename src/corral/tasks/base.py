@@ -23,7 +23,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     PrivateAttr,
+    SerializationInfo,
     SerializeAsAny,
     SerializerFunctionWrapHandler,
     field_validator,
@@ -40,6 +42,7 @@ from corral.models.base import Capabilities, Completion, Message, Request
 from corral.strategies import parse_strategy
 from corral.strategies.base import Strategy
 from corral.strategies.single import Single
+from corral.tasks._experts import Expert, build_experts
 
 
 def yaml_null(v: Any) -> Any:
@@ -165,6 +168,11 @@ class Step(BaseModel):
         default=None, gt=0.0, le=1.0,
         description="hold an answer whose confidence is under this for review, never written to the sink",
     )
+    experts: list[dict[str, Any]] = Field(
+        default_factory=list, exclude=True,  # serialized as built (see _serialize)
+        description="variants of the step, each with a route `name`, a `when:` and the step keys it "
+        "changes (or `model:`): the first whose `when:` is true takes the row, the step as written the rest",
+    )
 
     #: the task's own keys added after jobs had run ids (see :meth:`_without_later_defaults`)
     later_keys: ClassVar[tuple[str, ...]] = ()
@@ -173,6 +181,7 @@ class Step(BaseModel):
     _condition: Condition | None = PrivateAttr(default=None)
     _checks: list[Condition] = PrivateAttr(default_factory=list)
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+    _experts: tuple[Expert, ...] = PrivateAttr(default=())
 
     @field_validator("input")
     @classmethod
@@ -191,8 +200,32 @@ class Step(BaseModel):
         return v
 
     @model_serializer(mode="wrap")
-    def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
-        return self._without_later_defaults(handler(self))
+    def _serialize(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        data = self._without_later_defaults(handler(self))
+        experts = self._experts
+        if experts and isinstance(data, dict):  # none: the key is left out, as it was before experts
+            data["experts"] = [e.spec(info.mode) for e in experts]
+        return data
+
+    @field_validator("experts", mode="before")
+    @classmethod
+    def _experts_listed(cls, v: Any) -> Any:
+        if v is None:
+            return []
+        if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
+            raise ValueError("`experts:` is a list of mappings, each with `name:`, `when:` and the "
+                             "step keys it changes")
+        return v
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _with_experts(cls, data: Any, handler: ModelWrapValidatorHandler[Step]) -> Step:
+        """The step, with its ``experts:`` built into full steps of its class (see
+        :mod:`corral.tasks._experts`)."""
+        step = handler(data)
+        if isinstance(data, dict) and data.get("experts"):
+            step._experts = build_experts(type(step), data, step)
+        return step
 
     def _without_later_defaults(self, data: Any) -> Any:
         """``data`` (this step serialized) without keys added after jobs had run ids
@@ -222,6 +255,15 @@ class Step(BaseModel):
         if self.when is not None:
             self._condition = Condition.parse(self.when)
         self._checks = [Condition.parse(c) for c in self.checks]
+
+    def routes(self) -> tuple[Expert, ...]:
+        """The step's experts (``experts:``) in order, each with the full step it runs."""
+        return self._experts
+
+    def variants(self) -> list[Step]:
+        """The step as written and its experts' steps: what a check of the models, files and
+        keys a step uses goes over."""
+        return [self, *(e.step for e in self._experts)]
 
     def stages(self) -> list[Strategy]:
         """The strategies the step runs: a cascade's stages, else its one strategy."""
