@@ -460,6 +460,27 @@ def show_cmd(run: str, key: str, full: bool, as_json: bool, store: Path | None) 
         report.print_record(_out(), info, rec, trace, full=full)
 
 
+@main.command("routes")
+@click.argument("run")
+@click.option("--labels", "labels", metavar="FILE", type=click.Path(path_type=Path), default=None, help="Labeled rows (CSV, TSV or JSONL, as for `corral eval`): adds each route's accuracy.")
+@click.option("--key-column", metavar="NAME", default=None, help="Key column of the labels (default: the run's job `key:`).")
+@_json_option
+@_store_option
+def routes_cmd(run: str, labels: Path | None, key_column: str | None, as_json: bool, store: Path | None) -> None:
+    """Show how a run's rows were routed (RUN: an id, a prefix of one, or a job name): per step
+    with `experts:` (or System 1), per route, the rows it took, their calls (paid and replayed)
+    and cost, the share System 1 answered without a call, and with --labels each route's
+    accuracy."""
+    from corral._routes_report import print_routes, routes_report
+
+    with _run_of(store, run) as (st, info):
+        rep = routes_report(st, info, labels=labels, key_column=key_column)
+        if as_json:
+            click.echo(json.dumps(rep.to_json()))
+            return
+        print_routes(_out(), rep)
+
+
 # --- corral export ---------------------------------------------------------------------------
 
 

@@ -250,6 +250,31 @@ class RunSpend:
     cost: Decimal | None  # None when some call's price is unknown
 
 
+@dataclass(slots=True)
+class RouteRow:
+    """A record's route at one step (its latest ``route`` trace event there): the expert that
+    took it, ``default`` (the step as written), or System 1's ``system1`` (answered without a
+    call) or ``audit`` (answered, and asked all the same); ``data`` is the event's data
+    (``route``, and what the router adds: ``p``, ``threshold``, ``answer``)."""
+
+    key: str
+    step: str
+    route: str
+    data: dict[str, Any]
+
+
+@dataclass(slots=True)
+class RecordSpend:
+    """One record's calls at one step (the parts of a split input together): paid calls,
+    replays, and the paid calls' cost (None when some paid call's price is unknown)."""
+
+    key: str
+    step: str
+    calls: int
+    replayed: int
+    cost: Decimal | None
+
+
 class DuplicateKeyError(Exception):
     def __init__(self, key: str, first_line: int | None, second_line: int | None) -> None:
         super().__init__(key)
@@ -366,6 +391,18 @@ class Store(ABC):
     def run_spend(self, run_id: str) -> RunSpend:
         """What the run's calls cost in all, replays counted at the price first paid for them:
         summed over the run's ledger rows, each read from its recorded response's usage."""
+
+    @abstractmethod
+    def routes(self, run_id: str) -> list[RouteRow]:
+        """Each (record, step)'s route: the latest ``route`` event of the step in the record's
+        trace (a record worked again after a crash, or after a provider batch, routes again),
+        in the order the pairs were first routed. Records of steps without routes have none."""
+
+    @abstractmethod
+    def record_spend(self, run_id: str, steps: list[str] | None = None) -> list[RecordSpend]:
+        """The run's ledger summed per (record, step name), of the named ``steps`` only when
+        given: paid calls, replays and the paid calls' cost, as :meth:`breakdown` counts them.
+        A record with no call at a step has no row for it."""
 
     @abstractmethod
     def iter_records(

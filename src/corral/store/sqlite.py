@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.errors import StoreError
+from corral.store import _routes
 from corral.store._errors import BUSY, DAMAGED_FIX, store_error, translating_errors
 from corral.store._migrations import MIGRATIONS, migrate
 from corral.store.base import (
@@ -27,6 +28,8 @@ from corral.store.base import (
     LedgerTotals,
     NewRecord,
     RecordRow,
+    RecordSpend,
+    RouteRow,
     RunInfo,
     RunSpend,
     StepSpend,
@@ -596,6 +599,12 @@ class SQLiteStore(Store):
             if spend.cost is not None:
                 spend.cost = None if paid is None else spend.cost + paid
         return spend
+
+    def routes(self, run_id: str) -> list[RouteRow]:
+        return _routes.routes(self.db, run_id)
+
+    def record_spend(self, run_id: str, steps: list[str] | None = None) -> list[RecordSpend]:
+        return _routes.record_spend(self.db, run_id, steps)
 
     _RECORD_COLS = "key, ordinal, line, data, state, reason, outputs, attempts"
 
