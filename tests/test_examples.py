@@ -43,6 +43,25 @@ def test_tickets_example_with_fake_model(tmp_path):
     assert {x["urgency"] for x in rows} <= {"low", "medium", "high"}
 
 
+def test_experts_example_routes_rows_and_scores_each_route(tmp_path):
+    ex = copy_examples(tmp_path)
+    s = run(["run", "examples/experts.yaml", "--model", "fake"], cwd=tmp_path)
+    with open(ex / "data" / "tickets.csv", newline="", encoding="utf-8") as f:
+        tickets = list(csv.DictReader(f))
+    assert s["rows"]["in"] == len(tickets) == s["rows"]["written"]
+    out = run(["routes", "experts", "--labels", "examples/data/tickets_labels.csv"], cwd=tmp_path)
+    [step] = out["steps"]
+    assert step["step"] == "urgency" and step["rows"] == len(tickets) and step["scored"]
+    by = {r["route"]: r for r in step["routes"]}
+    assert set(by) == {"money", "shouting", "default"}
+    with open(ex / "out" / "experts.csv", newline="", encoding="utf-8") as f:
+        written = {r["ticket_id"]: r for r in csv.DictReader(f)}
+    billing = sum(r["category"] == "billing" for r in written.values())
+    assert by["money"]["rows"] == billing > 0  # the first expert takes every billing ticket
+    assert by["shouting"]["calls"] >= 2 * by["shouting"]["rows"]  # a vote: two samples or more
+    assert all(r["labeled"] and 0 <= r["accuracy"] <= 1 for r in step["routes"])
+
+
 def test_sms_triage_job_runs_as_written(tmp_path):
     shared("sms_spam", "SMSSpamCollection.tsv")
     # the job file lives at the project root and reads ../shared/data; run it in place with a
