@@ -78,12 +78,12 @@ class RecordProcessor:
                 continue
             if step.experts:  # the rules router: the row's expert, or the step as written
                 try:
-                    routed = pick(step, context, absent)
+                    expert = pick(step, context, absent)
                 except ConditionError as e:
                     final(committer, rec, "quarantined", so_far(), f"step `{step.name}`: {e}", tries)
                     return
-                committer.add(attempt=routed.event(self.run_id, rec.key))
-                step = routed.step
+                committer.add(attempt=expert.event(self.run_id, rec.key))
+                step = expert.step
             short = None
             if step.on_empty != "ask":
                 empty = step.empty_input(context)

@@ -281,6 +281,7 @@ def test_an_expert_is_a_full_step_of_its_task_with_the_steps_name():
     ({"name": "g", "when": "lang == 'de'", "task": "extract"}, "expert `g` cannot set `task`: an expert runs its step's task"),
     ({"name": "g", "when": "lang == 'de'", "mode": "batch"}, "expert `g` cannot set `mode`: `mode:` is the step's"),
     ({"name": "g", "when": "lang == 'de'", "experts": []}, "expert `g` cannot set `experts`: experts do not nest"),
+    ({"name": "g", "when": "lang == 'de'", "system1": {}}, "expert `g` cannot set `system1`: System 1 is the step's"),
     ({"name": "g", "when": "lang == 'de'", "model": "nope"},
      "step `reply`: expert `g`: model `nope` is neither a key of `models:` nor an installed model"),
     ({"name": "g", "when": "lang == 'de'", "model": {"name": "fake"}}, "expert `g`: `model:` is a model name"),

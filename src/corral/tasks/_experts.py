@@ -10,7 +10,8 @@ expert and the fix. The engine (:mod:`corral._router`) gives a row to the first 
 ``when:`` is true, and the rest to the step as written (route ``default``).
 
 An expert cannot set ``task`` (its column and schema kind are its step's), ``experts`` (they do
-not nest) or ``mode``: how a step's calls are bought (online, or a provider batch of the job's
+not nest), ``system1`` (System 1 learns the step's own labels and answers only rows no expert
+takes) or ``mode``: how a step's calls are bought (online, or a provider batch of the job's
 model) is the step's, outside its identity, and a row's route must not decide whether its record
 waits for a batch. ``name`` and ``when`` are the expert's own: its route and its predicate.
 """
@@ -43,6 +44,8 @@ FORBIDDEN = {
     "experts": "experts do not nest; list every variant under the step's `experts:`",
     "mode": "`mode:` is the step's: an expert's calls are bought the way its step's are "
     "(online or a provider batch); set it on the step",
+    "system1": "System 1 is the step's: it learns the step's own labels and answers rows no "
+    "expert takes; set `system1:` on the step",
 }
 
 
@@ -74,7 +77,8 @@ def build_experts(cls: type[Step], data: dict[str, Any], step: Step) -> tuple[Ex
     """The experts of ``step`` (validated from ``data``, the mapping it was built from), or a
     ``ValueError`` saying which expert is wrong and how to fix it."""
     raw = data.get("experts") or []
-    base = {k: v for k, v in data.items() if k not in ("experts", "when")}
+    # (the step's System 1 is not an expert's: it answers only rows on the step as written)
+    base = {k: v for k, v in data.items() if k not in ("experts", "when", "system1")}
     allowed = sorted((set(cls.model_fields) - set(FORBIDDEN) - {"name", "when"}) | {"model"})
     columns = [(c.name, c.type) for c in step.columns()]
     out: list[Expert] = []
