@@ -25,8 +25,8 @@ CALL_OUTCOMES = frozenset({
 })
 
 #: decisions the engine itself writes, whatever the strategy: the answer it accepted, and the
-#: record budget that stopped a strategy
-ENGINE_DECISIONS = frozenset({"accepted", "budget"})
+#: record budget that stopped a strategy, and the route a row took (System 1, an expert, the step)
+ENGINE_DECISIONS = frozenset({"accepted", "budget", "route"})
 
 
 def is_call(outcome: str) -> bool:
