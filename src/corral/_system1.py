@@ -55,7 +55,7 @@ REGROW = 1.5
 LEAST_AUDITS = 20
 #: the blob format kept in the store (bumped when it changes; an older one is retrained)
 FORMAT = 1
-INSTALL_HINT = "pip install 'corral[learn]'  (scikit-learn)"
+INSTALL_HINT = "make install, or pip install -e '.[learn]', in the Corral checkout (scikit-learn)"
 
 
 class System1Spec(BaseModel):
