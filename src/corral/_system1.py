@@ -11,11 +11,13 @@ System 1 takes no row, and the summary says so.
 
 A threshold picked on one slice can be over-confident on the rows that follow, so ``audit`` of
 the rows System 1 is sure of (chosen by a hash of the key, so a resumed run picks the same) go to
-the LLM too: the LLM's answer is written, and the two are compared. A new model answers no row
-alone until :data:`LEAST_AUDITS` of its sure rows have been audited so (all of them are, until
-then): labels from one domain do not answer another's rows on the strength of their own slice. When the audits show the
-agreement clearly under the target (the upper end of its 95% Wilson interval below it), System 1
-stops taking rows for the rest of the run.
+the LLM too: the LLM's answer is written, and the two are compared. A model learned from other
+rows than this run's (a labels file, an earlier run) answers no row alone until
+:data:`LEAST_AUDITS` of its sure rows have been audited so (all of them are, until then): labels
+from one domain do not answer another's rows on the strength of their own slice. When the audits show the
+agreement clearly under the target (the upper end of its 95% Wilson interval below it; with labels,
+below ``2 * target - 1``, since the LLM errs too: see :meth:`System1.audit_bar`), the model stops
+taking rows.
 
 While distilling, the model is retrained (on a thread) each time the LLM's answers have grown by
 half; rows wait for a training under way (between chunks of the run, as it were), and takes more rows as it earns them. Every trained model is kept in the store under
@@ -234,6 +236,8 @@ class System1:
         self._queue: list[tuple[str, asyncio.Future[tuple[str, float]]]] = []
         self._audits = [0, 0]  # the current model's audits: rows, agreements
         self._texts_from_labels = 0
+        #: whether the model was learned from rows other than this run's (labels, an earlier run)
+        self._proving = True
 
     # --- start: the stored model, or one trained on the labels file ---------------------------
 
@@ -322,9 +326,10 @@ class System1:
             return Decision(None, label, p, m.threshold)
         if p < m.threshold:
             return Decision(None, label, p, m.threshold)
-        if self.spec.audit and (self._audits[0] < LEAST_AUDITS or _share(key) < self.spec.audit):
-            # a new model earns trust on this run's rows first: until LEAST_AUDITS of its sure
-            # rows have been answered by the LLM too, it answers none alone
+        if self.spec.audit and ((self._proving and self._audits[0] < LEAST_AUDITS) or _share(key) < self.spec.audit):
+            # a model learned elsewhere (labels, an earlier run) earns trust on this run's rows
+            # first: until LEAST_AUDITS of its sure rows have been answered by the LLM too, it
+            # answers none alone
             return Decision("audit", label, p, m.threshold)
         self.stats.taken += 1
         return Decision("system1", label, p, m.threshold)
@@ -374,9 +379,19 @@ class System1:
         self._audits[0] += 1
         self._audits[1] += agree
         n, k = self._audits
-        if s.retired is None and n >= LEAST_AUDITS and wilson_upper(k, n) < self.spec.target:
-            s.retired = f"audits agreed {k} of {n} times ({k / n:.3f}), clearly under the target {self.spec.target}"
+        bar = self.audit_bar()
+        if s.retired is None and n >= LEAST_AUDITS and wilson_upper(k, n) < bar:
+            s.retired = f"audits agreed {k} of {n} times ({k / n:.3f}), clearly under {bar:.3f}"
             s.retirements += 1
+
+    def audit_bar(self) -> float:
+        """The agreement with the LLM that audits must not fall clearly under. Distilling, the
+        target is agreement with the LLM itself. From labels, the target is agreement with the
+        labels, and the LLM errs too: if System 1 and the LLM each meet the target on these rows,
+        they agree at least ``2 * target - 1`` of the time (each is wrong at most ``1 - target``
+        of it), so only less than that says System 1 does not meet it here."""
+        t = self.spec.target
+        return t if self.spec.labels is None else 2 * t - 1
 
     def learn(self, text: str, label: str | None) -> None:
         """The LLM's answer to a row, while distilling: retrain once enough new answers arrived."""
@@ -398,7 +413,8 @@ class System1:
             return
         self.model = model
         self.stats.trainings += 1
-        self.stats.retired, self._audits = None, [0, 0]  # a new model earns its own trust
+        # a new model earns its own trust; its held-out slice was this run's own answers
+        self.stats.retired, self._audits, self._proving = None, [0, 0], False
         self._save()
 
     async def close(self) -> None:

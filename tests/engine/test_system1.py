@@ -120,7 +120,7 @@ def test_labels_that_disagree_with_this_runs_rows_are_retired_by_the_audits_befo
     r = corral.run(job)
     (s1,) = r.system1
     assert s1["met"] and s1["taken"] == 0 and r.calls_made == 300
-    assert s1["retired"] and "clearly under the target" in s1["retired"]
+    assert s1["retired"] and "clearly under 0.900" in s1["retired"]  # 2 x 0.95 - 1: the LLM errs too
     assert "stopped" in summary_line(s1)
 
 
