@@ -220,10 +220,11 @@ class RecordProcessor:
         for s1 in self.system1.values():
             await s1.ready()
 
-    async def close(self) -> None:
-        """Let System 1 trainings under way finish, so the next run starts from them."""
+    async def close(self, stopping: bool = False) -> None:
+        """Let System 1 trainings under way finish, so the next run starts from them (not when
+        the run is stopping)."""
         for s1 in self.system1.values():
-            await s1.close()
+            await s1.close(stopping)
 
     def final(
         self, committer: GroupCommitter, rec: LeasedRecord, state: str, outputs: str | None,

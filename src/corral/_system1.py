@@ -27,15 +27,18 @@ the job and step, and the next run of the job starts from it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import importlib.util
 import json
 import math
 import pickle
 import random
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -57,6 +60,9 @@ REGROW = 1.5
 LEAST_AUDITS = 20
 #: the blob format kept in the store (bumped when it changes; an older one is retrained)
 FORMAT = 1
+#: seconds a finishing run waits for a training under way
+CLOSE_WAIT_S = 30.0
+T = TypeVar("T")
 INSTALL_HINT = "make install, or pip install -e '.[learn]', in the Corral checkout (scikit-learn)"
 
 
@@ -253,7 +259,7 @@ class System1:
             if self.model is None and self.spec.labels is not None:
                 texts, labels = self._labeled_rows()
                 if len(texts) >= self.spec.min_rows:
-                    self.model = await asyncio.to_thread(train, texts, labels, self.spec.target, "labels")
+                    self.model = await _on_a_thread(train, texts, labels, self.spec.target, "labels")
                     self.stats.trainings += 1
                     self._save()
                 else:
@@ -407,7 +413,7 @@ class System1:
 
     async def _retrain(self, texts: list[str], labels: list[str]) -> None:
         try:
-            model = await asyncio.to_thread(train, texts, labels, self.spec.target, "llm")
+            model = await _on_a_thread(train, texts, labels, self.spec.target, "llm")
         except Exception as e:  # never the run's end: System 1 keeps its last model
             self.stats.notes.append(f"System 1 training failed: {type(e).__name__}: {e}")
             return
@@ -417,13 +423,18 @@ class System1:
         self.stats.retired, self._audits, self._proving = None, [0, 0], False
         self._save()
 
-    async def close(self) -> None:
-        """Let a training under way finish (so the next run starts from it)."""
-        if self._training is not None and not self._training.done():
-            try:
-                await asyncio.wait_for(self._training, timeout=60)
-            except (TimeoutError, Exception):
-                self._training.cancel()
+    async def close(self, stopping: bool = False) -> None:
+        """Let a training under way finish (so the next run starts from it), for at most
+        :data:`CLOSE_WAIT_S`; at once when the run is stopping (Ctrl-C, SIGTERM)."""
+        t = self._training
+        if t is None or t.done():
+            return
+        if not stopping:
+            with contextlib.suppress(asyncio.TimeoutError, Exception):
+                await asyncio.wait_for(asyncio.shield(t), timeout=CLOSE_WAIT_S)
+        if not t.done():
+            self.stats.notes.append("a training under way was left unfinished")
+            t.cancel()
 
     # --- the summary -------------------------------------------------------------------------
 
@@ -443,6 +454,32 @@ class System1:
             out.update({"met": False, "threshold": None, "agreement": None, "held_out": 0, "covered": 0,
                         "best": None})
         return out
+
+
+def _on_a_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """``fn(*args)`` on a daemon thread of its own: a run that is stopped leaves at once, never
+    waiting for a training to end (the default executor's threads are joined at exit)."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def settle(value: Any, error: BaseException | None) -> None:
+        if fut.done():
+            return
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(value)
+
+    def work() -> None:
+        try:
+            value, error = fn(*args), None
+        except BaseException as e:
+            value, error = None, e
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+            loop.call_soon_threadsafe(settle, value, error)
+
+    threading.Thread(target=work, name="corral-system1", daemon=True).start()
+    return fut
 
 
 def _share(key: str) -> float:

@@ -257,7 +257,7 @@ async def run_async(
         try:
             await runner.passes()
         finally:
-            await runner.records.close()
+            await runner.records.close(stop.is_set())
             await m.aclose()
             for other, _ in extra.values():
                 await other.aclose()

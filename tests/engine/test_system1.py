@@ -156,3 +156,53 @@ def test_system1_spec_errors_name_the_fix(tmp_path):
         Job.from_dict({"name": "x", "source": "in.csv", "model": "fake", "sink": "o.csv", "steps": [
             {"name": "t", "task": "classify", "input": "{text}", "labels": ["a", "b"],
              "system1": {"target": 1.5}}]}, base_dir=tmp_path)
+
+
+def test_a_stopping_run_leaves_a_training_under_way_at_once(tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM: close(stopping=True) returns at once although a training (here one
+    that sleeps 30 s) is under way on its own thread; its result is never waited for."""
+    import asyncio
+    import time as _time
+
+    import corral._system1 as s1mod
+
+    def slow_train(*_: Any) -> Any:
+        _time.sleep(30)
+
+    monkeypatch.setattr(s1mod, "train", slow_train)
+    job = make(tmp_path, texts(10, seed=9), {"min_rows": 20})
+    step = job.steps[0]
+    from corral.store import open_store
+
+    st = open_store(tmp_path / "s.db")
+
+    async def go() -> float:
+        sys1 = s1mod.System1(step, step.system1, st, job.name, tmp_path)
+        for t, k in texts(20, seed=10):
+            sys1.learn(t, k)  # the 20th answer starts a training
+        assert sys1._training is not None and not sys1._training.done()
+        t0 = _time.monotonic()
+        await sys1.close(stopping=True)
+        assert "left unfinished" in sys1.stats.notes[-1]
+        return _time.monotonic() - t0
+
+    try:
+        assert asyncio.run(go()) < 1.0
+    finally:
+        st.close()
+
+
+def test_trainings_on_their_thread_give_their_result_or_their_error():
+    import asyncio
+
+    from corral._system1 import _on_a_thread
+
+    def boom() -> None:
+        raise ValueError("no")
+
+    async def go() -> None:
+        assert await _on_a_thread(lambda a, b: a + b, 2, 3) == 5
+        with pytest.raises(ValueError, match="no"):
+            await _on_a_thread(boom)
+
+    asyncio.run(go())
