@@ -196,6 +196,42 @@ def wilson_upper(agree: int, n: int, z: float = 1.96) -> float:
     return min(1.0, (centre + spread) / (1 + z * z / n))
 
 
+class Predictor:
+    """A model's top class and its probability for each text asked; the texts asked for at once
+    (in one turn of the event loop) are predicted together, which costs about what one does."""
+
+    def __init__(self) -> None:
+        self._queue: list[tuple[Any, str, asyncio.Future[tuple[str, float]]]] = []
+
+    async def top(self, pipeline: Any, text: str) -> tuple[str, float]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[tuple[str, float]] = loop.create_future()
+        self._queue.append((pipeline, text, fut))
+        if len(self._queue) == 1:
+            loop.call_soon(self._predict_waiting)
+        return await fut
+
+    def _predict_waiting(self) -> None:
+        batch, self._queue = self._queue, []
+        by_model: dict[int, list[tuple[Any, str, asyncio.Future[tuple[str, float]]]]] = {}
+        for item in batch:  # a model retrained meanwhile answers its own askers
+            by_model.setdefault(id(item[0]), []).append(item)
+        for items in by_model.values():
+            pipeline = items[0][0]
+            try:
+                probs = pipeline.predict_proba([t for _, t, _ in items])
+                classes = list(pipeline.classes_)
+            except BaseException as e:
+                for _, _, fut in items:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            for row, (_, _, fut) in zip(probs, items):
+                j = max(range(len(classes)), key=lambda c: row[c])
+                if not fut.done():
+                    fut.set_result((str(classes[j]), float(row[j])))
+
+
 # --- one step's System 1 during a run -------------------------------------------------------------
 
 
@@ -239,7 +275,7 @@ class System1:
         self._training: asyncio.Task[None] | None = None
         self._ready: asyncio.Lock | None = None
         self._loaded = False
-        self._queue: list[tuple[str, asyncio.Future[tuple[str, float]]]] = []
+        self._predictor = Predictor()
         self._audits = [0, 0]  # the current model's audits: rows, agreements
         self._texts_from_labels = 0
         #: whether the model was learned from rows other than this run's (labels, an earlier run)
@@ -341,30 +377,8 @@ class System1:
         return Decision("system1", label, p, m.threshold)
 
     async def _predict(self, text: str) -> tuple[str, float]:
-        """The top class and its probability; rows asked for at once are predicted together."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[tuple[str, float]] = loop.create_future()
-        self._queue.append((text, fut))
-        if len(self._queue) == 1:
-            loop.call_soon(self._predict_waiting)
-        return await fut
-
-    def _predict_waiting(self) -> None:
-        batch, self._queue = self._queue, []
-        m = self.model
-        try:
-            assert m is not None and m.pipeline is not None
-            probs = m.pipeline.predict_proba([t for t, _ in batch])
-            classes = list(m.pipeline.classes_)
-        except BaseException as e:
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(e)
-            return
-        for row, (_, fut) in zip(probs, batch):
-            j = max(range(len(classes)), key=lambda c: row[c])
-            if not fut.done():
-                fut.set_result((str(classes[j]), float(row[j])))
+        assert self.model is not None
+        return await self._predictor.top(self.model.pipeline, text)
 
     def idle_reason(self) -> str:
         """Why System 1 takes no row now."""
