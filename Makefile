@@ -14,7 +14,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	# llama-cpp-python builds from source the first time (about 10 minutes on 2 cores);
 	# pip caches the wheel, so later installs take seconds.
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install -q -e '.[local,openai,anthropic,dev]'
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install -q -e '.[local,openai,anthropic,learn,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -128,6 +128,7 @@ SPEC_CLASSES = [
     corral.ExtractStep,
     corral.FieldSpec,
     corral.job.RecordBudget,
+    __import__("corral._system1", fromlist=["x"]).System1Spec,
     *__import__("corral._registry", fromlist=["x"]).strategy_classes().values(),
 ]
 

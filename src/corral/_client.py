@@ -45,6 +45,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: a prompt longer than this (characters) is said to the user once per step: likely a mistake
 PROMPT_WARN_CHARS = 1_000_000
+#: the calls in flight a client's slow start begins from (then doubled each round trip): a
+#: provider takes 32 at once from any SDK loop, and each doubling from 8 cost a round trip
+SLOW_START_FROM = 32
 
 
 # --- models ---------------------------------------------------------------------------------
@@ -217,7 +220,7 @@ class Client:
     def build(cls, model: Model, ref: ModelRef, concurrency: int) -> Client:
         return cls(
             model, ref, RateLimiter(ref.rpm, ref.tpm),
-            AdaptiveConcurrency(concurrency, start=min(concurrency, 8)), CircuitBreaker(),
+            AdaptiveConcurrency(concurrency, start=min(concurrency, SLOW_START_FROM)), CircuitBreaker(),
         )
 
 

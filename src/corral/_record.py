@@ -21,6 +21,7 @@ from corral._commit import GroupCommitter, dumps
 from corral._expr import ConditionError
 from corral._router import pick
 from corral._solver import OutOfBudget, RecordUse, StepSolver, low_confidence
+from corral._system1 import Decision, System1
 from corral.errors import OutputError
 from corral.job import Job
 from corral.store.base import AttemptRecord, FinalRecord, LeasedRecord
@@ -39,6 +40,11 @@ class RecordProcessor:
         self.run_id = layer.run_id
         self.counts = counts
         self.per_record = layer.budget.per_record
+        #: the steps' System 1, by step name
+        self.system1: dict[str, System1] = {
+            s.name: System1(s, spec, layer.store, job.name, job.base_dir)
+            for s in job.steps if (spec := getattr(s, "system1", None)) is not None
+        }
 
     async def process(self, committer: GroupCommitter, rec: LeasedRecord) -> None:
         """Work one record to its final state. Raises a stop or a deferral (the record stays
@@ -103,9 +109,18 @@ class RecordProcessor:
                     short = (empty_answer, why)
             if short is None:
                 short = step.shortcut(context)
+            routed: tuple[System1, Decision, str] | None = None
+            # (an expert's row is the expert's: System 1 knows the step's own labels only)
+            if short is None and step.name in self.system1 and getattr(step, "system1", None) is not None:
+                routed = await self._system1(committer, rec, step, context)
+                s1, said, _ = routed
+                if said.route == "system1" and said.label is not None and said.p is not None:
+                    short = (step.system1_answer(said.label, said.p), "System 1")
+            was_unsure = len(unsure)
             if short is not None:
                 answer, why = short
-                note(step.name, "shortcut", f"{why}; answer {json.dumps(answer, ensure_ascii=False)}")
+                if routed is None:
+                    note(step.name, "shortcut", f"{why}; answer {json.dumps(answer, ensure_ascii=False)}")
             else:
                 parts = step.split(context)
                 n = len(parts)
@@ -170,6 +185,12 @@ class RecordProcessor:
                     final(committer, rec, "quarantined", so_far(), f"step `{step.name}`: {e}", tries)
                     return
             value = step.value(answer)
+            if routed is not None and routed[1].route != "system1" and len(unsure) == was_unsure:
+                s1, said, text = routed  # the LLM's accepted answer: System 1 learns from it
+                llm_label = step.system1_label(value)
+                if said.route == "audit" and said.label is not None:
+                    s1.audited(said.label, llm_label)
+                s1.learn(text, llm_label)
             context[step.name] = value
             outputs[step.name] = value
             skip = step.skip(value)
@@ -181,6 +202,40 @@ class RecordProcessor:
             final(committer, rec, "review", dumps(outputs), "; ".join(unsure), tries)
             return
         final(committer, rec, "done", dumps(outputs), None, tries)
+
+    async def _system1(
+        self, committer: GroupCommitter, rec: LeasedRecord, step: Task, context: dict[str, Any]
+    ) -> tuple[System1, Decision, str]:
+        """What the step's System 1 says about the row, written to its trace as its route."""
+        s1 = self.system1[step.name]
+        text = step.template.render(context)
+        said = await s1.decide(rec.key, text)
+        sure = "" if said.p is None or said.threshold is None else (
+            f"p {said.p:.3f} {'>=' if said.p >= said.threshold else '<'} threshold {said.threshold:.3f}, "
+            f"answer {said.label}")
+        if said.route == "system1":
+            detail = f"system1: {sure}; no call"
+        elif said.route == "audit":
+            detail = f"audit: System 1 is sure ({sure}); the LLM answers too, to measure it"
+        else:
+            detail = f"default: {sure}" if sure else f"default: System 1 takes no row ({s1.idle_reason()})"
+        data = {"route": said.route or "default", "p": said.p, "threshold": said.threshold,
+                "answer": said.label}
+        committer.add(attempt=AttemptRecord(self.run_id, rec.key, step.name, 0, None, "route", detail,
+                                            dumps(data)))
+        return s1, said, text
+
+    async def prepare(self) -> None:
+        """Train (or load) the steps' System 1 before any row is taken: a bad labels file is the
+        run's error, not a row's."""
+        for s1 in self.system1.values():
+            await s1.ready()
+
+    async def close(self, stopping: bool = False) -> None:
+        """Let System 1 trainings under way finish, so the next run starts from them (not when
+        the run is stopping)."""
+        for s1 in self.system1.values():
+            await s1.close(stopping)
 
     def final(
         self, committer: GroupCommitter, rec: LeasedRecord, state: str, outputs: str | None,

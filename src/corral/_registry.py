@@ -63,6 +63,24 @@ def sink_classes() -> dict[str, type[Sink]]:
     return _loaded(SINK_GROUP)
 
 
+@cache
+def _one(group: str, name: str) -> Any:
+    ep = _group(group).get(name)
+    return None if ep is None else ep.load()
+
+
+def source_class(name: str) -> type[Source] | None:
+    """The source format named ``name``, loading that plugin only (None: none is installed)."""
+    found: type[Source] | None = _one(SOURCE_GROUP, name)
+    return found
+
+
+def sink_class(name: str) -> type[Sink] | None:
+    """The sink format named ``name``, loading that plugin only (None: none is installed)."""
+    found: type[Sink] | None = _one(SINK_GROUP, name)
+    return found
+
+
 def plugin_names(group: str) -> list[str]:
     """The names registered under an entry-point ``group``, sorted (no plugin is loaded)."""
     return sorted(_group(group))

@@ -39,6 +39,8 @@ class RunResult:
     model: str | None = None
     #: rows in the whole source, when known
     total_rows: int | None = None
+    #: each System 1 step's report (see :meth:`corral._system1.System1.report`)
+    system1: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def accounted(self) -> bool:
@@ -69,6 +71,7 @@ class RunResult:
             "model": self.model,
             "store": self.store,
             "total_rows": self.total_rows,
+            "system1": self.system1,
         }
 
 

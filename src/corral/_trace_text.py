@@ -32,9 +32,12 @@ def route_line(step: str, detail: str | None, data: dict[str, Any]) -> str:
     """A route event as ``corral show`` prints it: ``route: step `reply` -> expert `german`: when
     lang == "de"``, with System 1's probability and threshold when the event has them."""
     route = data.get("route")
-    text = f"route: step `{step}` -> {detail or route or 'unknown'}"
-    notes = [f"{k} {conf(data[k])}" for k in ("p", "threshold") if isinstance(data.get(k), (int, float))]
-    if "answer" in data:
+    said = detail or ""
+    text = f"route: step `{step}` -> {said or route or 'unknown'}"
+    notes = []  # what the data holds that the detail does not say already
+    if "threshold" not in said:
+        notes += [f"{k} {conf(data[k])}" for k in ("p", "threshold") if isinstance(data.get(k), (int, float))]
+    if "answer" not in said and data.get("answer") is not None:
         notes.append(f"answer {compact(data['answer'])}")
     return text + (f" ({', '.join(notes)})" if notes else "")
 

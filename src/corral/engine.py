@@ -171,6 +171,7 @@ class _Runner:
         """Passes until no record waits for a provider batch (or the run stops): between two
         passes, the batches bring what the last one wanted."""
         batches = self.batches
+        await self.records.prepare()  # System 1 learned from its labels before any row is taken
         try:
             if batches is not None:
                 batches.load()
@@ -256,6 +257,7 @@ async def run_async(
         try:
             await runner.passes()
         finally:
+            await runner.records.close(stop.is_set())
             await m.aclose()
             for other, _ in extra.values():
                 await other.aclose()
@@ -318,11 +320,9 @@ async def run_async(
         assert final is not None
         result = summarize(st, final, limit=limit, outputs=outputs, elapsed_s=elapsed,
                            status=result_status or status)
-        result.stop_reason = reason
-        result.cause = cause
+        result.stop_reason, result.cause, result.model, result.total_rows = reason, cause, m.id, total
         result.store = None if path is None else str(path)
-        result.model = m.id
-        result.total_rows = total
+        result.system1 = [s1.report() for s1 in runner.records.system1.values()]
         return result
     finally:
         if restore:

@@ -31,6 +31,7 @@ from rich.table import Table
 
 from corral._registry import strategy_classes
 from corral._result import RunResult
+from corral._system1 import summary_line
 from corral._trace_text import compact, conf, route_line
 from corral.models.local import BUNDLED_ID
 from corral.store import STORE_ENV, Store, default_store_path
@@ -234,6 +235,8 @@ def print_summary(console: Console, r: RunResult, store: Store | None) -> None:
     lines.append(("Calls", f"{r.calls_made:,} made, {r.calls_replayed:,} replayed from the store"))
     lines.append(("Tokens", f"{r.input_tokens:,} input, {r.output_tokens:,} output"))
     lines.append(("Cost", money(r.cost_usd)))
+    for s1 in r.system1:
+        lines.append(("System 1" if len(r.system1) == 1 else f"System 1 {s1['step']}", summary_line(s1)))
     if r.model:
         lines.append(("Model", r.model + (f": {_BUNDLED_NOTE}" if r.model == BUNDLED_ID else "")))
     lines.append(("Elapsed", f"{r.elapsed_s:,.1f} s"))

@@ -5,6 +5,7 @@ trace contract; the failure paths."""
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
 from decimal import Decimal
 from pathlib import Path
@@ -191,8 +192,16 @@ def test_system1_routes_read_by_the_same_contract(tmp_path):
     res = cli("routes", r.run, "--store", str(db))
     assert "step reply: 4 rows routed; System 1 took 2 (50.0%) without a call" in res.output
     res = cli("show", r.run, "r1", "--store", str(db))
-    assert ('» route: step `reply` -> system1: p 0.97 >= threshold 0.90 (p 0.97, threshold 0.90, '
-            'answer {"label": "a"})') in res.output
+    assert '» route: step `reply` -> system1: p 0.97 >= threshold 0.90 (answer {"label": "a"})' in res.output
+    # a detail that says nothing of them: the data's probability and threshold are added
+    st = open_store(db)
+    try:
+        st.commit([], [AttemptRecord(r.run, "r5", "reply", 0, None, "route", None,
+                                     json.dumps({"route": "system1", "p": 0.97, "threshold": 0.9}))], [])
+    finally:
+        st.close()
+    res = cli("show", r.run, "r5", "--store", str(db))
+    assert "» route: step `reply` -> system1 (p 0.97, threshold 0.90)" in res.output
 
 
 @pytest.mark.parametrize("args,says", [
@@ -211,3 +220,27 @@ def test_routes_failures_are_one_line_and_exit_2(routed, tmp_path, args, says):
     assert says in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     if args[1] == "nope":  # the same error as `corral show`
         assert res.stderr == cli("show", "nope", "r1", "--store", str(db)).stderr
+
+
+def test_experts_and_system1_on_one_step_each_row_has_one_route(tmp_path):
+    """System 1 answers only rows on the step as written: an expert's rows are the expert's (it
+    may have other labels, which System 1 never learned); `corral routes` counts both."""
+    pytest.importorskip("sklearn")
+    from ..engine.test_system1 import TOPICS, make, texts
+
+    rnd = random.Random(0)
+    labeled = [(t, rnd.choice(sorted(TOPICS)) if rnd.random() < 0.08 else k) for t, k in texts(600, seed=2)]
+    job = make(tmp_path, texts(300, seed=1), {"labels": "labels.csv", "label_column": "topic", "min_rows": 100},
+               labels=labeled)
+    spec = job.model_dump(mode="json")
+    spec["steps"][0]["experts"] = [{"name": "sevens", "when": "id[-1] == '7'", "instructions": "Rows ending in 7."}]
+    job = Job.from_dict(spec, base_dir=tmp_path)
+    assert job.steps[0].routes()[0].step.system1 is None  # the expert has no System 1 of its own
+    r = corral.run(job)
+    assert r.written == 300 and r.system1[0]["taken"] > 0
+    out = routes_json(r.run, Path(r.store or ""))
+    [step] = out["steps"]
+    by = {x["route"]: x for x in step["routes"]}
+    assert by["sevens"]["rows"] == 30 and by["sevens"]["calls"] == 30  # all asked, none by System 1
+    assert set(by) <= {"sevens", "system1", "audit", "default"} and step["rows"] == 300
+    assert step["system1_rows"] == r.system1[0]["taken"] == by["system1"]["rows"] and by["system1"]["calls"] == 0

@@ -739,3 +739,39 @@ def test_the_shared_status_ladder():
     assert '{"anthropic": "..."}' in str(a._status_error(401, "x", None, None))
     assert batch_counts(None) == {}
     assert batch_counts({"total": 3, "failed": None, "note": "x"}) == {"total": 3, "failed": 0}
+
+
+# --- many calls in flight ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [oai, claude], ids=["openai", "anthropic"])
+def test_calls_in_flight_spread_over_sdk_clients_of_at_most_shard_calls_each(make):
+    """80 calls at once: three SDK clients (32 + 32 + 16), none ever carrying more than 32, and
+    every call answered; once they end, no client carries any."""
+    from corral.models._hosted import SHARD_CALLS
+
+    peaks: list[list[int]] = []
+
+    async def go(model: Any) -> list[Any]:
+        done = asyncio.Event()
+
+        async def watch() -> None:
+            while not done.is_set():
+                if model._clients is not None:
+                    peaks.append(list(model._clients.load))
+                await asyncio.sleep(0.01)
+
+        w = asyncio.create_task(watch())
+        try:
+            return await asyncio.gather(*(model.complete(req(f"ticket {i}: refund please")) for i in range(80)))
+        finally:
+            done.set()
+            await w
+            assert model._clients is not None and model._clients.load == [0, 0, 0]
+            await model.aclose()
+
+    with ProviderServer(latency_s=0.3) as srv:
+        answers = asyncio.run(go(make(srv)))
+    assert len(answers) == 80 and all(valid(json.loads(a.text)) for a in answers)
+    assert max(max(p) for p in peaks) == SHARD_CALLS and max(len(p) for p in peaks) == 3
+    assert max(sum(p) for p in peaks) == 80  # all at once: none waited for another to end

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from corral._registry import SINK_GROUP, SOURCE_GROUP, plugin_names, sink_classes, source_classes
+from corral._registry import SINK_GROUP, SOURCE_GROUP, plugin_names, sink_class, source_class
 from corral.errors import SinkError, SourceError
 from corral.io._atomic import atomic_path, ensure_parent, temp_path_for
 from corral.io._text import PATH_HINT, iter_text_lines, one_line, os_reason
@@ -204,7 +204,7 @@ def open_source(spec: SourceSpec, base_dir: Path) -> Source:
             f"{PATH_HINT}"
         )
     fmt = spec.format or format_from_path(str(path))
-    cls = source_classes().get(fmt or "")
+    cls = source_class(fmt) if fmt else None
     if fmt is None or cls is None:
         raise SourceError(_unknown_format(path, "source"))
     return cls.from_spec(spec, path, fmt)
@@ -214,7 +214,7 @@ def open_sink(spec: SinkSpec, base_dir: Path) -> Sink:
     """Open the sink a job describes; its path is relative to ``base_dir`` unless absolute."""
     path = resolve_path(spec.path, base_dir)
     fmt = spec.format or format_from_path(str(path))
-    cls = sink_classes().get(fmt or "")
+    cls = sink_class(fmt) if fmt else None
     if fmt is None or cls is None:
         raise SinkError(_unknown_format(path, "sink"))
     check_writable(path)

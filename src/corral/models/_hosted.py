@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import functools
 import importlib
@@ -19,7 +20,7 @@ import importlib.util
 import os
 import time
 from abc import abstractmethod
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from typing import Any, TypeVar
 
 from pydantic import Field, field_validator
@@ -163,11 +164,13 @@ class HostedOptions(ModelOptions):
         return v
 
 
-#: idle connections an SDK client's pool keeps open. On every request it hands out, the HTTP
-#: pool (httpcore) probes each idle connection's socket; the SDKs' default of 100 idle made that
-#: a sixth of the engine's CPU per call at 200 rows/s (bench/peers), while a batch run's calls in
-#: flight stay near the concurrency limit, so a few spare connections suffice.
-KEEPALIVE_IDLE = 20
+#: calls in flight one SDK client carries. On every request it hands out and every one that
+#: ends, the HTTP pool under the SDK (httpcore) walks all of its connections, probing each idle
+#: one's socket: one client carrying 150 calls in flight spent more CPU on that walk than on the
+#: call, and capping its idle connections to save the walk made it reconnect a call in three
+#: (bench/peers, 200 ms). So a model's calls are spread over as many clients as its calls in
+#: flight need, each with at most this many connections, all of them kept alive.
+SHARD_CALLS = 32
 
 
 @functools.cache
@@ -180,11 +183,29 @@ def http_module() -> Any:
         return importlib.import_module("httpx")
 
 
-def pool_limits(max_connections: int) -> Any:
-    """Connection-pool limits for an SDK client: up to ``max_connections`` open, few idle."""
-    return http_module().Limits(
-        max_connections=max(max_connections, KEEPALIVE_IDLE), max_keepalive_connections=KEEPALIVE_IDLE
-    )
+@functools.cache
+def _tls() -> Any:
+    """The TLS context every SDK client shares: building one reads the CA bundle (90 ms here)."""
+    return http_module().create_ssl_context()
+
+
+def pool_options() -> dict[str, Any]:
+    """The HTTP client options of one SDK client: a pool of :data:`SHARD_CALLS` connections,
+    all kept alive, and the shared TLS context."""
+    return {
+        "limits": http_module().Limits(max_connections=SHARD_CALLS, max_keepalive_connections=SHARD_CALLS),
+        "verify": _tls(),
+    }
+
+
+class _Clients:
+    """The SDK clients a model's calls share (all on one event loop), and the calls each carries."""
+
+    def __init__(self, first: Any, most: int) -> None:
+        self.sdks = [first]
+        self.load = [0]
+        self.most = max(1, most)
+        self.loop = asyncio.get_running_loop()
 
 
 class HostedModel(Model):
@@ -213,12 +234,12 @@ class HostedModel(Model):
         #: ``time.time()`` when :attr:`rate_limits` was last updated
         self.rate_limits_at: float | None = None
         self._key: Secret | None = None
-        self._sdk: Any = None
-        self._sdk_loop: asyncio.AbstractEventLoop | None = None
+        self._clients: _Clients | None = None
 
     @abstractmethod
     def _new_sdk(self) -> Any:
-        """A new async SDK client (built on the running event loop)."""
+        """A new async SDK client (built on the running event loop), its HTTP client built with
+        :func:`pool_options`."""
 
     def _configure(
         self, arg: str | None, options: HostedOptions, default_url: str, url_env: str, key_required: bool
@@ -258,18 +279,38 @@ class HostedModel(Model):
         """The key itself, for the SDK client only."""
         return self._key.get() if self._key is not None else None
 
-    def _client(self) -> Any:
+    def _shards(self) -> _Clients:
         loop = asyncio.get_running_loop()
-        if self._sdk is None or self._sdk_loop is not loop:  # a client belongs to its loop
-            self._sdk = self._new_sdk()
-            self._sdk_loop = loop
-        return self._sdk
+        if self._clients is None or self._clients.loop is not loop:  # a client belongs to its loop
+            most = -(-self.capabilities.max_concurrency // SHARD_CALLS)
+            self._clients = _Clients(self._new_sdk(), most)
+        return self._clients
+
+    def _client(self) -> Any:
+        """An SDK client, for calls outside the run's stream of completions (batch files)."""
+        return self._shards().sdks[0]
+
+    @contextlib.contextmanager
+    def _calling(self) -> Iterator[Any]:
+        """The SDK client with the fewest calls in flight, held for one call; a new one when
+        every client carries :data:`SHARD_CALLS` (up to what ``max_concurrency`` needs)."""
+        c = self._shards()
+        i = min(range(len(c.load)), key=c.load.__getitem__)
+        if c.load[i] >= SHARD_CALLS and len(c.sdks) < c.most:
+            c.sdks.append(self._new_sdk())
+            c.load.append(0)
+            i = len(c.load) - 1
+        c.load[i] += 1
+        try:
+            yield c.sdks[i]
+        finally:
+            c.load[i] -= 1
 
     async def aclose(self) -> None:
-        sdk, self._sdk = self._sdk, None
-        loop, self._sdk_loop = self._sdk_loop, None
-        if sdk is not None and loop is asyncio.get_running_loop():
-            await sdk.close()
+        c, self._clients = self._clients, None
+        if c is not None and c.loop is asyncio.get_running_loop():
+            for sdk in c.sdks:
+                await sdk.close()
 
     def _observe(self, headers: Any) -> None:
         found = rate_limit_headers(headers)

@@ -37,7 +37,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from corral.errors import ContextWindowExceeded, ModelError, PermanentModelError, QuotaExceeded
-from corral.models._hosted import HostedModel, HostedOptions, batch_counts, pool_limits, retryable
+from corral.models._hosted import HostedModel, HostedOptions, batch_counts, pool_options, retryable
 from corral.models._options import parse_options
 from corral.models._schemas import add_note, output_schema, schema_note
 from corral.models.base import (
@@ -187,7 +187,7 @@ class AnthropicModel(HostedModel):
             timeout=self.timeout,
             max_retries=0,  # the engine owns retries
             default_headers=self.headers or None,
-            http_client=anthropic.DefaultAsyncHttpxClient(limits=pool_limits(self.capabilities.max_concurrency)),
+            http_client=anthropic.DefaultAsyncHttpxClient(**pool_options()),
         )
 
     # --- one call ----------------------------------------------------------------------------
@@ -253,7 +253,8 @@ class AnthropicModel(HostedModel):
 
     async def _create(self, params: dict[str, Any]) -> Any:
         """One Messages API call: its rate-limit headers observed, its response parsed."""
-        raw = await self._client().messages.with_raw_response.create(**params)
+        with self._calling() as client:
+            raw = await client.messages.with_raw_response.create(**params)
         self._observe(raw.headers)
         msg = raw.parse()
         if inspect.isawaitable(msg):

@@ -41,7 +41,7 @@ from corral.models._hosted import (
     HostedOptions,
     batch_counts,
     http_module,
-    pool_limits,
+    pool_options,
     retryable,
 )
 from corral.models._keys import Secret
@@ -278,7 +278,7 @@ class OpenAIModel(HostedModel):
             timeout=self.timeout,
             max_retries=0,  # the engine owns retries
             default_headers=self.headers or None,
-            http_client=openai.DefaultAsyncHttpxClient(limits=pool_limits(self.capabilities.max_concurrency)),
+            http_client=openai.DefaultAsyncHttpxClient(**pool_options()),
         )
 
     # --- one call ----------------------------------------------------------------------------
@@ -330,9 +330,12 @@ class OpenAIModel(HostedModel):
     async def _answer(self, request: Request) -> Any:
         """The chat completion for a request, with the two second tries a server may call for:
         json_object where it rejects json_schema, the standard tier where flex has no capacity."""
+        with self._calling() as client:
+            return await self._answer_on(client, request)
+
+    async def _answer_on(self, client: Any, request: Request) -> Any:
         import openai
 
-        client = self._client()
         params = self.params(request)
         try:
             try:

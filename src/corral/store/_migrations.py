@@ -153,6 +153,22 @@ def m003_traces(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m004_learned(db: sqlite3.Connection) -> None:
+    """Learned models (System 1, the expert router) by name, reused by later runs of a job."""
+    _script(
+        db,
+        """
+        CREATE TABLE learned (
+            name TEXT PRIMARY KEY,
+            blob BLOB NOT NULL,
+            meta TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        )
+        """,
+    )
+
+
 def migrate(db: sqlite3.Connection, path: Path) -> None:
     """Bring the store at ``path`` (open as ``db``) to the latest schema; StoreError when it was
     written by a newer Corral."""

@@ -362,6 +362,15 @@ class Store(ABC):
     def cached(self, request_hash: str) -> str | None:
         """The recorded response JSON for a request hash, if any."""
 
+    # learned models
+    @abstractmethod
+    def save_learned(self, name: str, blob: bytes, meta: dict[str, Any]) -> None:
+        """Keep a learned model (System 1, the expert router) under ``name``, replacing the last."""
+
+    @abstractmethod
+    def load_learned(self, name: str) -> bytes | None:
+        """The learned model kept under ``name``, if any."""
+
     @abstractmethod
     def commit(
         self,

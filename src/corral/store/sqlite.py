@@ -393,6 +393,18 @@ class SQLiteStore(Store):
         ).fetchone()
         return row[0] if row else None
 
+    def save_learned(self, name: str, blob: bytes, meta: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO learned (name, blob, meta, updated_at) VALUES (?, ?, ?, ?) ON CONFLICT (name) "
+                "DO UPDATE SET blob=excluded.blob, meta=excluded.meta, updated_at=excluded.updated_at",
+                (name, blob, json.dumps(meta, default=str), time.time()),
+            )
+
+    def load_learned(self, name: str) -> bytes | None:
+        row = self.db.execute("SELECT blob FROM learned WHERE name=?", (name,)).fetchone()
+        return bytes(row[0]) if row else None
+
     def commit(
         self, calls: list[CallRecord], attempts: list[AttemptRecord], finals: list[FinalRecord]
     ) -> None:

@@ -118,6 +118,7 @@ class Step(BaseModel):
     ``bind(base_dir, source)``   read files the step needs, once before a run
     ``score_requests`` and       answer by likelihood (``can_score``, ``scoring_choices``,
     ``from_scores``              ``scoring_prompts``)
+    ``system1_*``                System 1's classes, an answer's class and back (classify, filter)
     ===========================  ==============================================================
     """
 
@@ -301,6 +302,24 @@ class Step(BaseModel):
                 "one; rename that field"
             )
         return self
+
+    # --- System 1's view of the step (classify and filter have one) ------------------------
+
+    def system1_classes(self) -> tuple[str, ...]:
+        """The classes System 1 tells apart (none: the step cannot have ``system1:``)."""
+        return ()
+
+    def system1_label(self, value: Any) -> str | None:
+        """The class of an answer's value (what System 1 learns from the LLM), or None."""
+        return None
+
+    def system1_label_of(self, cell: Any) -> str | None:
+        """The class a labels file's cell names, or None."""
+        return None
+
+    def system1_answer(self, label: str, p: float) -> dict[str, Any]:
+        """The step's answer for a class System 1 is sure of (with probability ``p``)."""
+        raise NotImplementedError(f"task `{self.task}` has no System 1")
 
     # --- the extension point -------------------------------------------------------------
 

@@ -7,8 +7,9 @@ import re
 from functools import cached_property
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
+from corral._system1 import System1Spec, check_available
 from corral.io.base import Column
 from corral.models.base import Message, Request
 from corral.tasks.base import Step, distinct_strings
@@ -43,8 +44,37 @@ class ClassifyStep(Step):
     task: Literal["classify"] = "classify"
     labels: dict[str, str] = Field(description="label -> description, or a list of labels")
     multi_label: bool = Field(default=False, description="allow several labels per row")
+    system1: System1Spec | None = Field(
+        default=None, description="a learned classifier that answers the rows it is sure of, with no call"
+    )
 
     can_score: ClassVar[bool] = True
+    later_keys: ClassVar[tuple[str, ...]] = ("system1",)
+
+    @model_validator(mode="after")
+    def _system1_fits(self) -> ClassifyStep:
+        if self.system1 is not None:
+            if self.multi_label:
+                raise ValueError("`system1:` answers one label a row; remove it or `multi_label: true`")
+            check_available()
+        return self
+
+    # System 1's classes: the labels
+
+    def system1_classes(self) -> tuple[str, ...]:
+        return tuple(self.labels)
+
+    def system1_label(self, value: Any) -> str | None:
+        """The class of an answer's value (what System 1 learns from the LLM)."""
+        return value if isinstance(value, str) and value in self.labels else None
+
+    def system1_label_of(self, cell: Any) -> str | None:
+        """The class a labels file's cell names (case and spaces aside), or None."""
+        text = str(cell).strip().casefold()
+        return next((lab for lab in self.labels if lab.casefold() == text), None)
+
+    def system1_answer(self, label: str, p: float) -> dict[str, Any]:
+        return {"label": label}
 
     @field_validator("labels", mode="before")
     @classmethod

@@ -10,8 +10,9 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
+from corral._system1 import System1Spec, check_available
 from corral.io.base import Column
 from corral.models.base import Message, Request
 from corral.tasks.base import Step
@@ -31,8 +32,36 @@ class FilterStep(Step):
         default="yes", description="keep rows whose answer is yes (default) or no"
     )
 
+    system1: System1Spec | None = Field(
+        default=None, description="a learned classifier that answers the rows it is sure of, with no call"
+    )
+
     can_skip: ClassVar[bool] = True
     can_score: ClassVar[bool] = True
+    later_keys: ClassVar[tuple[str, ...]] = ("system1",)
+
+    @model_validator(mode="after")
+    def _system1_fits(self) -> FilterStep:
+        if self.system1 is not None:
+            check_available()
+        return self
+
+    # System 1's classes: whether the row is kept
+
+    def system1_classes(self) -> tuple[str, ...]:
+        return ("true", "false")
+
+    def system1_label(self, value: Any) -> str | None:
+        if isinstance(value, dict) and isinstance(value.get("keep"), bool):
+            return "true" if value["keep"] else "false"
+        return None
+
+    def system1_label_of(self, cell: Any) -> str | None:
+        text = str(cell).strip().casefold()
+        return "true" if text in ("true", "yes", "1", "keep") else "false" if text in ("false", "no", "0", "drop") else None
+
+    def system1_answer(self, label: str, p: float) -> dict[str, Any]:
+        return {"reason": f"System 1 (p {p:.2f})", "keep": label == "true"}
 
     @field_validator("question")
     @classmethod
