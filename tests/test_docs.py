@@ -129,6 +129,7 @@ SPEC_CLASSES = [
     corral.FieldSpec,
     corral.job.RecordBudget,
     __import__("corral._system1", fromlist=["x"]).System1Spec,
+    __import__("corral._route_model", fromlist=["x"]).RouteBySpec,
     *__import__("corral._registry", fromlist=["x"]).strategy_classes().values(),
 ]
 

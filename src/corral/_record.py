@@ -19,6 +19,7 @@ from typing import Any
 from corral._client import Counts, RequestLayer
 from corral._commit import GroupCommitter, dumps
 from corral._expr import ConditionError
+from corral._route_model import LearnedRouter
 from corral._router import pick
 from corral._solver import OutOfBudget, RecordUse, StepSolver, low_confidence
 from corral._system1 import Decision, System1
@@ -26,6 +27,7 @@ from corral.errors import OutputError
 from corral.job import Job
 from corral.store.base import AttemptRecord, FinalRecord, LeasedRecord
 from corral.strategies.base import Outcome
+from corral.tasks._experts import DEFAULT_ROUTE
 from corral.tasks.base import Task
 
 Result = Outcome | OutOfBudget | BaseException
@@ -40,6 +42,12 @@ class RecordProcessor:
         self.run_id = layer.run_id
         self.counts = counts
         self.per_record = layer.budget.per_record
+        #: the steps' learned expert routers (``route_by:``), by step name
+        self.routers: dict[str, LearnedRouter] = {
+            s.name: LearnedRouter(s, spec, [*(e.route for e in s.routes()), DEFAULT_ROUTE],
+                                  layer.store, job.name, job.base_dir)
+            for s in job.steps if (spec := s.route_by) is not None
+        }
         #: the steps' System 1, by step name
         self.system1: dict[str, System1] = {
             s.name: System1(s, spec, layer.store, job.name, job.base_dir)
@@ -82,9 +90,11 @@ class RecordProcessor:
                 absent.add(step.name)
                 note(step.name, "not run", detail)
                 continue
-            if step.experts:  # the rules router: the row's expert, or the step as written
+            if step.experts:  # the learned router, else the rules: the row's expert, or the step as written
                 try:
-                    expert = pick(step, context, absent)
+                    learned = self.routers.get(step.name)
+                    expert = (await learned.route(step, context) if learned is not None else None) \
+                        or pick(step, context, absent)
                 except ConditionError as e:
                     final(committer, rec, "quarantined", so_far(), f"step `{step.name}`: {e}", tries)
                     return
@@ -230,6 +240,12 @@ class RecordProcessor:
         run's error, not a row's."""
         for s1 in self.system1.values():
             await s1.ready()
+        for r in self.routers.values():
+            await r.ready()
+
+    def reports(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """What each step's System 1 and learned router did, for the run's summary."""
+        return [s.report() for s in self.system1.values()], [r.report() for r in self.routers.values()]
 
     async def close(self, stopping: bool = False) -> None:
         """Let System 1 trainings under way finish, so the next run starts from them (not when

@@ -41,6 +41,8 @@ class RunResult:
     total_rows: int | None = None
     #: each System 1 step's report (see :meth:`corral._system1.System1.report`)
     system1: list[dict[str, Any]] = field(default_factory=list)
+    #: each learned expert router's report (see :meth:`corral._route_model.LearnedRouter.report`)
+    routers: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def accounted(self) -> bool:
@@ -72,6 +74,7 @@ class RunResult:
             "store": self.store,
             "total_rows": self.total_rows,
             "system1": self.system1,
+            "routers": self.routers,
         }
 
 

@@ -322,7 +322,7 @@ async def run_async(
                            status=result_status or status)
         result.stop_reason, result.cause, result.model, result.total_rows = reason, cause, m.id, total
         result.store = None if path is None else str(path)
-        result.system1 = [s1.report() for s1 in runner.records.system1.values()]
+        result.system1, result.routers = runner.records.reports()
         return result
     finally:
         if restore:

@@ -31,6 +31,7 @@ from rich.table import Table
 
 from corral._registry import strategy_classes
 from corral._result import RunResult
+from corral._route_model import router_line
 from corral._system1 import summary_line
 from corral._trace_text import compact, conf, route_line
 from corral.models.local import BUNDLED_ID
@@ -235,6 +236,8 @@ def print_summary(console: Console, r: RunResult, store: Store | None) -> None:
     lines.append(("Calls", f"{r.calls_made:,} made, {r.calls_replayed:,} replayed from the store"))
     lines.append(("Tokens", f"{r.input_tokens:,} input, {r.output_tokens:,} output"))
     lines.append(("Cost", money(r.cost_usd)))
+    for rt in r.routers:
+        lines.append(("Router" if len(r.routers) == 1 else f"Router {rt['step']}", router_line(rt)))
     for s1 in r.system1:
         lines.append(("System 1" if len(r.system1) == 1 else f"System 1 {s1['step']}", summary_line(s1)))
     if r.model:

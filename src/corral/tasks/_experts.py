@@ -39,6 +39,7 @@ RESERVED_ROUTES = (DEFAULT_ROUTE, "system1", "audit")
 
 #: the step keys an expert may not set, and why (the fix)
 FORBIDDEN = {
+    "route_by": "the learned router is the step's: it routes rows among the step's experts; set it on the step",
     "task": "an expert runs its step's task and fills its column; to ask something else, add a "
     "step of its own with a `when:`",
     "experts": "experts do not nest; list every variant under the step's `experts:`",
@@ -78,7 +79,7 @@ def build_experts(cls: type[Step], data: dict[str, Any], step: Step) -> tuple[Ex
     ``ValueError`` saying which expert is wrong and how to fix it."""
     raw = data.get("experts") or []
     # (the step's System 1 is not an expert's: it answers only rows on the step as written)
-    base = {k: v for k, v in data.items() if k not in ("experts", "when", "system1")}
+    base = {k: v for k, v in data.items() if k not in ("experts", "when", "system1", "route_by")}
     allowed = sorted((set(cls.model_fields) - set(FORBIDDEN) - {"name", "when"}) | {"model"})
     columns = [(c.name, c.type) for c in step.columns()]
     out: list[Expert] = []

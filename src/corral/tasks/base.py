@@ -34,6 +34,7 @@ from pydantic import (
 )
 
 from corral._expr import Condition, ConditionError
+from corral._route_model import RouteBySpec
 from corral._template import Template
 from corral.errors import InvalidOutput, Refused, Truncated
 from corral.io.base import Column
@@ -83,7 +84,7 @@ Calibrate = Literal["auto", "contextual", "none"]
 #: several content-free inputs too; three beat `N/A` alone on the demo's tickets)
 CONTENT_FREE = ("N/A", "", "[MASK]")
 #: keys added after jobs had run ids, dropped from a step's spec while they hold their default
-_LATER_KEYS = ("on_empty", "scoring", "calibrate", "min_confidence")
+_LATER_KEYS = ("on_empty", "scoring", "calibrate", "min_confidence", "route_by")
 #: `scoring: auto` scores by likelihood on exact scorers up to this many choices in a row's prompt
 #: (measured on the bundled model, one thread: 5 labels score faster than one generated answer;
 #: banking77's 77 labels, searched, take 1.42-1.48 times as long, at the same accuracy and with a
@@ -169,6 +170,11 @@ class Step(BaseModel):
         default=None, gt=0.0, le=1.0,
         description="hold an answer whose confidence is under this for review, never written to the sink",
     )
+    route_by: RouteBySpec | None = Field(
+        default=None,
+        description="a classifier trained on rows labeled with their best expert routes the rows it "
+        "is sure of before the experts' `when:` rules are asked",
+    )
     experts: list[dict[str, Any]] = Field(
         default_factory=list, exclude=True,  # serialized as built (see _serialize)
         description="variants of the step, each with a route `name`, a `when:` and the step keys it "
@@ -226,6 +232,8 @@ class Step(BaseModel):
         step = handler(data)
         if isinstance(data, dict) and data.get("experts"):
             step._experts = build_experts(type(step), data, step)
+        if step.route_by is not None and not step._experts:
+            raise ValueError("`route_by:` routes rows among the step's `experts:`; list them, or remove `route_by:`")
         return step
 
     def _without_later_defaults(self, data: Any) -> Any:
