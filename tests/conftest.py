@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,3 +39,20 @@ def shared(*parts: str) -> Path:
 
 
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+
+def scripted_models(monkeypatch: Any) -> dict[str, Any]:
+    """A table of scripted fake models by id (``fake:NAME``) that the engine uses for a job's
+    ``models:`` entries in place of the models it builds (a scripted model cannot be written in
+    YAML); fill it before the run."""
+    import corral.engine as engine
+
+    table: dict[str, Any] = {}
+    real = engine.make_model
+
+    def fake_make(ref: Any, base_dir: Any = None) -> Any:
+        built = real(ref, base_dir)
+        return table.get(built.id, built)
+
+    monkeypatch.setattr(engine, "make_model", fake_make)
+    return table

@@ -15,13 +15,12 @@ import pytest
 from click.testing import CliRunner
 
 import corral
-import corral.engine as engine
 from corral import FakeModel, Job
 from corral.cli import main as cli_main
 from corral.errors import JobSpecError, SourceError, UserError
 from corral.models.base import Request
 
-from ..conftest import write
+from ..conftest import scripted_models, write
 
 ROWS = {
     "r1": ("de", "Meine Rechnung ist falsch"),
@@ -77,15 +76,7 @@ def first_label(request: Request) -> dict[str, str]:
 @pytest.fixture
 def models(monkeypatch: pytest.MonkeyPatch) -> dict[str, FakeModel]:
     """Scripted fake models by id (``fake:NAME``) for a job's ``models:`` entries."""
-    table: dict[str, FakeModel] = {}
-    real = engine.make_model
-
-    def fake_make(ref: Any, base_dir: Path | None = None) -> Any:
-        built = real(ref, base_dir)
-        return table.get(built.id, built)
-
-    monkeypatch.setattr(engine, "make_model", fake_make)
-    return table
+    return scripted_models(monkeypatch)
 
 
 def read_csv(p: Path) -> list[dict[str, str]]:

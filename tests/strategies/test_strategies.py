@@ -16,13 +16,12 @@ import pytest
 from click.testing import CliRunner
 
 import corral
-import corral.engine as engine
 from corral import FakeModel, Job
 from corral.cli import main as cli_main
 from corral.errors import JobSpecError
 from corral.models.base import Request
 
-from ..conftest import write
+from ..conftest import scripted_models, write
 
 # --- helpers ----------------------------------------------------------------------------------
 
@@ -115,15 +114,7 @@ def show(db: Path, run: str, key: str) -> dict[str, Any]:
 def strategy_models(monkeypatch: pytest.MonkeyPatch):
     """Register scripted fake models by id (``fake:NAME``) for a job's ``models:`` entries: the
     engine builds strategy models with ``make_model``; a scripted model cannot be written in YAML."""
-    table: dict[str, FakeModel] = {}
-    real = engine.make_model
-
-    def fake_make(ref: Any, base_dir: Path | None = None) -> Any:
-        built = real(ref, base_dir)
-        return table.get(built.id, built)
-
-    monkeypatch.setattr(engine, "make_model", fake_make)
-    return table
+    return scripted_models(monkeypatch)
 
 
 def label_of(request: Request, answers: dict[int, str]) -> dict[str, str]:
