@@ -335,11 +335,12 @@ def calibrate_cmd(
 @click.option("--key-column", metavar="NAME", default=None, help="Key column of the labels and the source (default: the job's `key:`).")
 @click.option("--no-run", "no_run", is_flag=True, help="Never run the job: labeled rows without a final state count as not answered.")
 @click.option("--html", "html", metavar="FILE", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write a self-contained HTML report (tables, reliability diagram, coverage-vs-accuracy plot).")
+@click.option("--best-experts", "best", metavar="FILE", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Instead: run the labeled rows through each route of the step with experts: and write FILE, the rows with the expert that answered each right with the fewest calls (what route_by: learns from).")
 @_json_option
 @_store_option
 def eval_cmd(
     job_file: Path, labels: Path | None, runs: tuple[str, ...], model_name: str | None, key_column: str | None,
-    no_run: bool, html: Path | None, as_json: bool, store: Path | None,
+    no_run: bool, html: Path | None, best: Path | None, as_json: bool, store: Path | None,
 ) -> None:
     """Score a run's answers against a labels file: accuracy, macro-F1 and confused pairs of
     label steps; exact, normalised and null-aware accuracy of fields; what review caught;
@@ -363,6 +364,13 @@ def eval_cmd(
     with _exit_codes(interrupted=(_eval.Interrupted,)):
         job = Job.load(job_file)
         _batch_gc()
+        if best is not None:
+            from corral._best_experts import best_experts_for, best_experts_text
+
+            found = _arun(best_experts_for(job, labels=labels, out=best, model=model, store=store,
+                                           key_column=key_column))
+            click.echo(json.dumps(found) if as_json else best_experts_text(found))
+            return
         result = _arun(_eval.evaluate_async(
             job, labels=labels, runs=runs, model=model, store=store, key_column=key_column,
             run_missing=not no_run, progress=progress, handle_signals=True))

@@ -91,3 +91,52 @@ def test_route_by_needs_experts_and_a_file_that_names_routes(tmp_path):
     job = make(tmp_path, texts(20, seed=3), texts(60, seed=4), column="best")
     with pytest.raises(corral.UserError, match="no column `best`"):
         corral.run(job)
+
+
+def test_eval_best_experts_writes_the_rows_route_by_learns_from(tmp_path):
+    """`corral eval --best-experts`: each labeled row through every route; each row's best is the
+    one that answered it right (here the expert whose labels hold its gold label), and the file
+    trains a `route_by:` that sends new rows there."""
+    from click.testing import CliRunner
+
+    from corral.cli import main as cli_main
+
+    rows = texts(120, seed=11)
+    gold = {"money": "billing", "parcel": "shipping"}
+    with open(tmp_path / "in.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "text"])
+        w.writerows((f"r{i}", t) for i, (t, _) in enumerate(rows))
+    with open(tmp_path / "truth.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows((t, gold[r]) for t, r in rows)
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "label"])
+        w.writerows((f"r{i}", gold[r]) for i, (_, r) in enumerate(rows))
+    job = {"name": "be", "source": "in.csv", "key": "id",
+           "model": {"name": "fake", "truth": "truth.csv", "accuracy": 0.99},
+           "steps": [{"name": "label", "task": "classify", "input": "{text}", "labels": ["x", "y"],
+                      "experts": [{"name": "money", "when": "false", "labels": ["billing", "other"]},
+                                  {"name": "parcel", "when": "false", "labels": ["shipping", "other"]}]}],
+           "sink": "out/o.csv"}
+    (tmp_path / "job.yaml").write_text(json.dumps(job))
+    res = CliRunner().invoke(cli_main, ["eval", str(tmp_path / "job.yaml"), "--labels", str(tmp_path / "labels.csv"),
+                                        "--best-experts", str(tmp_path / "routes.csv"), "--json",
+                                        "--store", str(tmp_path / "s.db")])
+    assert res.exit_code == 0, res.output
+    found = json.loads(res.stdout)
+    assert found["right_by_route"]["default"] == 0  # x/y: never the gold label
+    with open(tmp_path / "routes.csv", newline="") as f:
+        written = list(csv.DictReader(f))
+    assert len(written) == found["written"] >= 100
+    by_text = dict(rows)
+    assert all(r["expert"] == by_text[r["text"]] for r in written)  # each row's own expert
+    assert set(written[0]) == {"id", "text", "expert"}
+    # a job without experts: one line with the fix
+    job["steps"][0].pop("experts")
+    (tmp_path / "job.yaml").write_text(json.dumps(job))
+    res = CliRunner().invoke(cli_main, ["eval", str(tmp_path / "job.yaml"), "--labels", str(tmp_path / "labels.csv"),
+                                        "--best-experts", str(tmp_path / "r2.csv"), "--store", str(tmp_path / "s.db")])
+    assert res.exit_code != 0 and "no step with `experts:`" in res.output
