@@ -8,9 +8,10 @@ classify step has two experts, each with its own labels; the LLM is the fake noi
 --accuracy. Two runs, each in a fresh store:
 
 - rules: the experts' `when:` reads the `dataset` column;
-- learned: the job has no `dataset` column to read; `route_by:` learns the route from the text,
-  trained on other rows of the two data sets (SMS messages after the first --rows, banking77's
-  train.csv), each labeled with its data set's expert.
+- learned: the experts' `when:` read no column (both false); `route_by:` learns the route from
+  the text, from the file `corral eval --best-experts` writes for other labeled rows of the two
+  data sets (SMS messages after the first --rows, banking77's train.csv): each row with the expert
+  that answered it right with the fewest calls.
 
 For each: rows per route, rows that reached their data set's expert, accuracy against the gold
 labels (overall and per route, from `corral routes --labels`), calls. Writes
@@ -71,17 +72,20 @@ def main() -> None:
     expert_of = {"sms": "sms", "banking": "bank"}
     train_bank = list(csv.DictReader(open(B77 / "train.csv")))
     random.Random(4).shuffle(train_bank)
-    route_rows = ([{"text": r["text"], "expert": "sms"} for r in sms(n, skip=n)]
-                  + [{"text": r["text"], "expert": "bank"} for r in train_bank[:n]])
+    # rows for the learned router: other SMS messages and banking77 train questions, labeled;
+    # `corral eval --best-experts` finds which expert answers each right
+    train_rows = ([{"dataset": "sms", **r} for r in sms(n, skip=n)]
+                  + [{"dataset": "banking", "text": r["text"], "label": r["category"]} for r in train_bank[:n]])
+    for i, r in enumerate(train_rows):
+        r["id"] = f"t{i}"
     results: dict[str, Any] = {"benchmark": "routing", "machine": machine(),
                                "script": f"bench/routing.py --rows {n} --accuracy {args.accuracy}",
                                "rows": len(rows)}
     for mode in ("rules", "learned"):
         work = Path(tempfile.mkdtemp(prefix=f"routing-{mode}-"))
         write(work / "in.csv", rows, ["id", "dataset", "text"])
-        write(work / "truth.csv", rows, ["text", "label"])
+        write(work / "truth.csv", rows + train_rows, ["text", "label"])
         write(work / "labels.csv", rows, ["id", "label"])
-        write(work / "routes.csv", route_rows, ["text", "expert"])
         sms_when = "dataset == 'sms'" if mode == "rules" else "false"
         bank_when = "dataset == 'banking'" if mode == "rules" else "false"
         step: dict[str, Any] = {
@@ -93,10 +97,23 @@ def main() -> None:
                  "instructions": "Which banking intent does the customer's question have?"},
             ],
         }
+        model = {"name": "fake", "truth": "truth.csv", "accuracy": args.accuracy, "price_per_call": 0.001}
         if mode == "learned":
+            write(work / "train.csv", train_rows, ["id", "text"])
+            write(work / "train_labels.csv", train_rows, ["id", "label"])
+            (work / "train.yaml").write_text(json.dumps({
+                "name": "routing-train", "source": "train.csv", "key": "id", "model": model,
+                "steps": [step], "sink": "out/train.csv"}))
+            ev = subprocess.run([CORRAL, "eval", "train.yaml", "--labels", "train_labels.csv",
+                                 "--best-experts", "routes.csv", "--json"], cwd=work, capture_output=True,
+                                text=True, timeout=900)
+            if ev.returncode:
+                raise SystemExit(f"corral eval --best-experts failed ({ev.returncode}): {ev.stderr[-2000:]}")
+            results["best_experts"] = {"command": "corral eval train.yaml --labels train_labels.csv "
+                                                  "--best-experts routes.csv --json", **json.loads(ev.stdout)}
+            print(f"best experts: {results['best_experts']}", flush=True)
             step["route_by"] = {"labels": "routes.csv", "column": "expert", "target": 0.95}
-        job = {"name": f"routing-{mode}", "source": "in.csv", "key": "id",
-               "model": {"name": "fake", "truth": "truth.csv", "accuracy": args.accuracy, "price_per_call": 0.001},
+        job = {"name": f"routing-{mode}", "source": "in.csv", "key": "id", "model": model,
                "steps": [step], "sink": "out/o.csv"}
         (work / "job.yaml").write_text(json.dumps(job))
         p = subprocess.run([CORRAL, "run", "job.yaml", "--json"], cwd=work, capture_output=True, text=True, timeout=900)
