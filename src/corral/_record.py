@@ -45,12 +45,12 @@ class RecordProcessor:
         #: the steps' learned expert routers (``route_by:``), by step name
         self.routers: dict[str, LearnedRouter] = {
             s.name: LearnedRouter(s, spec, [*(e.route for e in s.routes()), DEFAULT_ROUTE],
-                                  layer.store, job.name, job.base_dir)
+                                  layer.store, job.name, job.base_dir, layer.stop, layer.say)
             for s in job.steps if (spec := s.route_by) is not None
         }
         #: the steps' System 1, by step name
         self.system1: dict[str, System1] = {
-            s.name: System1(s, spec, layer.store, job.name, job.base_dir)
+            s.name: System1(s, spec, layer.store, job.name, job.base_dir, layer.stop, layer.say)
             for s in job.steps if (spec := getattr(s, "system1", None)) is not None
         }
 

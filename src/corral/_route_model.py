@@ -12,14 +12,25 @@ rules, as without ``route_by:``. The trained model is kept in the store and reus
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from corral._system1 import FORMAT, Predictor, Trained, _on_a_thread, check_available, train
+from corral._system1 import (
+    FORMAT,
+    LEARN_WAIT_S,
+    Predictor,
+    Trained,
+    _on_a_thread,
+    check_available,
+    train,
+    wait_bounded,
+)
 from corral.errors import UserError
 
 if TYPE_CHECKING:
@@ -49,8 +60,10 @@ class LearnedRouter:
     """One step's learned router in a run."""
 
     def __init__(self, step: Step, spec: RouteBySpec, routes: list[str], store: Store, job_name: str,
-                 base_dir: Path) -> None:
+                 base_dir: Path, stop: asyncio.Event | None = None,
+                 say: Callable[[str], None] | None = None) -> None:
         self.step, self.spec, self.routes, self.store = step, spec, routes, store
+        self.stop, self.say = stop, say or (lambda message: None)
         path = Path(spec.labels)
         self.path = path if path.is_absolute() else base_dir / path
         try:
@@ -78,7 +91,12 @@ class LearnedRouter:
                 pass
         texts, routes = self._rows()
         self.learned_from = len(texts)
-        self.model = await _on_a_thread(train, texts, routes, self.spec.target, "labels")
+        self.say(f"the learned router of step `{self.step.name}`: learning from {len(texts):,} rows "
+                 f"(at most {LEARN_WAIT_S:.0f} s; Ctrl-C stops)")
+        fut = _on_a_thread(train, texts, routes, self.spec.target, "labels")
+        if not await wait_bounded(fut, self.stop, LEARN_WAIT_S):
+            return  # stopped, or too long: the rules route every row
+        self.model = fut.result()
         blob = pickle.dumps({"format": FORMAT, "model": self.model, "rows": len(texts)})
         self.store.save_learned(self.name, blob, self.model.meta())
 

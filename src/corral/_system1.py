@@ -62,6 +62,10 @@ LEAST_AUDITS = 20
 FORMAT = 1
 #: seconds a finishing run waits for a training under way
 CLOSE_WAIT_S = 30.0
+#: seconds a run waits for System 1 to learn from its labels file before it starts (then: no row)
+LEARN_WAIT_S = 600.0
+#: seconds a row waits for a retraining under way (then: the last model decides)
+RETRAIN_WAIT_S = 30.0
 T = TypeVar("T")
 INSTALL_HINT = "make install, or pip install -e '.[learn]', in the Corral checkout (scikit-learn)"
 
@@ -261,8 +265,11 @@ class Stats:
 class System1:
     """One step's System 1 in a run (see the module's docstring)."""
 
-    def __init__(self, step: Step, spec: System1Spec, store: Store, job_name: str, base_dir: Path) -> None:
+    def __init__(self, step: Step, spec: System1Spec, store: Store, job_name: str, base_dir: Path,
+                 stop: asyncio.Event | None = None, say: Callable[[str], None] | None = None) -> None:
         self.step = step
+        self.stop = stop
+        self.say = say or (lambda message: None)
         self.spec = spec
         self.store = store
         self.base_dir = base_dir
@@ -295,9 +302,15 @@ class System1:
             if self.model is None and self.spec.labels is not None:
                 texts, labels = self._labeled_rows()
                 if len(texts) >= self.spec.min_rows:
-                    self.model = await _on_a_thread(train, texts, labels, self.spec.target, "labels")
-                    self.stats.trainings += 1
-                    self._save()
+                    self.say(f"System 1 of step `{self.step.name}`: learning from {len(texts):,} labeled rows "
+                             f"(at most {LEARN_WAIT_S:.0f} s; Ctrl-C stops)")
+                    fut = _on_a_thread(train, texts, labels, self.spec.target, "labels")
+                    if await wait_bounded(fut, self.stop, LEARN_WAIT_S):
+                        self.model = fut.result()
+                        self.stats.trainings += 1
+                        self._save()
+                    elif not (self.stop and self.stop.is_set()):
+                        self.stats.notes.append(f"learning from the labels took over {LEARN_WAIT_S:.0f} s: no row taken")
                 else:
                     self.stats.notes.append(f"{len(texts):,} labeled rows, under min_rows {self.spec.min_rows:,}")
                 self._texts_from_labels = len(texts)
@@ -358,7 +371,8 @@ class System1:
         """Whether System 1 answers this row (or audits it), from its current model."""
         await self.ready()
         if self._training is not None and not self._training.done():
-            await asyncio.shield(self._training)  # the model learned from the answers so far
+            # the model learned from the answers so far, for a while; else the last one decides
+            await wait_bounded(self._training, self.stop, RETRAIN_WAIT_S)
         m = self.model
         self.stats.seen += 1
         if m is None or m.threshold is None or m.pipeline is None or self.stats.retired:
@@ -444,8 +458,9 @@ class System1:
         if t is None or t.done():
             return
         if not stopping:
-            with contextlib.suppress(asyncio.TimeoutError, Exception):
-                await asyncio.wait_for(asyncio.shield(t), timeout=CLOSE_WAIT_S)
+            self.say(f"System 1 of step `{self.step.name}`: finishing its training on {self._trained_on:,} "
+                     f"answers, for the next run (at most {CLOSE_WAIT_S:.0f} s; Ctrl-C stops)")
+            await wait_bounded(t, self.stop, CLOSE_WAIT_S)
         if not t.done():
             self.stats.notes.append("a training under way was left unfinished")
             t.cancel()
@@ -468,6 +483,22 @@ class System1:
             out.update({"met": False, "threshold": None, "agreement": None, "held_out": 0, "covered": 0,
                         "best": None})
         return out
+
+
+async def wait_bounded(fut: asyncio.Future[Any], stop: asyncio.Event | None, timeout: float) -> bool:
+    """Wait for ``fut`` for at most ``timeout`` seconds, and no longer than the run goes on (its
+    ``stop`` event: Ctrl-C, SIGTERM). ``fut`` itself is never cancelled. Whether it ended."""
+    if fut.done():
+        return True
+    waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(asyncio.shield(fut))]
+    if stop is not None:
+        waits.append(asyncio.ensure_future(stop.wait()))
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+    return fut.done()
 
 
 def _on_a_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:

@@ -206,3 +206,37 @@ def test_trainings_on_their_thread_give_their_result_or_their_error():
             await _on_a_thread(boom)
 
     asyncio.run(go())
+
+
+def test_learning_from_labels_says_so_and_ends_on_a_stop(tmp_path, monkeypatch):
+    """The wait for System 1 to learn from its labels is announced, and a stop (Ctrl-C,
+    SIGTERM) ends it at once: no model, no row taken, the training left on its thread."""
+    import asyncio
+    import time as _time
+
+    import corral._system1 as s1mod
+
+    monkeypatch.setattr(s1mod, "train", lambda *_: _time.sleep(30))
+    job = make(tmp_path, texts(10, seed=12), {"labels": "labels.csv", "label_column": "topic", "min_rows": 20},
+               labels=texts(40, seed=13))
+    step = job.steps[0]
+    from corral.store import open_store
+
+    st = open_store(tmp_path / "s.db")
+    said: list[str] = []
+
+    async def go() -> float:
+        stop = asyncio.Event()
+        sys1 = s1mod.System1(step, step.system1, st, job.name, tmp_path, stop, said.append)
+        asyncio.get_running_loop().call_later(0.2, stop.set)
+        t0 = _time.monotonic()
+        await sys1.ready()
+        assert sys1.model is None
+        assert (await sys1.decide("k", "a text")).route is None
+        return _time.monotonic() - t0
+
+    try:
+        assert asyncio.run(go()) < 2.0
+    finally:
+        st.close()
+    assert said and "learning from 40 labeled rows" in said[0] and "Ctrl-C" in said[0]
