@@ -1,12 +1,14 @@
 """System 1 against an LLM-only run, on labeled data: rows it takes, accuracy against the gold
 labels, calls and cost.
 
-  .venv/bin/python bench/system1.py [--scenarios labels,distil,crossdomain] [--accuracy 0.95]
+  .venv/bin/python bench/system1.py [--scenarios labels,distil,crossdomain,sms_local] [--accuracy 0.95]
 
 - labels: ../shared/data/banking77, train.csv as System 1's labels, test.csv (3,080 rows,
   shuffled with a fixed seed) as the input; the fake noisy labeler at --accuracy as the LLM,
   priced at $0.001 a call.
 - distil: the same input with no labels: System 1 learns only from the LLM's answers.
+- sms_local: a real model, the bundled SmolLM2-135M (`local`), on 400 shuffled SMS messages
+  (../shared/data/sms_spam), System 1 trained on 2,000 other labeled messages.
 - crossdomain: ../shared/data/natcs_dstc11_intents, System 1 trained on the banking domain's
   labeled utterances, run on the finance domain (the step's labels: both domains' intents).
 
@@ -31,6 +33,8 @@ from _common import CORRAL, DATA, RESULTS, last_json_line, machine
 B77 = DATA / "banking77"
 NATCS = DATA / "natcs_dstc11_intents"
 PRICE = 0.001
+#: SMS rows the bundled model classifies in the sms_local scenario (the next 2,000 are the labels)
+SMS_INPUT = 400
 
 
 def _read_jsonl(p: Path) -> list[dict[str, Any]]:
@@ -55,6 +59,23 @@ def scenario(name: str, work: Path, accuracy: float) -> tuple[dict[str, Any], di
         truth, text_col, label_col = B77 / "test.csv", "text", "category"
         s1: dict[str, Any] = ({"labels": str(B77 / "train.csv"), "label_column": "category"}
                               if name == "labels" else {"min_rows": 300})
+    elif name == "sms_local":  # a real model: the bundled SmolLM2-135M on real SMS rows
+        seen: set[str] = set()
+        msgs: list[tuple[str, str]] = []
+        for line in (DATA / "sms_spam" / "SMSSpamCollection.tsv").read_text().splitlines()[1:]:
+            lab, _, text = line.partition("\t")
+            if text.strip() and text.strip() not in seen:
+                seen.add(text.strip())
+                msgs.append((text.strip(), lab.strip()))
+        random.Random(7).shuffle(msgs)
+        keyed = [{"id": f"m{i}", "text": t, "category": lab} for i, (t, lab) in enumerate(msgs[:SMS_INPUT])]
+        _write_csv(work / "sms_labels.csv", [{"text": t, "label": lab} for t, lab in msgs[SMS_INPUT:SMS_INPUT + 2000]],
+                   ["text", "label"])
+        _write_csv(work / "in.csv", keyed, ["id", "text"])
+        job = {"name": "s1-sms-local", "source": "in.csv", "key": "id", "model": "local",
+               "steps": [{"name": "intent", "task": "classify", "input": "{text}", "labels": ["spam", "ham"]}],
+               "sink": "out/o.csv"}
+        return job, {r["id"]: r["category"] for r in keyed}, {"labels": str(work / "sms_labels.csv")}
     else:
         bank = _read_jsonl(NATCS / "test-banking_utterances.jsonl")
         fin = _read_jsonl(NATCS / "test-finance_utterances.jsonl")
@@ -105,7 +126,7 @@ def run_job(work: Path, job: dict[str, Any], gold: dict[str, str]) -> dict[str, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scenarios", default="labels,distil,crossdomain")
+    ap.add_argument("--scenarios", default="labels,distil,crossdomain,sms_local")
     ap.add_argument("--accuracy", type=float, default=0.95, help="the fake LLM's accuracy")
     args = ap.parse_args()
     results: dict[str, Any] = {"benchmark": "system1", "machine": machine(),
