@@ -56,3 +56,15 @@ def scripted_models(monkeypatch: Any) -> dict[str, Any]:
 
     monkeypatch.setattr(engine, "make_model", fake_make)
     return table
+
+
+def write_csv(path: Path, header: list[str], rows: Any) -> Path:
+    """A CSV file of ``header`` and ``rows`` (sequences), its folder made."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path

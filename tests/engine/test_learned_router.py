@@ -15,6 +15,8 @@ import pytest
 import corral
 from corral import Job
 
+from ..conftest import write_csv
+
 pytest.importorskip("sklearn")
 
 WORDS = {
@@ -34,14 +36,8 @@ def texts(n: int, seed: int) -> list[tuple[str, str]]:
 
 
 def make(tmp: Path, rows: list[tuple[str, str]], train: list[tuple[str, str]], **route_by: Any) -> Job:
-    with open(tmp / "in.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "text"])
-        w.writerows((f"r{i}", t) for i, (t, _) in enumerate(rows))
-    with open(tmp / "routes.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "expert"])
-        w.writerows(train)
+    write_csv(tmp / "in.csv", ["id", "text"], [(f"r{i}", t) for i, (t, _) in enumerate(rows)])
+    write_csv(tmp / "routes.csv", ["text", "expert"], train)
     step = {"name": "label", "task": "classify", "input": "{text}", "labels": ["x", "y"],
             "experts": [{"name": "money", "when": "false", "labels": ["billing", "other"]},
                         {"name": "parcel", "when": "'parcel' in text", "labels": ["shipping", "other"]}],
@@ -103,18 +99,9 @@ def test_eval_best_experts_writes_the_rows_route_by_learns_from(tmp_path):
 
     rows = texts(120, seed=11)
     gold = {"money": "billing", "parcel": "shipping"}
-    with open(tmp_path / "in.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "text"])
-        w.writerows((f"r{i}", t) for i, (t, _) in enumerate(rows))
-    with open(tmp_path / "truth.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "label"])
-        w.writerows((t, gold[r]) for t, r in rows)
-    with open(tmp_path / "labels.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "label"])
-        w.writerows((f"r{i}", gold[r]) for i, (_, r) in enumerate(rows))
+    write_csv(tmp_path / "in.csv", ["id", "text"], [(f"r{i}", t) for i, (t, _) in enumerate(rows)])
+    write_csv(tmp_path / "truth.csv", ["text", "label"], [(t, gold[r]) for t, r in rows])
+    write_csv(tmp_path / "labels.csv", ["id", "label"], [(f"r{i}", gold[r]) for i, (_, r) in enumerate(rows)])
     job = {"name": "be", "source": "in.csv", "key": "id",
            "model": {"name": "fake", "truth": "truth.csv", "accuracy": 0.99},
            "steps": [{"name": "label", "task": "classify", "input": "{text}", "labels": ["x", "y"],

@@ -16,6 +16,8 @@ from corral import Job
 from corral._system1 import LEAST_AUDITS, pick_threshold, summary_line, wilson_upper
 from corral.errors import UserError
 
+from ..conftest import write_csv
+
 pytest.importorskip("sklearn")
 
 TOPICS = {
@@ -37,19 +39,13 @@ def texts(n: int, seed: int, topics: dict[str, list[str]] = TOPICS) -> list[tupl
 
 def make(tmp: Path, rows: list[tuple[str, str]], system1: dict[str, Any] | None,
          labels: list[tuple[str, str]] | None = None, name: str = "s1") -> Job:
-    with open(tmp / "in.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "text"])
-        w.writerows((f"r{i}", t) for i, (t, _) in enumerate(rows))
+    write_csv(tmp / "in.csv", ["id", "text"], [(f"r{i}", t) for i, (t, _) in enumerate(rows)])
     with open(tmp / "truth.csv", "w", newline="") as f:  # what the fake LLM knows
         w = csv.writer(f)
         w.writerow(["text", "label"])
         w.writerows(rows)
     if labels is not None:
-        with open(tmp / "labels.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["text", "topic"])
-            w.writerows(labels)
+        write_csv(tmp / "labels.csv", ["text", "topic"], labels)
     step: dict[str, Any] = {"name": "topic", "task": "classify", "input": "{text}", "labels": sorted(TOPICS)}
     if system1 is not None:
         step["system1"] = system1
