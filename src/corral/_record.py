@@ -20,7 +20,7 @@ from corral._client import Counts, RequestLayer
 from corral._commit import GroupCommitter, dumps
 from corral._expr import ConditionError
 from corral._route_model import LearnedRouter
-from corral._router import pick
+from corral._router import Routed, pick
 from corral._solver import OutOfBudget, RecordUse, StepSolver, low_confidence
 from corral._system1 import Decision, System1
 from corral.errors import OutputError
@@ -229,10 +229,8 @@ class RecordProcessor:
             detail = f"audit: System 1 is sure ({sure}); the LLM answers too, to measure it"
         else:
             detail = f"default: {sure}" if sure else f"default: System 1 takes no row ({s1.idle_reason()})"
-        data = {"route": said.route or "default", "p": said.p, "threshold": said.threshold,
-                "answer": said.label}
-        committer.add(attempt=AttemptRecord(self.run_id, rec.key, step.name, 0, None, "route", detail,
-                                            dumps(data)))
+        data = {"p": said.p, "threshold": said.threshold, "answer": said.label}
+        committer.add(attempt=Routed(step, said.route or DEFAULT_ROUTE, detail, data).event(self.run_id, rec.key))
         return s1, said, text
 
     async def prepare(self) -> None:
