@@ -574,5 +574,9 @@ def export_traces_cmd(run: str, fmt: str, output: Path | None, reasoning: bool, 
     _err().print(line + (f" ({'; '.join(notes)})" if notes else ""), markup=False)
 
 
+from corral._cli_estimate import estimate_cmd  # noqa: E402  (it imports this module's helpers)
+
+main.add_command(estimate_cmd)
+
 if __name__ == "__main__":  # pragma: no cover
     main()
