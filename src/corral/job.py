@@ -11,7 +11,7 @@ import json
 from decimal import Decimal
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -143,6 +143,10 @@ class Job(BaseModel):
     budget: Budget = Field(default_factory=Budget, description="run-wide limits")
     tags: dict[str, str] = Field(default_factory=dict, description="labels kept with the run's costs")
     concurrency: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY, description="calls in flight at once")
+    injection: Literal["hold", "off"] = Field(
+        default="hold",
+        description="`hold`: rows that read like instructions to the model go to review; `off`: no check",
+    )
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
