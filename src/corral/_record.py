@@ -19,6 +19,7 @@ from typing import Any
 from corral._client import Counts, RequestLayer
 from corral._commit import GroupCommitter, dumps
 from corral._expr import ConditionError
+from corral._injection import flag_row
 from corral._route_model import LearnedRouter
 from corral._router import Routed, pick
 from corral._solver import OutOfBudget, RecordUse, StepSolver, low_confidence
@@ -42,6 +43,8 @@ class RecordProcessor:
         self.run_id = layer.run_id
         self.counts = counts
         self.per_record = layer.budget.per_record
+        #: whether rows that read like instructions to the model are held (``injection:``)
+        self.gate = job.injection == "hold"
         #: the steps' learned expert routers (``route_by:``), by step name
         self.routers: dict[str, LearnedRouter] = {
             s.name: LearnedRouter(s, spec, [*(e.route for e in s.routes()), DEFAULT_ROUTE],
@@ -255,7 +258,13 @@ class RecordProcessor:
         self, committer: GroupCommitter, rec: LeasedRecord, state: str, outputs: str | None,
         reason: str | None, tries: int,
     ) -> None:
-        """Commit the record's final state (with its outputs so far and why)."""
+        """Commit the record's final state (with its outputs so far and why). A row the
+        injection gate flags never reaches the sink (nor leaves it unseen, skipped): it is held
+        for review with the answers reached."""
+        if self.gate and state in ("done", "skipped"):
+            found = flag_row(rec.data)
+            if found is not None:
+                state, reason = "review", found if reason is None else f"{found}; {reason}"
         committer.add(final=FinalRecord(self.run_id, rec.key, state, outputs, reason, tries))
         self.counts.move("leased", state)
 

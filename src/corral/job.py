@@ -11,7 +11,7 @@ import json
 from decimal import Decimal
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -146,6 +146,10 @@ class Job(BaseModel):
     concurrency: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY, description="calls in flight at once")
     monitor: MonitorSpec = Field(
         default_factory=MonitorSpec, description="compare each finished run with the job's previous one"
+    )
+    injection: Literal["hold", "off"] = Field(
+        default="hold",
+        description="`hold`: rows that read like instructions to the model go to review; `off`: no check",
     )
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
