@@ -172,23 +172,36 @@ def count_fmt(v: float) -> str:
     return f"{v:g}"
 
 
-def bars_svg(bins: Sequence[tuple[float, float, float]], *, x_label: str, y_label: str, label: str,
-             x_lo: float = 0.0, x_hi: float = 1.0, color: str = COLORS[0],
-             x_fmt: Callable[[float], str] = "{:.1f}".format,
-             tip: Callable[[float, float, float], str] | None = None) -> str:
-    """A histogram: one bar per ``(lo, hi, count)`` with its count above it."""
-    top = nice_max(max((c for _, _, c in bins), default=0))
-    f = Frame(x_lo, x_hi, top)
+def bars_svg(edges: Sequence[float], series: Sequence[tuple[str, Sequence[float], str]], *,
+             x_label: str, y_label: str, label: str,
+             x_fmt: Callable[[float], str] = "{:.1f}".format) -> str:
+    """A histogram over bins ``edges[i]..edges[i+1]``: one bar per bin, its ``series`` (name,
+    count per bin, colour) stacked, the bin's total above it; a legend when there are several."""
+    n = len(edges) - 1
+    totals = [sum(counts[i] for _, counts, _ in series) for i in range(n)]
+    f = Frame(edges[0], edges[-1], nice_max(max(totals, default=0)))
     parts = f.axes(x_label, y_label, y_fmt=count_fmt, x_fmt=x_fmt)
-    for lo, hi, c in bins:
-        if not c:
-            continue
-        xa, ya = f.xy(lo, c)
-        xb, yb = f.xy(hi, 0)
-        title = tip(lo, hi, c) if tip else f"{x_fmt(lo)}–{x_fmt(hi)}: {c:,g}"
-        parts.append(f'<rect x="{xa + 1:.1f}" y="{ya:.1f}" width="{max(xb - xa - 2, 1):.1f}" '
-                     f'height="{yb - ya:.1f}" fill="{color}" fill-opacity="0.6"><title>{e(title)}</title></rect>')
-        parts.append(f'<text x="{(xa + xb) / 2:.1f}" y="{ya - 3:.1f}" text-anchor="middle">{c:,g}</text>')
+    for i in range(n):
+        base = 0.0
+        for name, counts, color in series:
+            c = counts[i]
+            if not c:
+                continue
+            xa, ya = f.xy(edges[i], base + c)
+            xb, yb = f.xy(edges[i + 1], base)
+            tip = f"{x_fmt(edges[i])}–{x_fmt(edges[i + 1])}: {c:,g} {name}"
+            parts.append(f'<rect x="{xa + 1:.1f}" y="{ya:.1f}" width="{max(xb - xa - 2, 1):.1f}" '
+                         f'height="{yb - ya:.1f}" fill="{color}" fill-opacity="0.7"><title>{e(tip)}</title></rect>')
+            base += c
+        if totals[i]:
+            xa, ya = f.xy(edges[i], totals[i])
+            xb = f.xy(edges[i + 1], 0)[0]
+            parts.append(f'<text x="{(xa + xb) / 2:.1f}" y="{ya - 3:.1f}" text-anchor="middle">{totals[i]:,g}</text>')
+    if len(series) > 1:
+        for j, (name, _, color) in enumerate(series):
+            ly = f.y1 + 12 + 15 * j
+            parts.append(f'<rect x="{f.x0 + 10}" y="{ly - 8}" width="10" height="10" fill="{color}" fill-opacity="0.7"/>')
+            parts.append(f'<text x="{f.x0 + 24}" y="{ly + 1}">{e(name)}</text>')
     return f.svg(parts, label)
 
 

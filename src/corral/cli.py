@@ -574,5 +574,10 @@ def export_traces_cmd(run: str, fmt: str, output: Path | None, reasoning: bool, 
     _err().print(line + (f" ({'; '.join(notes)})" if notes else ""), markup=False)
 
 
+from corral._cli_pages import report_cmd, serve_cmd  # noqa: E402 (commands of their own module)
+
+main.add_command(report_cmd)
+main.add_command(serve_cmd)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

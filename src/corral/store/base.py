@@ -275,6 +275,30 @@ class RecordSpend:
     cost: Decimal | None
 
 
+@dataclass(slots=True)
+class AnswerConfidence:
+    """The confidence of a record's answer at one step, as ``corral eval`` reads it: the
+    accepted answer's (the lowest of its parts' for a split input; None when the strategy
+    measured none), or, for a record with no accepted answer there (held for review, say), the
+    latest answer's that has one (``accepted`` False)."""
+
+    key: str
+    step: str
+    confidence: float | None
+    accepted: bool = True
+
+
+@dataclass(slots=True)
+class ActivityBin:
+    """What a run did in one slice of time: paid and replayed calls, and answers accepted."""
+
+    start: float  # the slice's start (seconds since the epoch)
+    width_s: float
+    calls: int
+    replayed: int
+    answers: int
+
+
 class DuplicateKeyError(Exception):
     def __init__(self, key: str, first_line: int | None, second_line: int | None) -> None:
         super().__init__(key)
@@ -412,6 +436,18 @@ class Store(ABC):
         """The run's ledger summed per (record, step name), of the named ``steps`` only when
         given: paid calls, replays and the paid calls' cost, as :meth:`breakdown` counts them.
         A record with no call at a step has no row for it."""
+
+    @abstractmethod
+    def answer_confidences(self, run_id: str) -> list[AnswerConfidence]:
+        """Each (record, step name)'s answer's confidence from the trace (see
+        :class:`AnswerConfidence`): the latest ``accepted`` event of each step label, else the
+        latest answer with a confidence; in the order first answered."""
+
+    @abstractmethod
+    def activity(self, run_id: str, bins: int = 48) -> list[ActivityBin]:
+        """The run's calls (from the ledger) and accepted answers (from the trace) counted in
+        ``bins`` equal slices of time from its first to its last event (fewer, of one second,
+        for a run shorter than ``bins`` seconds); [] before any event."""
 
     @abstractmethod
     def iter_records(

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from corral.errors import StoreError
-from corral.store import _routes
+from corral.store import _pages, _routes
 from corral.store._errors import BUSY, DAMAGED_FIX, store_error, translating_errors
 from corral.store._migrations import MIGRATIONS, migrate
 from corral.store.base import (
+    ActivityBin,
+    AnswerConfidence,
     AttemptRecord,
     BatchItem,
     BatchRow,
@@ -617,6 +619,12 @@ class SQLiteStore(Store):
 
     def record_spend(self, run_id: str, steps: list[str] | None = None) -> list[RecordSpend]:
         return _routes.record_spend(self.db, run_id, steps)
+
+    def answer_confidences(self, run_id: str) -> list[AnswerConfidence]:
+        return _pages.answer_confidences(self.db, run_id)
+
+    def activity(self, run_id: str, bins: int = 48) -> list[ActivityBin]:
+        return _pages.activity(self.db, run_id, bins)
 
     _RECORD_COLS = "key, ordinal, line, data, state, reason, outputs, attempts"
 
