@@ -169,6 +169,32 @@ def m004_learned(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m005_review_decisions(db: sqlite3.Connection) -> None:
+    """Review decisions: who accepted, edited or rejected a held record, when, what was written,
+    and the record's state and reason before (``corral review``)."""
+    _script(
+        db,
+        """
+        CREATE TABLE review_decisions (
+            id INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            action TEXT NOT NULL,
+            who TEXT NOT NULL,
+            at REAL NOT NULL,
+            state TEXT NOT NULL,
+            outputs TEXT,
+            reason TEXT,
+            note TEXT,
+            prev_state TEXT NOT NULL,
+            prev_reason TEXT
+        );
+        CREATE INDEX review_decisions_record ON review_decisions (run_id, key)
+        """,
+    )
+
+
 def migrate(db: sqlite3.Connection, path: Path) -> None:
     """Bring the store at ``path`` (open as ``db``) to the latest schema; StoreError when it was
     written by a newer Corral."""

@@ -299,6 +299,28 @@ class ActivityBin:
     answers: int
 
 
+@dataclass(slots=True)
+class ReviewDecision:
+    """A person's decision on a record held for review (``corral review``), kept for good: what
+    was decided, by whom and when, what the record became, and what it was before."""
+
+    run_id: str
+    key: str
+    action: str  # accept | edit | reject
+    who: str
+    at: float  # when, in seconds since the epoch
+    state: str  # the record's state after it: done (accept, edit) or quarantined (reject)
+    outputs: dict[str, Any] | None  # the step outputs written: the held ones, or the edited ones
+    reason: str | None  # the record's reason after it (None once written; reject: who rejected it)
+    note: str | None = None  # the person's note
+    prev_state: str = "review"  # the record's state before it (set by the store)
+    prev_reason: str | None = None  # why the record was held (set by the store)
+    id: int | None = None  # the decision's number in the store (set by the store)
+
+    def to_json(self) -> dict[str, Any]:
+        return _as_json(self, str)
+
+
 class DuplicateKeyError(Exception):
     def __init__(self, key: str, first_line: int | None, second_line: int | None) -> None:
         super().__init__(key)
@@ -464,6 +486,21 @@ class Store(ABC):
     def record_calls(self, run_id: str, key: str) -> list[TraceEvent]:
         """The record's trace in the order it was written: every call with its recorded request
         and response and its ledger row, and every decision."""
+
+    # review decisions
+    @abstractmethod
+    def apply_decisions(
+        self, decisions: list[ReviewDecision], trace: list[AttemptRecord]
+    ) -> list[ReviewDecision]:
+        """Apply decisions in one transaction: each record still in ``review`` takes its
+        decision's state, outputs and reason, the decision is kept (with the record's state and
+        reason before it, and its id), and the ``trace`` events of its key are added. Returns
+        the decisions applied, in order; one whose record is not in review (any more) is left
+        out, and nothing of it is written."""
+
+    @abstractmethod
+    def decisions(self, run_id: str, key: str | None = None) -> list[ReviewDecision]:
+        """The run's review decisions (of one key when given), in the order they were made."""
 
     # provider batches
     @abstractmethod

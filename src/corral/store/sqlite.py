@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.errors import StoreError
-from corral.store import _pages, _routes
+from corral.store import _pages, _reviews, _routes
 from corral.store._errors import BUSY, DAMAGED_FIX, store_error, translating_errors
 from corral.store._migrations import MIGRATIONS, migrate
 from corral.store.base import (
@@ -31,6 +31,7 @@ from corral.store.base import (
     NewRecord,
     RecordRow,
     RecordSpend,
+    ReviewDecision,
     RouteRow,
     RunInfo,
     RunSpend,
@@ -282,7 +283,7 @@ class SQLiteStore(Store):
 
     def delete_run(self, run_id: str) -> None:
         with self._tx() as db:
-            for table in ("records", "ledger", "attempts", "batch_items", "batches"):
+            for table in ("records", "ledger", "attempts", "batch_items", "batches", "review_decisions"):
                 db.execute(f"DELETE FROM {table} WHERE run_id=?", (run_id,))
             db.execute("DELETE FROM runs WHERE id=?", (run_id,))
 
@@ -470,6 +471,15 @@ class SQLiteStore(Store):
                 "lease_expires=NULL, updated_at=? WHERE run_id=? AND key=?",
                 [(f.state, f.outputs, f.reason, f.attempts, now, f.run_id, f.key) for f in finals],
             )
+
+    # --- review decisions ---------------------------------------------------------------
+
+    def apply_decisions(self, decisions: list[ReviewDecision], trace: list[AttemptRecord]) -> list[ReviewDecision]:
+        with self._tx() as db:
+            return _reviews.apply(db, decisions, trace)
+
+    def decisions(self, run_id: str, key: str | None = None) -> list[ReviewDecision]:
+        return _reviews.decisions(self.db, run_id, key)
 
     # --- provider batches --------------------------------------------------------------
 
