@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.errors import StoreError
-from corral.store import _routes
+from corral.store import _ledger, _routes
 from corral.store._errors import BUSY, DAMAGED_FIX, store_error, translating_errors
 from corral.store._migrations import MIGRATIONS, migrate
 from corral.store.base import (
@@ -25,6 +25,7 @@ from corral.store.base import (
     DuplicateKeyError,
     FinalRecord,
     LeasedRecord,
+    LedgerRollup,
     LedgerTotals,
     NewRecord,
     RecordRow,
@@ -430,7 +431,7 @@ class SQLiteStore(Store):
             db.executemany(
                 "INSERT INTO ledger (run_id, key, step, attempt, request_hash, model, replayed, "
                 "input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, "
-                "cost_nanos, latency_s, created_at, strategy) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "cost_nanos, latency_s, created_at, strategy, kind) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [
                     (
                         c.run_id,
@@ -448,6 +449,7 @@ class SQLiteStore(Store):
                         c.latency_s,
                         now,
                         c.strategy,
+                        c.kind,
                     )
                     for c in calls
                 ],
@@ -617,6 +619,9 @@ class SQLiteStore(Store):
 
     def record_spend(self, run_id: str, steps: list[str] | None = None) -> list[RecordSpend]:
         return _routes.record_spend(self.db, run_id, steps)
+
+    def ledger_rollup(self, run_ids: list[str] | None = None, since: float | None = None) -> LedgerRollup:
+        return _ledger.ledger_rollup(self.db, run_ids, since)
 
     _RECORD_COLS = "key, ordinal, line, data, state, reason, outputs, attempts"
 
