@@ -195,6 +195,14 @@ def m005_review_decisions(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m006_ledger_kind(db: sqlite3.Connection) -> None:
+    """The ledger says what each call was for (first try, retry, vote sample, critique...: see
+    corral._kinds), so ``corral cost`` can show what the extra thinking cost. Older rows keep
+    NULL and are read back by a best guess from the trace."""
+    _script(db, "ALTER TABLE ledger ADD COLUMN kind TEXT")
+
+
 def migrate(db: sqlite3.Connection, path: Path) -> None:
     """Bring the store at ``path`` (open as ``db``) to the latest schema; StoreError when it was
     written by a newer Corral."""

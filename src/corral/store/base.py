@@ -83,6 +83,9 @@ class CallRecord:
     request_json: str | None = None  # set for paid calls: cached with the response
     response_json: str | None = None
     strategy: str | None = None  # which strategy (and stage) made the call
+    #: what the call was for: one of :data:`corral._kinds.CALL_KINDS` (not ``replay``: that is
+    #: ``replayed``); None when the writer could not tell (read back by a best guess)
+    kind: str | None = None
 
 
 @dataclass(slots=True)
@@ -321,6 +324,37 @@ class ReviewDecision:
         return _as_json(self, str)
 
 
+@dataclass(slots=True)
+class LedgerGroup:
+    """A run's ledger rows of one step name (the parts of a split input together), model,
+    strategy path, call kind (:data:`corral._kinds.CALL_KINDS` but ``replay``) and ``replayed``,
+    summed. Paid rows (``replayed`` false): their tokens and cost, None when some row's price is
+    unknown (``unpriced`` of them). Replays: their recorded tokens and what they cost when they
+    were first paid for (None when that price is unknown), spent again by nobody."""
+
+    run_id: str
+    step: str
+    model: str
+    strategy: str | None
+    kind: str
+    replayed: bool
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cost: Decimal | None
+    unpriced: int
+    first_id: int  # the group's first ledger row: groups come in the order they first called
+
+
+@dataclass(slots=True)
+class LedgerRollup:
+    """The ledger of some runs, grouped (:class:`LedgerGroup`), and the rows each run wrote."""
+
+    groups: list[LedgerGroup]
+    #: run id -> its records in state ``done`` (those finished since ``since``, when given)
+    written: dict[str, int]
+
+
 class DuplicateKeyError(Exception):
     def __init__(self, key: str, first_line: int | None, second_line: int | None) -> None:
         super().__init__(key)
@@ -470,6 +504,13 @@ class Store(ABC):
         """The run's calls (from the ledger) and accepted answers (from the trace) counted in
         ``bins`` equal slices of time from its first to its last event (fewer, of one second,
         for a run shorter than ``bins`` seconds); [] before any event."""
+
+    @abstractmethod
+    def ledger_rollup(self, run_ids: list[str] | None = None, since: float | None = None) -> LedgerRollup:
+        """The ledger of the runs ``run_ids`` (every run when None) grouped by run, step name,
+        model, strategy, kind and replayed, in the order each group first called, with the
+        records each run wrote; only calls (and rows written) at or after ``since`` (a Unix
+        time) when given. A row written without a kind gets :func:`corral._kinds.derive_kind`'s."""
 
     @abstractmethod
     def iter_records(

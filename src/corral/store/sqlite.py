@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.errors import StoreError
-from corral.store import _pages, _reviews, _routes
+from corral.store import _ledger, _pages, _reviews, _routes
 from corral.store._errors import BUSY, DAMAGED_FIX, store_error, translating_errors
 from corral.store._migrations import MIGRATIONS, migrate
 from corral.store.base import (
@@ -27,6 +27,7 @@ from corral.store.base import (
     DuplicateKeyError,
     FinalRecord,
     LeasedRecord,
+    LedgerRollup,
     LedgerTotals,
     NewRecord,
     RecordRow,
@@ -433,7 +434,7 @@ class SQLiteStore(Store):
             db.executemany(
                 "INSERT INTO ledger (run_id, key, step, attempt, request_hash, model, replayed, "
                 "input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, "
-                "cost_nanos, latency_s, created_at, strategy) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "cost_nanos, latency_s, created_at, strategy, kind) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [
                     (
                         c.run_id,
@@ -451,6 +452,7 @@ class SQLiteStore(Store):
                         c.latency_s,
                         now,
                         c.strategy,
+                        c.kind,
                     )
                     for c in calls
                 ],
@@ -635,6 +637,9 @@ class SQLiteStore(Store):
 
     def activity(self, run_id: str, bins: int = 48) -> list[ActivityBin]:
         return _pages.activity(self.db, run_id, bins)
+
+    def ledger_rollup(self, run_ids: list[str] | None = None, since: float | None = None) -> LedgerRollup:
+        return _ledger.ledger_rollup(self.db, run_ids, since)
 
     _RECORD_COLS = "key, ordinal, line, data, state, reason, outputs, attempts"
 
