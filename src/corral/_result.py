@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from corral import _monitor
+from corral._monitor import MonitorSpec
 from corral.store.base import RunInfo, Store
 
 
@@ -43,6 +45,14 @@ class RunResult:
     system1: list[dict[str, Any]] = field(default_factory=list)
     #: each learned expert router's report (see :meth:`corral._route_model.LearnedRouter.report`)
     routers: list[dict[str, Any]] = field(default_factory=list)
+    #: the finished run compared with the job's previous finished run: ``compared_with`` (its
+    #: id, or None) and ``warnings`` (one line each; see :mod:`corral._monitor`)
+    monitor: dict[str, Any] = field(default_factory=lambda: {"compared_with": None, "warnings": []})
+
+    @property
+    def drifted(self) -> bool:
+        """Whether monitoring warned about this finished run."""
+        return self.status == "finished" and bool(self.monitor.get("warnings"))
 
     @property
     def accounted(self) -> bool:
@@ -75,6 +85,7 @@ class RunResult:
             "total_rows": self.total_rows,
             "system1": self.system1,
             "routers": self.routers,
+            "monitor": self.monitor,
         }
 
 
@@ -86,7 +97,10 @@ def summarize(
     outputs: dict[str, str] | None = None,
     elapsed_s: float | None = None,
     status: str | None = None,
+    monitor: MonitorSpec | None = None,
 ) -> RunResult:
+    """The run's summary; with ``monitor``, a finished run is compared with the job's previous
+    finished run (``RunResult.monitor``)."""
     counts = store.counts(run.id, limit)
     totals = store.totals(run.id)
     if outputs is None:
@@ -112,5 +126,7 @@ def summarize(
         cost_usd=totals.cost,
         elapsed_s=run.elapsed_s if elapsed_s is None else elapsed_s,
         outputs=outputs,
+        monitor=_monitor.monitor(store, run, monitor) if (status or run.status) == "finished"
+        else {"compared_with": None, "warnings": []},
     )
 

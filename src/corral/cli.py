@@ -12,6 +12,8 @@ Exit codes:
   5    the provider stayed unreachable for longer than the model's max_outage_s (default
        300 s); start the server or correct base_url, then run again to resume
   6    calibrate: no candidate reached --target (the report names the most accurate)
+  7    the run finished, and monitoring warned: it does not look like the job's previous
+       finished run (label drift, more nulls, reviews or quarantines; see the summary)
   130  interrupted (Ctrl-C); finished work is kept, run the same command again to resume
 """
 
@@ -52,6 +54,8 @@ EXIT_AUTH = EXIT_REFUSED  # its earlier name
 EXIT_UNAVAILABLE = 5
 #: calibrate measured every candidate and none reached --target
 EXIT_TARGET_MISSED = 6
+#: the run finished and monitoring warned (the job's `monitor:` thresholds)
+EXIT_DRIFT = 7
 EXIT_INTERRUPTED = 130
 
 _store_option = click.option(
@@ -187,6 +191,11 @@ def run_cmd(job_file: Path, limit: int | None, model_name: str | None, as_json: 
             if st is not None:
                 st.close()
     again = _again(job_file, model_name, limit, store)
+    if result.drifted:
+        err.print(f"Monitoring: {report.count(len(result.monitor['warnings']), 'warning')} against run "
+                  f"{result.monitor['compared_with']} (exit {EXIT_DRIFT}; thresholds in the job's monitor:)",
+                  markup=False)
+        sys.exit(EXIT_DRIFT)
     if result.status in ("finished", "preview"):
         if result.status == "preview":
             err.print(f"Preview: {result.stop_reason}. Run without --limit for every row.", markup=False)
@@ -455,7 +464,11 @@ def status_cmd(run: str | None, as_json: bool, store: Path | None) -> None:
     all the run's resumptions, and provider batches still in flight are listed under "batches".
     """
     with _run_of(store, run) as (st, info):
+        from corral._monitor import monitor, spec_of
+
         result = summarize(st, info, status=live_status(st, info))
+        if result.status == "finished":
+            result.monitor = monitor(st, info, spec_of(info), record=False)
         in_flight = st.open_batches(info.id)
         spend = st.breakdown(info.id)
         if as_json:

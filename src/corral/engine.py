@@ -319,7 +319,7 @@ async def run_async(
         final = st.get_run(run.id)
         assert final is not None
         result = summarize(st, final, limit=limit, outputs=outputs, elapsed_s=elapsed,
-                           status=result_status or status)
+                           status=result_status or status, monitor=job.monitor)
         result.stop_reason, result.cause, result.model, result.total_rows = reason, cause, m.id, total
         result.store = None if path is None else str(path)
         result.system1, result.routers = runner.records.reports()

@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from corral._monitor import MonitorSpec
 from corral._registry import suggest
 from corral.errors import JobSpecError
 from corral.io.spec import SinkSpec, SourceSpec
@@ -143,6 +144,9 @@ class Job(BaseModel):
     budget: Budget = Field(default_factory=Budget, description="run-wide limits")
     tags: dict[str, str] = Field(default_factory=dict, description="labels kept with the run's costs")
     concurrency: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY, description="calls in flight at once")
+    monitor: MonitorSpec = Field(
+        default_factory=MonitorSpec, description="compare each finished run with the job's previous one"
+    )
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 

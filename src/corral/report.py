@@ -257,6 +257,9 @@ def print_summary(console: Console, r: RunResult, store: Store | None) -> None:
     width = max(len(k) for k, _ in lines)
     for k, v in lines:
         console.print(f"{k:<{width}}  {v}".rstrip(), markup=False, highlight=False)
+    for warning in r.monitor.get("warnings", []):
+        console.print(f"Monitor     {warning} (against run {r.monitor.get('compared_with')})",
+                      markup=False, highlight=False)
     if store is None:
         return
     flag = store_flag(r.store)

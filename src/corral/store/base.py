@@ -467,6 +467,11 @@ class Store(ABC):
         states without records are left out."""
 
     @abstractmethod
+    def outcome_counts(self, run_id: str) -> dict[str, int]:
+        """Trace outcome (a call's: ok, truncated, refused...; or a decision) -> how many of the
+        run's trace events have it."""
+
+    @abstractmethod
     def totals(self, run_id: str) -> LedgerTotals:
         """The run's ledger summed: calls made and replayed, paid tokens, cost (None when some
         paid call's price is unknown)."""

@@ -567,6 +567,12 @@ class SQLiteStore(Store):
             )
         return {s: n for s, n in rows}
 
+    def outcome_counts(self, run_id: str) -> dict[str, int]:
+        rows = self.db.execute(
+            "SELECT outcome, COUNT(*) FROM attempts WHERE run_id=? GROUP BY outcome", (run_id,)
+        )
+        return {o: n for o, n in rows}
+
     def totals(self, run_id: str) -> LedgerTotals:
         row = self.db.execute(
             "SELECT COALESCE(SUM(replayed=0),0), COALESCE(SUM(replayed=1),0), "
