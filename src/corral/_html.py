@@ -33,7 +33,7 @@ table { border-collapse: collapse; margin: 6px 0 14px; }
 th, td { padding: 3px 10px; border-bottom: 1px solid #e5e7eb; text-align: right; white-space: nowrap; }
 th { background: #f3f4f6; font-weight: 600; }
 th:first-child, td:first-child { text-align: left; }
-td.text { text-align: left; white-space: normal; max-width: 560px; }
+td.text, th.text { text-align: left; white-space: normal; max-width: 560px; }
 caption { text-align: left; font-weight: 600; padding: 4px 0; white-space: nowrap; }
 .plots { display: flex; flex-wrap: wrap; gap: 18px; }
 figure { margin: 0; }
@@ -67,11 +67,11 @@ def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]], 
           raw: bool = False, cls: str = "", text_cols: Sequence[int] = ()) -> str:
     """A ``<table>`` with a caption. Cells are escaped unless ``raw`` (cells already HTML);
     ``text_cols`` are left-aligned and wrap."""
-    head = "".join(f"<th>{e(h)}</th>" for h in headers)
+    text = ' class="text"'
+    head = "".join(f"<th{text if i in text_cols else ''}>{e(h)}</th>" for i, h in enumerate(headers))
 
     def cell(i: int, c: object) -> str:
-        klass = ' class="text"' if i in text_cols else ""
-        return f"<td{klass}>{c if raw else e(c)}</td>"
+        return f"<td{text if i in text_cols else ''}>{c if raw else e(c)}</td>"
 
     body = "".join("<tr>" + "".join(cell(i, c) for i, c in enumerate(r)) + "</tr>" for r in rows)
     klass = f' class="{e(cls)}"' if cls else ""
@@ -220,6 +220,33 @@ def lines_svg(series: Sequence[tuple[str, Sequence[tuple[float, float]]]], *, x_
         parts.append(f'<line x1="{f.x0 + 10}" y1="{ly}" x2="{f.x0 + 28}" y2="{ly}" stroke="{color}" stroke-width="2"/>')
         parts.append(f'<text x="{f.x0 + 32}" y="{ly + 4}">{e(name)}</text>')
     return f.svg(parts, label)
+
+
+def paired_bars_svg(labels: Sequence[str], series: Sequence[tuple[str, Sequence[float], str]], *,
+                    label: str, width: int = 420) -> str:
+    """Horizontal bars of shares (0..1): per label, one bar per ``series`` (name, share per
+    label, colour) side by side, the share written at its end; a legend at the top."""
+    row = 6 + 12 * len(series)
+    left, right = 130, 44
+    height = 26 + row * len(labels)
+    scale = width - left - right
+    parts = []
+    for j, (name, _, color) in enumerate(series):
+        x = left + j * 150
+        parts.append(f'<rect x="{x}" y="4" width="10" height="10" fill="{color}" fill-opacity="0.8"/>')
+        parts.append(f'<text x="{x + 14}" y="13">{e(name)}</text>')
+    for i, lab in enumerate(labels):
+        y = 24 + i * row
+        shown = lab if len(lab) <= 20 else lab[:19] + "…"
+        parts.append(f'<text x="{left - 6}" y="{y + row / 2 + 1:.1f}" text-anchor="end">{e(shown)}<title>{e(lab)}</title></text>')
+        for j, (name, shares, color) in enumerate(series):
+            v = shares[i]
+            by = y + 3 + j * 12
+            parts.append(f'<rect x="{left}" y="{by}" width="{max(v * scale, 0.5):.1f}" height="10" fill="{color}" '
+                         f'fill-opacity="0.8"><title>{e(lab)}, {e(name)}: {v:.1%}</title></rect>')
+            parts.append(f'<text x="{left + v * scale + 4:.1f}" y="{by + 9}">{v:.0%}</text>')
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" role="img" aria-label="{e(label)}">' + "".join(parts) + "</svg>")
 
 
 def stacked_bar_svg(parts_: Sequence[tuple[str, int, str]], *, width: int = 680, label: str) -> str:

@@ -25,21 +25,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
+from corral import _monitor
+from corral._cost import CostReport, cost_report
 from corral._html import (
+    COLORS,
     STATE_COLORS,
     bars_svg,
     e,
     lines_svg,
     page,
+    paired_bars_svg,
     stacked_bar_svg,
     table,
     write_atomic,
 )
+from corral._monitor import FieldProfile
 from corral._result import RunResult, summarize
-from corral.report import money, reason_kind
+from corral.report import reason_kind
 from corral.store.base import ActivityBin, AnswerConfidence, RecordRow, RunInfo, Store
 from corral.store.leases import live_status
 
@@ -73,11 +77,14 @@ class RunPage:
     confidences: dict[str, list[AnswerConfidence]]  # step -> its answers' confidences
     activity: list[ActivityBin]
     listed: list[Listed]
-    cost: dict[str, Any] = field(default_factory=dict)  # by -> the cost report's rows
+    #: the run's ledger rolled up as ``corral cost`` does it: by step, by tag (and by kind)
+    cost: dict[str, CostReport] = field(default_factory=dict)
     cost_total: Decimal | None = None
-    cost_known: bool = True
-    mix: list[dict[str, Any]] = field(default_factory=list)
-    previous: str | None = None
+    #: each label field (``step`` or ``step.field``) -> (its mix now, the previous run's or None)
+    mix: dict[str, tuple[FieldProfile, FieldProfile | None]] = field(default_factory=dict)
+    previous: RunInfo | None = None
+    drift_limit: float = 0.0
+    warnings: list[str] = field(default_factory=list)
     built_at: float = field(default_factory=time.time)
 
 
@@ -113,17 +120,34 @@ def build(st: Store, info: RunInfo, *, offsets: dict[str, int] | None = None,
 
 
 def _add_cost(st: Store, pg: RunPage) -> None:
-    """Cost by step and by tag from the ledger, as ``corral cost`` rolls it up."""
-    pg.cost_total = pg.summary.cost_usd
-    pg.cost_known = pg.summary.cost_usd is not None
+    """Cost by step, by tag and by kind from the ledger, rolled up by ``corral cost``'s own
+    :func:`~corral._cost.cost_report`; its total is the page's."""
+    for by in ("step", "tag", "kind"):
+        pg.cost[by] = cost_report(st, [pg.info], by=(by,))
+    pg.cost_total = pg.cost["step"].total.cost
 
 
 def _add_mix(st: Store, pg: RunPage) -> None:
-    """Each output field's label mix, this run against the previous run of the same job."""
+    """Each label field's mix, this run against the job's previous run, as monitoring compares
+    them (:func:`corral._monitor.profile`, :func:`corral._monitor.previous_run`)."""
+    now = _monitor.profile(st, pg.info)
+    pg.previous = _monitor.previous_run(st, pg.info)
+    before = _monitor.profile(st, pg.previous) if pg.previous is not None else None
+    for name, f in now.fields.items():
+        if f.is_label:
+            prev = before.fields.get(name) if before is not None else None
+            pg.mix[name] = (f, prev if prev is not None and prev.is_label else None)
+    pg.drift_limit = _monitor.spec_of(pg.info).label_drift
+    pg.warnings = [str(w) for w in (pg.info.spec or {}).get(_monitor.WARNED) or []]
 
 
-def cost_total(st: Store, run: RunInfo) -> Decimal | None:
-    """The run's total cost as its page shows it (None: some call's price is unknown)."""
+def cost_total(st: Store, run: RunInfo | str) -> Decimal | None:
+    """The run's total cost as its page shows it (None: some call's price is unknown): to check
+    it against ``corral cost`` and the ledger."""
+    if not isinstance(run, RunInfo):
+        from corral._eval import resolve_run
+
+        run = resolve_run(st, run)
     return build(st, run, limit=0).cost_total
 
 
@@ -185,19 +209,33 @@ def _states(pg: RunPage) -> list[str]:
 
 def _cost(pg: RunPage) -> list[str]:
     s = pg.summary
+    total = pg.cost["step"].total if pg.cost else None
     out = ["<h2>Cost</h2>",
-           f'<p class="meta">total {e(money(pg.cost_total))} · {s.calls_made:,} paid calls, '
-           f"{s.calls_replayed:,} replayed from the store · {s.input_tokens:,} input and "
-           f"{s.output_tokens:,} output tokens"
-           + (f" · {money(pg.cost_total / s.written)} per written row"
-              if pg.cost_total is not None and s.written else "") + "</p>"]
-    for by, rows in pg.cost.items():
-        out.append(_cost_table(by, rows))
+           f'<p class="meta" id="cost-line">total <b id="cost-total">{e(_dollars(pg.cost_total))}</b> · '
+           f"{s.calls_made:,} paid calls, {s.calls_replayed:,} replayed from the store · "
+           f"{s.input_tokens:,} input and {s.output_tokens:,} output tokens"
+           + (f" · {_dollars(total.per_row)} per written row" if total is not None and total.per_row is not None else "")
+           + (f" · {total.unpriced:,} calls without a price" if total is not None and total.unpriced else "")
+           + "</p>"]
+    titles = {"step": "By step", "tag": "By tag", "kind": "By kind of call"}
+    for by, rep in pg.cost.items():
+        lines = rep.kinds if by == "kind" else rep.lines
+        if not lines:
+            continue
+        rows = [(ln.group.get(by, ""), f"{ln.calls:,}", f"{ln.replayed:,}", f"{ln.input_tokens:,}",
+                 f"{ln.output_tokens:,}", _dollars(ln.cost), _dollars(ln.per_row)) for ln in lines]
+        out.append(table(titles[by], (by, "paid calls", "replayed", "tokens in", "tokens out", "cost",
+                                      "per written row"), rows, cls=f"cost-by-{by}"))
+        if by == "kind" and rep.extra.calls:
+            x = rep.extra
+            out.append(f'<p class="meta">beyond the first try: {x.calls:,} calls, {e(_dollars(x.cost))} '
+                       "(retries and deliberation: what the extra thinking cost)</p>")
     return out
 
 
-def _cost_table(by: str, rows: Any) -> str:
-    return table(f"By {by}", ("", ""), [])
+def _dollars(v: Decimal | None) -> str:
+    """Money as the page shows it: ``$0.0600``; ``unknown`` (a price is not known), never $0."""
+    return "unknown" if v is None else f"${float(v):,.4f}"
 
 
 def _confidence(pg: RunPage) -> list[str]:
@@ -236,7 +274,31 @@ def _confidence(pg: RunPage) -> list[str]:
 
 
 def _mix(pg: RunPage) -> list[str]:
-    return ["<h2>Label mix</h2>", '<p class="meta">No label mix for this run.</p>']
+    prev = pg.previous
+    against = (f"against the previous run of job {pg.info.job_name}, {prev.id} "
+               f"({_when(prev.updated_at)})" if prev is not None else "no previous finished run of this job to compare with")
+    out = ["<h2>Label mix</h2>", f'<p class="meta" id="mix-against">{e(against)}</p>']
+    if pg.warnings:
+        out.append('<ul class="notes warnings">' + "".join(f"<li>warning: {e(w)}</li>" for w in pg.warnings) + "</ul>")
+    if not pg.mix:
+        return [*out, '<p class="meta">No label fields (text fields with few distinct values) answered yet.</p>']
+    figs = []
+    for name, (now, before) in pg.mix.items():
+        a = now.mix()
+        b = before.mix() if before is not None else {}
+        labels = list(dict.fromkeys([*a, *b]))
+        series = [(f"this run ({sum(now.labels.values()):,})", [a.get(k, 0.0) for k in labels], COLORS[0])]
+        if before is not None:
+            series.append((f"previous ({sum(before.labels.values()):,})", [b.get(k, 0.0) for k in labels], COLORS[6]))
+        svg = paired_bars_svg(labels, series, label=f"label mix of {name}")
+        note = f"{name}: {len(labels)} labels"
+        if before is not None:
+            d = _monitor.distance(a, b)
+            flag = " — over the job's label_drift" if d > pg.drift_limit else ""
+            note += f"; distance from the previous run {d:.2f} (label_drift {pg.drift_limit:g}){flag}"
+        figs.append(f'<figure class="mix">{svg}<figcaption>{e(note)}</figcaption></figure>')
+    out.append('<div class="plots">' + "".join(figs) + "</div>")
+    return out
 
 
 def _throughput(pg: RunPage) -> list[str]:

@@ -27,7 +27,6 @@ Ctrl-C or SIGTERM stops the server at once (a decision being written finishes fi
 from __future__ import annotations
 
 import contextlib
-import getpass
 import hmac
 import ipaddress
 import json
@@ -47,13 +46,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from corral import _run_page
+from corral import _review, _run_page
 from corral._html import e, page, table
 from corral._result import summarize
 from corral.errors import CorralError, RunNotFoundError, StoreError, UserError
 from corral.report import decision_lines, money
 from corral.store import Store, open_store
-from corral.store.base import RecordRow, RunInfo, TraceEvent
+from corral.store.base import ReviewDecision, RunInfo, TraceEvent
 from corral.store.leases import live_status
 
 DEFAULT_HOST = "127.0.0.1"
@@ -92,15 +91,8 @@ class Settings:
     #: the secret each decision form carries (made at start)
     form_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     #: who decides, as the forms suggest it before the person types their name
-    who: str = field(default_factory=lambda: _user())
+    who: str = field(default_factory=lambda: _review.reviewer())
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no user name in the environment or the password database
-        return ""
 
 
 class PagesServer(ThreadingHTTPServer):
@@ -284,7 +276,7 @@ class Handler(BaseHTTPRequestHandler):
                 decision = _decide(self.server, st, info, key, action, who, form)
             except UserError as err:  # an edit that does not validate: the form again, with why
                 return record_page(st, info, key, s, error=str(err), form=form)
-        done = f"{action}:{key}:{getattr(decision, 'who', who)}"
+        done = f"{action}:{key}:{decision.who}"
         raise Reply(303, location=f"/run/{quote(info.id)}/review?done={quote(done, safe='')}")
 
 
@@ -296,17 +288,17 @@ def _host_name(header: str) -> str:
 
 
 def _decide(server: PagesServer, st: Store, info: RunInfo, key: str, action: str, who: str,
-            form: dict[str, str]) -> Any:
-    from corral import _review
-
+            form: dict[str, str]) -> ReviewDecision:
     answer: Any = None
     if action == "edit":
         text = form.get("answer", "")
         try:
             answer = json.loads(text)
         except json.JSONDecodeError as err:
-            raise UserError(f"the edited answer is not JSON ({err.msg} at character {err.pos}): "
-                            'write it as a JSON object, e.g. {"label": "billing"}') from None
+            raise UserError(f"the edited answers are not JSON ({err.msg} at character {err.pos}): "
+                            'write them as a JSON object of step: answer, e.g. {"category": "billing"}') from None
+        if not isinstance(answer, dict):
+            raise UserError('the edited answers must be a JSON object of step: answer, e.g. {"category": "billing"}')
     note = form.get("note", "").strip() or None
     with server.deciding:
         return _review.decide(st, info, key, action, who=who, answer=answer, note=note)
@@ -364,11 +356,11 @@ def index_page(st: Store) -> str:
 
 
 def queue_page(st: Store, info: RunInfo, offset: int, flash: str | None = None) -> str:
-    """The run's rows held for review (a page of :data:`QUEUE_PAGE`), each linked to its record."""
-    from corral import _review
-
-    items = list(_review.held(st, info))
-    body = [_nav(("/", "all runs"), (f"/run/{quote(info.id)}", f"run {info.id}")),
+    """The run's rows held for review (a page of :data:`QUEUE_PAGE`), each linked to its record,
+    and the latest decisions made on the run (who, when)."""
+    items = _review.held(st, info)
+    run_url = f"/run/{quote(info.id)}"
+    body = [_nav(("/", "all runs"), (run_url, f"run {info.id}")),
             f"<h1>Review queue · run {e(info.id)} · job {e(info.job_name)}</h1>"]
     if flash:
         body.append(f'<p class="flash" id="flash">{e(flash)}</p>')
@@ -377,34 +369,23 @@ def queue_page(st: Store, info: RunInfo, offset: int, flash: str | None = None) 
                 + (f" · rows {offset + 1:,}–{offset + len(shown):,}" if shown else "") + "</p>")
     rows = []
     for it in shown:
-        key = str(_field(it, "key"))
-        link = f'<a href="/run/{e(quote(info.id))}/record/{e(quote(key, safe=""))}">{e(key)}</a>'
-        rows.append((link, e(_field(it, "reason") or ""), e(_short(_answer_of(it)))))
+        link = f'<a href="{e(run_url)}/record/{e(quote(it.key, safe=""))}">{e(it.key)}</a>'
+        missing = f" (no answer yet: {', '.join(it.missing)})" if it.missing else ""
+        rows.append((link, e(it.reason or ""), e(_short(it.answers) + missing)))
     if rows:
-        body.append(table("", ("key", "reason", "held answer"), rows, raw=True, cls="queue", text_cols=(1, 2)))
+        body.append(table("", ("key", "reason", "held answers"), rows, raw=True, cls="queue", text_cols=(1, 2)))
     if offset + QUEUE_PAGE < len(items):
-        body.append(f'<p><a class="more" href="/run/{e(quote(info.id))}/review?offset={offset + QUEUE_PAGE}">'
+        body.append(f'<p><a class="more" href="{e(run_url)}/review?offset={offset + QUEUE_PAGE}">'
                     f"next {min(QUEUE_PAGE, len(items) - offset - QUEUE_PAGE):,}</a></p>")
-    decided = list(_review.decisions(st, info))
+    decided = _review.decisions(st, info)
     if decided:
-        drows = [(e(_field(d, "key")), e(_field(d, "action")), e(_field(d, "who")),
-                  e(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(_field(d, "at") or 0)))),
-                  e(_field(d, "note") or "")) for d in decided[-50:][::-1]]
-        body.append(table(f"Decisions ({len(decided):,}, latest first)", ("key", "action", "who", "when", "note"),
-                          drows, raw=True, cls="decisions", text_cols=(4,)))
+        body.append(_decisions_table(f"Decisions ({len(decided):,}, latest first)", decided[-50:][::-1]))
     return page(f"corral · review · {info.id}", body)
 
 
-def _field(obj: Any, name: str) -> Any:
-    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
-
-
-def _answer_of(item: Any) -> Any:
-    for name in ("answer", "outputs"):
-        v = _field(item, name)
-        if v is not None:
-            return v
-    return None
+def _decisions_table(title: str, decided: list[ReviewDecision]) -> str:
+    rows = [(d.key, d.action, d.who, _review.when(d.at), d.state, d.note or "") for d in decided]
+    return table(title, ("key", "action", "who", "when", "now", "note"), rows, cls="decisions", text_cols=(5,))
 
 
 def _short(v: Any, n: int = 160) -> str:
@@ -488,7 +469,10 @@ def record_page(st: Store, info: RunInfo, key: str, settings: Settings, *, error
     if error:
         body.append(f'<p class="error" id="error">{e(error)}</p>')
     if rec.state == "review":
-        body.append(_decision_form(info, rec, settings, form or {}))
+        body.append(_decision_form(info, _review.held_row(st, info, key), settings, form or {}))
+    decided = _review.decisions(st, info, key)
+    if decided:
+        body.append(_decisions_table("Decisions on this record", decided))
     body.append("<h2>Input</h2>")
     body.append(table("", ("column", "value"), [(k, v if isinstance(v, str) else json.dumps(v, ensure_ascii=False))
                                                for k, v in (rec.data or {}).items()], text_cols=(1,)))
@@ -499,14 +483,16 @@ def record_page(st: Store, info: RunInfo, key: str, settings: Settings, *, error
     return page(f"corral · {info.id} · {key}", body)
 
 
-def _decision_form(info: RunInfo, rec: RecordRow, s: Settings, form: dict[str, str]) -> str:
-    answer = form.get("answer") or json.dumps(rec.outputs or {}, ensure_ascii=False, indent=2)
+def _decision_form(info: RunInfo, rec: _review.HeldRow, s: Settings, form: dict[str, str]) -> str:
+    """One form, three buttons: accept the held answers, write the edited ones (the JSON object
+    of step -> answer in the text box, prefilled with the held ones), or reject the row."""
+    answer = form.get("answer") or json.dumps(rec.answers, ensure_ascii=False, indent=2)
     action = f"/run/{quote(info.id)}/record/{quote(rec.key, safe='')}"
     return (
         f'<h2>Decide</h2><form class="decide" id="decide" method="post" action="{e(action)}">'
         f'<input type="hidden" name="secret" value="{e(s.form_secret)}">'
         f'<p><label>who <input name="who" id="who" required value="{e(form.get("who", s.who))}"></label></p>'
-        '<p><label>answer (JSON, used by edit)<br>'
+        '<p><label>answers (a JSON object of step: answer; used by edit)<br>'
         f'<textarea name="answer" id="answer">{e(answer)}</textarea></label></p>'
         f'<p><label>note <input name="note" id="note" size="48" value="{e(form.get("note", ""))}"></label></p>'
         '<p><button type="submit" name="action" value="accept" id="accept">Accept the held answer</button> '
