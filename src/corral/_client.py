@@ -428,6 +428,7 @@ class RequestLayer:
     async def ask(
         self, committer: GroupCommitter, rec_key: str, label: str, attempt: int, request: Request,
         batch: bool = False, client: Client | None = None, strategy: str | None = None,
+        kind: str | None = None,
     ) -> tuple[str, Completion]:
         """The answer to ``request`` for record ``rec_key``'s step ``label`` (and its cache key):
         replayed from the store when it was paid for before, else asked and recorded. With
@@ -449,13 +450,13 @@ class RequestLayer:
             committer.add(call=CallRecord(
                 self.run_id, rec_key, label, attempt, h, client.model.id, True,
                 u.input_tokens, u.output_tokens, u.cached_input_tokens, u.reasoning_tokens,
-                Decimal(0), 0.0, strategy=strategy,
+                Decimal(0), 0.0, strategy=strategy, kind=kind,
             ))
             return h, comp
         if self.stop.is_set():
             raise self.halt.stopping()
         if batch and self.batches is not None:
-            self.batches.want(h, rec_key, label, attempt, request)  # raises
+            self.batches.want(h, rec_key, label, attempt, request, strategy, kind)  # raises
         size = sum(len(m.content) for m in request.messages)
         if size > PROMPT_WARN_CHARS and label not in self.warned:
             self.warned.add(label)
@@ -469,7 +470,8 @@ class RequestLayer:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.inflight[h] = done
         try:
-            return h, await self._call(committer, rec_key, label, attempt, request, h, client, strategy, held)
+            return h, await self._call(
+                committer, rec_key, label, attempt, request, h, client, (strategy, kind), held)
         finally:
             if held is not None and not held.done:  # the call failed before it was counted
                 budget.settle(client, held, None)
@@ -478,9 +480,11 @@ class RequestLayer:
 
     async def _call(
         self, committer: GroupCommitter, rec_key: str, label: str, attempt: int, request: Request,
-        h: str, client: Client, strategy: str | None, held: Hold | None,
+        h: str, client: Client, made_by: tuple[str | None, str | None], held: Hold | None,
     ) -> Completion:
-        """One paid call, recorded (durably) before its answer is used."""
+        """One paid call, recorded (durably) before its answer is used; ``made_by`` is the
+        (strategy, kind) the ledger attributes it to."""
+        strategy, kind = made_by
         budget = self.budget
         budget.in_flight += 1  # counted against max_calls from the budget check on
         try:
@@ -492,7 +496,7 @@ class RequestLayer:
                 committer.add(call=CallRecord(
                     self.run_id, rec_key, label, attempt, h, client.model.id, False,
                     used.input_tokens, used.output_tokens, used.cached_input_tokens,
-                    used.reasoning_tokens, used.cost, 0.0, strategy=strategy))
+                    used.reasoning_tokens, used.cost, 0.0, strategy=strategy, kind=kind))
             raise
         finally:
             budget.in_flight -= 1
@@ -509,6 +513,7 @@ class RequestLayer:
             request_json=dumps(request.to_dict()),
             response_json=dumps(comp.to_dict()),
             strategy=strategy,
+            kind=kind,
         ))
         return comp
 

@@ -63,6 +63,7 @@ from corral._eval_scoring import (
     score_step,
     spend_of,
 )
+from corral._ingest import job_spec
 from corral._outputs import plan as _plan
 from corral.engine import make_model, run_async, run_id_for, store_path_for
 from corral.errors import RunNotFoundError, UserError
@@ -86,7 +87,7 @@ class Interrupted(Exception):
 
 def _job_of(info: RunInfo, job: Job) -> Job:
     """The job a run ran, from its stored spec (or the given job when the spec cannot load)."""
-    spec = {k: v for k, v in info.spec.items() if k != "model_id"}
+    spec = job_spec(info)
     try:
         return Job.from_dict(spec, base_dir=job.base_dir, origin=f"run {info.id}")
     except (UserError, ValueError):

@@ -115,18 +115,28 @@ def _quarantined(row: SourceRow, data: str | None, reason: str) -> NewRecord:
 
 
 _SECRET = ("key", "token", "secret", "password")
+#: what a run adds to the job it keeps: the model's id and the folder the job's paths are
+#: relative to (the job file's), so the job can be built again from the store (``corral review``)
+RUN_KEYS = ("model_id", "job_dir")
+
+
+def job_spec(run: RunInfo) -> dict[str, Any]:
+    """The job a run keeps, as a job mapping (less what :data:`RUN_KEYS` names)."""
+    return {k: v for k, v in run.spec.items() if k not in RUN_KEYS}
 
 
 def new_run(job: Job, run_id: str, model_id: str, fingerprint: str) -> RunInfo:
     """The run as it is created in the store, before any row is loaded. The job is kept with it,
-    less the model options that look like credentials."""
+    less the model options that look like credentials, with the model's id and the job's folder
+    (:data:`RUN_KEYS`)."""
     spec = job.model_dump(mode="json")
 
     def clean(ref: dict[str, Any]) -> dict[str, Any]:
         return {k: ("<redacted>" if any(w in k.lower() for w in _SECRET) else v) for k, v in ref.items()}
 
     models = {name: clean(ref or {}) for name, ref in (spec.get("models") or {}).items()}
-    spec = {**spec, "model": clean(spec.get("model") or {}), "models": models, "model_id": model_id}
+    spec = {**spec, "model": clean(spec.get("model") or {}), "models": models, "model_id": model_id,
+            "job_dir": str(job.base_dir)}
     now = time.time()
     return RunInfo(
         id=run_id, job_name=job.name, spec_hash=job.spec_hash(), fingerprint=fingerprint,

@@ -26,8 +26,9 @@ CALL_OUTCOMES = frozenset({
 
 #: decisions the engine itself writes, whatever the strategy: the answer it accepted, the
 #: record budget that stopped a strategy, and a row's route at a step with experts or System 1
-#: (``data.route``: an expert's name, ``default``, ``system1`` or ``audit``; see corral._router)
-ENGINE_DECISIONS = frozenset({"accepted", "budget", "route"})
+#: (``data.route``: an expert's name, ``default``, ``system1`` or ``audit``; see corral._router);
+#: and a person's decision on a row held for review (``reviewed``: see corral._review)
+ENGINE_DECISIONS = frozenset({"accepted", "budget", "route", "reviewed"})
 
 
 def is_call(outcome: str) -> bool:

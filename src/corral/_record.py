@@ -137,9 +137,10 @@ class RecordProcessor:
             else:
                 parts = step.split(context)
                 n = len(parts)
+                audit = routed is not None and routed[1].route == "audit"  # its calls: kind System 1
                 solvers = [
                     StepSolver(self.layer, committer, rec, step, part,
-                               step.name if n == 1 else f"{step.name}[{i + 1}/{n}]", use)
+                               step.name if n == 1 else f"{step.name}[{i + 1}/{n}]", use, audit=audit)
                     for i, part in enumerate(parts)
                 ]
                 results: list[Result] = []

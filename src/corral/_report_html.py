@@ -7,10 +7,6 @@ to the network: the page opens the same offline, from a mail attachment or a CI 
 
 from __future__ import annotations
 
-import contextlib
-import html
-import os
-import tempfile
 from pathlib import Path
 
 from corral._eval_scoring import Calibration, Evaluation
@@ -21,68 +17,27 @@ from corral._eval_tables import (
     run_title,
     summary_table,
 )
+from corral._html import COLORS, Frame, H, M, page, table, write_atomic
+from corral._html import e as _e
 
-COLORS = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563")
-
-CSS = """
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #111827;
-       margin: 24px auto; max-width: 1120px; padding: 0 16px; }
-h1 { font-size: 22px; margin: 0 0 4px; }
-h2 { font-size: 17px; margin: 28px 0 8px; border-bottom: 1px solid #e5e7eb; padding-bottom: 4px; }
-h3 { font-size: 14px; margin: 18px 0 6px; }
-p.meta, ul.notes { color: #4b5563; margin: 4px 0; }
-table { border-collapse: collapse; margin: 6px 0 14px; }
-th, td { padding: 3px 10px; border-bottom: 1px solid #e5e7eb; text-align: right; white-space: nowrap; }
-th { background: #f3f4f6; font-weight: 600; }
-th:first-child, td:first-child { text-align: left; }
-caption { text-align: left; font-weight: 600; padding: 4px 0; white-space: nowrap; }
-.plots { display: flex; flex-wrap: wrap; gap: 18px; }
-figure { margin: 0; }
-figcaption { font-size: 12px; color: #4b5563; max-width: 340px; }
-svg text { font: 11px system-ui, sans-serif; fill: #374151; }
-dl { color: #374151; } dt { font-weight: 600; margin-top: 6px; } dd { margin-left: 16px; }
-"""
-
-W, H, M = 340, 300, 44  # plot size and margin (px)
-
-
-def _e(s: object) -> str:
-    return html.escape(str(s), quote=True)
+_FRAME = Frame()  # the unit square of both plots
 
 
 def _table(t: ReportTable) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in t.headers)
-    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in t.rows)
-    return f"<table><caption>{_e(t.title)}</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return table(t.title, t.headers, t.rows)
 
 
 def _axes(x_label: str, y_label: str) -> list[str]:
     """Frame, ticks at 0, 0.2 .. 1 and axis labels of a unit square plot."""
-    x0, y0, x1, y1 = M, H - M, W - 12, 12
-    out = [f'<rect x="{x0}" y="{y1}" width="{x1 - x0}" height="{y0 - y1}" fill="#fff" stroke="#9ca3af"/>']
-    for i in range(6):
-        v = i / 5
-        x = x0 + v * (x1 - x0)
-        y = y0 - v * (y0 - y1)
-        out.append(f'<line x1="{x:.1f}" y1="{y0}" x2="{x:.1f}" y2="{y0 + 4}" stroke="#9ca3af"/>')
-        out.append(f'<text x="{x:.1f}" y="{y0 + 16}" text-anchor="middle">{v:.1f}</text>')
-        out.append(f'<line x1="{x0 - 4}" y1="{y:.1f}" x2="{x0}" y2="{y:.1f}" stroke="#9ca3af"/>')
-        out.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x1}" y2="{y:.1f}" stroke="#f3f4f6"/>')
-        out.append(f'<text x="{x0 - 7}" y="{y + 4:.1f}" text-anchor="end">{v:.1f}</text>')
-    out.append(f'<text x="{(x0 + x1) / 2:.1f}" y="{H - 8}" text-anchor="middle">{_e(x_label)}</text>')
-    out.append(f'<text x="12" y="{(y0 + y1) / 2:.1f}" text-anchor="middle" '
-               f'transform="rotate(-90 12 {(y0 + y1) / 2:.1f})">{_e(y_label)}</text>')
-    return out
+    return _FRAME.axes(x_label, y_label)
 
 
 def _xy(vx: float, vy: float) -> tuple[float, float]:
-    x0, y0, x1, y1 = M, H - M, W - 12, 12
-    return x0 + vx * (x1 - x0), y0 - vy * (y0 - y1)
+    return _FRAME.xy(vx, vy)
 
 
 def _svg(parts: list[str], label: str) -> str:
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
-            f'role="img" aria-label="{_e(label)}">' + "".join(parts) + "</svg>")
+    return _FRAME.svg(parts, label)
 
 
 def reliability_svg(c: Calibration, color: str = COLORS[0]) -> str:
@@ -171,26 +126,9 @@ def render(ev: Evaluation) -> str:
         body.append(f"<h2>Run {_e(run_title(r))}</h2>")
         body.extend(_table(t) for t in detail_tables(r, top=20))
     body.append("<h2>Definitions</h2>" + DEFINITIONS)
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>corral eval · {_e(ev.job)}</title><style>{CSS}</style></head><body>\n"
-        + "\n".join(body) + "\n</body></html>\n"
-    )
+    return page(f"corral eval · {ev.job}", body)
 
 
 def write(ev: Evaluation, path: Path) -> None:
     """Write the page to ``path`` (a temporary file beside it, renamed once complete)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(render(ev))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, render(ev))

@@ -24,6 +24,7 @@ from corral import _labels
 from corral._eval import _gold_columns, _sink_pairs
 from corral._eval_scoring import LabeledRow, score_step
 from corral._eval_tables import ReportTable, money, pct
+from corral._ingest import job_spec
 from corral.errors import UserError
 from corral.job import Job
 from corral.report import print_table
@@ -144,7 +145,7 @@ def routes_report(st: Store, info: RunInfo, labels: Path | None = None,
 def _score(st: Store, info: RunInfo, rep: RoutesReport, labels: Path, key_column: str | None,
            route_of: dict[tuple[str, str], str]) -> None:
     """Each route's labeled and correct rows, by ``corral eval``'s rule."""
-    spec = {k: v for k, v in info.spec.items() if k != "model_id"}
+    spec = job_spec(info)
     try:
         job = Job.from_dict(spec, origin=f"run {info.id}")
     except (UserError, ValueError):

@@ -22,6 +22,7 @@ import orjson
 
 from corral._client import Client, RequestLayer
 from corral._commit import GroupCommitter
+from corral._kinds import CALIBRATION, call_kind
 from corral.errors import OutputError, PermanentModelError, TransientModelError, UserError
 from corral.job import RecordBudget
 from corral.models.base import Completion, Message, Request
@@ -176,7 +177,7 @@ class StepSolver:
 
     def __init__(
         self, layer: RequestLayer, committer: GroupCommitter, rec: LeasedRecord, step: Task,
-        context: dict[str, Any], label: str, use: RecordUse,
+        context: dict[str, Any], label: str, use: RecordUse, *, audit: bool = False,
     ) -> None:
         self.layer = layer
         self.committer = committer
@@ -193,6 +194,11 @@ class StepSolver:
         # the latest usable answer's attempt, held back until the next event: when it is the
         # answer accepted as it is (a single call), the acceptance is written on the same row
         self._pending: _Held | None = None
+        # what the ledger's `kind` of each call is made of (corral._kinds.call_kind): the row is
+        # a System 1 audit, the strategy escalated past a cascade's first stage, samples asked
+        self.audit = audit
+        self.escalated = False
+        self.samples = 0
 
     # --- the Solver protocol ----------------------------------------------------------
 
@@ -213,6 +219,8 @@ class StepSolver:
         grown = False
         tries = 0
         role = "repair" if repair is not None else role
+        if repair is None:
+            self.samples += 1
         for tries in range(1, step.max_attempts + 1):  # noqa: B007 (read after the loop)
             n = self.seq
             self.seq += 1
@@ -228,7 +236,7 @@ class StepSolver:
             if grown:  # a cut-off answer gets twice the room to finish (once, not growing on)
                 request = dataclasses.replace(request, max_tokens=request.max_tokens * 2)
             try:
-                h, comp = await self._call(request, n, client)
+                h, comp = await self._call(request, n, client, kind=self._kind(role, retry=tries > 1))
             except (TransientModelError, PermanentModelError) as e:
                 reason = f"model error: {e}"
                 self._attempt(n, None, "error", str(e), role=role)
@@ -273,6 +281,8 @@ class StepSolver:
         step = self.step
         n = self.seq
         self.seq += 1
+        self.samples += 1
+        kind = self._kind(role)
         h0: str | None = None
         scores: list[dict[str, float]] = []
         content_free: list[dict[str, float]] | None = None
@@ -285,7 +295,7 @@ class StepSolver:
                     offsets = content_free[i] if content_free else {}
                     request = dataclasses.replace(
                         request, choice_offsets=tuple(offsets.get(c, 0.0) for c in request.choices or ()))
-                h, comp = await self._call(request, n, client, batch=False)
+                h, comp = await self._call(request, n, client, batch=False, kind=kind)
                 h0 = h0 or h
                 scores.append(_choice_scores(comp, request, client.model.id))
         except (TransientModelError, PermanentModelError) as e:
@@ -346,7 +356,7 @@ class StepSolver:
         fut: asyncio.Future[dict[str, float] | None] = asyncio.get_running_loop().create_future()
         memo[key] = fut
         try:
-            h, comp = await self._call(request, n, client, batch=False)
+            h, comp = await self._call(request, n, client, batch=False, kind=CALIBRATION)
             scores = _choice_scores(comp, request, client.model.id)
         except BaseException:
             del memo[key]
@@ -366,7 +376,7 @@ class StepSolver:
         self.seq += 1
         request = Request(messages=tuple(messages), schema=schema, max_tokens=200, temperature=0.0, sample=n)
         try:
-            h, comp = await self._call(request, n, client)
+            h, comp = await self._call(request, n, client, kind=self._kind(role, sample=self.samples + 1))
         except (TransientModelError, PermanentModelError) as e:
             self._attempt(n, None, "error", str(e), role=role)
             return None
@@ -387,6 +397,8 @@ class StepSolver:
         return self.step.failed_checks(answer, self.context)
 
     def note(self, event: str, detail: str | None = None, **data: Any) -> None:
+        if event == "escalate" and data.get("escalate"):  # a cascade hands the row on
+            self.escalated = True
         self.flush()
         self._attempt(self.seq, None, event, detail, **data)
 
@@ -442,8 +454,13 @@ class StepSolver:
         if p is not None:
             self._write(p.n, p.h, p.outcome, p.detail, p.data)
 
+    def _kind(self, role: str, *, retry: bool = False, sample: int | None = None) -> str:
+        """The ledger's kind of the call about to be made (:func:`corral._kinds.call_kind`)."""
+        return call_kind(role, retry=retry, sample=self.samples if sample is None else sample,
+                         escalated=self.escalated, audited=self.audit)
+
     async def _call(
-        self, request: Request, n: int, client: Client, batch: bool | None = None
+        self, request: Request, n: int, client: Client, batch: bool | None = None, kind: str | None = None,
     ) -> tuple[str, Completion]:
         self.flush()
         layer = self.layer
@@ -453,7 +470,7 @@ class StepSolver:
         if batch is None:
             batch = self.step.mode == "batch" and client is layer.main
         h, comp = await layer.ask(
-            self.committer, self.key, self.label, n, request, batch, client, self.strategy)
+            self.committer, self.key, self.label, n, request, batch, client, self.strategy, kind)
         self.use.add(comp)
         return h, comp
 

@@ -48,6 +48,9 @@ class BatchCoordinator:
         self.failed: dict[str, str] = {}
         #: cache keys answered by this run's batches (already in the ledger: not replays)
         self.paid: set[str] = set()
+        #: cache key -> the (strategy, kind) that wanted it, for its ledger row (a batch fetched
+        #: by a later process has none: its rows' kinds are read back by a best guess)
+        self.made_by: dict[str, tuple[str | None, str | None]] = {}
 
     def check(self) -> None:
         """A job with ``mode: batch`` steps needs a model with a batch API."""
@@ -58,12 +61,16 @@ class BatchCoordinator:
                 "or anthropic: model, or remove `mode: batch`"
             )
 
-    def want(self, h: str, rec_key: str, label: str, attempt: int, request: Request) -> None:
+    def want(
+        self, h: str, rec_key: str, label: str, attempt: int, request: Request,
+        strategy: str | None = None, kind: str | None = None,
+    ) -> None:
         """Leave a request to the next batch: raises :class:`Deferred` (or, for a request that
         failed too often, :class:`TransientModelError`)."""
         failed = self.failed.get(h)
         if failed is not None:
             raise TransientModelError(failed)
+        self.made_by.setdefault(h, (strategy, kind))
         self.wanted.setdefault(h, (rec_key, label, attempt, request))
         raise Deferred()
 
@@ -139,10 +146,12 @@ class BatchCoordinator:
             outcomes[h] = "ok"
             u = comp.usage
             self.counts.paid(u)
+            strategy, kind = self.made_by.pop(h, (None, None))
             calls.append(CallRecord(
                 self.run_id, key, step, attempt, h, model_id, False,
                 u.input_tokens, u.output_tokens, u.cached_input_tokens, u.reasoning_tokens,
                 u.cost, comp.latency_s, request_json=request_json, response_json=dumps(comp.to_dict()),
+                strategy=strategy, kind=kind,
             ))
         self.store.finish_batch(batch_id, calls, outcomes, status.detail)
 

@@ -590,6 +590,10 @@ def export_traces_cmd(run: str, fmt: str, output: Path | None, reasoning: bool, 
 from corral._cli_estimate import estimate_cmd  # noqa: E402  (it imports this module's helpers)
 
 main.add_command(estimate_cmd)
+from corral._cli_pages import report_cmd, serve_cmd  # noqa: E402 (commands of their own module)
+
+main.add_command(report_cmd)
+main.add_command(serve_cmd)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

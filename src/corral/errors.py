@@ -9,7 +9,10 @@ Every exception Corral raises on purpose derives from :class:`CorralError`::
     │   ├── SinkError             the output cannot be written where the job says
     │   ├── ModelNotFoundError    unknown model name, missing model file or extra
     │   │   └── ModelConfigError  a bad model option, API key or price
-    │   └── RunNotFoundError      `corral status/show` named a run or key that is not stored
+    │   ├── RunNotFoundError      `corral status/show` named a run or key that is not stored
+    │   └── ReviewError           a review decision cannot be made (`corral review`)
+    │       ├── NotHeldError      the key is not a record of the run, or not held for review
+    │       └── InvalidEditError  an edited answer breaks the step's schema or checks
     ├── StoreError                the store cannot be opened or is from a newer Corral
     ├── ModelError                a model call failed; translated at the provider boundary
     │   ├── TransientModelError   worth retrying: timeouts, overload, connection errors
@@ -45,6 +48,9 @@ __all__ = [
     "ModelNotFoundError",
     "ModelConfigError",
     "RunNotFoundError",
+    "ReviewError",
+    "NotHeldError",
+    "InvalidEditError",
     "StoreError",
     "ModelError",
     "TransientModelError",
@@ -93,6 +99,19 @@ class ModelConfigError(ModelNotFoundError):
 
 class RunNotFoundError(UserError):
     """No run (or record) matches what was asked for."""
+
+
+class ReviewError(UserError):
+    """A review decision cannot be made: the run's job cannot be built again, its sinks cannot
+    be written, or the command asks for something the queue does not hold."""
+
+
+class NotHeldError(ReviewError):
+    """The key is not a record of the run, or the record is not held for review (any more)."""
+
+
+class InvalidEditError(ReviewError):
+    """An edited answer does not fit the step's output schema, or fails its checks."""
 
 
 class StoreError(CorralError):

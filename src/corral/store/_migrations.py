@@ -169,6 +169,40 @@ def m004_learned(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m005_review_decisions(db: sqlite3.Connection) -> None:
+    """Review decisions: who accepted, edited or rejected a held record, when, what was written,
+    and the record's state and reason before (``corral review``)."""
+    _script(
+        db,
+        """
+        CREATE TABLE review_decisions (
+            id INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            action TEXT NOT NULL,
+            who TEXT NOT NULL,
+            at REAL NOT NULL,
+            state TEXT NOT NULL,
+            outputs TEXT,
+            reason TEXT,
+            note TEXT,
+            prev_state TEXT NOT NULL,
+            prev_reason TEXT
+        );
+        CREATE INDEX review_decisions_record ON review_decisions (run_id, key)
+        """,
+    )
+
+
+@migration
+def m006_ledger_kind(db: sqlite3.Connection) -> None:
+    """The ledger says what each call was for (first try, retry, vote sample, critique...: see
+    corral._kinds), so ``corral cost`` can show what the extra thinking cost. Older rows keep
+    NULL and are read back by a best guess from the trace."""
+    _script(db, "ALTER TABLE ledger ADD COLUMN kind TEXT")
+
+
 def migrate(db: sqlite3.Connection, path: Path) -> None:
     """Bring the store at ``path`` (open as ``db``) to the latest schema; StoreError when it was
     written by a newer Corral."""

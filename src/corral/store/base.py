@@ -83,6 +83,9 @@ class CallRecord:
     request_json: str | None = None  # set for paid calls: cached with the response
     response_json: str | None = None
     strategy: str | None = None  # which strategy (and stage) made the call
+    #: what the call was for: one of :data:`corral._kinds.CALL_KINDS` (not ``replay``: that is
+    #: ``replayed``); None when the writer could not tell (read back by a best guess)
+    kind: str | None = None
 
 
 @dataclass(slots=True)
@@ -275,6 +278,83 @@ class RecordSpend:
     cost: Decimal | None
 
 
+@dataclass(slots=True)
+class AnswerConfidence:
+    """The confidence of a record's answer at one step, as ``corral eval`` reads it: the
+    accepted answer's (the lowest of its parts' for a split input; None when the strategy
+    measured none), or, for a record with no accepted answer there (held for review, say), the
+    latest answer's that has one (``accepted`` False)."""
+
+    key: str
+    step: str
+    confidence: float | None
+    accepted: bool = True
+
+
+@dataclass(slots=True)
+class ActivityBin:
+    """What a run did in one slice of time: paid and replayed calls, and answers accepted."""
+
+    start: float  # the slice's start (seconds since the epoch)
+    width_s: float
+    calls: int
+    replayed: int
+    answers: int
+
+
+@dataclass(slots=True)
+class ReviewDecision:
+    """A person's decision on a record held for review (``corral review``), kept for good: what
+    was decided, by whom and when, what the record became, and what it was before."""
+
+    run_id: str
+    key: str
+    action: str  # accept | edit | reject
+    who: str
+    at: float  # when, in seconds since the epoch
+    state: str  # the record's state after it: done (accept, edit) or quarantined (reject)
+    outputs: dict[str, Any] | None  # the step outputs written: the held ones, or the edited ones
+    reason: str | None  # the record's reason after it (None once written; reject: who rejected it)
+    note: str | None = None  # the person's note
+    prev_state: str = "review"  # the record's state before it (set by the store)
+    prev_reason: str | None = None  # why the record was held (set by the store)
+    id: int | None = None  # the decision's number in the store (set by the store)
+
+    def to_json(self) -> dict[str, Any]:
+        return _as_json(self, str)
+
+
+@dataclass(slots=True)
+class LedgerGroup:
+    """A run's ledger rows of one step name (the parts of a split input together), model,
+    strategy path, call kind (:data:`corral._kinds.CALL_KINDS` but ``replay``) and ``replayed``,
+    summed. Paid rows (``replayed`` false): their tokens and cost, None when some row's price is
+    unknown (``unpriced`` of them). Replays: their recorded tokens and what they cost when they
+    were first paid for (None when that price is unknown), spent again by nobody."""
+
+    run_id: str
+    step: str
+    model: str
+    strategy: str | None
+    kind: str
+    replayed: bool
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cost: Decimal | None
+    unpriced: int
+    first_id: int  # the group's first ledger row: groups come in the order they first called
+
+
+@dataclass(slots=True)
+class LedgerRollup:
+    """The ledger of some runs, grouped (:class:`LedgerGroup`), and the rows each run wrote."""
+
+    groups: list[LedgerGroup]
+    #: run id -> its records in state ``done`` (those finished since ``since``, when given)
+    written: dict[str, int]
+
+
 class DuplicateKeyError(Exception):
     def __init__(self, key: str, first_line: int | None, second_line: int | None) -> None:
         super().__init__(key)
@@ -419,6 +499,25 @@ class Store(ABC):
         A record with no call at a step has no row for it."""
 
     @abstractmethod
+    def answer_confidences(self, run_id: str) -> list[AnswerConfidence]:
+        """Each (record, step name)'s answer's confidence from the trace (see
+        :class:`AnswerConfidence`): the latest ``accepted`` event of each step label, else the
+        latest answer with a confidence; in the order first answered."""
+
+    @abstractmethod
+    def activity(self, run_id: str, bins: int = 48) -> list[ActivityBin]:
+        """The run's calls (from the ledger) and accepted answers (from the trace) counted in
+        ``bins`` equal slices of time from its first to its last event (fewer, of one second,
+        for a run shorter than ``bins`` seconds); [] before any event."""
+
+    @abstractmethod
+    def ledger_rollup(self, run_ids: list[str] | None = None, since: float | None = None) -> LedgerRollup:
+        """The ledger of the runs ``run_ids`` (every run when None) grouped by run, step name,
+        model, strategy, kind and replayed, in the order each group first called, with the
+        records each run wrote; only calls (and rows written) at or after ``since`` (a Unix
+        time) when given. A row written without a kind gets :func:`corral._kinds.derive_kind`'s."""
+
+    @abstractmethod
     def iter_records(
         self, run_id: str, state: str, chunk: int = 2000, below_ordinal: int | None = None
     ) -> Iterator[list[RecordRow]]:
@@ -433,6 +532,21 @@ class Store(ABC):
     def record_calls(self, run_id: str, key: str) -> list[TraceEvent]:
         """The record's trace in the order it was written: every call with its recorded request
         and response and its ledger row, and every decision."""
+
+    # review decisions
+    @abstractmethod
+    def apply_decisions(
+        self, decisions: list[ReviewDecision], trace: list[AttemptRecord]
+    ) -> list[ReviewDecision]:
+        """Apply decisions in one transaction: each record still in ``review`` takes its
+        decision's state, outputs and reason, the decision is kept (with the record's state and
+        reason before it, and its id), and the ``trace`` events of its key are added. Returns
+        the decisions applied, in order; one whose record is not in review (any more) is left
+        out, and nothing of it is written."""
+
+    @abstractmethod
+    def decisions(self, run_id: str, key: str | None = None) -> list[ReviewDecision]:
+        """The run's review decisions (of one key when given), in the order they were made."""
 
     # provider batches
     @abstractmethod

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from corral.errors import StoreError
-from corral.store import _routes
+from corral.store import _ledger, _pages, _reviews, _routes
 from corral.store._errors import BUSY, DAMAGED_FIX, store_error, translating_errors
 from corral.store._migrations import MIGRATIONS, migrate
 from corral.store.base import (
+    ActivityBin,
+    AnswerConfidence,
     AttemptRecord,
     BatchItem,
     BatchRow,
@@ -25,10 +27,12 @@ from corral.store.base import (
     DuplicateKeyError,
     FinalRecord,
     LeasedRecord,
+    LedgerRollup,
     LedgerTotals,
     NewRecord,
     RecordRow,
     RecordSpend,
+    ReviewDecision,
     RouteRow,
     RunInfo,
     RunSpend,
@@ -280,7 +284,7 @@ class SQLiteStore(Store):
 
     def delete_run(self, run_id: str) -> None:
         with self._tx() as db:
-            for table in ("records", "ledger", "attempts", "batch_items", "batches"):
+            for table in ("records", "ledger", "attempts", "batch_items", "batches", "review_decisions"):
                 db.execute(f"DELETE FROM {table} WHERE run_id=?", (run_id,))
             db.execute("DELETE FROM runs WHERE id=?", (run_id,))
 
@@ -430,7 +434,7 @@ class SQLiteStore(Store):
             db.executemany(
                 "INSERT INTO ledger (run_id, key, step, attempt, request_hash, model, replayed, "
                 "input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, "
-                "cost_nanos, latency_s, created_at, strategy) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "cost_nanos, latency_s, created_at, strategy, kind) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [
                     (
                         c.run_id,
@@ -448,6 +452,7 @@ class SQLiteStore(Store):
                         c.latency_s,
                         now,
                         c.strategy,
+                        c.kind,
                     )
                     for c in calls
                 ],
@@ -468,6 +473,15 @@ class SQLiteStore(Store):
                 "lease_expires=NULL, updated_at=? WHERE run_id=? AND key=?",
                 [(f.state, f.outputs, f.reason, f.attempts, now, f.run_id, f.key) for f in finals],
             )
+
+    # --- review decisions ---------------------------------------------------------------
+
+    def apply_decisions(self, decisions: list[ReviewDecision], trace: list[AttemptRecord]) -> list[ReviewDecision]:
+        with self._tx() as db:
+            return _reviews.apply(db, decisions, trace)
+
+    def decisions(self, run_id: str, key: str | None = None) -> list[ReviewDecision]:
+        return _reviews.decisions(self.db, run_id, key)
 
     # --- provider batches --------------------------------------------------------------
 
@@ -623,6 +637,15 @@ class SQLiteStore(Store):
 
     def record_spend(self, run_id: str, steps: list[str] | None = None) -> list[RecordSpend]:
         return _routes.record_spend(self.db, run_id, steps)
+
+    def answer_confidences(self, run_id: str) -> list[AnswerConfidence]:
+        return _pages.answer_confidences(self.db, run_id)
+
+    def activity(self, run_id: str, bins: int = 48) -> list[ActivityBin]:
+        return _pages.activity(self.db, run_id, bins)
+
+    def ledger_rollup(self, run_ids: list[str] | None = None, since: float | None = None) -> LedgerRollup:
+        return _ledger.ledger_rollup(self.db, run_ids, since)
 
     _RECORD_COLS = "key, ordinal, line, data, state, reason, outputs, attempts"
 
