@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from corral import _export, report
+from corral._cli_review import review
 from corral._result import summarize
 from corral.engine import run_async, store_path_for
 from corral.errors import CorralError, RunNotFoundError, StoreError, UserError
@@ -573,6 +574,8 @@ def export_traces_cmd(run: str, fmt: str, output: Path | None, reasoning: bool, 
         notes.append(f"{stats.no_prompt:,} left out: their prompt is not in the store")
     _err().print(line + (f" ({'; '.join(notes)})" if notes else ""), markup=False)
 
+
+main.add_command(review)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
