@@ -156,10 +156,12 @@ def show_cmd(run: str, key: str, full: bool, as_json: bool, store: Path | None) 
                       f"edit {info.id} {q} --set FIELD=VALUE", markup=False)
 
 
-def _report(st: Store, info: RunInfo, made: list[rv.Decision], job: Path | None, as_json: bool,
+def _report(st: Store, info: RunInfo, made: list[rv.Decision], as_json: bool,
             left: list[rv.HeldRow] | None = None) -> None:
-    """Write the sinks once for the decisions ``made``, then say what was decided and written."""
-    outputs = rv.rewrite(st, info, job) if made else None
+    """Say what was decided (and written: the decisions wrote the sinks, once)."""
+    after = st.get_run(info.id) if made else None
+    outputs = after.outputs if after is not None and after.status in ("finished", "preview") else None
+    outputs = outputs if isinstance(outputs, dict) else None
     if as_json:
         click.echo(json.dumps({"run": info.id, "decisions": [rv.decision_json(d) for d in made],
                                "left_held": [r.key for r in left or []], "outputs": outputs}, default=str))
@@ -184,10 +186,10 @@ def _decide_several(run: str, keys: tuple[str, ...], every: bool, action: str, w
         _fail(f"give the keys of the rows to {action}, or --all for every held row (not both)")
     with _run_of(store, run) as (st, info):
         made, left = rv.decide_many(st, info, None if every else list(keys), action, who=who, note=note,
-                                    job=job, write=False)
+                                    job=job)
         if every and not made and not left:
             _say(f"run {info.id} holds no row for review")
-        _report(st, info, made, job, as_json, left)
+        _report(st, info, made, as_json, left)
 
 
 @review.command("accept")
@@ -258,8 +260,8 @@ def edit_cmd(run: str, key: str, sets: tuple[str, ...], answer_json: str | None,
     if not answer:
         _fail("give the corrected answer: --set FIELD=VALUE (repeat it) or --answer JSON")
     with _run_of(store, run) as (st, info):
-        made = rv.decide(st, info, key, "edit", who=who, answer=answer, note=note, job=job_file, write=False)
-        _report(st, info, [made], job_file, as_json)
+        made = rv.decide(st, info, key, "edit", who=who, answer=answer, note=note, job=job_file)
+        _report(st, info, [made], as_json)
 
 
 @review.command("export")

@@ -24,7 +24,7 @@ import getpass
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,14 +223,24 @@ def rewrite(store: Store, run: RunInfo | str, job: Job | str | Path | None = Non
     """Write ``run``'s sinks again from the store (the sink, quarantine, review and skipped
     files); return their paths by kind. None when the run is not finished: its sinks are
     written when ``corral run`` finishes it."""
-    info = _run(store, run)
+    return _writer(store, _run(store, run), job)()
+
+
+def _writer(store: Store, info: RunInfo, job: Job | str | Path | None) -> Callable[[], dict[str, str] | None]:
+    """What writes the run's sinks, set up now: the job built, its source opened and its sinks
+    found writable before any decision is applied (ReviewError, with the fix, when not)."""
     if info.status not in ("finished", "preview"):
-        return None
+        return lambda: None
     j = load_job(info, job)
-    outputs = write_outputs(store, info, j, _prepared(info, j), None)
-    if outputs != info.outputs:
-        store.update_run(info.id, outputs=outputs)
-    return outputs
+    the_plan = _prepared(info, j)
+
+    def write() -> dict[str, str]:
+        outputs = write_outputs(store, info, j, the_plan, None)
+        if outputs != info.outputs:
+            store.update_run(info.id, outputs=outputs)
+        return outputs
+
+    return write
 
 
 # --- deciding ------------------------------------------------------------------------------------
@@ -263,11 +273,12 @@ def decide(
         raise _not_held(store, info, rec)
     j = load_job(info, job) if action == "edit" or write else None
     d = _decision(info, rec, action, reviewer(who), note, answer, j)
+    writer = _writer(store, info, j) if write else None
     applied = store.apply_decisions([d], [_event(d)])
     if not applied:  # decided by someone else meanwhile
         raise _not_held(store, info, store.record(info.id, key) or rec)
-    if write:
-        rewrite(store, info, j)
+    if writer is not None:
+        writer()
     return applied[0]
 
 
@@ -305,9 +316,10 @@ def decide_many(
             if not everyone:
                 raise
             left.append(_row(info, rec, None))
+    writer = _writer(store, info, job) if write and todo else None
     applied = store.apply_decisions(todo, [_event(d) for d in todo]) if todo else []
-    if write and applied:
-        rewrite(store, info, job)
+    if writer is not None and applied:
+        writer()
     return applied, left
 
 
