@@ -263,3 +263,24 @@ def test_the_store_applies_a_decision_only_to_a_held_record(held_run):
     assert st.decisions(run) == [applied]
     st.delete_run(run)
     assert st.decisions(run) == []
+
+
+def test_export_is_a_labels_file_system1_learns_from(tmp_path):
+    """Rows accepted in review, exported, are what a step's `system1: labels:` reads."""
+    pytest.importorskip("sklearn")
+    words = {"billing": "invoice refund charged", "shipping": "parcel courier tracking", "account": "password login"}
+    rows = [(f"r{i}", f"message {i}: my {words[k]} please") for i, k in enumerate(sorted(words) * 10)]
+    write_csv(tmp_path / "in.csv", ["id", "text"], rows)
+    step = ("  - name: topic\n    task: classify\n    input: \"{text}\"\n"
+            "    labels: [account, billing, shipping]\n")
+    head = "source: in.csv\nkey: id\nmodel: fake\nsink: out/o.csv\nsteps:\n"
+    held = write(tmp_path / "held.yaml", "name: held\n" + head + step + "    checks: [\"label == 'none'\"]\n")
+    run = corral.run(held)
+    assert run.review == 30
+    cli("review", "accept", run.run, "--all", "--by", "alice")
+    cli("review", "export", run.run, "-o", "reviewed.csv")
+    learn = write(tmp_path / "learn.yaml", "name: learn\n" + head + step
+                  + "    system1: {labels: reviewed.csv, min_rows: 20}\n")
+    r = corral.run(learn)
+    (s1,) = r.system1
+    assert s1["source"] == "labels" and s1["learned_from"] == 30 and not s1["notes"], s1
