@@ -24,7 +24,7 @@ import getpass
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,16 +32,17 @@ from typing import Any
 from jsonschema import Draft202012Validator, FormatChecker
 
 from corral._ingest import job_spec
-from corral._outputs import Plan, prepare, write_outputs
+from corral._outputs import Plan, plan, prepare, write_outputs
 from corral._registry import suggest
 from corral.errors import InvalidEditError, NotHeldError, ReviewError, UserError
+from corral.io import Column, SinkSpec, open_sink, open_source
 from corral.job import Job
 from corral.store.base import AttemptRecord, RecordRow, ReviewDecision, RunInfo, Store
 from corral.tasks.base import Step
 
 __all__ = [
-    "ACTIONS", "REVIEWER_ENV", "Decision", "HeldRow", "decide", "decide_many", "decisions",
-    "held", "held_row", "load_job", "reviewer", "rewrite",
+    "ACTIONS", "LABEL_FORMATS", "REVIEWER_ENV", "Decision", "HeldRow", "decide", "decide_many",
+    "decisions", "export_labels", "held", "held_row", "labels", "load_job", "reviewer", "rewrite",
 ]
 
 #: what a person can decide about a held row
@@ -86,10 +87,11 @@ def decision_json(d: Decision) -> dict[str, Any]:
 
 
 def when(at: float) -> str:
-    """A time as a person reads it: ISO 8601 to the second, with the local offset."""
+    """A time as a person reads it: ISO 8601 to the second, with the local offset
+    (``2025-06-01 13:45:01+02:00``)."""
     import datetime as dt
 
-    return dt.datetime.fromtimestamp(at).astimezone().isoformat(timespec="seconds")
+    return dt.datetime.fromtimestamp(at).astimezone().isoformat(sep=" ", timespec="seconds")
 
 
 def reviewer(who: str | None = None) -> str:
@@ -171,15 +173,18 @@ def _no_record(info: RunInfo, key: str) -> NotHeldError:
 
 
 def load_job(run: RunInfo, job: Job | str | Path | None = None) -> Job:
-    """The job ``run`` ran, its steps bound: ``job`` (a job file or a :class:`Job`, which must be
-    that run's job), else the job the run keeps in the store, read from the folder it was run
+    """The job ``run`` ran, its steps bound: ``job`` (a :class:`Job`, taken as it is, or a job
+    file, which must be that run's job), else the job the run keeps in the store, read from the folder it was run
     from. ReviewError, with the fix, when neither can be had."""
+    if isinstance(job, Job):  # the caller's, taken as it is (bound again: binding is idempotent)
+        _bind(job, run)
+        return job
     if job is not None:
-        j = job if isinstance(job, Job) else Job.load(job)
+        j = Job.load(job)
         _bind(j, run)
         if j.spec_hash() != run.spec_hash:
             raise ReviewError(
-                f"{_shown(job)} is not the job run {run.id} ran (its name, key, source or steps "
+                f"{job} is not the job run {run.id} ran (its name, key, source or steps "
                 "differ); give the job file that run ran")
         return j
     folder = run.spec.get("job_dir")
@@ -205,10 +210,6 @@ def _bind(job: Job, run: RunInfo) -> None:
                           "give its job file with --job JOB.yaml") from None
 
 
-def _shown(job: Job | str | Path) -> str:
-    return f"job `{job.name}`" if isinstance(job, Job) else str(job)
-
-
 def _prepared(run: RunInfo, job: Job) -> Plan:
     try:
         return prepare(job)[1]
@@ -222,14 +223,24 @@ def rewrite(store: Store, run: RunInfo | str, job: Job | str | Path | None = Non
     """Write ``run``'s sinks again from the store (the sink, quarantine, review and skipped
     files); return their paths by kind. None when the run is not finished: its sinks are
     written when ``corral run`` finishes it."""
-    info = _run(store, run)
+    return _writer(store, _run(store, run), job)()
+
+
+def _writer(store: Store, info: RunInfo, job: Job | str | Path | None) -> Callable[[], dict[str, str] | None]:
+    """What writes the run's sinks, set up now: the job built, its source opened and its sinks
+    found writable before any decision is applied (ReviewError, with the fix, when not)."""
     if info.status not in ("finished", "preview"):
-        return None
+        return lambda: None
     j = load_job(info, job)
-    outputs = write_outputs(store, info, j, _prepared(info, j), None)
-    if outputs != info.outputs:
-        store.update_run(info.id, outputs=outputs)
-    return outputs
+    the_plan = _prepared(info, j)
+
+    def write() -> dict[str, str]:
+        outputs = write_outputs(store, info, j, the_plan, None)
+        if outputs != info.outputs:
+            store.update_run(info.id, outputs=outputs)
+        return outputs
+
+    return write
 
 
 # --- deciding ------------------------------------------------------------------------------------
@@ -262,11 +273,12 @@ def decide(
         raise _not_held(store, info, rec)
     j = load_job(info, job) if action == "edit" or write else None
     d = _decision(info, rec, action, reviewer(who), note, answer, j)
+    writer = _writer(store, info, j) if write else None
     applied = store.apply_decisions([d], [_event(d)])
     if not applied:  # decided by someone else meanwhile
         raise _not_held(store, info, store.record(info.id, key) or rec)
-    if write:
-        rewrite(store, info, j)
+    if writer is not None:
+        writer()
     return applied[0]
 
 
@@ -304,9 +316,10 @@ def decide_many(
             if not everyone:
                 raise
             left.append(_row(info, rec, None))
+    writer = _writer(store, info, job) if write and todo else None
     applied = store.apply_decisions(todo, [_event(d) for d in todo]) if todo else []
-    if write and applied:
-        rewrite(store, info, job)
+    if writer is not None and applied:
+        writer()
     return applied, left
 
 
@@ -484,3 +497,73 @@ def _check(step: Step, key: str, answer: dict[str, Any], schema: dict[str, Any],
     if problems:
         raise InvalidEditError(f"record `{key}`, step `{step.name}`: the edited answer does not pass "
                                f"the step's checks ({'; '.join(problems)}); give an answer that does")
+
+
+# --- labels: what people accepted or corrected, for corral eval and System 1 -------------------------
+
+#: the formats :func:`export_labels` writes (those ``corral eval --labels`` and ``system1: labels:`` read)
+LABEL_FORMATS = (".csv", ".tsv", ".jsonl")
+#: the columns a labels row ends with: the decision, who made it, and when
+DECISION_COLUMNS = ("_decision", "_by", "_when")
+
+
+def labels(
+    store: Store, run: RunInfo | str, job: Job | str | Path | None = None
+) -> tuple[list[Column], list[dict[str, Any]]]:
+    """The rows people accepted or edited (and that are written now), as labeled rows: the key
+    column (the job's ``key:``, else ``_key``), the input columns, the gold columns named as
+    the sink's output columns (a classify step ``category``: the column ``category``), then
+    :data:`DECISION_COLUMNS`. In source order."""
+    info = _run(store, run)
+    j = load_job(info, job)
+    try:
+        the_plan = plan(j, open_source(j.source, j.base_dir))
+    except UserError as e:
+        raise ReviewError(f"cannot read the source of run {info.id} ({e}); put it back where the job "
+                          "reads it, or give the job file with --job JOB.yaml") from None
+    last: dict[str, Decision] = {}
+    for d in store.decisions(info.id):
+        last[d.key] = d
+    steps: list[Step] = j.steps
+    key_col = j.key or "_key"
+    cols = list(the_plan.input_columns)
+    if j.key is None:
+        cols.append(Column("_key", "string"))
+    cols += the_plan.output_columns + [Column(c, "string") for c in DECISION_COLUMNS]
+    rows: list[tuple[int, dict[str, Any]]] = []
+    for key, d in last.items():
+        rec = store.record(info.id, key)
+        if d.action not in ("accept", "edit") or rec is None or rec.state != "done":
+            continue
+        row: dict[str, Any] = dict(rec.data or {})
+        row.setdefault(key_col, key)
+        outs = rec.outputs or {}
+        for step, pairs in zip(steps, the_plan.step_columns):
+            value = outs.get(step.name)
+            vals = step.to_columns(value) if value is not None else {}
+            for col, sink_col in pairs:
+                row[sink_col] = vals.get(col)
+        row.update({"_decision": d.action, "_by": d.who, "_when": when(d.at)})
+        rows.append((rec.ordinal, row))
+    rows.sort(key=lambda r: r[0])
+    return cols, [r for _, r in rows]
+
+
+def export_labels(
+    store: Store, run: RunInfo | str, path: str | Path, job: Job | str | Path | None = None
+) -> int:
+    """Write :func:`labels` to ``path`` (``.csv``, ``.tsv`` or ``.jsonl``, replaced whole);
+    return how many rows were written."""
+    out = Path(path)
+    if out.suffix.lower() not in LABEL_FORMATS:
+        raise ReviewError(f"labels file {out} must end in {', '.join(LABEL_FORMATS)} (what corral eval "
+                          "and System 1 read); rename it")
+    info = _run(store, run)
+    j = load_job(info, job)
+    cols, rows = labels(store, info, j)
+    try:
+        return open_sink(SinkSpec(path=str(out)), Path.cwd()).write(cols, iter([rows]), j.key or "_key")
+    except UserError as e:
+        raise ReviewError(str(e)) from None
+    except OSError as e:
+        raise ReviewError(f"cannot write {out}: {e.strerror or e}; give -o a path you can write") from None
