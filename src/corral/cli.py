@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from corral import _export, report
+from corral._cli_cost import cost_cmd
 from corral._result import summarize
 from corral.engine import run_async, store_path_for
 from corral.errors import CorralError, RunNotFoundError, StoreError, UserError
@@ -572,6 +573,9 @@ def export_traces_cmd(run: str, fmt: str, output: Path | None, reasoning: bool, 
     if stats.no_prompt:
         notes.append(f"{stats.no_prompt:,} left out: their prompt is not in the store")
     _err().print(line + (f" ({'; '.join(notes)})" if notes else ""), markup=False)
+
+
+main.add_command(cost_cmd)
 
 
 if __name__ == "__main__":  # pragma: no cover
