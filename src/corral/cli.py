@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from corral import _export, report
+from corral._cli_cost import cost_cmd
 from corral._cli_review import review
 from corral._result import summarize
 from corral.engine import run_async, store_path_for
@@ -596,6 +597,7 @@ from corral._cli_pages import report_cmd, serve_cmd  # noqa: E402 (commands of t
 main.add_command(report_cmd)
 main.add_command(serve_cmd)
 main.add_command(review)
+main.add_command(cost_cmd)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -64,7 +64,8 @@ def ledger_rollup(db: sqlite3.Connection, run_ids: list[str] | None, since: floa
 def _where(
     run_ids: list[str] | None, since: float | None, prefix: str, time_col: str = "created_at"
 ) -> tuple[str, list[Any]]:
-    parts, args = ["1=1"], []
+    parts: list[str] = ["1=1"]
+    args: list[Any] = []
     if run_ids is not None:
         parts.append(f"{prefix}run_id IN ({','.join('?' * len(run_ids))})" if run_ids else "0=1")
         args += run_ids
