@@ -25,9 +25,10 @@ CALL_OUTCOMES = frozenset({
 })
 
 #: decisions the engine itself writes, whatever the strategy: the answer it accepted, the
-#: record budget that stopped a strategy, and a row's route at a step with experts or System 1
-#: (``data.route``: an expert's name, ``default``, ``system1`` or ``audit``; see corral._router)
-ENGINE_DECISIONS = frozenset({"accepted", "budget", "route"})
+#: record budget that stopped a strategy, a row's route at a step with experts or System 1
+#: (``data.route``: an expert's name, ``default``, ``system1`` or ``audit``; see corral._router),
+#: and the injection gate that held a row (see corral._injection)
+ENGINE_DECISIONS = frozenset({"accepted", "budget", "route", "injection"})
 
 
 def is_call(outcome: str) -> bool:
