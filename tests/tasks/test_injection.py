@@ -176,6 +176,20 @@ def test_the_summary_counts_injection_flags_by_column_and_pattern():
     assert reason_kind(a) == reason_kind(b) == "injection: column `text`: override"
 
 
+def test_system1_learns_nothing_from_a_flagged_row(tmp_path: Path):
+    pytest.importorskip("sklearn")
+    rows = [(f"o{i}", f"my parcel {i} is late") for i in range(20)] + [(f"x{i}", t) for i, t in enumerate(INJECTED)]
+    write_csv(tmp_path / "in.csv", ["id", "text"], rows)
+    job = Job.from_dict({
+        "name": "s1", "source": "in.csv", "key": "id", "sink": "out/o.csv", "model": "fake",
+        "steps": [{"name": "label", "task": "classify", "input": "{text}", "labels": ["spam", "ham"],
+                   "system1": {"min_rows": 1000}}],  # never trains here: it only collects the LLM's answers
+    }, base_dir=tmp_path)
+    r = corral.run(job)
+    assert (r.written, r.review) == (20, len(INJECTED))
+    assert r.system1[0]["learned_from"] == 20
+
+
 def test_injection_off_writes_every_row(tmp_path: Path):
     r = corral.run(_job(tmp_path, injection="off"))
     assert (r.written, r.review) == (len(ORDINARY) + len(INJECTED), 0)
