@@ -76,8 +76,9 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("new instructions", r"\b(?:neue|nouvelles?|nuevas?|nuove|novas?|nieuwe)\s+(?:anweisungen|instructions|consignes|"
                              r"instrucciones|istruzioni|instruções|instructies)\s*:"),
         ("system prompt", r"\b(?:reveal|print|show|repeat|output)\b.{0,20}\bsystem\s+(?:prompt|message)\b"),
-        ("role change", r"\byou\s+are\s+(?:now|no\s+longer)\s+(?:an?\s+)?(?:ai|assistant|chatbot|language\s+model|dan|"
-                        r"unrestricted|unfiltered|jailbroken|in\s+(?:developer|debug|admin|god|jailbreak)\s+mode)\b"),
+        ("role change", r"\byou\s+are\s+(?:now|no\s+longer)\s+(?:an?\s+)?(?:ai|assistant|chatbot|bot|(?:language\s+)?model|"
+                        r"classifier|label?ler|(?:spam\s+)?filter|dan|unrestricted|unfiltered|jailbroken|bound\s+by|"
+                        r"in\s+(?:developer|debug|admin|god|jailbreak)\s+mode)\b"),
         ("role change", r"\b(?:act|pretend|behave)\s+(?:as|like|to\s+be)\s+(?:an?\s+)?(?:different|unrestricted|new)\s+(?:ai|assistant|model|system)\b"),
         ("role change", r"\bfrom\s+now\s+on,?\s+you\s+(?:will|must|shall|are\s+to)\s+(?:only\s+)?"
                         r"(?:answer|respond|reply|output|classify|label|obey)\b"),
