@@ -25,10 +25,11 @@ CALL_OUTCOMES = frozenset({
 })
 
 #: decisions the engine itself writes, whatever the strategy: the answer it accepted, the
-#: record budget that stopped a strategy, and a row's route at a step with experts or System 1
-#: (``data.route``: an expert's name, ``default``, ``system1`` or ``audit``; see corral._router);
-#: and a person's decision on a row held for review (``reviewed``: see corral._review)
-ENGINE_DECISIONS = frozenset({"accepted", "budget", "route", "reviewed"})
+#: record budget that stopped a strategy, a row's route at a step with experts or System 1
+#: (``data.route``: an expert's name, ``default``, ``system1`` or ``audit``; see corral._router),
+#: the injection gate that held a row (see corral._injection), and a person's decision on a row
+#: held for review (``reviewed``: see corral._review)
+ENGINE_DECISIONS = frozenset({"accepted", "budget", "route", "injection", "reviewed"})
 
 
 def is_call(outcome: str) -> bool:

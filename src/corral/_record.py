@@ -19,7 +19,7 @@ from typing import Any
 from corral._client import Counts, RequestLayer
 from corral._commit import GroupCommitter, dumps
 from corral._expr import ConditionError
-from corral._injection import flag_row
+from corral._injection import InjectionGate
 from corral._route_model import LearnedRouter
 from corral._router import Routed, pick
 from corral._solver import OutOfBudget, RecordUse, StepSolver, low_confidence
@@ -43,8 +43,8 @@ class RecordProcessor:
         self.run_id = layer.run_id
         self.counts = counts
         self.per_record = layer.budget.per_record
-        #: whether rows that read like instructions to the model are held (``injection:``)
-        self.gate = job.injection == "hold"
+        #: holds the rows that read like instructions to the model (``injection: hold``)
+        self.gate = InjectionGate(job.steps) if job.injection == "hold" else None
         #: the steps' learned expert routers (``route_by:``), by step name
         self.routers: dict[str, LearnedRouter] = {
             s.name: LearnedRouter(s, spec, [*(e.route for e in s.routes()), DEFAULT_ROUTE],
@@ -66,7 +66,8 @@ class RecordProcessor:
         use = RecordUse()
         absent: set[str] = set()  # steps that gave this row no answer: a `when:` over one is false
         # why the row is held for review although its later steps still run: an answer under its
-        # step's min_confidence is used by the steps after it, so the reviewer sees a whole row
+        # step's min_confidence is used by the steps after it, so the reviewer sees a whole row;
+        # so is a row the injection gate flags (it never reaches the sink, nor leaves unseen, skipped)
         unsure: list[str] = []
         final = self.final
 
@@ -79,6 +80,10 @@ class RecordProcessor:
         def note(step: str, outcome: str, detail: str) -> None:
             committer.add(attempt=AttemptRecord(self.run_id, rec.key, step, 0, None, outcome, detail))
 
+        injected = self.gate.check(rec.data) if self.gate is not None else None
+        if injected is not None:  # held, with the answers reached (System 1 learns nothing from it)
+            unsure.append(injected)
+            note(self.steps[0].name, "injection", injected)
         for step in self.steps:
             try:
                 runs = step.applies(context, absent)
@@ -199,7 +204,7 @@ class RecordProcessor:
                     final(committer, rec, "quarantined", so_far(), f"step `{step.name}`: {e}", tries)
                     return
             value = step.value(answer)
-            if routed is not None and routed[1].route != "system1" and len(unsure) == was_unsure:
+            if routed is not None and routed[1].route != "system1" and len(unsure) == was_unsure and not injected:
                 s1, said, text = routed  # the LLM's accepted answer: System 1 learns from it
                 llm_label = step.system1_label(value)
                 if said.route == "audit" and said.label is not None:
@@ -259,13 +264,7 @@ class RecordProcessor:
         self, committer: GroupCommitter, rec: LeasedRecord, state: str, outputs: str | None,
         reason: str | None, tries: int,
     ) -> None:
-        """Commit the record's final state (with its outputs so far and why). A row the
-        injection gate flags never reaches the sink (nor leaves it unseen, skipped): it is held
-        for review with the answers reached."""
-        if self.gate and state in ("done", "skipped"):
-            found = flag_row(rec.data)
-            if found is not None:
-                state, reason = "review", found if reason is None else f"{found}; {reason}"
+        """Commit the record's final state (with its outputs so far and why)."""
         committer.add(final=FinalRecord(self.run_id, rec.key, state, outputs, reason, tries))
         self.counts.move("leased", state)
 

@@ -289,10 +289,13 @@ def reason_kind(reason: str) -> str:
         return "malformed input row"
     # "confidence 0.61 < 0.70" and "confidence 0.54 < 0.70" are one reason: under min_confidence
     reason = _CONFIDENCE.sub(r"confidence under \1", reason)
+    # injection flags by column and pattern, whatever words matched
+    reason = _INJECTION.sub(r"\1", reason)
     return reason.split(" (after")[0][:120]
 
 
 _CONFIDENCE = re.compile(r"confidence (?:[0-9.]+|unknown) < ([0-9.]+)")
+_INJECTION = re.compile(r'^(injection: column `[^`]*`: [a-z ]+): "[^"]*"')
 
 
 def print_table(console: Console, t: Any) -> None:

@@ -106,7 +106,7 @@ def test_runs_status_show(tmp_path):
     assert '{"label":' in p.stdout  # raw response
     rec = json.loads(corral("show", run_id, "r2", "--json", cwd=tmp_path, check=True).stdout)
     assert rec["state"] == "done" and rec["calls"][0]["outcome"] == "ok"
-    assert rec["calls"][0]["request"]["messages"][1]["content"] == "world"
+    assert rec["calls"][0]["request"]["messages"][1]["content"] == "<text>world</text>"  # as it was sent
     p = corral("show", run_id, "nope", cwd=tmp_path)
     assert p.returncode == 2 and "no record with key `nope`" in p.stderr
     p = corral("status", "ffffffffff", cwd=tmp_path)

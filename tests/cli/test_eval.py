@@ -26,6 +26,7 @@ from click.testing import CliRunner
 import corral
 from corral.cli import main
 from corral.models.base import Request
+from corral.testing import plain
 
 from ..conftest import ROOT, write
 
@@ -228,7 +229,7 @@ def scripted(proj: Path) -> tuple[corral.FakeModel, dict[str, dict[str, Any]]]:
         answers[k] = {"order_id": oid, "amount": amount, "urgency": g["urgency"] if i % 3 else "low"}
 
     def script(req: Request) -> dict[str, Any]:
-        user = "\n".join(m.content for m in req.messages if m.role == "user").strip()
+        user = plain("\n".join(m.content for m in req.messages if m.role == "user")).strip()
         k = text_of[user]
         props = (req.schema or {}).get("properties", {})
         if "label" in props:

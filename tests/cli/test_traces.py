@@ -14,6 +14,7 @@ import corral
 from corral import FakeModel, Job
 from corral.cli import main
 from corral.models.base import Request
+from corral.testing import plain
 
 from ..conftest import write
 
@@ -38,7 +39,7 @@ def show(run: str, key: str, *extra: str) -> str:
 
 
 def user(request: Request) -> str:
-    return next(m.content for m in request.messages if m.role == "user")
+    return plain(next(m.content for m in request.messages if m.role == "user"))
 
 
 def is_repair(request: Request) -> bool:
@@ -304,7 +305,7 @@ def test_export_sft_lines_match_the_sink(tmp_path):
         assert set(x["metadata"]) == {"run", "key", "step", "strategy", "confidence", "calls"}
         meta = x["metadata"]
         assert meta["run"] == run
-        assert x["messages"][1]["content"] == ROWS[meta["key"]]
+        assert x["messages"][1]["content"] == f"<text>{ROWS[meta['key']]}</text>"  # as it was sent
         answer = json.loads(x["messages"][2]["content"])
         row = rows[meta["key"]]
         if meta["step"] == "topic":

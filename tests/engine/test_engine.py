@@ -12,6 +12,7 @@ import pytest
 import corral
 from corral import FakeModel, Job
 from corral.errors import ModelNotFoundError, SourceError, UserError
+from corral.testing import plain
 
 from ..conftest import write
 
@@ -142,7 +143,7 @@ def test_two_steps_later_reads_earlier_and_extract_columns(tmp_path):
     seen: list[str] = []
 
     def script(req):
-        user = req.messages[-1].content
+        user = plain(req.messages[-1].content)
         seen.append(user)
         if "order_id" in json.dumps(req.schema):
             return {"order_id": "ORD-1", "amount": 12.5, "subject": "x"}

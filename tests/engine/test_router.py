@@ -19,6 +19,7 @@ from corral import FakeModel, Job
 from corral.cli import main as cli_main
 from corral.errors import JobSpecError, SourceError, UserError
 from corral.models.base import Request
+from corral.testing import plain
 
 from ..conftest import scripted_models, write
 
@@ -62,7 +63,7 @@ class Recorder:
         return self.answer(request)
 
     def users(self) -> list[str]:
-        return sorted(r.messages[1].content for r in self.seen)
+        return sorted(plain(r.messages[1].content) for r in self.seen)
 
 
 def labels_of(request: Request) -> list[str]:
@@ -111,10 +112,10 @@ def test_the_first_matching_expert_takes_a_row_and_the_step_as_written_the_rest(
     assert out == {"r1": "ja", "r4": "ja", "r2": "b", "r3": "a", "r5": "a"}
     # each expert's own prompt, labels and model reached the request
     german = [q for q in main.seen if "Antworte auf Deutsch." in q.messages[0].content]
-    assert sorted(q.messages[1].content for q in german) == ["Meine Rechnung ist falsch", "Paket verloren"]
+    assert sorted(plain(q.messages[1].content) for q in german) == ["Meine Rechnung ist falsch", "Paket verloren"]
     assert all(labels_of(q) == ["ja", "nein"] for q in german)
     rest = [q for q in main.seen if q not in german]
-    assert sorted(q.messages[1].content for q in rest) == ["My invoice is wrong", "Where is my parcel"]
+    assert sorted(plain(q.messages[1].content) for q in rest) == ["My invoice is wrong", "Where is my parcel"]
     assert all(labels_of(q) == ["a", "b", "c"] and "Deutsch" not in q.messages[0].content for q in rest)
     assert big.users() == ["FR: Ma facture est fausse"]  # the big model saw the French row only
     assert labels_of(big.seen[0]) == ["a", "b", "c"]  # (the step's labels: the expert kept them)

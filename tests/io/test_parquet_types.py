@@ -23,6 +23,7 @@ import corral
 from corral import FakeModel, Job
 from corral.io import Column
 from corral.io.parquet import ParquetSink, decode_values, encode_array
+from corral.testing import plain as untagged
 
 PARIS = "Europe/Paris"
 _NS = 1_709_281_800_000_000_001  # 2024-03-01T08:30:00.000000001Z
@@ -200,7 +201,7 @@ def test_prompts_and_csv_sinks_see_readable_text(tmp_path: Path) -> None:
     prompts: list[str] = []
 
     def script(request) -> dict[str, Any]:
-        prompts.append(request.messages[-1].content)
+        prompts.append(untagged(request.messages[-1].content))
         return {"label": "other"}
 
     template = "{at_tz} | {at_ns} | {price} | {blob} | {day} | {rec.b} | {attrs} | {kind} | {wait}"

@@ -285,8 +285,8 @@ def test_contextual_calibration_changes_the_scores_and_is_asked_once_per_step(tm
     # its requests carry each content-free input in place of the row's text
     free = requests_of(db, r.run)
     users = [q["messages"][1]["content"] for q in free]
-    for filler in CONTENT_FREE:
-        assert users.count(filler) == 1 and users.count(f"Ticket: {filler}") == 1
+    for filler in CONTENT_FREE:  # (in the row's tags, as the row's text would be)
+        assert users.count(f"<text>{filler}</text>") == 1 and users.count(f"Ticket: <text>{filler}</text>") == 1
     assert r.calls_made == 2 * len(ROWS) + 2 * NCF
 
     raw_db = tmp_path / "raw.db"

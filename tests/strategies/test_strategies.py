@@ -20,6 +20,7 @@ from corral import FakeModel, Job
 from corral.cli import main as cli_main
 from corral.errors import JobSpecError
 from corral.models.base import Request
+from corral.testing import plain
 
 from ..conftest import scripted_models, write
 
@@ -59,8 +60,9 @@ def by_id(rows: list[dict[str, str]]) -> dict[str, dict[str, str]]:
 
 
 def user_text(request: Request) -> str:
-    """The row's text: the step's user message (second message, also in repair requests)."""
-    return request.messages[1].content
+    """The row's text: the step's user message (second message, also in repair requests),
+    without the tags around the row's values."""
+    return plain(request.messages[1].content)
 
 
 class Recorder:

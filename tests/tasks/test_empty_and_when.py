@@ -20,6 +20,7 @@ import corral
 from corral import FakeModel, Job
 from corral.errors import JobSpecError, SourceError, UserError
 from corral.models.base import Request
+from corral.testing import plain
 
 from ..conftest import corral_bin, write
 
@@ -69,7 +70,8 @@ def answer(req: Request) -> dict:
 
 
 def sent(fake_requests: list[Request]) -> list[str]:
-    return [r.messages[-1].content for r in fake_requests]
+    """The user text of each request, as the row had it (without the tags around its values)."""
+    return [plain(r.messages[-1].content) for r in fake_requests]
 
 
 def recording(log: list[Request]) -> Any:
@@ -158,8 +160,8 @@ def test_constant_text_around_empty_placeholders_is_still_empty(tmp_path):
     log: list[Request] = []
     step = {**CATEGORY, "input": "Subject: {subject}\n\nBody: {body}"}
     r = corral.run(make_job(tmp_path, [step]), model=FakeModel(script=recording(log)))
-    # only r2 has something to ask about; its empty body renders as nothing
-    assert sent(log) == ["Subject: Invoice\n\nBody: "]
+    # only r2 has something to ask about; its empty body renders as an empty tag
+    assert [r.messages[-1].content for r in log] == ["Subject: <subject>Invoice</subject>\n\nBody: <body></body>"]
     q = read_csv(tmp_path / "out" / "o.quarantine.csv")
     both = "step `category`: empty input ({subject} and {body} are empty)"
     assert [(x["id"], x["_reason"]) for x in q] == [("r1", both), ("r3", both)]

@@ -21,6 +21,7 @@ from corral.cli import main
 from corral.errors import JobSpecError
 from corral.models.base import Request
 from corral.tasks.extract import ExtractStep, wire_pattern
+from corral.testing import plain
 
 from ..conftest import write
 
@@ -376,7 +377,7 @@ def test_chunked_extraction_with_on_ungrounded_null_keeps_the_chunk_that_holds_i
     assert sum(f is not None for f in found) == 1  # only its own chunk's text grounds it
     chunk = next(c for c, f in zip(calls, found) if f is not None)
     s, e = next(f for f in found if f is not None)["span"]
-    assert chunk["request"]["messages"][-1]["content"].split("\n", 1)[1][s:e] == "INV-77"
+    assert plain(chunk["request"]["messages"][-1]["content"].split("\n", 1)[1])[s:e] == "INV-77"
 
 
 def test_corral_show_marks_where_a_value_was_found(tmp_path):

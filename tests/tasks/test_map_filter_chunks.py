@@ -20,6 +20,7 @@ from corral.models.base import Request
 from corral.tasks._chunks import chunk_spans, chunk_text, merge_values
 from corral.tasks.extract import ExtractStep
 from corral.tasks.map import MapStep, property_column_type
+from corral.testing import plain
 
 from ..conftest import ROOT, corral_bin, write
 
@@ -52,7 +53,7 @@ def system(req: Request) -> str:
 
 
 def user(req: Request) -> str:
-    return req.messages[-1].content
+    return plain(req.messages[-1].content)
 
 
 def cli(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:

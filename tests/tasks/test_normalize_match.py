@@ -16,6 +16,7 @@ import corral
 from corral import FakeModel, Job
 from corral.errors import JobSpecError, SourceError
 from corral.models.base import Request
+from corral.testing import plain
 
 from ..conftest import ROOT, corral_bin, write
 
@@ -58,7 +59,7 @@ def enum_of(request: Request, field: str = "value") -> list[Any]:
 
 
 def user_text(request: Request) -> str:
-    return next(m.content for m in request.messages if m.role == "user")
+    return plain(next(m.content for m in request.messages if m.role == "user"))
 
 
 def first_entry(field: str = "value"):

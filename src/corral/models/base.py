@@ -15,7 +15,8 @@ from corral.models._options import ModelOptions, options_signature
 FinishReason = Literal["stop", "length", "refused", "content_filter", "error"]
 
 #: Bumped whenever the shape of what goes into a request hash changes, so old cache entries
-#: are never mistaken for new ones.
+#: are never mistaken for new ones. A change of the messages themselves (a prompt's wording, row
+#: values sent in tags) changes the hash without a bump: such a request was never asked before.
 REQUEST_HASH_VERSION = "v1"
 
 

@@ -1,7 +1,8 @@
 """``fake``: a scripted model for tests, yours and ours.
 
 By default it answers instantly, never fails, and derives a schema-valid answer from the row's
-text, so the same row always gets the same answer. Options inject the trouble real providers
+text (the prompt's user text, with the tags around the row's values taken out), so the same row
+always gets the same answer. Options inject the trouble real providers
 cause::
 
     model:
@@ -38,6 +39,7 @@ from typing import Any, ClassVar
 from pydantic import Field, field_validator
 
 from corral._answers import FREE_TEXT, answer_for
+from corral._delimit import plain
 from corral.errors import TransientModelError
 from corral.models._labeler import Labeler
 from corral.models._options import ModelOptions, parse_options
@@ -186,7 +188,8 @@ class FakeModel(Model):
         """The answer and, for a simulated label, the probability mass the model put on it."""
         if self.script is not None:
             return self.script(request), None
-        user = "\n".join(m.content for m in request.messages if m.role == "user")
+        # the row's text as the row had it: the tags that set it off in the prompt taken out
+        user = plain("\n".join(m.content for m in request.messages if m.role == "user"))
         schema = request.schema or FREE_TEXT
         answer = answer_for(schema, user, self.seed)
         if self._labeler is not None and isinstance(answer, dict):

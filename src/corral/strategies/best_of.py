@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
+from corral._delimit import INPUT_NOTE
 from corral.models.base import Message
 from corral.store.base import TraceEvent
 from corral.strategies.base import Outcome, Sample, Solver, Strategy, check_verifier
@@ -101,7 +102,8 @@ class BestOf(Strategy):
                 "system",
                 self.judge.strip()  # type: ignore[union-attr]
                 + '\n\nScore the answer to the task below from 0 (wrong) to 10 (certainly right). '
-                'Reply with JSON only: {"score": <0-10>, "why": "<one sentence>"}',
+                'Reply with JSON only: {"score": <0-10>, "why": "<one sentence>"}'
+                + "\n" + INPUT_NOTE,
             ),
             Message(
                 "user",

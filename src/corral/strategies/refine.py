@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
+from corral._delimit import INPUT_NOTE
 from corral.models.base import Message
 from corral.store.base import TraceEvent
 from corral.strategies.base import Outcome, Sample, Solver, Strategy, check_verifier
@@ -95,7 +96,8 @@ class Refine(Strategy):
                 "system",
                 self.critic.strip()  # type: ignore[union-attr]
                 + "\n\nReview the answer to the task below. Reply with JSON only: "
-                '{"ok": true|false, "problems": ["<what is wrong and how to fix it>", ...]}',
+                '{"ok": true|false, "problems": ["<what is wrong and how to fix it>", ...]}'
+                + "\n" + INPUT_NOTE,
             ),
             Message(
                 "user",

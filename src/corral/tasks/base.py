@@ -33,6 +33,7 @@ from pydantic import (
     model_validator,
 )
 
+from corral._delimit import data_note
 from corral._expr import Condition, ConditionError
 from corral._route_model import RouteBySpec
 from corral._template import Template
@@ -101,8 +102,11 @@ class Step(BaseModel):
     ===========================  ==============================================================
     ``output_schema()``          the JSON schema every answer satisfies (abstract)
     ``system_prompt()``          the system message (the schema, as JSON)
-    ``render(context, sample)``  the :class:`Request` for one row (system + rendered ``input``;
-                                 build it with :meth:`request`)
+    ``render(context, sample)``  the :class:`Request` for one row (system + ``input`` with the
+                                 row's values in tags, :meth:`Template.prompt`; build it with
+                                 :meth:`request`)
+    ``data_tags()``              the tags row text is put in, named in the system prompt
+                                 (the ``input`` template's)
     ``columns()``                the sink columns the step adds (one, named after the step)
     ``value(answer)``            what later steps see as ``{name}`` (the answer)
     ``to_columns(value)``        the sink values, keyed like ``columns()``
@@ -492,9 +496,21 @@ class Step(BaseModel):
     def _system(self) -> str:
         return self.with_instructions(self.system_prompt())
 
-    def with_instructions(self, system: str) -> str:
-        """A system prompt of the step with its ``instructions`` after it."""
+    def with_instructions(self, system: str, tags: tuple[str, ...] | None = None) -> str:
+        """A system prompt of the step, then the sentence saying that the text in its tags is
+        data (``tags``, default :meth:`data_tags`), then its ``instructions``."""
+        note = self._data_note if tags is None else data_note(tags)
+        if note:
+            system = system + "\n\n" + note
         return system + "\n\n" + self.instructions.strip() if self.instructions else system
+
+    def data_tags(self) -> tuple[str, ...]:
+        """The tags the step's user messages put row text in (see :mod:`corral._delimit`)."""
+        return self._template.tags
+
+    @cached_property
+    def _data_note(self) -> str:
+        return data_note(self.data_tags())
 
     @cached_property
     def _tpl(self) -> Template:
@@ -510,8 +526,8 @@ class Step(BaseModel):
 
     def render(self, context: dict[str, Any], sample: int = 0) -> Request:
         """The request that asks the model about one row: the system prompt (with the step's
-        ``instructions``) and the rendered ``input``, for the step's schema."""
-        return self.request(self._system, self._tpl.render(context), self._schema, sample)
+        ``instructions``) and the ``input`` with the row's values in tags, for the step's schema."""
+        return self.request(self._system, self._tpl.prompt(context), self._schema, sample)
 
     def request(
         self, system: str, user: str, schema: dict[str, Any] | None, sample: int = 0

@@ -134,7 +134,7 @@ class ClassifyStep(Step):
     # likelihood scoring: one request scoring every label, or (multi_label) a yes/no per label
 
     def score_requests(self, context: dict[str, Any], sample: int = 0) -> list[Request]:
-        text = self._tpl.render(context)
+        text = self._tpl.prompt(context)
         if not self.multi_label:
             system = self._scoring_system
             return [Request(messages=(Message("system", system), Message("user", text)),

@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from corral._delimit import CHUNK_TAG, delimit
 from corral._grounding import find
 from corral.errors import InvalidOutput
 from corral.io.base import Column
@@ -578,8 +579,9 @@ class ExtractStep(FieldRules, Step):
         if _CHUNK not in context:
             return super().render(context, sample)
         i, n = context[_PART]
-        system = self.with_instructions(self._part_system())
-        return self.request(system, f"[part {i} of {n}]\n{context[_CHUNK]}", self._part_schema, sample)
+        system = self.with_instructions(self._part_system(), (CHUNK_TAG,))
+        chunk = delimit(context[_CHUNK], CHUNK_TAG, self.template.tags)
+        return self.request(system, f"[part {i} of {n}]\n{chunk}", self._part_schema, sample)
 
     def combine(self, answers: list[dict[str, Any]], parts: list[dict[str, Any]]) -> dict[str, Any]:
         if len(parts) == 1 and _CHUNK not in parts[0]:

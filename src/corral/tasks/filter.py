@@ -104,7 +104,7 @@ class FilterStep(Step):
 
     def score_requests(self, context: dict[str, Any], sample: int = 0) -> list[Request]:
         system = self._scoring_system
-        return [Request(messages=(Message("system", system), Message("user", self._tpl.render(context))),
+        return [Request(messages=(Message("system", system), Message("user", self._tpl.prompt(context))),
                         max_tokens=4, sample=sample, choices=YES_NO)]
 
     @cached_property

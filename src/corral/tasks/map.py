@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from functools import cached_property
 from typing import Annotated, Any, ClassVar, Literal
 
 from jsonschema import Draft202012Validator
@@ -211,7 +212,12 @@ with warnings.catch_warnings():
 
         def render(self, context: dict[str, Any], sample: int = 0) -> Request:
             # instructions come first, inside the system prompt: not appended again after it
-            return self.request(self.system_prompt(), self.template.render(context), self._schema, sample)
+            return self.request(self._map_system, self._tpl.prompt(context), self._schema, sample)
+
+        @cached_property
+        def _map_system(self) -> str:
+            note = self._data_note
+            return self.system_prompt() + ("\n\n" + note if note else "")
 
         def columns(self) -> list[Column]:
             if self.fields is not None:

@@ -224,15 +224,21 @@ class MatchStep(Step):
         reason = f"blocked: best similarity {best:.2f} < {self.block.threshold:g}"
         return {"match": None, "reason": reason}, reason
 
+    def data_tags(self) -> tuple[str, ...]:
+        right = self._right.tags if self._right is not None else ()
+        return tuple(dict.fromkeys((*self._left.tags, *right)))
+
     def render(self, context: dict[str, Any], sample: int = 0) -> Request:
+        # the row's records go in tags (the reference file's entries are the job's own, shown as they are)
         system = self.with_instructions(self.system_prompt())
-        left = self._left.render(context).strip()
+        tags = self.data_tags()
+        left = self._left.prompt(context, tags).strip()
         if self.kind == "pair":
             assert self._right is not None
-            user = f"A: {left}\nB: {self._right.render(context).strip()}"
+            user = f"A: {left}\nB: {self._right.prompt(context, tags).strip()}"
             schema = self._schema
         else:
-            found, _ = self._retrieve(left)
+            found, _ = self._retrieve(self._left.render(context).strip())
             lines = "\n".join(f"- {key}: {text}" if key != text else f"- {key}" for key, text in found)
             user = f"Record: {left}\nEntries:\n{lines}"
             schema = _schema("match", {"enum": [k for k, _ in found] + [None]})

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
+from corral._delimit import delimit, tag_for
 from corral.errors import SourceError
 from corral.io import SourceSpec
 from corral.io.base import Column
@@ -347,7 +348,7 @@ class NormalizeStep(Step):
         if self.kind != "clean":
             return [context]
         known, todo, _ = self._triage(context)
-        row = self._template.render(context).strip() if self.input else ""
+        row = self._template.prompt(context, self.data_tags()).strip() if self.input else ""  # as the model sees it
         return [{"column": c, "value": v, "row": row, "known": known} for c, v in todo]
 
     def _triage(
@@ -382,23 +383,30 @@ class NormalizeStep(Step):
         )
         return known, todo, why
 
+    def data_tags(self) -> tuple[str, ...]:
+        cleaned = tuple(tag_for(c) for c in self.clean or {})
+        return tuple(dict.fromkeys((*self._template.tags, *cleaned)))
+
     def render(self, context: dict[str, Any], sample: int = 0) -> Request:
+        # the row's text goes in tags; the candidates are the reference's, shown as they are
         system = self.with_instructions(self.system_prompt())
         schema: dict[str, Any]
         if self.kind == "free":
-            user = self._template.render(context)
-            schema = _free_schema(self.to or "text", len(user.strip()))
+            user = self._template.prompt(context)
+            schema = _free_schema(self.to or "text", len(self._template.render(context).strip()))
         else:
             if self.kind == "clean":
                 col, value = context["column"], context["value"]
                 index = self._index_all()[col]
                 head = (f"Row: {context['row']}\n" if context.get("row") else "") + f"Column: {col}\n"
+                shown = delimit(value, tag_for(col), self.data_tags())
             else:
                 value = self._template.render(context).strip()
                 index = self._index_all()[""]
                 head = ""
+                shown = self._template.prompt(context).strip()
             found = index.candidates(value, self.candidates)
-            user = head + f"Value: {value}\nCandidates:\n" + "\n".join(f"- {c}" for c in found)
+            user = head + f"Value: {shown}\nCandidates:\n" + "\n".join(f"- {c}" for c in found)
             schema = _pick_schema(found)
         return self.request(system, user, schema, sample)
 

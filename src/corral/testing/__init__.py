@@ -10,10 +10,16 @@ pipeline can be tested through the real SDK clients without a network or an API 
         model = OpenAIModel("gpt-4o-mini", base_url=srv.openai_url, api_key="test")
         ...
         assert srv.served().calls == result.calls_made
+
+:func:`plain` gives a prompt's text as the row had it: Corral sends each row value between tags
+(``<text>...</text>``), and a ``FakeModel(script=...)`` that reads the prompt can take them out::
+
+    FakeModel(script=lambda req: {"label": "billing" if plain(req.messages[-1].content) == "my invoice" else "other"})
 """
 
 from __future__ import annotations
 
+from corral._delimit import plain
 from corral.testing.server import ProviderServer, Served
 
-__all__ = ["ProviderServer", "Served"]
+__all__ = ["ProviderServer", "Served", "plain"]

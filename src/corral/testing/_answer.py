@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from corral._answers import WORD, answer_for
+from corral._delimit import plain
 from corral.testing._http import ANTHROPIC, OPENAI, ServerCore
 
 __all__ = ["SimulatedModel", "_Answer", "_cut", "_schema_in", "_text_of", "_thought", "_tokens"]
@@ -94,6 +95,7 @@ class SimulatedModel(ServerCore):
                   prompt_text: str, user_text: str, max_tokens: int, dice: random.Random,
                   think: bool = False) -> _Answer:
         prompt_tokens = _tokens(prompt_text)
+        user_text = plain(user_text)  # the row's text, without the tags that set it off
         cached = int(prompt_tokens * float(self.cache_ratio))
         reasoning = int(self.reasoning_tokens)
         thought: str | None = None
