@@ -20,6 +20,7 @@ from corral._cost import cost_report
 from corral._kinds import CALL_KINDS, derive_kind
 from corral.cli import main
 from corral.models.base import Request
+from corral.testing import plain
 from corral.store import open_store
 
 from ..conftest import scripted_models, write, write_csv
@@ -33,7 +34,7 @@ def models(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
 
 def user_text(r: Request) -> str:
-    return r.messages[1].content
+    return plain(r.messages[1].content)
 
 
 def job(tmp: Path, rows: dict[str, str], steps: list[dict[str, Any]], name: str = "costs", **extra: Any) -> Job:
@@ -262,7 +263,7 @@ def test_human_table_and_the_lines_of_extra_thinking(tmp_path, models):
     assert "Cost of 1 run · by step, kind" in out
     assert "Extra thinking  6 calls, $0.015000 (83.3% of the cost): every call beyond the first try" in out
     assert "Retries         1 call, $0.001000 (5.6% of the cost)" in out
-    assert "cat   escalation       1         35           3  $0.010000  $0.003333         0            $0" in out
+    assert "cat   escalation       1         68           3  $0.010000  $0.003333         0            $0" in out
     assert "Retries" in out and "Deliberation" in out and "Replays" in out
     assert "escalation" in out and "$0.010000" in out
     res = CliRunner().invoke(main, ["cost", "--by", "", "--store", str(db)])

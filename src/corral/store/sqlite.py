@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.errors import StoreError
-from corral.store import _ledger, _pages, _reviews, _routes
+from corral.store import _batches, _ledger, _pages, _reviews, _routes
 from corral.store._errors import BUSY, DAMAGED_FIX, store_error, translating_errors
 from corral.store._migrations import MIGRATIONS, migrate
 from corral.store.base import (
@@ -486,57 +486,24 @@ class SQLiteStore(Store):
     # --- provider batches --------------------------------------------------------------
 
     def add_batch(self, run_id: str, batch_id: str, model: str, items: list[tuple[str, str, str, int, str]]) -> None:
-        now = time.time()
         with self._tx() as db:
-            db.execute(
-                "INSERT INTO batches (id, run_id, model, state, detail, n_items, created_at, updated_at) "
-                "VALUES (?,?,?,?,?,?,?,?)",
-                (batch_id, run_id, model, "submitted", None, len(items), now, now),
-            )
-            db.executemany(
-                "INSERT INTO batch_items (batch_id, custom_id, run_id, key, step, attempt, request) "
-                "VALUES (?,?,?,?,?,?,?)",
-                [(batch_id, c, run_id, k, st, a, r) for c, k, st, a, r in items],
-            )
+            _batches.add(db, run_id, batch_id, model, items)
 
     def open_batches(self, run_id: str) -> list[BatchRow]:
-        rows = self.db.execute(
-            "SELECT id, model, state, detail, n_items, created_at FROM batches "
-            "WHERE run_id=? AND state != 'fetched' ORDER BY created_at",
-            (run_id,),
-        ).fetchall()
-        return [BatchRow(*row) for row in rows]
+        return _batches.open_batches(self.db, run_id)
 
     def set_batch_state(self, batch_id: str, state: str, detail: str | None = None) -> None:
         with self._tx() as db:
-            db.execute(
-                "UPDATE batches SET state=?, detail=?, updated_at=? WHERE id=?",
-                (state, detail, time.time(), batch_id),
-            )
+            _batches.set_state(db, batch_id, state, detail)
 
     def batch_items(self, batch_id: str) -> list[BatchItem]:
-        rows = self.db.execute(
-            "SELECT custom_id, key, step, attempt, request FROM batch_items WHERE batch_id=?",
-            (batch_id,),
-        ).fetchall()
-        return [BatchItem(*row) for row in rows]
+        return _batches.items(self.db, batch_id)
 
     def batch_failures(self, run_id: str) -> dict[str, tuple[int, str]]:
-        out: dict[str, tuple[int, str]] = {}
-        rows = self.db.execute(
-            "SELECT custom_id, outcome FROM batch_items WHERE run_id=? AND outcome IS NOT NULL "
-            "AND outcome != 'ok' ORDER BY rowid",
-            (run_id,),
-        )
-        for c, outcome in rows:
-            out[c] = (out.get(c, (0, ""))[0] + 1, outcome)
-        return out
+        return _batches.failures(self.db, run_id)
 
     def batch_answered(self, run_id: str) -> set[str]:
-        rows = self.db.execute(
-            "SELECT custom_id FROM batch_items WHERE run_id=? AND outcome='ok'", (run_id,)
-        )
-        return {c for (c,) in rows}
+        return _batches.answered(self.db, run_id)
 
     def finish_batch(
         self, batch_id: str, calls: list[CallRecord], outcomes: dict[str, str], detail: str | None
@@ -544,14 +511,7 @@ class SQLiteStore(Store):
         # one transaction, so a crash never fetches half a batch twice
         with self._tx() as db:
             self._write(db, calls, [], [])
-            db.executemany(
-                "UPDATE batch_items SET outcome=? WHERE batch_id=? AND custom_id=?",
-                [(o, batch_id, c) for c, o in outcomes.items()],
-            )
-            db.execute(
-                "UPDATE batches SET state='fetched', detail=?, updated_at=? WHERE id=?",
-                (detail, time.time(), batch_id),
-            )
+            _batches.finish(db, batch_id, outcomes, detail)
 
     # --- reading -----------------------------------------------------------------------
 
