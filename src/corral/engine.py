@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from corral._build_models import make_model, strategy_models
 from corral._client import (
     Counts,
     Deferred,
@@ -29,8 +30,6 @@ from corral._client import (
     RequestLayer,
     Stop,
     default_concurrency,
-    make_model,
-    strategy_models,
 )
 from corral._commit import GroupCommitter
 from corral._ingest import ingest, new_run

@@ -1,4 +1,4 @@
-"""Workers asking the same request at once pay it once (corral._call_claims, Store.claim_call)."""
+"""Workers asking the same request at once pay it once (corral._call_claims, Store.claim_calls)."""
 
 from __future__ import annotations
 
@@ -38,11 +38,11 @@ def store_with_run(tmp_path):
 def test_the_first_owner_claims_the_second_waits_and_then_replays(tmp_path):
     st = store_with_run(tmp_path)
     try:
-        assert st.claim_call("h1", "me:1:a", 60, never_dead) == Claim()
-        assert st.claim_call("h1", "me:1:a", 60, never_dead) == Claim()  # its own claim again
-        assert st.claim_call("h1", ALIVE, 60, never_dead) == Claim(holder="me:1:a")
+        assert st.claim_calls(["h1"], "me:1:a", 60, never_dead)[0] == Claim()
+        assert st.claim_calls(["h1"], "me:1:a", 60, never_dead)[0] == Claim()  # its own claim again
+        assert st.claim_calls(["h1"], ALIVE, 60, never_dead)[0] == Claim(holder="me:1:a")
         st.commit([paid_call("h1")], [], [])  # the response is recorded: the claim ends with it
-        assert st.claim_call("h1", ALIVE, 60, never_dead) == Claim(cached=True)
+        assert st.claim_calls(["h1"], ALIVE, 60, never_dead)[0] == Claim(cached=True)
         con = sqlite3.connect(tmp_path / "s.db")
         assert con.execute("SELECT COUNT(*) FROM call_claims").fetchone() == (0,)
         con.close()
@@ -53,23 +53,23 @@ def test_the_first_owner_claims_the_second_waits_and_then_replays(tmp_path):
 def test_a_released_expired_or_dead_owners_claim_is_taken_over(tmp_path):
     st = store_with_run(tmp_path)
     try:
-        st.claim_call("h1", ALIVE, 60, never_dead)
+        st.claim_calls(["h1"], ALIVE, 60, never_dead)[0]
         st.release_call("h1", "someone else")  # only the holder releases its claim
-        assert st.claim_call("h1", "me:1:a", 60, never_dead).holder == ALIVE
+        assert st.claim_calls(["h1"], "me:1:a", 60, never_dead)[0].holder == ALIVE
         st.release_call("h1", ALIVE)
-        assert st.claim_call("h1", "me:1:a", 60, never_dead) == Claim()
+        assert st.claim_calls(["h1"], "me:1:a", 60, never_dead)[0] == Claim()
 
-        st.claim_call("h2", ALIVE, 0.05, never_dead)
+        st.claim_calls(["h2"], ALIVE, 0.05, never_dead)[0]
         time.sleep(0.1)  # not renewed: it expires
-        assert st.claim_call("h2", "me:1:a", 60, never_dead) == Claim()
+        assert st.claim_calls(["h2"], "me:1:a", 60, never_dead)[0] == Claim()
 
-        st.claim_call("h3", ALIVE, 60, never_dead)
-        assert st.claim_call("h3", "me:1:a", 60, lambda o: o == ALIVE) == Claim()  # its process is gone
+        st.claim_calls(["h3"], ALIVE, 60, never_dead)[0]
+        assert st.claim_calls(["h3"], "me:1:a", 60, lambda o: o == ALIVE)[0] == Claim()  # its process is gone
 
-        st.claim_call("h4", ALIVE, 0.05, never_dead)
+        st.claim_calls(["h4"], ALIVE, 0.05, never_dead)[0]
         st.renew("r1", ALIVE, 60)  # renewed with the owner's leases
         time.sleep(0.1)
-        assert st.claim_call("h4", "me:1:a", 60, never_dead).holder == ALIVE
+        assert st.claim_calls(["h4"], "me:1:a", 60, never_dead)[0].holder == ALIVE
     finally:
         st.close()
 

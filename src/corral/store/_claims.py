@@ -13,22 +13,28 @@ from corral.store.base import Claim
 
 _OURS = Claim()
 _CACHED = Claim(cached=True)
+_CHUNK = 400  # hashes per IN (...) query, under SQLite's variable limit
 
 
-def claim(db: sqlite3.Connection, request_hash: str, owner: str, ttl_s: float,
-          is_dead: Callable[[str], bool]) -> Claim:
-    if db.execute("SELECT 1 FROM responses WHERE request_hash=?", (request_hash,)).fetchone():
-        return _CACHED
+def claim(db: sqlite3.Connection, request_hashes: list[str], owner: str, ttl_s: float,
+          is_dead: Callable[[str], bool]) -> list[Claim]:
     now = time.time()
-    row = db.execute("SELECT owner, expires_at FROM call_claims WHERE request_hash=?",
-                     (request_hash,)).fetchone()
-    if row is not None and row[0] != owner and row[1] > now and not is_dead(row[0]):
-        return Claim(holder=row[0])
-    db.execute(
-        "INSERT INTO call_claims (request_hash, owner, expires_at) VALUES (?,?,?) "
-        "ON CONFLICT (request_hash) DO UPDATE SET owner=excluded.owner, expires_at=excluded.expires_at",
-        (request_hash, owner, now + ttl_s))
-    return _OURS
+    out: list[Claim] = []
+    for i in range(0, len(request_hashes), _CHUNK):
+        part = request_hashes[i:i + _CHUNK]
+        marks = ",".join("?" * len(part))
+        cached = {h for (h,) in db.execute(
+            f"SELECT request_hash FROM responses WHERE request_hash IN ({marks})", part)}
+        held = {h: o for h, o, exp in db.execute(
+            f"SELECT request_hash, owner, expires_at FROM call_claims WHERE request_hash IN ({marks})", part)
+            if o != owner and exp > now and not is_dead(o)}
+        mine = [h for h in part if h not in cached and h not in held]
+        db.executemany(
+            "INSERT INTO call_claims (request_hash, owner, expires_at) VALUES (?,?,?) ON CONFLICT "
+            "(request_hash) DO UPDATE SET owner=excluded.owner, expires_at=excluded.expires_at",
+            [(h, owner, now + ttl_s) for h in mine])
+        out += [_CACHED if h in cached else Claim(holder=held[h]) if h in held else _OURS for h in part]
+    return out
 
 
 def release(db: sqlite3.Connection, request_hash: str, owner: str) -> None:

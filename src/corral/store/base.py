@@ -46,7 +46,7 @@ class RunInfo:
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """What :meth:`Store.claim_call` found for a request: its response is recorded (``cached``:
+    """What :meth:`Store.claim_calls` found for a request: its response is recorded (``cached``:
     replay it), or another live worker is asking it (``holder``: wait for its answer), or
     neither (the claim is the caller's now: make the call)."""
 
@@ -442,7 +442,7 @@ class Store(ABC):
     @abstractmethod
     def renew(self, run_id: str, owner: str, ttl_s: float) -> None:
         """Extend every lease ``owner`` holds in the run, and every call it claims
-        (:meth:`claim_call`), to ``ttl_s`` seconds from now."""
+        (:meth:`claim_calls`), to ``ttl_s`` seconds from now."""
 
     @abstractmethod
     def release(self, run_id: str, owner: str) -> int:
@@ -454,14 +454,15 @@ class Store(ABC):
         """The recorded response JSON for a request hash, if any."""
 
     @abstractmethod
-    def claim_call(
-        self, request_hash: str, owner: str, ttl_s: float, is_dead: Callable[[str], bool]
-    ) -> Claim:
-        """Claim the paid call of ``request_hash`` for ``owner`` for ``ttl_s`` seconds, so that
-        workers asking the same request at once pay it once: unless its response is recorded
-        or another owner holds a claim that has not expired and whose process is not
-        ``is_dead``, in one transaction. A claim ends when :meth:`commit` records the call's
-        response, at :meth:`release_call`, or when it expires unrenewed."""
+    def claim_calls(
+        self, request_hashes: list[str], owner: str, ttl_s: float, is_dead: Callable[[str], bool]
+    ) -> list[Claim]:
+        """Claim the paid calls of ``request_hashes`` for ``owner`` for ``ttl_s`` seconds, so
+        that workers asking the same request at once pay it once; one :class:`Claim` per hash,
+        in one transaction. A hash whose response is recorded, or that another owner claims
+        (unexpired, its process not ``is_dead``), is not claimed. A claim ends when
+        :meth:`commit` records the call's response, at :meth:`release_call`, or when it
+        expires unrenewed."""
 
     @abstractmethod
     def release_call(self, request_hash: str, owner: str) -> None:
@@ -484,7 +485,7 @@ class Store(ABC):
         finals: list[FinalRecord],
     ) -> None:
         """Write calls (cache + ledger), attempts and final states in one transaction; a paid
-        call's claim (:meth:`claim_call`) ends with it."""
+        call's claim (:meth:`claim_calls`) ends with it."""
 
     # reading
     @abstractmethod

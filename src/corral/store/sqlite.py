@@ -399,11 +399,11 @@ class SQLiteStore(Store):
         ).fetchone()
         return row[0] if row else None
 
-    def claim_call(
-        self, request_hash: str, owner: str, ttl_s: float, is_dead: Callable[[str], bool]
-    ) -> Claim:
+    def claim_calls(
+        self, request_hashes: list[str], owner: str, ttl_s: float, is_dead: Callable[[str], bool]
+    ) -> list[Claim]:
         with self._tx() as db:
-            return _claims.claim(db, request_hash, owner, ttl_s, is_dead)
+            return _claims.claim(db, request_hashes, owner, ttl_s, is_dead)
 
     def release_call(self, request_hash: str, owner: str) -> None:
         with self._tx() as db:
