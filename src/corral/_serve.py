@@ -365,7 +365,7 @@ def queue_page(st: Store, info: RunInfo, offset: int, flash: str | None = None) 
     if flash:
         body.append(f'<p class="flash" id="flash">{e(flash)}</p>')
     shown = items[offset:offset + QUEUE_PAGE]
-    body.append(f'<p class="meta" id="held-count">{len(items):,} rows held for review'
+    body.append(f'<p class="meta" id="held-count">{len(items):,} row{"" if len(items) == 1 else "s"} held for review'
                 + (f" · rows {offset + 1:,}–{offset + len(shown):,}" if shown else "") + "</p>")
     rows = []
     for it in shown:
@@ -384,8 +384,14 @@ def queue_page(st: Store, info: RunInfo, offset: int, flash: str | None = None) 
 
 
 def _decisions_table(title: str, decided: list[ReviewDecision]) -> str:
-    rows = [(d.key, d.action, d.who, _review.when(d.at), d.state, d.note or "") for d in decided]
-    return table(title, ("key", "action", "who", "when", "now", "note"), rows, cls="decisions", text_cols=(5,))
+    """Who decided what and when; each key linked to its record, an edit with what it wrote."""
+    rows = []
+    for d in decided:
+        link = f'<a href="/run/{e(quote(d.run_id))}/record/{e(quote(d.key, safe=""))}">{e(d.key)}</a>'
+        wrote = _short(d.outputs) if d.action == "edit" and d.outputs else ""
+        rows.append((link, e(d.action), e(d.who), e(_review.when(d.at)), e(d.state), e(wrote), e(d.note or "")))
+    return table(title, ("key", "action", "who", "when", "now", "wrote", "note"), rows, raw=True,
+                 cls="decisions", text_cols=(1, 2, 4, 5, 6))
 
 
 def _short(v: Any, n: int = 160) -> str:
@@ -478,7 +484,8 @@ def record_page(st: Store, info: RunInfo, key: str, settings: Settings, *, error
                                                for k, v in (rec.data or {}).items()], text_cols=(1,)))
     if rec.outputs:
         body.append("<h2>Outputs</h2>" + _pre(rec.outputs, "outputs"))
-    body.append(f"<h2>Trace ({sum(c.kind == 'call' for c in trace):,} calls)</h2>")
+    calls = sum(c.kind == "call" for c in trace)
+    body.append(f"<h2>Trace ({calls:,} call{'' if calls == 1 else 's'})</h2>")
     body += _trace_html(trace)
     return page(f"corral · {info.id} · {key}", body)
 

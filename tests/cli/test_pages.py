@@ -264,7 +264,7 @@ def test_served_pages_link_the_runs_the_queue_and_the_records(served):
     assert re.findall(r'/record/(t\d)">', queue) == HELD
     status, rec = c.get(f"/run/{run}/record/t1")
     assert status == 200 and "state <b>review</b>" in rec and 'id="decide"' in rec
-    assert "my invoice is wrong" in rec and "Trace (1 calls)" in rec and "prompt [user]" in rec
+    assert "my invoice is wrong" in rec and "Trace (1 call)" in rec and "prompt [user]" in rec
     assert 'value="tester"' in rec  # who, as the form suggests it
     assert c.get("/run/no-such-run")[0] == 404
     assert c.get(f"/run/{run}/record/nope")[0] == 404
@@ -295,10 +295,11 @@ def test_accept_edit_reject_over_http_land_in_the_sink(served):
         "t1": ("accept", "alice"), "t2": ("edit", "bob"), "t4": ("reject", "carol")}
     assert all(d["when"] and time.time() - d["at"] < 60 for d in decided.values())
     status, queue = c.get(f"/run/{run}/review")
-    assert ">1 rows held for review" in queue and 'class="decisions"' in queue and "<td>bob</td>" in queue
+    assert ">1 row held for review" in queue and 'class="decisions"' in queue and "<td class=\"text\">bob</td>" in queue
     # a decided record shows its decision and no form
     status, rec = c.get(f"/run/{run}/record/t2")
     assert "state <b>done</b>" in rec and 'id="decide"' not in rec and '<td class="text">an invoice</td>' in rec
+    assert '<td class="text">{&quot;category&quot;: &quot;billing&quot;}</td>' in rec
     # deciding it again says who did, the record unchanged
     status, text, _ = c.request(f"/run/{run}/record/t2", data={
         "secret": c.form_secret(run, "t5"), "action": "accept", "who": "dave"})
