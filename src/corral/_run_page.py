@@ -269,7 +269,7 @@ def _confidence(pg: RunPage) -> list[str]:
             (written if a.accepted else held)[b] += 1
         series = [("accepted", written, STATE_COLORS["done"])]
         if any(held):
-            series.append(("not accepted (held or quarantined)", held, STATE_COLORS["review"]))
+            series.append(("not accepted by the run (held or quarantined)", held, STATE_COLORS["review"]))
         svg = bars_svg(edges, series, x_label="confidence", y_label="answers",
                        label=f"confidence histogram, step {step}")
         n_acc = sum(a.accepted for a in known)

@@ -210,6 +210,10 @@ class Handler(BaseHTTPRequestHandler):
         except CorralError as err:
             self._error(500, str(err))
             return
+        except Exception as err:  # a bug: one line in the log and a page saying so, the server goes on
+            self.server.settings.log(f"error: {self.command} {url.path}: {type(err).__name__}: {err}")
+            self._error(500, f"Corral failed on this page ({type(err).__name__}: {err}); please report it")
+            return
         self._send(200, body, headers=headers)
 
     def do_GET(self) -> None:  # noqa: N802 (the base's name)
@@ -255,7 +259,10 @@ class Handler(BaseHTTPRequestHandler):
         m = _ROUTE.match(path)
         if m is None or m["what"] != "record" or not m["key"]:
             raise Reply(405, "only a record's page takes a decision (POST /run/RUN/record/KEY)")
-        n = int(self.headers.get("Content-Length") or 0)
+        try:
+            n = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            raise Reply(400, "the request's Content-Length is not a number") from None
         if n > MAX_FORM_BYTES:
             raise Reply(413, f"the form is larger than {MAX_FORM_BYTES:,} bytes")
         form = {k: v[0] for k, v in parse_qs(self.rfile.read(n).decode("utf-8", "replace"),

@@ -30,6 +30,7 @@ import corral
 from corral import Job, _run_page, _serve
 from corral.cli import main
 from corral.store import open_store
+from corral.store.base import ActivityBin
 from tests.conftest import ROOT, write, write_csv
 
 ROWS = [
@@ -165,6 +166,39 @@ def test_report_of_an_unknown_price_says_unknown_never_zero(tmp_path):
     assert "$0.0000" not in html and "2 paid calls without a price" in html
     r = cli("report", res.run, "--html", str(tmp_path / "f.html"))
     assert "cost unknown" in r.stderr
+
+
+def test_report_draws_confidences_and_throughput(tmp_path):
+    rows = [(f"r{i}", f"message {i} " + ("win a prize now" if i % 4 == 0 else "see you at lunch")) for i in range(60)]
+    write_csv(tmp_path / "in.csv", ["id", "text"], rows)
+    write_csv(tmp_path / "truth.csv", ["text", "label"], [(t, "spam" if "prize" in t else "ham") for _, t in rows])
+    spec = {"name": "sms", "source": "in.csv", "key": "id",
+            "model": {"name": "fake", "truth": "truth.csv", "accuracy": 0.8, "logprobs": True},
+            "steps": [{"name": "label", "task": "classify", "input": "{text}", "labels": ["ham", "spam"],
+                       "min_confidence": 0.5}],
+            "sink": "out/s.csv"}
+    res = corral.run(Job.from_dict(spec, base_dir=tmp_path))
+    assert res.review > 0 and res.written > 0
+    st = open_store()
+    try:
+        info = st.get_run(res.run)
+        assert info is not None
+        pg = _run_page.build(st, info)
+    finally:
+        st.close()
+    html = _run_page.render(pg)
+    self_contained(html)
+    fig = html.split('<figure class="confidence">')[1].split("</figure>")[0]
+    assert 'aria-label="confidence histogram, step label"' in fig and "not accepted by the run" in fig
+    assert f"step label: {res.written:,} accepted answers, mean confidence" in fig
+    assert f"{res.review:,} not accepted" in fig
+    # a run over ten seconds: its throughput is drawn (the bins as the store counts them)
+    assert pg.activity and "too short a run to plot" in html
+    pg.activity = [ActivityBin(1000.0 + i, 1.0, answers=6, calls=6, replayed=0) for i in range(10)]
+    html = _run_page.render(pg)
+    plot = html.split('<figure class="throughput">')[1].split("</figure>")[0]
+    assert plot.count("<polyline") == 2 and "answers per s" in plot and "paid calls per s" in plot
+    assert "60 answers accepted and 60 paid calls" in plot and "over 10 s" in plot
 
 
 def test_report_failures_are_one_line_with_the_fix_and_exit_2(tmp_path, held_run):
