@@ -11,7 +11,7 @@ the queue after the decisions is saved (bench/results/review_browser.png); the s
 two rows as the sink file has them and the `corral review list` lines of the decisions, and
 checks they agree with what was clicked.
 
-    .venv/bin/python bench/review_browser.py [--rows 120] [--sms PATH] [--png PATH]
+    .venv/bin/python bench/review_browser.py [--rows 120] [--sms PATH] [--png PATH] [--keep]
 
 Needs chromium and chromium-driver (apt-get install chromium chromium-driver) and selenium (the
 dev extra).
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, SMS_TSV  # noqa: E402
+from _common import RESULTS, ROOT, SMS_TSV  # noqa: E402
 
 CORRAL = [sys.executable, "-m", "corral"]
 JOB = """name: sms
@@ -88,7 +88,7 @@ def chrome() -> Any:
     opts = webdriver.ChromeOptions()
     opts.binary_location = exe
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1000,620", "--hide-scrollbars"):
+                "--window-size=1000,820", "--hide-scrollbars"):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service(driver), options=opts)
@@ -156,12 +156,15 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=120, help="messages per run (two runs)")
     ap.add_argument("--sms", type=Path, default=SMS_TSV, help="the SMS spam collection (TSV: Label, SMS)")
     ap.add_argument("--png", type=Path, default=RESULTS / "review_browser.png")
+    ap.add_argument("--keep", action="store_true", help="keep the folder with the store and the sink")
     args = ap.parse_args()
     if not args.sms.exists():
         sys.exit(f"no {args.sms}: give --sms PATH (../shared/data/sms_spam/SMSSpamCollection.tsv)")
     rows = messages(args.sms, args.rows)
     folder = Path(tempfile.mkdtemp(prefix="corral-review-browser-"))
-    env = {**os.environ, "CORRAL_STORE": str(folder / "corral.db")}
+    # the processes run in the folder: this checkout's Corral, whatever the working directory
+    path = os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "CORRAL_STORE": str(folder / "corral.db"), "PYTHONPATH": path}
     with open(folder / "truth.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["text", "label"])
@@ -208,14 +211,19 @@ def main() -> None:
     assert sink[edited]["label"] == fixed and accepted in sink
     print(f"decided in the browser in {took:.1f} s (two decisions, five pages): {accepted} accepted "
           f"(its held label is the data set's), {edited} corrected to {fixed}")
-    print("sink rows (out/sms.csv):")
+    print("the sink's header and the two rows, as out/sms.csv has them:")
+    lines = (folder / "out" / "sms.csv").read_text(encoding="utf-8").splitlines()
+    print(" ", lines[0])
     for key in (accepted, edited):
-        r = sink[key]
-        print(f"  {key},{r['label']},{r['text'][:60]!r}")
+        print(" ", next(ln for ln in lines if ln.startswith(key + ",")))
     print("corral review list:")
     for ln in listed.split("Decided:")[1].strip("\n").split("\n\n")[0].splitlines():
         print(" ", ln.rstrip())
-    print(f"screenshot: {args.png} ({args.png.stat().st_size / 1024:.0f} KB); folder: {folder}")
+    print(f"screenshot: {args.png} ({args.png.stat().st_size / 1024:.0f} KB)")
+    if args.keep:
+        print(f"folder kept: {folder} (CORRAL_STORE={folder / 'corral.db'})")
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
