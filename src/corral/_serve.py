@@ -102,6 +102,10 @@ class PagesServer(ThreadingHTTPServer):
     allow_reuse_address = True  # a port a stopped server left in TIME_WAIT is free at once
 
     def __init__(self, settings: Settings) -> None:
+        if settings.token is None and not is_loopback(settings.host):
+            # its Host check alone would not do: a client elsewhere can name 127.0.0.1 in its request
+            raise UserError(f"a server bound to {settings.host} needs a token: give --token T (or "
+                            "Settings(token=...)), or bind 127.0.0.1")
         family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
         self.address_family = family
         super().__init__((settings.host, settings.port), Handler)
@@ -154,9 +158,9 @@ class Handler(BaseHTTPRequestHandler):
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
+        self._done(status)  # logged before the body goes: a client that has the answer finds it logged
         if self.command != "HEAD":
             self.wfile.write(data)
-        self._done(status)
 
     def _error(self, status: int, message: str) -> None:
         title = f"{status} {HTTPStatus(status).phrase}"
@@ -199,8 +203,8 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_header("Content-Length", "0")
                 for k, v in headers.items():
                     self.send_header(k, v)
-                self.end_headers()
                 self._done(r.status)
+                self.end_headers()
             else:
                 self._error(r.status, r.message)
             return

@@ -405,7 +405,13 @@ def test_with_a_token_every_request_needs_it(held_run):
         t.join(5)
 
 
-def test_serve_command_makes_a_token_off_loopback_and_stops_at_once_on_sigterm(tmp_path, held_run):
+def test_a_server_off_loopback_without_a_token_is_refused(held_run):
+    with pytest.raises(corral.errors.UserError, match="needs a token"):
+        start(host="0.0.0.0")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_serve_command_makes_a_token_off_loopback_and_stops_at_once(tmp_path, held_run, sig):
     job, run = held_run
     p = subprocess.Popen([sys.executable, "-m", "corral", "serve", "--host", "0.0.0.0", "--port", "0"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -420,7 +426,7 @@ def test_serve_command_makes_a_token_off_loopback_and_stops_at_once_on_sigterm(t
         assert c.get("/")[0] == 403
         assert c.get(f"/?token={token}")[0] == 200
         t0 = time.monotonic()
-        p.send_signal(signal.SIGTERM)
+        p.send_signal(sig)
         assert p.wait(5) == 0 and time.monotonic() - t0 < 2
         assert p.stdout.read().strip() == "corral serve: stopped"
         err = p.stderr.read() if p.stderr else ""
