@@ -330,7 +330,7 @@ def _throughput(pg: RunPage) -> list[str]:
         series.append((f"replayed calls per {unit}", pts(lambda b: b.replayed)))
     answers = sum(b.answers for b in bins)
     said = (f"{_n(answers, 'answer')} accepted and {_n(sum(b.calls for b in bins), 'paid call')} from {_when(t0)} "
-            f"over {span:,.0f} s")
+            + (f"over {span:,.0f} s" if len(bins) > 1 else f"within {span:,.0f} s"))
     if len(bins) < 2:
         return [*out, f'<p class="meta" id="throughput">{e(said)} (too short a run to plot)</p>']
     svg = lines_svg(series, x_label=f"time since the first call ({unit})", y_label=f"per {unit}",

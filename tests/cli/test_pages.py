@@ -340,6 +340,34 @@ def test_accept_edit_reject_over_http_land_in_the_sink(served):
     assert status == 200 and "was edited by bob at" in text
 
 
+def test_long_lists_are_paged(tmp_path):
+    rows = [(f"k{i:03d}", f"message {i}") for i in range(230)]
+    write_csv(tmp_path / "in.csv", ["id", "text"], rows)
+    write(tmp_path / "all.yaml", "name: all\nsource: in.csv\nkey: id\nmodel: fake\nsink: out/all.csv\nsteps:\n"
+          "  - name: topic\n    task: classify\n    input: \"{text}\"\n    labels: [a, b]\n"
+          "    checks: [\"label == 'none'\"]\n")
+    res = corral.run(tmp_path / "all.yaml")
+    assert res.review == 230
+    html = report(res.run, tmp_path)
+    assert "rows 1–200 of 230" in html and f"and 30 more: <code>corral review list {res.run}</code>" in html
+    server, t = start()
+    try:
+        c = Client(f"http://127.0.0.1:{server.port}")
+        status, page = c.get(f"/run/{res.run}")
+        assert status == 200 and "rows 1–200 of 230" in page
+        assert f'href="/run/{res.run}?review=200#review">next 30 of the 30 more</a>' in page
+        status, page = c.get(f"/run/{res.run}?review=200")
+        assert "rows 201–230 of 230" in page and "k200" in page and ">k199<" not in page
+        status, queue = c.get(f"/run/{res.run}/review")
+        assert "230 rows held for review · rows 1–100" in queue and 'review?offset=100">next 100</a>' in queue
+        status, queue = c.get(f"/run/{res.run}/review?offset=200")
+        assert "rows 201–230" in queue and "next " not in queue
+    finally:
+        server.shutdown()
+        server.server_close()
+        t.join(5)
+
+
 def test_an_invalid_edit_shows_the_form_again_with_the_reason(served):
     c, run, folder = served
     for answer, reason in [('{"category": "nonsense"}', "breaks the schema at label: &#x27;nonsense&#x27; is not one of"),
