@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from corral._call_claims import claim_or_wait
 from corral._commit import GroupCommitter, dumps
 from corral._limits import AdaptiveConcurrency, CircuitBreaker, RateLimiter, backoff
 from corral._registry import model_class, suggest
@@ -365,10 +366,11 @@ class RequestLayer:
 
     def __init__(
         self, store: Store, run_id: str, budget: RunBudget, main: Client, clients: dict[str, Client],
-        say: Callable[[str], None],
+        say: Callable[[str], None], owner: str | None = None,
     ) -> None:
         self.store = store
         self.run_id = run_id
+        self.owner = owner  # the worker's lease owner: it claims the calls it pays (corral._call_claims)
         self.budget = budget
         self.counts = budget.counts  # the run's counters and its stop, shared with the budget
         self.halt = budget.halt
@@ -391,7 +393,7 @@ class RequestLayer:
     def for_run(
         cls, store: Store, run_id: str, counts: Counts, halt: Halt, job: Job, concurrency: int,
         main: tuple[Model, ModelRef | None], extra: dict[str, tuple[Model, ModelRef]],
-        say: Callable[[str], None],
+        say: Callable[[str], None], owner: str | None = None,
     ) -> RequestLayer:
         """The layer of a run: a client for the job's model (``concurrency`` calls at once at
         most) and one for each model its strategies name (as many as that model allows, capped
@@ -403,7 +405,7 @@ class RequestLayer:
             clients[name] = Client.build(m, r, 1 if cap <= 1 else min(cap, job.concurrency or cap))
         first = Client.build(model, ref or ModelRef.model_validate({"name": model.id}), concurrency)
         budget = RunBudget(job.budget, counts, halt, model.id)
-        return cls(store, run_id, budget, first, clients, say)
+        return cls(store, run_id, budget, first, clients, say, owner)
 
     async def cut_short(self, grace_s: float) -> None:
         """On a stop, calls in flight get ``grace_s`` seconds to bring their answers (which are
@@ -440,7 +442,10 @@ class RequestLayer:
         if flying is not None:  # the same request is in flight for another record: wait for it
             with contextlib.suppress(Exception):
                 await asyncio.shield(flying)
-        hit = self.store.cached(h)
+        hit, claimed = self.store.cached(h), False
+        if hit is None and not batch and self.owner is not None:  # another worker may be asking it
+            hit = await claim_or_wait(self.store, h, self.owner, self.stop, self.say, rec_key)
+            claimed = hit is None
         if hit is not None:
             comp = Completion.from_dict(orjson.loads(hit))
             if batch and self.batches is not None and h in self.batches.paid:
@@ -472,6 +477,10 @@ class RequestLayer:
         try:
             return h, await self._call(
                 committer, rec_key, label, attempt, request, h, client, (strategy, kind), held)
+        except BaseException:
+            if claimed and self.owner is not None:  # no response recorded: others may ask it
+                self.store.release_call(h, self.owner)
+            raise
         finally:
             if held is not None and not held.done:  # the call failed before it was counted
                 budget.settle(client, held, None)

@@ -83,7 +83,7 @@ class _Runner:
         self.concurrency = job.concurrency or default_concurrency(model)
         self.counts = Counts.of_run(store, run.id, limit)
         self.layer = layer = RequestLayer.for_run(
-            store, run.id, self.counts, self.halt, job, self.concurrency, (model, ref), extra, self._say)
+            store, run.id, self.counts, self.halt, job, self.concurrency, (model, ref), extra, self._say, self.owner)
         self.records = RecordProcessor(job, self.layer, self.counts)
         self.batches: BatchCoordinator | None = None
         if any(s.mode == "batch" for s in self.records.steps):

@@ -20,8 +20,8 @@ from corral._cost import cost_report
 from corral._kinds import CALL_KINDS, derive_kind
 from corral.cli import main
 from corral.models.base import Request
-from corral.testing import plain
 from corral.store import open_store
+from corral.testing import plain
 
 from ..conftest import scripted_models, write, write_csv
 

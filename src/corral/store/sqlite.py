@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.errors import StoreError
-from corral.store import _batches, _ledger, _pages, _reviews, _routes
+from corral.store import _batches, _claims, _ledger, _pages, _reviews, _routes
 from corral.store._errors import BUSY, DAMAGED_FIX, store_error, translating_errors
 from corral.store._migrations import MIGRATIONS, migrate
 from corral.store.base import (
@@ -24,6 +24,7 @@ from corral.store.base import (
     BatchItem,
     BatchRow,
     CallRecord,
+    Claim,
     DuplicateKeyError,
     FinalRecord,
     LeasedRecord,
@@ -380,6 +381,7 @@ class SQLiteStore(Store):
                 "AND lease_owner=?",
                 (time.time() + ttl_s, run_id, owner),
             )
+            _claims.renew(db, owner, ttl_s)
 
     def release(self, run_id: str, owner: str) -> int:
         with self._tx() as db:
@@ -396,6 +398,16 @@ class SQLiteStore(Store):
             "SELECT response FROM responses WHERE request_hash=?", (request_hash,)
         ).fetchone()
         return row[0] if row else None
+
+    def claim_call(
+        self, request_hash: str, owner: str, ttl_s: float, is_dead: Callable[[str], bool]
+    ) -> Claim:
+        with self._tx() as db:
+            return _claims.claim(db, request_hash, owner, ttl_s, is_dead)
+
+    def release_call(self, request_hash: str, owner: str) -> None:
+        with self._tx() as db:
+            _claims.release(db, request_hash, owner)
 
     def save_learned(self, name: str, blob: bytes, meta: dict[str, Any]) -> None:
         with self._tx() as db:
@@ -430,6 +442,7 @@ class SQLiteStore(Store):
                 "created_at) VALUES (?,?,?,?,?)",
                 [(c.request_hash, c.model, c.request_json, c.response_json, now) for c in paid],
             )
+            _claims.recorded(db, [c.request_hash for c in paid])
         if calls:
             db.executemany(
                 "INSERT INTO ledger (run_id, key, step, attempt, request_hash, model, replayed, "
