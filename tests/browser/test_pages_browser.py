@@ -29,8 +29,8 @@ ARTIFACTS = ROOT / "build" / "test-artifacts"
 
 def _missing(why: str) -> None:
     if os.environ.get("CI"):
-        pytest.fail(f"{why}; CI must have it (.ci/run installs chromium and chromium-driver, "
-                    "make install the selenium package)")
+        pytest.fail(f"{why}; CI must have them (.ci/run installs chromium and chromium-driver, "
+                    "make install installs selenium)")
     pytest.skip(f"{why}: the browser tests are skipped (apt-get install chromium chromium-driver; "
                 "make install, or pip install -e '.[dev]' in the Corral checkout)")
 
