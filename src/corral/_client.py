@@ -23,6 +23,7 @@ import orjson
 from corral._call_claims import Claimer
 from corral._commit import GroupCommitter, dumps
 from corral._limits import AdaptiveConcurrency, CircuitBreaker, RateLimiter, backoff
+from corral._peers import Peers
 from corral.errors import (
     AuthenticationError,
     PermanentModelError,
@@ -200,6 +201,7 @@ class RunBudget:
         self.unpriced: str | None = None  # the first model whose call came back without a price
         self.settled = asyncio.Event()  # set (and replaced) each time a reservation settles
         self.estimates: dict[Client, _Estimate] = {}
+        self.peers: Peers | None = None  # the run's other workers, when it has a lease owner
 
     def check(self, cost: Decimal = Decimal(0), tokens: int = 0) -> None:
         """Stop the run if it has no room for one more call of the given estimate (on top of the
@@ -209,13 +211,32 @@ class RunBudget:
             raise self.halt.end(reason)
 
     def over_budget(self, cost: Decimal = Decimal(0), tokens: int = 0) -> str | None:
-        """Which limit one more call of the given estimate would pass, or ``None``."""
-        b, c = self.limits, self.counts
-        used = c.input_tokens + c.output_tokens + self.tokens_reserved
-        if b.max_calls is not None and c.made + self.in_flight >= b.max_calls:
-            return f"budget: max_calls {b.max_calls:,} reached"
-        if b.max_tokens is not None and (used >= b.max_tokens or used + tokens > b.max_tokens):
-            return f"budget: max_tokens {b.max_tokens:,} reached"
+        """Which limit one more call of the given estimate would pass, or ``None``. With other
+        workers on the run, the limit is this worker's share of what is left (corral._peers),
+        looked up more often as the run nears it."""
+        b, c, peers = self.limits, self.counts, self.peers
+        mine = {"calls": Decimal(c.made), "tokens": Decimal(c.input_tokens + c.output_tokens),
+                "cost": c.cost if c.cost is not None else Decimal(0)}
+        limits = {k: Decimal(v) for k, v in (("calls", b.max_calls), ("tokens", b.max_tokens),
+                                              ("cost", b.max_cost_usd)) if v is not None}
+        if peers is not None and limits:
+            held = {"calls": Decimal(self.in_flight), "tokens": Decimal(self.tokens_reserved), "cost": self.cost_reserved}
+            due = any(peers.due(k, mine[k], held[k], v) for k, v in limits.items())
+            peers.refresh(c.made, c.input_tokens + c.output_tokens, c.cost, force=due,
+                          held=(self.in_flight, self.tokens_reserved, self.cost_reserved))
+
+        def room(which: str) -> tuple[Decimal, Decimal, Decimal]:  # used, may use, the run's total
+            sh = peers.share(which, mine[which], limits[which]) if peers is not None else None
+            return (mine[which], limits[which], mine[which]) if sh is None else (sh.used, sh.room, sh.total)
+
+        if "calls" in limits:
+            used, most, _ = room("calls")
+            if used + self.in_flight >= most:
+                return f"budget: max_calls {b.max_calls:,} reached"
+        if "tokens" in limits:
+            used, most, _ = room("tokens")
+            if used + self.tokens_reserved >= most or used + self.tokens_reserved + tokens > most:
+                return f"budget: max_tokens {b.max_tokens:,} reached"
         if b.max_cost_usd is None:
             return None
         if c.cost is None:
@@ -223,10 +244,11 @@ class RunBudget:
                 f"budget: max_cost_usd is set but model `{self.unpriced or self.model_id}` reports no price, "
                 "so spending cannot be bounded; give the model a price or remove max_cost_usd"
             )
-        if c.cost >= b.max_cost_usd or c.cost + self.cost_reserved + cost > b.max_cost_usd:
+        spent, most, total = room("cost")
+        if spent >= most or spent + self.cost_reserved + cost > most:
             return (
                 f"budget: max_cost_usd {b.max_cost_usd} reached "
-                f"(spent {c.cost}; the next call would pass it)"
+                f"(spent {total}; the next call would pass it)"
             )
         return None
 
@@ -303,6 +325,9 @@ class RequestLayer:
         self.run_id = run_id
         #: the worker's claims on the calls it pays, under its lease owner (corral._call_claims)
         self.claims = None if owner is None else Claimer(store, owner, budget.halt.event, say)
+        c = budget.counts
+        budget.peers = None if owner is None else Peers(
+            store, run_id, owner, (c.made, c.input_tokens + c.output_tokens, c.cost))
         self.budget = budget
         self.counts = budget.counts  # the run's counters and its stop, shared with the budget
         self.halt = budget.halt
@@ -469,6 +494,8 @@ class RequestLayer:
             strategy=strategy,
             kind=kind,
         ))
+        if budget.peers is not None:
+            budget.peers.committed(u.input_tokens + u.output_tokens, u.cost)
         return comp
 
     async def _retrying(
@@ -599,6 +626,11 @@ class RequestLayer:
         if c.limiter.requests is None and c.limiter.tokens is None and c.limiter.paused_until <= time.monotonic():
             await c.limiter.acquire(estimate)  # nothing to wait for: no extra task per call
             return
+        if (peers := self.budget.peers) is not None:  # the account's limits, split between the workers
+            k = self.counts
+            b = self.budget
+            held = (b.in_flight, b.tokens_reserved, b.cost_reserved) if b.active else None
+            c.limiter.share(peers.refresh(k.made, k.input_tokens + k.output_tokens, k.cost, held=held))
         waiter = asyncio.ensure_future(c.limiter.acquire(estimate))
         stopper = asyncio.ensure_future(self.stop.wait())
         try:

@@ -58,6 +58,20 @@ class RateLimiter:
     def __init__(self, rpm: float | None = None, tpm: float | None = None) -> None:
         self.requests = TokenBucket(rpm) if rpm else None
         self.tokens = TokenBucket(tpm) if tpm else None
+        #: the account's limits per minute (configured, or announced by the provider's headers)
+        self.account: dict[str, float] = {k: v for k, v in (("requests", rpm), ("tokens", tpm)) if v}
+        self.workers = 1  # the processes sharing the account's limits: each paces to its share
+
+    def share(self, workers: int) -> None:
+        """Pace to 1/``workers`` of the account's limits (other workers take the rest)."""
+        workers = max(1, workers)
+        if workers == self.workers:
+            return
+        self.workers = workers
+        for attr, limit in self.account.items():
+            bucket = getattr(self, attr)
+            if bucket is not None:
+                bucket.set_rate(limit / workers)
 
     async def acquire(self, tokens: int) -> None:
         """Wait for a request's and ``tokens``' share of the limits."""
@@ -107,10 +121,12 @@ class RateLimiter:
             bucket = getattr(self, attr)
             if limit:
                 if bucket is None:
-                    bucket = TokenBucket(limit)
+                    self.account[attr] = limit
+                    bucket = TokenBucket(limit / self.workers)
                     setattr(self, attr, bucket)
-                elif limit / 60.0 < bucket.rate:
-                    bucket.set_rate(limit)
+                elif limit < self.account.get(attr, float("inf")):
+                    self.account[attr] = limit
+                    bucket.set_rate(limit / self.workers)
             if bucket is not None and remaining is not None:
                 bucket._refill()
                 bucket.level = min(bucket.level, remaining)  # the provider's count wins

@@ -136,3 +136,23 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     assert res.returncode == 2 and "no store at" in res.stderr
     res = worker(tmp_path, env, "nope.yaml")
     assert res.returncode == 2 and "nope.yaml" in res.stderr
+
+
+def test_a_cost_cap_holds_across_four_workers(tmp_path):
+    """max_cost_usd $0.30 at $0.001 a call: four workers together stop within one call's cost
+    per worker of the cap (each alone would have spent up to the cap: $1.20 in all)."""
+    env = setup(tmp_path, rows=2000)
+    job = (tmp_path / "job.yaml").read_text().replace("latency: 0.02}", "latency: 0.02, price_per_call: 0.001}")
+    write(tmp_path / "job.yaml", job + "budget: {max_cost_usd: 0.30}\n")
+    procs = [subprocess.Popen([corral_bin(), "worker", "job.yaml", "--json"], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [3, 3, 3, 3], [o[1][-1500:] for o in outs]
+    con = sqlite3.connect(tmp_path / "s.db")
+    try:
+        (spent,) = con.execute("SELECT SUM(cost_nanos) FROM ledger WHERE replayed=0").fetchone()
+    finally:
+        con.close()
+    spent_usd = spent / 1e9
+    assert 0.30 - 4 * 0.001 <= spent_usd <= 0.30 + 4 * 0.001, spent_usd
+    assert all("budget: max_cost_usd 0.30 reached" in o[1] or "max_cost_usd" in o[0] for o in outs)

@@ -258,3 +258,16 @@ def test_breaker_counts_only_the_probes_failures_while_open():
     assert b.open and b.pause_s == 1.0
     b.failure(probe=True)
     assert b.pause_s == 2.0
+
+
+def test_workers_sharing_an_account_each_pace_to_their_share_of_its_limits():
+    from corral._limits import RateLimiter
+
+    lim = RateLimiter(rpm=600, tpm=60_000)
+    lim.share(4)  # four workers on the run: a quarter each
+    assert lim.requests is not None and lim.tokens is not None
+    assert lim.requests.rate == 600 / 60 / 4 and lim.tokens.rate == 60_000 / 60 / 4
+    lim.observe({"x-ratelimit-limit-requests": "400"})  # the account's limit, announced: tighter
+    assert lim.account["requests"] == 400 and lim.requests.rate == 400 / 60 / 4
+    lim.share(1)  # alone again: the whole account
+    assert lim.requests.rate == 400 / 60 and lim.tokens.rate == 60_000 / 60

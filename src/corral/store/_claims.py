@@ -1,4 +1,4 @@
-"""The SQLite store's call claims (table ``call_claims``): the first worker to ask a request
+"""The SQLite store's call claims (table ``call_claims``) and budget holds (``budget_holds``): the first worker to ask a request
 claims its paid call; others asking the same request meanwhile wait for its recorded response
 instead of paying it again (see :meth:`corral.store.base.Store.claim_call`). The functions take
 the connection, inside the store's transaction."""
@@ -48,3 +48,23 @@ def renew(db: sqlite3.Connection, owner: str, ttl_s: float) -> None:
 def recorded(db: sqlite3.Connection, request_hashes: list[str]) -> None:
     """The claims of calls whose responses were just recorded end."""
     db.executemany("DELETE FROM call_claims WHERE request_hash=?", [(h,) for h in request_hashes])
+
+
+def share_budget(db: sqlite3.Connection, run_id: str, owner: str, held: tuple[int, int, int],
+                 is_dead: Callable[[str], bool], ttl_s: float) -> tuple[int, int, int]:
+    """Record ``owner``'s holds (calls, tokens, cost in nano-dollars); the others' live holds."""
+    now = time.time()
+    db.execute(
+        "INSERT INTO budget_holds (run_id, owner, calls, tokens, cost_nanos, updated_at) VALUES (?,?,?,?,?,?) "
+        "ON CONFLICT (run_id, owner) DO UPDATE SET calls=excluded.calls, tokens=excluded.tokens, "
+        "cost_nanos=excluded.cost_nanos, updated_at=excluded.updated_at", (run_id, owner, *held, now))
+    calls = tokens = cost = 0
+    for o, c, t, n in db.execute("SELECT owner, calls, tokens, cost_nanos FROM budget_holds WHERE run_id=? "
+                                 "AND owner != ? AND updated_at > ?", (run_id, owner, now - ttl_s)):
+        if not is_dead(o):
+            calls, tokens, cost = calls + c, tokens + t, cost + n
+    return calls, tokens, cost
+
+
+def forget_holds(db: sqlite3.Connection, run_id: str, owner: str) -> None:
+    db.execute("DELETE FROM budget_holds WHERE run_id=? AND owner=?", (run_id, owner))

@@ -217,6 +217,23 @@ def m007_call_claims(db: sqlite3.Connection) -> None:
     """)
 
 
+@migration
+def m008_budget_holds(db: sqlite3.Connection) -> None:
+    """Workers sharing a run's budget see what each other's calls in flight reserve of it
+    (see Store.share_budget)."""
+    _script(db, """
+        CREATE TABLE budget_holds (
+            run_id TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            calls INTEGER NOT NULL,
+            tokens INTEGER NOT NULL,
+            cost_nanos INTEGER NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (run_id, owner)
+        )
+    """)
+
+
 def migrate(db: sqlite3.Connection, path: Path) -> None:
     """Bring the store at ``path`` (open as ``db``) to the latest schema; StoreError when it was
     written by a newer Corral."""

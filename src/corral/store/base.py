@@ -465,6 +465,16 @@ class Store(ABC):
         expires unrenewed."""
 
     @abstractmethod
+    def share_budget(
+        self, run_id: str, owner: str, held: tuple[int, int, Decimal], is_dead: Callable[[str], bool]
+    ) -> tuple[LedgerTotals, tuple[int, int, Decimal]]:
+        """Record what ``owner``'s calls in flight hold of the run's budget (calls, tokens,
+        cost) and return, in one transaction, the run's ledger totals (as :meth:`totals`) and
+        what the other workers' calls in flight hold (those recorded in the last
+        ``LEASE_TTL_S`` whose process is not ``is_dead``), so that workers sharing a budget see
+        each other's reservations. :meth:`release` forgets ``owner``'s."""
+
+    @abstractmethod
     def release_call(self, request_hash: str, owner: str) -> None:
         """End ``owner``'s claim of a call that brought no response (it failed)."""
 

@@ -42,6 +42,7 @@ from corral.store.base import (
     TraceEvent,
     split_label,
 )
+from corral.store.leases import LEASE_TTL_S
 
 __all__ = ["SQLiteStore", "MIGRATIONS", "BUSY_TIMEOUT_S"]
 
@@ -385,6 +386,7 @@ class SQLiteStore(Store):
 
     def release(self, run_id: str, owner: str) -> int:
         with self._tx() as db:
+            _claims.forget_holds(db, run_id, owner)
             return db.execute(
                 "UPDATE records SET state='pending', lease_owner=NULL, lease_expires=NULL "
                 "WHERE run_id=? AND state='leased' AND lease_owner=?",
@@ -404,6 +406,16 @@ class SQLiteStore(Store):
     ) -> list[Claim]:
         with self._tx() as db:
             return _claims.claim(db, request_hashes, owner, ttl_s, is_dead)
+
+    def share_budget(
+        self, run_id: str, owner: str, held: tuple[int, int, Decimal], is_dead: Callable[[str], bool]
+    ) -> tuple[LedgerTotals, tuple[int, int, Decimal]]:
+        calls, tokens, cost = held
+        with self._tx() as db:
+            c, t, n = _claims.share_budget(db, run_id, owner, (calls, tokens, _to_nanos(cost) or 0), is_dead,
+                                           LEASE_TTL_S)
+            totals = self.totals(run_id)
+        return totals, (c, t, Decimal(n) / _NANO)
 
     def release_call(self, request_hash: str, owner: str) -> None:
         with self._tx() as db:
