@@ -36,6 +36,8 @@ def make_db(path: Path, n: int = 5) -> Path:
                 [n - i, f"ticket {n - i}", i % 2, i % 2 == 0],
             )
         conn.execute("CREATE VIEW recent AS SELECT id, text FROM tickets")
+        conn.execute("CREATE SCHEMA sales")
+        conn.execute("CREATE TABLE sales.orders AS SELECT 7 AS id, 'order' AS text")
     finally:
         conn.close()
     return path
@@ -88,6 +90,8 @@ def test_view_and_query_sources_are_ordered(tmp_path: Path) -> None:
     make_db(tmp_path / "w.duckdb")
     view = open_source(SourceSpec(path="w.duckdb", table="recent"), tmp_path)
     assert [r["id"] for r in data(view)] == [1, 2, 3, 4, 5]  # a view: ORDER BY ALL
+    other = open_source(SourceSpec(path="w.duckdb", table="sales.orders"), tmp_path)
+    assert data(other) == [{"id": 7, "text": "order"}]
     q = open_source(SourceSpec(path="w.duckdb", query="SELECT id, text FROM tickets "
                                                        "WHERE day = '2026-12-01'"), tmp_path)
     assert [c.name for c in q.columns] == ["id", "text"]
@@ -100,9 +104,9 @@ def test_view_and_query_sources_are_ordered(tmp_path: Path) -> None:
 
 def test_source_failures_say_the_fix(tmp_path: Path) -> None:
     make_db(tmp_path / "w.duckdb")
-    with pytest.raises(SourceError, match=r"no table is named .*tables: recent, tickets"):
+    with pytest.raises(SourceError, match=r"no table is named .*tables: recent, tickets, sales.orders"):
         open_source(SourceSpec(path="w.duckdb"), tmp_path)
-    with pytest.raises(SourceError, match=r"'nope' not found .*tables: recent, tickets"):
+    with pytest.raises(SourceError, match=r"'nope' not found .*tables: recent, tickets, sales.orders"):
         open_source(SourceSpec(path="w.duckdb", table="nope"), tmp_path)
     with pytest.raises(SourceError, match=r"query failed: .*nothere.* check `query:`"):
         open_source(SourceSpec(path="w.duckdb", query="SELECT nothere FROM tickets"), tmp_path)

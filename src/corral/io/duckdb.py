@@ -1,8 +1,8 @@
 """DuckDB sources and sinks (the optional ``duckdb`` package).
 
-The source reads one table or view (``table:``), or the rows of a SQL query (``query:``), from a
-database file opened read-only, as Arrow record batches (:mod:`corral.io._arrow`), in a stable
-order so that a run resumes with ``start=``: a table in rowid order; a view, and a query without
+The source reads one table or view (``table:``; ``schema.name`` outside the main schema), or the
+rows of a SQL query (``query:``), from a database file opened read-only, as Arrow record batches
+(:mod:`corral.io._arrow`), in a stable order so that a run resumes with ``start=``: a table in rowid order; a view, and a query without
 its own ``ORDER BY``, ordered by every column (``ORDER BY ALL``); a query with an ``ORDER BY`` in
 that order (which should be total: end it with a unique column).
 
@@ -84,15 +84,17 @@ def connect(path: Path, *, read_only: bool, err: type[UserError], what: str) -> 
             time.sleep(0.2)
 
 
-def _tables(conn: Any) -> list[str]:
+def _tables(conn: Any) -> dict[str, tuple[str, str, str]]:
+    """The tables and views by the name a job gives them (``name``, or ``schema.name`` outside
+    the main schema): (schema, name, table type)."""
     rows = conn.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database() "
-        "ORDER BY table_name"
+        "SELECT table_schema, table_name, table_type FROM information_schema.tables "
+        "WHERE table_catalog = current_database() ORDER BY table_schema <> 'main', 1, 2"
     ).fetchall()
-    return [r[0] for r in rows]
+    return {(n if sch == "main" else f"{sch}.{n}"): (sch, n, kind) for sch, n, kind in rows}
 
 
-def _listing(tables: list[str]) -> str:
+def _listing(tables: dict[str, Any]) -> str:
     return "tables: " + ", ".join(tables) if tables else "the database has no tables"
 
 
@@ -165,12 +167,10 @@ class DuckDbSource(ArrowSource):
                         f"`source:` to an existing table ({_listing(tables)})"
                     )
                 self.table = match
-                kind = conn.execute(
-                    "SELECT table_type FROM information_schema.tables WHERE table_name = ? "
-                    "AND table_catalog = current_database()", [match]
-                ).fetchall()[0][0]
+                schema_name, name, kind = tables[match]
                 order = "rowid" if kind == "BASE TABLE" else "ALL"
-                self._sql = f"SELECT * FROM {quote_ident(match)} ORDER BY {order}"
+                self._sql = (f"SELECT * FROM {quote_ident(schema_name)}.{quote_ident(name)} "
+                             f"ORDER BY {order}")
                 rel = self._relation(conn, self._sql)
             schema = _reader(rel.limit(0)).schema
         finally:
