@@ -106,6 +106,12 @@ def test_a_bad_source_object_says_what_fits(tmp_path: Path, bad: Any) -> None:
         corral.run(make_job(tmp_path), model="fake", source=bad)
 
 
+def test_a_mixed_column_says_how_to_fix(tmp_path: Path) -> None:
+    df = pd.DataFrame({"id": [1, 2], "text": [1, "two"]})
+    with pytest.raises(SourceError, match=r"cannot read the DataFrame .* one type each"):
+        corral.run(make_job(tmp_path), model="fake", source=df)
+
+
 def test_a_lazy_frame_says_collect(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match=r"collect\(\)"):
         corral.run(make_job(tmp_path), model="fake", source=pl.LazyFrame({"id": [1]}))
