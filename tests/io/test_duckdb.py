@@ -96,6 +96,8 @@ def test_view_and_query_sources_are_ordered(tmp_path: Path) -> None:
                                                        "WHERE day = '2026-12-01'"), tmp_path)
     assert [c.name for c in q.columns] == ["id", "text"]
     assert [r["id"] for r in data(q)] == [1, 3, 5]  # no ORDER BY: ordered by every column
+    semi = open_source(SourceSpec(path="w.duckdb", query="SELECT id FROM tickets;\n"), tmp_path)
+    assert [r["id"] for r in data(semi)] == [1, 2, 3, 4, 5]
     own = open_source(SourceSpec(path="w.duckdb", query="SELECT id FROM tickets ORDER BY id DESC"),
                       tmp_path)
     assert [r["id"] for r in data(own)] == [5, 4, 3, 2, 1]
@@ -112,6 +114,8 @@ def test_source_failures_say_the_fix(tmp_path: Path) -> None:
         open_source(SourceSpec(path="w.duckdb", query="SELECT nothere FROM tickets"), tmp_path)
     with pytest.raises(SourceError, match=r"bad SQL .*check `query:`"):
         open_source(SourceSpec(path="w.duckdb", query="SELEC id FROM tickets"), tmp_path)
+    with pytest.raises(SourceError, match=r"not a SELECT statement .* check `query:`"):
+        open_source(SourceSpec(path="w.duckdb", query="DELETE FROM tickets"), tmp_path)
     with pytest.raises(SourceError, match=r"2 statements"):
         open_source(SourceSpec(path="w.duckdb", query="SELECT 1; SELECT 2"), tmp_path)
     with pytest.raises(SourceError, match=r"both `table:` and `query:`"):

@@ -106,6 +106,11 @@ def _has_order_by(conn: Any, query: str) -> bool:
     except Exception:  # no json extension: order the rows ourselves
         return False
     parsed = json.loads(text)
+    if parsed.get("error") and "Only SELECT" in str(parsed.get("error_message")):
+        raise SourceError(
+            "the DuckDB source's query is not a SELECT statement (a source only reads) — check "
+            "`query:` under `source:`"
+        )
     if parsed.get("error"):
         raise SourceError(
             f"bad SQL in the DuckDB source: {one_line(Exception(parsed.get('error_message')))} — "
@@ -150,6 +155,7 @@ class DuckDbSource(ArrowSource):
                     f"the DuckDB source {path} has both `table:` and `query:` — keep one of them"
                 )
             if query:
+                query = query.strip().rstrip(";").rstrip()  # (it is wrapped in another SELECT)
                 ordered = _has_order_by(conn, query)
                 self._sql = query if ordered else f"SELECT * FROM ({query}) ORDER BY ALL"
                 rel = self._relation(conn, self._sql)
