@@ -147,6 +147,8 @@ def test_locked_file_waits_then_says_so(tmp_path: Path, monkeypatch: pytest.Monk
     finally:
         holder.kill()
         holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
 
 
 COLUMNS = [Column("id", "string"), Column("text", "string"), Column("score", "number"),
