@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral import _monitor
 from corral._monitor import MonitorSpec
 from corral.store.base import RunInfo, Store
+
+if TYPE_CHECKING:
+    from corral.job import Job
 
 
 @dataclass(slots=True)
@@ -48,6 +51,28 @@ class RunResult:
     #: the finished run compared with the job's previous finished run: ``compared_with`` (its
     #: id, or None) and ``warnings`` (one line each; see :mod:`corral._monitor`)
     monitor: dict[str, Any] = field(default_factory=lambda: {"compared_with": None, "warnings": []})
+    #: the job's ``sink:`` and folder, as stored with the run: where :meth:`to_arrow` reads
+    sink_spec: dict[str, Any] | None = field(default=None, repr=False)
+    job_dir: str | None = field(default=None, repr=False)
+
+    def to_arrow(self) -> Any:
+        """What the run wrote to its sink, read back as a ``pyarrow.Table`` (see
+        :func:`corral.io.frames.read_output`); a run that wrote nothing yet is a UserError."""
+        from corral.io.frames import read_output
+
+        return read_output(self)
+
+    def to_pandas(self) -> Any:
+        """:meth:`to_arrow` as a pandas DataFrame (needs pandas)."""
+        from corral.io.frames import to_pandas
+
+        return to_pandas(self.to_arrow())
+
+    def to_polars(self) -> Any:
+        """:meth:`to_arrow` as a Polars DataFrame (needs Polars)."""
+        from corral.io.frames import to_polars
+
+        return to_polars(self.to_arrow())
 
     @property
     def drifted(self) -> bool:
@@ -98,9 +123,11 @@ def summarize(
     elapsed_s: float | None = None,
     status: str | None = None,
     monitor: MonitorSpec | None = None,
+    job: Job | None = None,
 ) -> RunResult:
     """The run's summary; with ``monitor``, a finished run is compared with the job's previous
-    finished run (``RunResult.monitor``)."""
+    finished run (``RunResult.monitor``). The job, when given, says where the sink is (else the
+    job as stored with the run does)."""
     counts = store.counts(run.id, limit)
     totals = store.totals(run.id)
     if outputs is None:
@@ -126,6 +153,8 @@ def summarize(
         cost_usd=totals.cost,
         elapsed_s=run.elapsed_s if elapsed_s is None else elapsed_s,
         outputs=outputs,
+        sink_spec=run.spec.get("sink") if job is None else job.sink.model_dump(mode="json"),
+        job_dir=run.spec.get("job_dir") if job is None else str(job.base_dir),
         monitor=_monitor.monitor(store, run, monitor) if (status or run.status) == "finished"
         else {"compared_with": None, "warnings": []},
     )

@@ -39,16 +39,15 @@ from corral._result import RunResult, summarize
 from corral._solver import check_scoring
 from corral.batchapi import BatchCoordinator
 from corral.errors import StoreError, UserError
+from corral.io.frames import job_with
 from corral.job import Job, ModelRef
 from corral.models.base import Model
 from corral.store import Store, open_store, store_path_near
 from corral.store.base import LeasedRecord, RunInfo
 from corral.store.leases import LEASE_TTL_S, live_status, new_owner_id, other_owners, owner_dead
 
-__all__ = [
-    "run", "run_async", "run_id_for", "store_path_for", "make_model", "live_status",
-    "default_concurrency",
-]
+__all__ = ["run", "run_async", "run_id_for", "store_path_for", "make_model", "live_status",
+           "default_concurrency"]
 
 #: on Ctrl-C or SIGTERM, how long calls in flight may take to bring their answers
 STOP_GRACE_S = 2.0
@@ -207,13 +206,13 @@ async def run_async(
     model: Model | str | dict[str, Any] | None = None,
     limit: int | None = None,
     store: Store | str | Path | None = None,
+    source: Any = None,
     progress: Progress | None = None,
     stop: asyncio.Event | None = None,
     handle_signals: bool = False,
 ) -> RunResult:
     """Run (or resume) a job; see :func:`corral.run`."""
-    job = job if isinstance(job, Job) else Job.load(job)
-    started = time.monotonic()
+    job, started = job_with(job, source), time.monotonic()
     if limit is not None and limit < 0:
         raise UserError("--limit must be 0 or more")
     m = model if isinstance(model, Model) else make_model(model or job.model, job.base_dir)
@@ -318,7 +317,7 @@ async def run_async(
         final = st.get_run(run.id)
         assert final is not None
         result = summarize(st, final, limit=limit, outputs=outputs, elapsed_s=elapsed,
-                           status=result_status or status, monitor=job.monitor)
+                           status=result_status or status, monitor=job.monitor, job=job)
         result.stop_reason, result.cause, result.model, result.total_rows = reason, cause, m.id, total
         result.store = None if path is None else str(path)
         result.system1, result.routers = runner.records.reports()
@@ -359,17 +358,18 @@ def run(
     model: Model | str | dict[str, Any] | None = None,
     limit: int | None = None,
     store: Store | str | Path | None = None,
+    source: Any = None,
     progress: Progress | None = None,
 ) -> RunResult:
     """Run a job, or resume it if it ran before on the same input.
 
-    ``job`` is a :class:`Job` or the path of a YAML job file. ``model`` overrides the job's model
-    (a name such as ``"fake"`` or a :class:`Model` instance). ``limit`` processes only the first
-    N rows. ``store`` is a path (default: :func:`store_path_for`, the store found from the job
-    file's folder) or a :class:`Store`. Returns a :class:`RunResult`.
+    ``job`` is a :class:`Job` or a YAML job file's path; ``model`` overrides its model (a name such
+    as ``"fake"`` or a :class:`Model`); ``limit`` takes the first N rows only; ``store`` is a path
+    (default: :func:`store_path_for`, found from the job file's folder) or a :class:`Store`;
+    ``source``, a DataFrame or Arrow table, replaces the job's source (:mod:`corral.io.frames`).
     """
     return asyncio.run(
-        run_async(job, model=model, limit=limit, store=store, progress=progress,
+        run_async(job, model=model, limit=limit, store=store, source=source, progress=progress,
                   handle_signals=threading.current_thread() is threading.main_thread())
     )
 

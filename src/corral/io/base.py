@@ -4,7 +4,8 @@ A :class:`Source` streams rows out of a file or table as :class:`SourceRow` obje
 cannot be parsed is still yielded (with ``data=None`` and an ``error`` naming its line) so that
 one bad line never stops an ingestion. A :class:`Sink` writes the complete output of a run every
 time it is called: file sinks write a temporary file beside the target and ``os.replace`` it, the
-SQLite sink upserts by key inside one transaction, so writing twice never duplicates anything.
+SQLite and DuckDB sinks upsert by key inside one transaction, so writing twice never duplicates
+anything.
 
 Formats are found by name in the ``corral.sources`` and ``corral.sinks`` entry-point groups
 (:func:`open_source`, :func:`open_sink`); each class opens itself from the job's spec
@@ -34,6 +35,7 @@ from corral.io.spec import SinkSpec, SourceSpec, format_from_path
 __all__ = [
     "COLUMN_TYPES",
     "FORMATS",
+    "TABLE_FORMATS",
     "Batches",
     "Column",
     "Sink",
@@ -63,7 +65,9 @@ __all__ = [
 
 COLUMN_TYPES: tuple[str, ...] = ("string", "integer", "number", "boolean", "date", "list", "any")
 #: the built-in formats (a plugin registers more under ``corral.sources`` / ``corral.sinks``)
-FORMATS: tuple[str, ...] = ("csv", "tsv", "jsonl", "parquet", "sqlite")
+FORMATS: tuple[str, ...] = ("csv", "tsv", "jsonl", "parquet", "sqlite", "duckdb")
+#: formats that hold tables in one database file (side outputs go to tables beside the sink's)
+TABLE_FORMATS: tuple[str, ...] = ("sqlite", "duckdb")
 
 _BLOCK = 1 << 20  # fingerprint read size: 1 MiB
 
@@ -111,6 +115,8 @@ class Source(ABC):
     """A readable table of rows. ``columns`` is known as soon as the source is opened."""
 
     format: str = ""
+    #: whether the format reads a ``query:`` (a SQL query as the source)
+    takes_query: bool = False
 
     def __init__(self, path: Path, columns: list[Column]) -> None:
         self.path = path
@@ -192,7 +198,10 @@ def _unknown_format(path: Path, where: str) -> str:
 
 
 def open_source(spec: SourceSpec, base_dir: Path) -> Source:
-    """Open the source a job describes; its path is relative to ``base_dir`` unless absolute."""
+    """Open the source a job describes; its path is relative to ``base_dir`` unless absolute.
+    A spec that carries its source already (a DataFrame's, :mod:`corral.io.frames`) gives it."""
+    if (given := getattr(spec, "given", None)) is not None:
+        return given  # type: ignore[no-any-return]
     path = resolve_path(spec.path, base_dir)
     if not path.exists():
         raise SourceError(
@@ -207,6 +216,11 @@ def open_source(spec: SourceSpec, base_dir: Path) -> Source:
     cls = source_class(fmt) if fmt else None
     if fmt is None or cls is None:
         raise SourceError(_unknown_format(path, "source"))
+    if spec.query and not cls.takes_query:
+        raise SourceError(
+            f"`query:` is not read for a {fmt} source ({path}) — remove it, or point `source:` at "
+            f"a database that takes queries (duckdb)"
+        )
     return cls.from_spec(spec, path, fmt)
 
 
@@ -225,15 +239,15 @@ def side_spec(spec: SinkSpec, kind: str) -> SinkSpec:
     """The sink spec for rows set aside as ``kind`` (``quarantine`` or ``skipped``).
 
     The job's ``quarantine:`` / ``skipped:`` path if set; otherwise ``NAME.KIND.EXT`` beside the
-    sink (``out/sms.parquet`` -> ``out/sms.quarantine.parquet``), or for SQLite the same database
-    with table ``TABLE_KIND``.
+    sink (``out/sms.parquet`` -> ``out/sms.quarantine.parquet``), or for SQLite and DuckDB the
+    same database with table ``TABLE_KIND``.
     """
     fmt = spec.format or format_from_path(spec.path)
     override = getattr(spec, kind, None)
     if override:
         qfmt = format_from_path(override) or fmt
         table = None
-        if qfmt == "sqlite":
+        if qfmt in TABLE_FORMATS:
             table = f"{spec.table}_{kind}" if spec.table else kind
         return SinkSpec(
             path=override,
@@ -241,9 +255,9 @@ def side_spec(spec: SinkSpec, kind: str) -> SinkSpec:
             table=table,
             delimiter=spec.delimiter if qfmt == fmt else None,
         )
-    if fmt == "sqlite":
+    if fmt in TABLE_FORMATS:
         table = f"{spec.table}_{kind}" if spec.table else None
-        return SinkSpec(path=spec.path, format="sqlite", table=table, delimiter=None)
+        return SinkSpec(path=spec.path, format=fmt, table=table, delimiter=None)
     p = Path(spec.path)
     name = f"{p.stem}.{kind}{p.suffix}" if p.suffix else f"{p.name}.{kind}"
     return SinkSpec(

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 from corral._registry import SINK_GROUP, SOURCE_GROUP, plugin_names, suggest
 
@@ -41,6 +49,8 @@ _EXT_FORMATS: dict[str, str] = {
     ".db": "sqlite",
     ".sqlite": "sqlite",
     ".sqlite3": "sqlite",
+    ".duckdb": "duckdb",
+    ".ddb": "duckdb",
 }
 
 
@@ -58,7 +68,17 @@ class SourceSpec(BaseModel):
     format: SourceFormat | None = Field(default=None, description="inferred from the extension if omitted")
     delimiter: str | None = Field(default=None, description="CSV field delimiter (default ',' or tab for .tsv)")
     encoding: str = Field(default="utf-8", description="text encoding of CSV/TSV/JSONL files")
-    table: str | None = Field(default=None, description="table name, for a SQLite source")
+    table: str | None = Field(default=None, description="table name, for a SQLite or DuckDB source")
+    query: str | None = Field(default=None, description="a SELECT statement whose rows are the source (DuckDB)")
+
+    @model_serializer(mode="wrap")
+    def _identity(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        """Keys added after jobs already had run ids are left out at their defaults, so a job
+        that does not use them keeps its run id (the spec is part of it)."""
+        out = handler(self)
+        if isinstance(out, dict) and out.get("query") is None:
+            out.pop("query", None)
+        return out
 
 
 class SinkSpec(BaseModel):
@@ -68,7 +88,7 @@ class SinkSpec(BaseModel):
 
     path: str = Field(description="file path, relative to the job file's folder")
     format: SinkFormat | None = Field(default=None, description="inferred from the extension if omitted")
-    table: str | None = Field(default=None, description="table name, for a SQLite sink")
+    table: str | None = Field(default=None, description="table name, for a SQLite or DuckDB sink")
     delimiter: str | None = Field(default=None, description="CSV field delimiter")
     quarantine: str | None = Field(
         default=None,
