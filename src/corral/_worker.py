@@ -91,7 +91,7 @@ async def work(
         for job in todo:
             if stop.is_set():
                 break
-            result = await run_async(job, model=model, store=st, stop=stop, progress=progress())
+            result = await _one_run(job, model, st, stop, progress())
             if isinstance(job, Path):
                 ran[job] = result.run
             report.results = [r for r in report.results if r.run != result.run] + [result]
@@ -110,6 +110,23 @@ async def work(
             pass
     report.stopped = stop.is_set()
     return report
+
+
+async def _one_run(job: Job | Path, model: str | dict[str, Any] | None, st: Store, stop: asyncio.Event,
+                   progress: Progress | None) -> RunResult:
+    """One run's pass, stopped when the worker is; its own stop event, so that a run its
+    budget stops does not stop the worker."""
+    mine = asyncio.Event()
+
+    async def relay() -> None:
+        await stop.wait()
+        mine.set()
+
+    relay_task = asyncio.create_task(relay())
+    try:
+        return await run_async(job, model=model, store=st, stop=mine, progress=progress)
+    finally:
+        relay_task.cancel()
 
 
 def _todo(st: Store, jobs: list[Path], ran: dict[Path, str], report: WorkerReport,
