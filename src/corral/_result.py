@@ -8,6 +8,7 @@ from typing import Any
 
 from corral import _monitor
 from corral._monitor import MonitorSpec
+from corral.store import shown_store
 from corral.store.base import RunInfo, Store
 
 
@@ -81,7 +82,7 @@ class RunResult:
             "outputs": self.outputs,
             "cause": self.cause,
             "model": self.model,
-            "store": self.store,
+            "store": None if self.store is None else shown_store(self.store),
             "total_rows": self.total_rows,
             "system1": self.system1,
             "routers": self.routers,
