@@ -127,3 +127,48 @@ def test_reads_are_typed_rows(make_store):
     [spend] = s.breakdown(run.id)
     assert (spend.step, spend.calls, spend.cost) == ("step", 1, Decimal("0.5"))
     assert s.run_spend(run.id).cost == Decimal("0.5")
+
+
+def test_reviews_learned_models_batches_and_runs(make_store):
+    from decimal import Decimal
+
+    from corral.store.base import AttemptRecord, ReviewDecision
+
+    s = make_store()
+    run = new_run(s)
+    s.ingest(run.id, [NewRecord("k", 0, 2, "{}", "h1"), NewRecord("j", 1, 3, "{}", "h1")], 2)
+    assert s.occurrences(run.id) == {"h1": 2}
+    s.commit([], [], [FinalRecord(run.id, "k", "review", '{"cat": "a"}', "low confidence", 1)])
+    accept = ReviewDecision(run.id, "k", "accept", "ana", 1.0, "done", {"cat": "a"}, None, note="ok")
+    trace = [AttemptRecord(run.id, "k", "cat", 0, None, "review", data='{"who": "ana"}')]
+    [applied] = s.apply_decisions([accept, ReviewDecision(run.id, "j", "reject", "ana", 2.0, "quarantined", None, "no")], trace)
+    assert (applied.key, applied.prev_state, applied.prev_reason, applied.id) == ("k", "review", "low confidence", 1)
+    assert s.apply_decisions([accept], trace) == []  # decided already: nothing written twice
+    assert s.decisions(run.id) == s.decisions(run.id, "k") == [applied]
+    assert (s.record(run.id, "k").state, s.outcome_counts(run.id)) == ("done", {"review": 1})
+    s.save_learned("router", b"\x00blob", {"n": 1})
+    s.save_learned("router", b"\x01blob", {"n": 2})
+    assert (s.load_learned("router"), s.load_learned("none")) == (b"\x01blob", None)
+    s.add_batch(run.id, "b1", "fake", [("v1:a", "k", "cat", 0, "{}"), ("v1:b", "j", "cat", 0, "{}")])
+    s.set_batch_state("b1", "submitted", "in progress")
+    [open_b] = s.open_batches(run.id)
+    assert (open_b.id, open_b.detail, open_b.items) == ("b1", "in progress", 2)
+    call = CallRecord(run.id, "k", "cat", 0, "v1:a", "fake", False, 3, 1, 0, 0, Decimal("0.25"), 0.0, "{}", "{}")
+    s.finish_batch("b1", [call], {"v1:a": "ok", "v1:b": "expired"}, "done")
+    s.add_batch(run.id, "b2", "fake", [("v1:b", "j", "cat", 0, "{}")])
+    s.finish_batch("b2", [], {"v1:b": "failed"}, "done")
+    assert s.open_batches(run.id) == [] and s.batch_answered(run.id) == {"v1:a"}
+    assert s.batch_failures(run.id) == {"v1:b": (2, "failed")}
+    assert s.has_calls(run.id) and s.totals(run.id).cost == Decimal("0.25")
+    s.update_run(run.id, status="finished", tags={"team": "x"}, ingest_done=True, elapsed_s=1.5)
+    with pytest.raises(ValueError):
+        s.update_run(run.id, job_name="other")
+    got = s.get_run(run.id)
+    assert (got.status, got.tags, got.ingest_done, got.elapsed_s) == ("finished", {"team": "x"}, True, 1.5)
+    new_run(s, "r2")
+    assert [r.id for r in s.list_runs()] == ["r1", "r2"] or [r.id for r in s.list_runs()] == ["r2", "r1"]
+    assert [r.id for r in s.find_runs("r1")] == ["r1"] and len(s.find_runs("job")) == 2
+    assert s.create_run(RunInfo("r1", "j2", "x", "y", {}, "created", None, 0, 0, 0, False, {})).job_name == "job"
+    s.delete_run(run.id)
+    assert (s.get_run(run.id), s.decisions(run.id), s.has_calls(run.id)) == (None, [], False)
+    assert s.cached("v1:a") == "{}"  # the cache stays for other runs

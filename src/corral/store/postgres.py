@@ -102,11 +102,7 @@ class PostgresStore(SQLStore):
                 application_name="corral",
             )
         except psycopg.Error as e:
-            raise StoreError(
-                f"cannot connect to the Postgres store at {_url.where(self.url)} "
-                f"({self._reason(e)}) — is the server running? check the URL (--store or "
-                "CORRAL_STORE)"
-            ) from None
+            raise self._unreachable(e) from None
         self._db = _Conn(conn)
         try:
             conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT_S}s'")
@@ -140,9 +136,23 @@ class PostgresStore(SQLStore):
 
     # --- errors ------------------------------------------------------------------------
 
+    def _unreachable(self, e: BaseException) -> StoreError:
+        """The StoreError for a server that did not let the store connect, with the fix."""
+        reason = self._reason(e)
+        if "password authentication failed" in reason or "no password supplied" in reason:
+            fix = "check the user and password in the URL (--store or CORRAL_STORE)"
+        elif "database" in reason and "does not exist" in reason:
+            fix = "create the database (createdb), or check its name in the URL (--store or CORRAL_STORE)"
+        else:
+            fix = "is the server running? check the URL (--store or CORRAL_STORE)"
+        return StoreError(f"cannot connect to the Postgres store at {_url.where(self.url)} ({reason}) — {fix}")
+
     def _reason(self, e: BaseException) -> str:
-        """The driver's first line about ``e``, without the URL's password."""
+        """The driver's first line about ``e`` (what the server said, when it said something),
+        without the URL's password."""
         text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if "FATAL:" in text:
+            text = text.split("FATAL:", 1)[1].strip()
         secret = _url.password(self.url)
         return text.replace(secret, _url.MASK) if secret else text
 

@@ -1,0 +1,354 @@
+"""The Postgres store: what several workers on one database rely on (rows leased to one worker
+at a time, leases that expire, one cache and one exact ledger for all), the same reads as the
+SQLite store for the same run, whole runs through ``corral.run`` and the CLI, and its errors.
+A real PostgreSQL server throughout (tests/_postgres.py)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import corral
+from corral.cli import main
+from corral.errors import StoreError
+from corral.job import Job
+from corral.models.base import Request
+from corral.models.fake import FakeModel
+from corral.store import open_store
+from corral.store._migrations import MIGRATIONS
+from corral.store.base import CallRecord, NewRecord, RunInfo, Store
+from corral.store.postgres import PostgresStore
+from corral.testing import plain
+
+from .._postgres import PASSWORD
+from ..conftest import scripted_models, write_csv
+
+
+def new_run(store: Store, rid: str = "r1", n: int = 0) -> RunInfo:
+    now = time.time()
+    run = store.create_run(RunInfo(rid, "job", "h", "f", {}, "created", None, now, now, 0, False, {}))
+    if n:
+        store.ingest(run.id, [NewRecord(f"k{i}", i, i + 2, '{"x": 1}') for i in range(n)], n)
+    return run
+
+
+def paid(run_id: str, key: str, h: str, cost: str = "0.001") -> CallRecord:
+    return CallRecord(run_id, key, "cat", 0, h, "fake", False, 5, 1, 0, 0, Decimal(cost), 0.01,
+                      '{"q": 1}', json.dumps({"text": key, "usage": {"cost": float(cost)}}))
+
+
+def raw(url: str) -> Any:
+    import psycopg
+
+    return psycopg.connect(url, autocommit=True)
+
+
+# --- leases --------------------------------------------------------------------------------
+
+
+def test_a_lease_skips_rows_another_transaction_is_taking(pg_url):
+    s = PostgresStore(pg_url)
+    run = new_run(s, n=10)
+    other = raw(pg_url)
+    with other.transaction():  # another worker in the middle of taking k0..k2
+        other.execute("SELECT key FROM records WHERE run_id=%s AND ordinal < 3 FOR UPDATE", (run.id,))
+        t = time.monotonic()
+        got = s.lease(run.id, "w2", 3, 300)
+        assert time.monotonic() - t < 2  # not waiting for the other transaction
+    assert [r.key for r in got] == ["k3", "k4", "k5"]
+    assert [r.key for r in s.lease(run.id, "w3", 10, 300)] == ["k0", "k1", "k2", "k6", "k7", "k8", "k9"]
+
+
+def test_workers_leasing_at_once_get_disjoint_records(pg_url):
+    stores = [PostgresStore(pg_url) for _ in range(6)]
+    run = new_run(stores[0], n=300)
+    got: dict[int, list[str]] = {i: [] for i in range(len(stores))}
+    start = threading.Barrier(len(stores))
+
+    def work(i: int) -> None:
+        start.wait()
+        while batch := stores[i].lease(run.id, f"w{i}", 7, 300):
+            got[i] += [r.key for r in batch]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(stores))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    keys = [k for ks in got.values() for k in ks]
+    assert sorted(keys) == sorted(f"k{i}" for i in range(300))  # each record to one worker, once
+    assert sum(1 for ks in got.values() if ks) > 1  # they did take turns
+    assert stores[0].counts(run.id) == {"leased": 300}
+    assert sorted(stores[0].lease_owners(run.id)) == sorted(f"w{i}" for i, ks in got.items() if ks)
+
+
+def test_an_expired_lease_returns_to_the_queue_and_a_renewed_one_does_not(pg_url):
+    a, b = PostgresStore(pg_url), PostgresStore(pg_url)
+    run = new_run(a, n=6)
+    stalled = a.lease(run.id, "host-a:1:x", 3, 0.3)  # a worker that then stops renewing
+    alive = a.lease(run.id, "host-b:2:y", 3, 0.3)
+    b.renew(run.id, "host-b:2:y", 300)  # renewed while its calls are in flight
+    assert b.reclaim(run.id, lambda owner: False) == 0  # nothing expired yet
+    time.sleep(0.5)
+    assert b.lease_owners(run.id) == ["host-b:2:y"]
+    assert b.reclaim(run.id, lambda owner: False) == 3  # the stalled worker's rows come back
+    retaken = b.lease(run.id, "host-c:3:z", 10, 300)
+    assert [r.key for r in retaken] == [r.key for r in stalled]
+    assert b.release(run.id, "host-b:2:y") == len(alive)
+    assert b.counts(run.id) == {"leased": 3, "pending": 3}
+
+
+# --- one cache, one ledger -----------------------------------------------------------------
+
+
+def test_two_workers_caching_the_same_answer_at_once_keep_one_cache_row_and_both_ledger_rows(pg_url):
+    a, b = PostgresStore(pg_url), PostgresStore(pg_url)
+    run = new_run(a, n=2)
+    done = threading.Event()
+    with a._tx() as db:  # worker a's commit, not committed yet
+        a._write(db, [paid(run.id, "k0", "v1:same")], [], [])
+        t = threading.Thread(target=lambda: (b.commit([paid(run.id, "k1", "v1:same")], [], []), done.set()))
+        t.start()
+        time.sleep(0.3)
+        assert not done.is_set()  # b waits on a's row in the cache...
+    t.join(10)
+    assert done.is_set()  # ...and then keeps it as it is
+    n_cache = a.db.execute("SELECT COUNT(*) FROM responses WHERE request_hash='v1:same'").fetchone()[0]
+    assert n_cache == 1
+    totals = a.totals(run.id)
+    assert (totals.made, totals.replayed, totals.cost) == (2, 0, Decimal("0.002"))  # both were paid
+    assert json.loads(a.cached("v1:same") or "")["text"] == "k0"
+
+
+def test_many_workers_committing_overlapping_answers_keep_the_ledger_exact(pg_url):
+    stores = [PostgresStore(pg_url) for _ in range(4)]
+    run = new_run(stores[0], n=40)
+    start = threading.Barrier(len(stores))
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        start.wait()
+        try:
+            for j in range(10):  # hashes shared between workers, in different orders
+                hashes = [f"v1:{(j + i * d) % 12}" for d in (1, 5)]
+                stores[i].commit([paid(run.id, f"k{i * 10 + j}", h) for h in hashes], [], [])
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(stores))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    db = stores[0].db
+    assert db.execute("SELECT COUNT(*) FROM ledger").fetchone()[0] == 80
+    distinct = db.execute("SELECT COUNT(DISTINCT request_hash) FROM ledger").fetchone()[0]
+    assert db.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == distinct
+    assert stores[0].totals(run.id).cost == Decimal("0.080")
+
+
+# --- schema --------------------------------------------------------------------------------
+
+
+def test_workers_opening_a_fresh_database_at_once_migrate_it_once(pg_url):
+    opened: list[Store] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(6)
+
+    def open_one() -> None:
+        start.wait()
+        try:
+            opened.append(open_store(pg_url))
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=open_one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(opened) == 6
+    assert opened[0].db.execute("SELECT version FROM corral_schema").fetchall() == [(len(MIGRATIONS),)]
+    new_run(opened[1])
+    assert [r.id for r in opened[2].list_runs()] == ["r1"]
+
+
+def test_a_newer_schema_is_refused(pg_url):
+    PostgresStore(pg_url).close()
+    with raw(pg_url) as c:
+        c.execute("UPDATE corral_schema SET version=999")
+    with pytest.raises(StoreError, match="newer Corral") as e:
+        open_store(pg_url)
+    assert PASSWORD not in str(e.value) and "corral:***@" in str(e.value)
+
+
+def test_reading_a_database_without_a_store_creates_nothing(pg_url):
+    with pytest.raises(StoreError, match="no store at postgresql://corral:\\*\\*\\*@") as e:
+        open_store(pg_url, create=False)
+    assert PASSWORD not in str(e.value)
+    with raw(pg_url) as c:
+        assert c.execute("SELECT to_regclass('corral_schema')").fetchone()[0] is None
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+def test_a_server_that_does_not_answer_is_one_line_with_the_fix():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(StoreError) as e:
+        open_store(f"postgresql://corral:{PASSWORD}@127.0.0.1:{port}/corral")
+    msg = str(e.value)
+    assert f"cannot connect to the Postgres store at 127.0.0.1:{port}" in msg
+    assert "is the server running? check the URL" in msg
+    assert PASSWORD not in msg and "\n" not in msg
+
+
+def test_without_psycopg_the_error_says_how_to_install_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    with pytest.raises(StoreError, match=r"make install, or pip install -e '\.\[postgres\]' in the Corral checkout"):
+        open_store("postgresql://corral@127.0.0.1:1/corral")
+
+
+def test_a_lost_server_is_a_store_error(pg_server, pg_url):
+    s = PostgresStore(pg_url)
+    new_run(s)
+    with raw(pg_server.url()) as c:  # the server drops the store's connection
+        c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name='corral'")
+    with pytest.raises(StoreError, match="cannot use the store at postgresql://corral:\\*\\*\\*@") as e:
+        s.get_run("r1")
+    assert PASSWORD not in str(e.value) and "is the server" in str(e.value)
+
+
+# --- whole runs ----------------------------------------------------------------------------
+
+ROWS = {f"T{i}": f"ticket number {i} about order {1000 + i}" for i in range(1, 31)}
+
+
+def ticket_job(tmp: Path, rows: dict[str, str] = ROWS) -> Job:
+    write_csv(tmp / "in.csv", ["id", "text"], rows.items())
+    step = {"name": "cat", "task": "classify", "input": "{text}", "labels": ["a", "b", "c"]}
+    return Job.from_dict({"name": "tickets", "source": "in.csv", "key": "id", "steps": [step],
+                          "sink": "out/o.csv"}, base_dir=tmp)
+
+
+def test_a_run_on_postgres_finishes_and_its_rerun_pays_nothing(tmp_path, pg_url):
+    job = ticket_job(tmp_path)
+    fake = FakeModel()
+    first = corral.run(job, model=fake, store=pg_url)
+    assert (first.status, first.written, first.calls_made, fake.calls) == ("finished", 30, 30, 30)
+    assert first.store is not None and PASSWORD in first.store  # kept whole, to open it again
+    assert PASSWORD not in json.dumps(first.to_json()) and "corral:***@" in first.to_json()["store"]
+    again = FakeModel()
+    second = corral.run(job, model=again, store=pg_url)
+    assert (second.run, second.written, again.calls) == (first.run, 30, 0)
+    # a new run of changed input replays every answer the first run paid for
+    grown = ticket_job(tmp_path, {**ROWS, "T99": "a brand new ticket"})
+    third_model = FakeModel()
+    third = corral.run(grown, model=third_model, store=pg_url)
+    assert (third.written, third.calls_made, third.calls_replayed, third_model.calls) == (31, 1, 30, 1)
+    assert (tmp_path / "out" / "o.csv").read_text().count("\n") == 32
+
+
+def cascade(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Job:
+    """Votes, a retry, an escalation: a trace with answers, confidences and decisions."""
+    models = scripted_models(monkeypatch)
+
+    def cheap(r: Request) -> Any:
+        text = plain(r.messages[1].content)
+        if text == "easy two" and r.sample == 0:
+            return "not JSON at all"
+        if text.startswith("easy"):
+            return {"label": "a"}
+        return {"label": "a" if r.sample % 2 == 0 else "b"}
+
+    models["fake:cheap"] = FakeModel("cheap", script=cheap, price_per_call="0.001")
+    models["fake:strong"] = FakeModel("strong", script=lambda r: {"label": "c"}, price_per_call="0.01")
+    step = {"name": "cat", "task": "classify", "input": "{text}", "labels": ["a", "b", "c"], "strategy": {
+        "name": "cascade", "threshold": 0.8,
+        "stages": [{"name": "vote", "samples": 3, "model": "cheap"}, {"name": "single", "model": "strong"}]}}
+    write_csv(tmp / "in.csv", ["id", "text"], {"e1": "easy one", "e2": "easy two", "h1": "hard one"}.items())
+    return Job.from_dict({"name": "costs", "source": "in.csv", "key": "id", "steps": [step],
+                          "sink": "out/costs.csv", "models": {"cheap": "fake:cheap", "strong": "fake:strong"},
+                          "tags": {"team": "growth"}}, base_dir=tmp)
+
+
+def reads(s: Store, run_id: str) -> dict[str, Any]:
+    """Every read of a run that does not depend on the clock."""
+    keys = [r.key for chunk in s.iter_records(run_id, "done") for r in chunk]
+    rollup = s.ledger_rollup([run_id])
+    return {
+        "counts": s.counts(run_id), "outcomes": s.outcome_counts(run_id), "totals": s.totals(run_id),
+        "breakdown": s.breakdown(run_id), "spend": s.run_spend(run_id), "routes": s.routes(run_id),
+        "record_spend": s.record_spend(run_id), "confidences": s.answer_confidences(run_id),
+        "rollup": (rollup.groups, rollup.written), "keys": keys,
+        "records": [s.record(run_id, k) for k in keys],
+        "calls": [s.record_calls(run_id, k) for k in keys],
+        "activity": sum(b.calls + b.replayed + b.answers for b in s.activity(run_id)),
+        "runs": [(r.id, r.status, r.spec, r.tags, r.ingested_rows) for r in s.find_runs("costs")],
+    }
+
+
+def test_the_same_run_reads_the_same_from_postgres_and_sqlite(tmp_path, pg_url, monkeypatch):
+    job = cascade(tmp_path, monkeypatch)
+    on_sqlite = corral.run(job, model=FakeModel(), store=tmp_path / "s.db")
+    on_pg = corral.run(job, model=FakeModel(), store=pg_url)
+    assert on_pg.run == on_sqlite.run and on_pg.calls_made == on_sqlite.calls_made == 9
+    sq, pg = open_store(tmp_path / "s.db"), open_store(pg_url)
+    a, b = reads(sq, on_sqlite.run), reads(pg, on_pg.run)
+    assert a["totals"].cost == Decimal("0.018") and a["activity"] > 0
+    for name in a:
+        assert a[name] == b[name], name
+
+
+# --- the CLI -------------------------------------------------------------------------------
+
+
+def cli(*args: str) -> Any:
+    res = CliRunner().invoke(main, list(args))
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def test_the_cli_runs_and_reads_a_postgres_store_and_never_shows_its_password(tmp_path, pg_url, monkeypatch):
+    ticket_job(tmp_path)
+    (tmp_path / "job.yaml").write_text(
+        "name: tickets\nsource: in.csv\nkey: id\nmodel: fake\nsink: out/o.csv\nsteps:\n"
+        "  - name: cat\n    task: classify\n    input: \"{text}\"\n    labels: [a, b, c]\n")
+    res = cli("run", str(tmp_path / "job.yaml"), "--store", pg_url)
+    masked = pg_url.replace(PASSWORD, "***")
+    assert masked in res.output and PASSWORD not in res.output
+    [run] = json.loads(cli("runs", "--store", pg_url, "--json").stdout)
+    status = cli("status", run["run"], "--store", pg_url, "--json")
+    assert json.loads(status.stdout)["rows"]["written"] == 30 and PASSWORD not in status.output
+    cost = json.loads(cli("cost", "--store", pg_url, "--json").stdout)
+    assert cost["total"]["calls"] == 30
+    monkeypatch.setenv("CORRAL_STORE", pg_url)  # the same through the environment
+    assert run["run"] in cli("runs").output
+    rerun = cli("run", str(tmp_path / "job.yaml"), "--json")
+    assert json.loads(rerun.stdout)["store"] == masked and PASSWORD not in rerun.output
+
+
+def test_a_wrong_password_or_database_is_one_line_with_its_fix(pg_url):
+    wrong_pw = CliRunner().invoke(main, ["runs", "--store", pg_url.replace(PASSWORD, "not-it")])
+    assert wrong_pw.exit_code == 2
+    [line] = wrong_pw.output.strip().splitlines()
+    assert "password authentication failed" in line and "check the user and password in the URL" in line
+    assert "not-it" not in line and PASSWORD not in line
+    no_db = CliRunner().invoke(main, ["runs", "--store", pg_url + "_gone"])
+    assert no_db.exit_code == 2
+    [line] = no_db.output.strip().splitlines()
+    assert "does not exist" in line and "create the database (createdb)" in line and PASSWORD not in line
