@@ -352,3 +352,33 @@ def test_a_wrong_password_or_database_is_one_line_with_its_fix(pg_url):
     assert no_db.exit_code == 2
     [line] = no_db.output.strip().splitlines()
     assert "does not exist" in line and "create the database (createdb)" in line and PASSWORD not in line
+
+
+def test_two_corral_runs_at_once_on_a_fresh_postgres_store_share_the_work(tmp_path, pg_url):
+    """Two processes started at once on a fresh database: one migration, one run between them,
+    every record written once and paid for once."""
+    import os
+    import subprocess
+
+    from ..conftest import corral_bin
+
+    rows = {f"r{i}": f"row number {i} with some words to make the row longer" for i in range(200)}
+    write_csv(tmp_path / "in.csv", ["id", "text"], rows.items())
+    (tmp_path / "job.yaml").write_text(
+        "name: shared\nsource: in.csv\nkey: id\nsink: out/o.csv\n"
+        "model:\n  name: fake\n  latency: 0.01\n"
+        "steps:\n  - name: cat\n    task: classify\n    input: \"{text}\"\n    labels: [a, b]\n")
+    env = {k: v for k, v in os.environ.items() if k != "CORRAL_STORE"}
+    args = [corral_bin(), "run", "job.yaml", "--json", "--store", pg_url]
+    procs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (_out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+        assert PASSWORD not in err
+    summaries = [json.loads(out) for out, _ in outs]
+    assert summaries[0]["run"] == summaries[1]["run"]
+    s = open_store(pg_url)
+    assert s.counts(summaries[0]["run"]) == {"done": 200}
+    assert s.totals(summaries[0]["run"]).made == 200  # no record paid for twice
+    assert (tmp_path / "out" / "o.csv").read_text().count("\n") == 201
