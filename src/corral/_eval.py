@@ -71,7 +71,7 @@ from corral.io import open_source
 from corral.io.base import Column
 from corral.job import Job
 from corral.models.base import Model
-from corral.store import Store, open_store
+from corral.store import Store, open_store, scratch_folder
 from corral.store.base import FINAL_STATES, STATES, RecordRow, RunInfo
 
 __all__ = ["EvalError", "EvalOptions", "Evaluation", "Interrupted", "evaluate", "evaluate_async", "resolve_run"]
@@ -215,7 +215,7 @@ async def _labeled_run(
     handle_signals: bool,
 ) -> tuple[RunInfo, str]:
     """Run a copy of the job on the labeled rows alone (answers the store holds are replayed)."""
-    base = (store_path.resolve().parent if store_path is not None else job.base_dir / ".corral")
+    base = (scratch_folder(store_path, job.base_dir) if store_path is not None else job.base_dir / ".corral")
     digest = hashlib.sha256(json.dumps([job.name, key, sorted(rows)]).encode()).hexdigest()[:12]
     folder = base / "eval" / f"{job.name}-{digest}"
     folder.mkdir(parents=True, exist_ok=True)

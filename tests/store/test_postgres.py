@@ -382,3 +382,25 @@ def test_two_corral_runs_at_once_on_a_fresh_postgres_store_share_the_work(tmp_pa
     assert s.counts(summaries[0]["run"]) == {"done": 200}
     assert s.totals(summaries[0]["run"]).made == 200  # no record paid for twice
     assert (tmp_path / "out" / "o.csv").read_text().count("\n") == 201
+
+
+def test_eval_on_a_postgres_store_keeps_its_copies_beside_the_job(tmp_path, pg_url, monkeypatch):
+    """`corral eval` runs a copy of the job on the labeled rows, in a folder beside the store: for
+    a Postgres store, `.corral` beside the job, never a folder named after the URL."""
+    import shutil
+
+    from ..conftest import ROOT
+
+    for name in ("tickets.yaml", "data/tickets.csv", "data/tickets_labels.csv"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / "examples" / name, tmp_path / name)
+    monkeypatch.delenv("CORRAL_STORE")
+    res = CliRunner().invoke(main, ["eval", str(tmp_path / "tickets.yaml"), "--labels",
+                                    str(tmp_path / "data" / "tickets_labels.csv"), "--model", "fake",
+                                    "--json", "--store", pg_url])
+    assert res.exit_code == 0, res.output
+    assert PASSWORD not in res.output
+    made = [str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")]
+    assert not [p for p in made if "postgres" in p or PASSWORD in p], made
+    assert not list(Path.cwd().glob("postgres*"))
+    assert open_store(pg_url).list_runs()  # the copy's run is in the database

@@ -12,7 +12,7 @@ from corral.store.sqlite import SQLiteStore
 
 __all__ = [
     "Store", "SQLiteStore", "open_store", "default_store_path", "store_path_near", "STORE_ENV",
-    "PROJECT_MARKERS", "is_store_url", "shown_store",
+    "PROJECT_MARKERS", "is_store_url", "shown_store", "scratch_folder",
 ]
 
 #: whether a ``--store`` / ``CORRAL_STORE`` value is a Postgres URL (``postgresql://...``)
@@ -66,6 +66,13 @@ def default_store_path() -> Path:
         return found.relative_to(Path.cwd().resolve())
     except ValueError:
         return found
+
+
+def scratch_folder(store: Path, base_dir: Path) -> Path:
+    """Where a command keeps files of its own beside the store (calibration samples, eval
+    copies): the store file's folder; for a Postgres store, ``.corral`` in ``base_dir`` (the
+    job's folder), never a folder named after the URL."""
+    return base_dir / ".corral" if is_url(store) else store.resolve().parent
 
 
 def open_store(path: str | Path | None = None, *, create: bool = True, check: bool = True) -> Store:
