@@ -19,15 +19,14 @@ import corral
 from corral.cli import main
 from corral.errors import StoreError
 from corral.job import Job
-from corral.models.base import Request
 from corral.models.fake import FakeModel
 from corral.store import open_store
 from corral.store._migrations import MIGRATIONS
 from corral.store.base import CallRecord, NewRecord, RunInfo, Store
 from corral.store.postgres import PostgresStore
-from corral.testing import plain
 
 from .._postgres import PASSWORD
+from ..cli.test_cost import cascade_job
 from ..conftest import scripted_models, write_csv
 
 
@@ -263,29 +262,6 @@ def test_a_run_on_postgres_finishes_and_its_rerun_pays_nothing(tmp_path, pg_url)
     assert (tmp_path / "out" / "o.csv").read_text().count("\n") == 32
 
 
-def cascade(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Job:
-    """Votes, a retry, an escalation: a trace with answers, confidences and decisions."""
-    models = scripted_models(monkeypatch)
-
-    def cheap(r: Request) -> Any:
-        text = plain(r.messages[1].content)
-        if text == "easy two" and r.sample == 0:
-            return "not JSON at all"
-        if text.startswith("easy"):
-            return {"label": "a"}
-        return {"label": "a" if r.sample % 2 == 0 else "b"}
-
-    models["fake:cheap"] = FakeModel("cheap", script=cheap, price_per_call="0.001")
-    models["fake:strong"] = FakeModel("strong", script=lambda r: {"label": "c"}, price_per_call="0.01")
-    step = {"name": "cat", "task": "classify", "input": "{text}", "labels": ["a", "b", "c"], "strategy": {
-        "name": "cascade", "threshold": 0.8,
-        "stages": [{"name": "vote", "samples": 3, "model": "cheap"}, {"name": "single", "model": "strong"}]}}
-    write_csv(tmp / "in.csv", ["id", "text"], {"e1": "easy one", "e2": "easy two", "h1": "hard one"}.items())
-    return Job.from_dict({"name": "costs", "source": "in.csv", "key": "id", "steps": [step],
-                          "sink": "out/costs.csv", "models": {"cheap": "fake:cheap", "strong": "fake:strong"},
-                          "tags": {"team": "growth"}}, base_dir=tmp)
-
-
 def reads(s: Store, run_id: str) -> dict[str, Any]:
     """Every read of a run that does not depend on the clock."""
     keys = [r.key for chunk in s.iter_records(run_id, "done") for r in chunk]
@@ -303,7 +279,7 @@ def reads(s: Store, run_id: str) -> dict[str, Any]:
 
 
 def test_the_same_run_reads_the_same_from_postgres_and_sqlite(tmp_path, pg_url, monkeypatch):
-    job = cascade(tmp_path, monkeypatch)
+    job = cascade_job(tmp_path, scripted_models(monkeypatch))  # votes, a retry, an escalation
     on_sqlite = corral.run(job, model=FakeModel(), store=tmp_path / "s.db")
     on_pg = corral.run(job, model=FakeModel(), store=pg_url)
     assert on_pg.run == on_sqlite.run and on_pg.calls_made == on_sqlite.calls_made == 9
