@@ -53,9 +53,10 @@ def _to_nanos(cost: Decimal | None) -> int | None:
 class SQLStore(Store):
     """The Store methods in SQL that SQLite and Postgres both run."""
 
-    #: what the lease's inner SELECT adds to take rows no other transaction is taking
-    #: (Postgres: ``FOR UPDATE SKIP LOCKED``; SQLite has one writer at a time)
-    _LOCK_ROWS = ""
+    #: how the lease's UPDATE names the rows its inner SELECT (``{pick}``) picked. Postgres's
+    #: picks with ``FOR UPDATE SKIP LOCKED`` (rows no other transaction is taking), once, as an
+    #: array; SQLite has one writer at a time
+    _LEASED_ROWS = "key IN ({pick})"
 
     @property
     @abstractmethod
@@ -233,14 +234,13 @@ class SQLStore(Store):
     ) -> list[LeasedRecord]:
         limit_ord = below_ordinal if below_ordinal is not None else 1 << 62
         with self._tx() as db:
-            # the rows picked once, in a CTE (a subquery with a lock may run again per row)
+            pick = ("SELECT key FROM records WHERE run_id=? AND state='pending' AND ordinal < ? "
+                    "ORDER BY ordinal LIMIT ?")
             rows = db.execute(
-                "WITH picked AS (SELECT key FROM records WHERE run_id=? AND state='pending' "
-                f"AND ordinal < ? ORDER BY ordinal LIMIT ?{self._LOCK_ROWS}) "
                 "UPDATE records SET state='leased', lease_owner=?, lease_expires=? "
-                "WHERE run_id=? AND state='pending' AND key IN (SELECT key FROM picked) "
+                f"WHERE run_id=? AND state='pending' AND {self._LEASED_ROWS.format(pick=pick)} "
                 "RETURNING key, ordinal, line, data",
-                (run_id, limit_ord, n, owner, time.time() + ttl_s, run_id),
+                (owner, time.time() + ttl_s, run_id, run_id, limit_ord, n),
             ).fetchall()
         rows.sort(key=lambda r: r[1])
         return [LeasedRecord(k, o, ln, json.loads(d)) for k, o, ln, d in rows]

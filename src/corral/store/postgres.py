@@ -86,7 +86,9 @@ class PostgresStore(SQLStore):
     store's sake: Postgres checks its own pages.
     """
 
-    _LOCK_ROWS = " FOR UPDATE SKIP LOCKED"
+    # picked once (an uncorrelated ARRAY() runs once; a locking subquery in IN may run again per
+    # row, and a join on a table not analyzed yet may scan it per row), then found by key
+    _LEASED_ROWS = "key = ANY(ARRAY({pick} FOR UPDATE SKIP LOCKED))"
 
     def __init__(self, url: str, *, create: bool = True, check: bool = True) -> None:
         self.url = _url.whole(url)
