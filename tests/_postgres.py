@@ -19,6 +19,7 @@ import glob
 import itertools
 import os
 import pwd
+import shlex
 import shutil
 import socket
 import subprocess
@@ -89,7 +90,11 @@ def _server_user() -> str | None:
 
 
 def _as(user: str | None, argv: list[str]) -> list[str]:
-    return argv if user is None else ["runuser", "-u", user, "--", *argv]
+    if user is None:
+        return argv
+    if shutil.which("runuser"):
+        return ["runuser", "-u", user, "--", *argv]
+    return ["su", user, "-s", "/bin/sh", "-c", shlex.join(argv)]
 
 
 @contextlib.contextmanager

@@ -154,6 +154,38 @@ def test_many_workers_committing_overlapping_answers_keep_the_ledger_exact(pg_ur
     assert stores[0].totals(run.id).cost == Decimal("0.080")
 
 
+def test_a_stalled_worker_and_its_successor_writing_the_same_records_at_once_do_not_deadlock(pg_url):
+    """A worker that stalled past its lease comes back and commits the records another worker
+    took over, at the moment that one commits them too: both calls stay in the ledger, each
+    record stays one row, and neither commit fails."""
+    from corral.store.base import FinalRecord
+
+    a, b = PostgresStore(pg_url), PostgresStore(pg_url)
+    run = new_run(a, n=8)
+    keys = [f"k{i}" for i in range(8)]
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def commit(s: Store, order: list[str], who: str) -> None:
+        start.wait()
+        try:
+            for rnd in range(15):
+                s.commit([paid(run.id, k, f"v1:{who}{rnd}{k}") for k in order], [],
+                         [FinalRecord(run.id, k, "done", json.dumps({"cat": who}), None, 1) for k in order])
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=commit, args=(a, keys, "a")),
+               threading.Thread(target=commit, args=(b, keys[::-1], "b"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert a.counts(run.id) == {"done": 8}
+    assert a.totals(run.id).made == 2 * 15 * 8
+
+
 # --- schema --------------------------------------------------------------------------------
 
 

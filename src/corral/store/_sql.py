@@ -350,11 +350,12 @@ class SQLStore(Store):
                     for a in attempts
                 ],
             )
-        if finals:
+        if finals:  # by key, as the cache above: two writers of one record lock it in one order
             db.executemany(
                 "UPDATE records SET state=?, outputs=?, reason=?, attempts=?, lease_owner=NULL, "
                 "lease_expires=NULL, updated_at=? WHERE run_id=? AND key=?",
-                [(f.state, f.outputs, f.reason, f.attempts, now, f.run_id, f.key) for f in finals],
+                [(f.state, f.outputs, f.reason, f.attempts, now, f.run_id, f.key)
+                 for f in sorted(finals, key=lambda f: (f.run_id, f.key))],
             )
 
     # --- review decisions ---------------------------------------------------------------
