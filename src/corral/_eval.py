@@ -71,7 +71,7 @@ from corral.io import open_source
 from corral.io.base import Column
 from corral.job import Job
 from corral.models.base import Model
-from corral.store import Store, open_store, scratch_folder
+from corral.store import Store, is_store_url, open_store, scratch_folder
 from corral.store.base import FINAL_STATES, STATES, RecordRow, RunInfo
 
 __all__ = ["EvalError", "EvalOptions", "Evaluation", "Interrupted", "evaluate", "evaluate_async", "resolve_run"]
@@ -286,7 +286,7 @@ async def evaluate_async(
         raise EvalError(f"labels file {labels.name} has only the key column `{key}`; add gold columns named like the sink's")
     own = not isinstance(store, Store)
     path = None if isinstance(store, Store) else Path(store) if store is not None else store_path_for(job)
-    if own and path is not None and not path.exists():
+    if own and path is not None and not is_store_url(path) and not path.exists():
         if runs:
             raise EvalError(f"no store at {path}; give --store, or run the job first")
         if not run_missing:

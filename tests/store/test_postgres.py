@@ -412,3 +412,10 @@ def test_eval_on_a_postgres_store_keeps_its_copies_beside_the_job(tmp_path, pg_u
     assert not [p for p in made if "postgres" in p or PASSWORD in p], made
     assert not list(Path.cwd().glob("postgres*"))
     assert open_store(pg_url).list_runs()  # the copy's run is in the database
+    # the job's own run, scored as it is (--no-run): the store is the database, not a file
+    assert CliRunner().invoke(main, ["run", str(tmp_path / "tickets.yaml"), "--model", "fake",
+                                     "--store", pg_url]).exit_code == 0
+    scored = CliRunner().invoke(main, ["eval", str(tmp_path / "tickets.yaml"), "--labels",
+                                       str(tmp_path / "data" / "tickets_labels.csv"), "--model", "fake",
+                                       "--no-run", "--json", "--store", pg_url])
+    assert scored.exit_code == 0, scored.output
