@@ -419,3 +419,17 @@ def test_eval_on_a_postgres_store_keeps_its_copies_beside_the_job(tmp_path, pg_u
                                        str(tmp_path / "data" / "tickets_labels.csv"), "--model", "fake",
                                        "--no-run", "--json", "--store", pg_url])
     assert scored.exit_code == 0, scored.output
+
+
+def test_without_postgresql_the_tests_skip_except_under_ci(monkeypatch):
+    from .. import _postgres
+
+    monkeypatch.setattr(_postgres, "find_binaries", lambda: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="install PostgreSQL"):
+        with _postgres.postgres_server():
+            pass
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(pytest.fail.Exception, match="CI is set"):
+        with _postgres.postgres_server():
+            pass
