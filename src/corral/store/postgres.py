@@ -91,16 +91,16 @@ class PostgresStore(SQLStore):
     _LEASED_ROWS = "key = ANY(ARRAY({pick} FOR UPDATE SKIP LOCKED))"
 
     def __init__(self, url: str, *, create: bool = True, check: bool = True) -> None:
-        self.url = _url.whole(url)
+        self._dsn = _url.whole(url)  # with its password: for connecting, and nothing else
         #: the URL with its password masked: what messages and summaries show
-        self.shown = _url.masked(self.url)
+        self.shown = _url.masked(self._dsn)
         self._lock = threading.RLock()
         self._closed = False
         psycopg = _psycopg()
         self._pg = psycopg
         try:
             conn = psycopg.connect(
-                self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
+                self._dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
                 application_name="corral",
             )
         except psycopg.Error as e:
@@ -147,7 +147,7 @@ class PostgresStore(SQLStore):
             fix = "create the database (createdb), or check its name in the URL (--store or CORRAL_STORE)"
         else:
             fix = "is the server running? check the URL (--store or CORRAL_STORE)"
-        return StoreError(f"cannot connect to the Postgres store at {_url.where(self.url)} ({reason}) — {fix}")
+        return StoreError(f"cannot connect to the Postgres store at {_url.where(self._dsn)} ({reason}) — {fix}")
 
     def _reason(self, e: BaseException) -> str:
         """The driver's first line about ``e`` (what the server said, when it said something),
@@ -155,7 +155,7 @@ class PostgresStore(SQLStore):
         text = (str(e).strip().splitlines() or [type(e).__name__])[0]
         if "FATAL:" in text:
             text = text.split("FATAL:", 1)[1].strip()
-        secret = _url.password(self.url)
+        secret = _url.password(self._dsn)
         return text.replace(secret, _url.MASK) if secret else text
 
     def _error(self, e: BaseException, lead: str) -> StoreError:
@@ -164,7 +164,7 @@ class PostgresStore(SQLStore):
             fix = (f"another worker held a lock for over {LOCK_TIMEOUT_S} s; let it finish (or "
                    "stop it), then run the command again")
         elif isinstance(e, pg.OperationalError):
-            fix = f"is the server at {_url.where(self.url)} running? check the URL (--store or CORRAL_STORE)"
+            fix = f"is the server at {_url.where(self._dsn)} running? check the URL (--store or CORRAL_STORE)"
         else:
             fix = "if the database is not a Corral store or was changed by another program, use another --store"
         return StoreError(f"{lead} the store at {self.shown}: {self._reason(e)} — {fix}")
