@@ -104,6 +104,24 @@ def test_an_expired_lease_returns_to_the_queue_and_a_renewed_one_does_not(pg_url
     assert b.counts(run.id) == {"leased": 3, "pending": 3}
 
 
+def test_leases_are_timed_by_the_servers_clock(pg_url, monkeypatch):
+    """A worker on a machine whose clock runs an hour ahead neither expires the leases of the
+    others nor takes leases that look expired to them."""
+    import corral.store._sql as sql
+
+    a, b = PostgresStore(pg_url), PostgresStore(pg_url)
+    run = new_run(a, n=4)
+    a.lease(run.id, "host-a:1:x", 2, 300)
+    real = time.time
+    monkeypatch.setattr(sql.time, "time", lambda: real() + 3600)  # this machine's clock, wrong
+    assert b.reclaim(run.id, lambda owner: False) == 0
+    assert b.lease_owners(run.id) == ["host-a:1:x"]
+    b.lease(run.id, "host-b:2:y", 2, 300)
+    monkeypatch.setattr(sql.time, "time", real)
+    assert a.reclaim(run.id, lambda owner: False) == 0
+    assert sorted(a.lease_owners(run.id)) == ["host-a:1:x", "host-b:2:y"]
+
+
 # --- one cache, one ledger -----------------------------------------------------------------
 
 

@@ -212,10 +212,16 @@ class SQLStore(Store):
 
     # --- queue -------------------------------------------------------------------------
 
+    def _clock(self, db: Conn) -> float:
+        """Now, by the clock leases are timed by (seconds since the epoch). Here this process's;
+        a store shared by machines reads its server's, so that one machine's clock running
+        ahead never expires the leases of workers on the others."""
+        return time.time()
+
     def reclaim(self, run_id: str, is_dead: Callable[[str], bool]) -> int:
-        now = time.time()
         dead = [o for o in self.lease_owners(run_id) if is_dead(o)]
         with self._tx() as db:
+            now = self._clock(db)
             n = db.execute(
                 "UPDATE records SET state='pending', lease_owner=NULL, lease_expires=NULL "
                 "WHERE run_id=? AND state='leased' AND lease_expires < ?",
@@ -240,7 +246,7 @@ class SQLStore(Store):
                 "UPDATE records SET state='leased', lease_owner=?, lease_expires=? "
                 f"WHERE run_id=? AND state='pending' AND {self._LEASED_ROWS.format(pick=pick)} "
                 "RETURNING key, ordinal, line, data",
-                (owner, time.time() + ttl_s, run_id, run_id, limit_ord, n),
+                (owner, self._clock(db) + ttl_s, run_id, run_id, limit_ord, n),
             ).fetchall()
         rows.sort(key=lambda r: r[1])
         return [LeasedRecord(k, o, ln, json.loads(d)) for k, o, ln, d in rows]
@@ -249,7 +255,7 @@ class SQLStore(Store):
         rows = self.db.execute(
             "SELECT DISTINCT lease_owner FROM records WHERE run_id=? AND state='leased' "
             "AND lease_expires >= ?",
-            (run_id, time.time()),
+            (run_id, self._clock(self.db)),
         )
         return [o for (o,) in rows if o is not None]
 
@@ -258,7 +264,7 @@ class SQLStore(Store):
             db.execute(
                 "UPDATE records SET lease_expires=? WHERE run_id=? AND state='leased' "
                 "AND lease_owner=?",
-                (time.time() + ttl_s, run_id, owner),
+                (self._clock(db) + ttl_s, run_id, owner),
             )
 
     def release(self, run_id: str, owner: str) -> int:
