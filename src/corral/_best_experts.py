@@ -97,7 +97,7 @@ async def best_experts_for(
     key_column: str | None = None, step: str | None = None,
 ) -> dict[str, Any]:
     """:func:`best_experts_async` with the job's store and model (as ``corral eval`` finds them)."""
-    from corral._client import make_model
+    from corral._build_models import make_model
     from corral.engine import store_path_for
     from corral.store import open_store
 

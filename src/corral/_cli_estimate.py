@@ -45,7 +45,7 @@ def estimate_cmd(job_file: Path, sample: int | None, model_name: str | None, as_
     """Estimate what a job will cost: every prompt rendered and its tokens counted, times the
     calls per row its strategies are expected to make, times the model's prices; a low-high
     range online, in batch mode and on flex. Nothing is called without --sample."""
-    from corral._client import make_model
+    from corral._build_models import make_model
     from corral.cli import _arun, _batch_gc, _err, _exit_codes, _fail, _parse_model_option
     from corral.engine import run_async
     from corral.job import Job

@@ -12,23 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from corral._call_claims import Claimer
 from corral._commit import GroupCommitter, dumps
 from corral._limits import AdaptiveConcurrency, CircuitBreaker, RateLimiter, backoff
-from corral._registry import model_class, suggest
 from corral.errors import (
     AuthenticationError,
-    ModelNotFoundError,
     PermanentModelError,
     ProviderUnavailable,
     QuotaExceeded,
@@ -38,7 +34,6 @@ from corral.errors import (
 from corral.job import MAX_CONCURRENCY, Budget, Job, ModelRef
 from corral.models.base import Completion, Model, Request, Usage
 from corral.store.base import AttemptRecord, CallRecord, Store
-from corral.tasks.base import Task
 
 if TYPE_CHECKING:  # pragma: no cover
     from corral.batchapi import BatchCoordinator
@@ -51,69 +46,6 @@ SLOW_START_FROM = 32
 
 
 # --- models ---------------------------------------------------------------------------------
-
-
-def make_model(ref: ModelRef | str | dict[str, Any], base_dir: Path | None = None) -> Model:
-    """Build a model from its name (``local``, ``local:/m.gguf``, ``fake``) or mapping."""
-    ref = ModelRef.parse(ref)
-    cls = model_class(ref.name)
-    arg = ref.arg
-    if arg and base_dir is not None and arg.endswith(".gguf") and not os.path.isabs(arg):
-        candidate = base_dir / arg
-        if candidate.exists():
-            arg = str(candidate.resolve())
-    options = dict(ref.options)
-    if base_dir is not None:  # file options of a model are relative to the job file's folder
-        for key in getattr(cls, "path_options", ()):
-            v = options.get(key)
-            if isinstance(v, str) and v and not os.path.isabs(v):
-                options[key] = str((base_dir / v).resolve())
-    _check_options(ref, cls, options)
-    try:
-        return cls(arg, **options)
-    except TypeError as e:
-        raise ModelNotFoundError(f"model `{ref}`: {e}; check the options under `model:`") from None
-    except ValueError as e:
-        raise ModelNotFoundError(f"model `{ref}`: {e}") from None
-
-
-def _check_options(ref: ModelRef, cls: type[Model], options: dict[str, Any]) -> None:
-    """An option the model's class does not take is one line naming the ones it does."""
-    try:
-        params = list(inspect.signature(cls).parameters.values())
-    except (TypeError, ValueError):  # a class whose signature cannot be read: let it check
-        return
-    if not params or any(p.kind is p.VAR_KEYWORD for p in params):
-        return
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    takes = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-             and not (positional and p is positional[0])]  # the first one receives NAME:ARG
-    unknown = [k for k in options if k not in takes]
-    if unknown:
-        shared = sorted(set(ModelRef.model_fields) - {"name", "arg", "options"})
-        key = unknown[0]
-        others = ", ".join(f"`{k}`" for k in unknown[1:])
-        more = f" (and {len(unknown) - 1} more: {others})" if others else ""
-        raise ModelNotFoundError(
-            f"model `{ref}`: unknown option `{key}`{suggest(key, takes + shared) or '.'}{more} "
-            f"Valid options: {', '.join(sorted(takes)) or 'none'}; and for every model: "
-            f"{', '.join(shared)}."
-        )
-
-
-def strategy_models(
-    job: Job, make: Callable[[ModelRef, Path | None], Model] = make_model
-) -> dict[str, tuple[Model, ModelRef]]:
-    """The models the steps' strategies name (by ``models:`` entry), their experts' too, built
-    once per run."""
-    out: dict[str, tuple[Model, ModelRef]] = {}
-    steps: list[Task] = [v for s in job.steps for v in s.variants()]
-    for step in steps:
-        for name in step.strategy.models():
-            if name not in out:
-                ref = job.model_ref(name)
-                out[name] = (make(ref, job.base_dir), ref)
-    return out
 
 
 def default_concurrency(model: Model) -> int:
@@ -365,10 +297,12 @@ class RequestLayer:
 
     def __init__(
         self, store: Store, run_id: str, budget: RunBudget, main: Client, clients: dict[str, Client],
-        say: Callable[[str], None],
+        say: Callable[[str], None], owner: str | None = None,
     ) -> None:
         self.store = store
         self.run_id = run_id
+        #: the worker's claims on the calls it pays, under its lease owner (corral._call_claims)
+        self.claims = None if owner is None else Claimer(store, owner, budget.halt.event, say)
         self.budget = budget
         self.counts = budget.counts  # the run's counters and its stop, shared with the budget
         self.halt = budget.halt
@@ -391,7 +325,7 @@ class RequestLayer:
     def for_run(
         cls, store: Store, run_id: str, counts: Counts, halt: Halt, job: Job, concurrency: int,
         main: tuple[Model, ModelRef | None], extra: dict[str, tuple[Model, ModelRef]],
-        say: Callable[[str], None],
+        say: Callable[[str], None], owner: str | None = None,
     ) -> RequestLayer:
         """The layer of a run: a client for the job's model (``concurrency`` calls at once at
         most) and one for each model its strategies name (as many as that model allows, capped
@@ -403,7 +337,7 @@ class RequestLayer:
             clients[name] = Client.build(m, r, 1 if cap <= 1 else min(cap, job.concurrency or cap))
         first = Client.build(model, ref or ModelRef.model_validate({"name": model.id}), concurrency)
         budget = RunBudget(job.budget, counts, halt, model.id)
-        return cls(store, run_id, budget, first, clients, say)
+        return cls(store, run_id, budget, first, clients, say, owner)
 
     async def cut_short(self, grace_s: float) -> None:
         """On a stop, calls in flight get ``grace_s`` seconds to bring their answers (which are
@@ -436,27 +370,46 @@ class RequestLayer:
         :class:`Deferred`)."""
         client = client or self.main
         h = request.cache_key(client.model.id)
-        flying = self.inflight.get(h)
-        if flying is not None:  # the same request is in flight for another record: wait for it
+        while (flying := self.inflight.get(h)) is not None:  # in flight for another record: wait
             with contextlib.suppress(Exception):
                 await asyncio.shield(flying)
         hit = self.store.cached(h)
         if hit is not None:
-            comp = Completion.from_dict(orjson.loads(hit))
-            if batch and self.batches is not None and h in self.batches.paid:
-                return h, comp  # paid in this run's batch, already in the ledger: not a replay
-            self.counts.replayed += 1
-            u = comp.usage
-            committer.add(call=CallRecord(
-                self.run_id, rec_key, label, attempt, h, client.model.id, True,
-                u.input_tokens, u.output_tokens, u.cached_input_tokens, u.reasoning_tokens,
-                Decimal(0), 0.0, strategy=strategy, kind=kind,
-            ))
-            return h, comp
+            return h, self._replay(committer, (rec_key, label, attempt), h, client, hit, (strategy, kind), batch)
         if self.stop.is_set():
             raise self.halt.stopping()
         if batch and self.batches is not None:
             self.batches.want(h, rec_key, label, attempt, request, strategy, kind)  # raises
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.inflight[h] = done  # from here on, the same request for another record waits for this
+        try:
+            return h, await self._pay(committer, (rec_key, label, attempt), request, h, client, (strategy, kind))
+        finally:
+            del self.inflight[h]
+            done.set_result(None)
+
+    def _replay(self, committer: GroupCommitter, at: tuple[str, str, int], h: str, client: Client,
+                hit: str, made_by: tuple[str | None, str | None], batch: bool) -> Completion:
+        """A recorded answer, put in the ledger as a replay (at no cost) for record, step, attempt
+        ``at``; ``made_by`` is the (strategy, kind) of the call it stands for."""
+        comp = Completion.from_dict(orjson.loads(hit))
+        if batch and self.batches is not None and h in self.batches.paid:
+            return comp  # paid in this run's batch, already in the ledger: not a replay
+        self.counts.replayed += 1
+        u = comp.usage
+        committer.add(call=CallRecord(
+            self.run_id, *at, h, client.model.id, True, u.input_tokens, u.output_tokens,
+            u.cached_input_tokens, u.reasoning_tokens, Decimal(0), 0.0, strategy=made_by[0], kind=made_by[1]))
+        return comp
+
+    async def _pay(self, committer: GroupCommitter, at: tuple[str, str, int], request: Request, h: str,
+                   client: Client, made_by: tuple[str | None, str | None]) -> Completion:
+        """The paid call of ``request``, unless another worker is asking it now (then its answer,
+        replayed: :mod:`corral._call_claims`); under the run's budget."""
+        rec_key, label, attempt = at
+        claims = self.claims
+        if claims is not None and (hit := await claims.claim_or_wait(h, rec_key)) is not None:
+            return self._replay(committer, at, h, client, hit, made_by, False)
         size = sum(len(m.content) for m in request.messages)
         if size > PROMPT_WARN_CHARS and label not in self.warned:
             self.warned.add(label)
@@ -465,18 +418,19 @@ class RequestLayer:
                 f"(about {size // 4:,} tokens), more than most models take; check the input "
                 "column, or split long documents with extract's `chunking:`"
             )
-        budget = self.budget
-        held = await budget.reserve(client, request) if budget.active else None
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.inflight[h] = done
+        budget, held = self.budget, None
         try:
-            return h, await self._call(
-                committer, rec_key, label, attempt, request, h, client, (strategy, kind), held)
+            if self.stop.is_set():
+                raise self.halt.stopping()
+            held = await budget.reserve(client, request) if budget.active else None
+            return await self._call(committer, rec_key, label, attempt, request, h, client, made_by, held)
+        except BaseException:
+            if claims is not None:  # no response recorded: another worker may ask it
+                self.store.release_call(h, claims.owner)
+            raise
         finally:
             if held is not None and not held.done:  # the call failed before it was counted
                 budget.settle(client, held, None)
-            del self.inflight[h]
-            done.set_result(None)
 
     async def _call(
         self, committer: GroupCommitter, rec_key: str, label: str, attempt: int, request: Request,

@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 
 from corral._answers import generate
-from corral._client import make_model
+from corral._build_models import make_model
 from corral.io import open_source
 from corral.job import Job
 from corral.models.base import Model, Request

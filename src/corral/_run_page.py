@@ -211,11 +211,12 @@ def _cost(pg: RunPage) -> list[str]:
     s = pg.summary
     total = pg.cost["step"].total if pg.cost else None
     out = ["<h2>Cost</h2>",
-           f'<p class="meta" id="cost-line">total <b id="cost-total">{e(_dollars(pg.cost_total))}</b> · '
-           f"{s.calls_made:,} paid calls, {s.calls_replayed:,} replayed from the store · "
-           f"{s.input_tokens:,} input and {s.output_tokens:,} output tokens"
+           f'<p class="meta" id="cost-line">total <b id="cost-total" data-usd="{e(_exact(pg.cost_total))}">'
+           f"{e(_dollars(pg.cost_total))}</b> · "
+           f"{_n(s.calls_made, 'paid call')}, {s.calls_replayed:,} replayed from the store · "
+           f"{s.input_tokens:,} input and {_n(s.output_tokens, 'output token')} paid for"
            + (f" · {_dollars(total.per_row)} per written row" if total is not None and total.per_row is not None else "")
-           + (f" · {total.unpriced:,} calls without a price" if total is not None and total.unpriced else "")
+           + (f" · {_n(total.unpriced, 'paid call')} without a price" if total is not None and total.unpriced else "")
            + "</p>"]
     titles = {"step": "By step", "tag": "By tag", "kind": "By kind of call"}
     for by, rep in pg.cost.items():
@@ -233,6 +234,16 @@ def _cost(pg: RunPage) -> list[str]:
     return out
 
 
+def _n(count: int, word: str, many: str | None = None) -> str:
+    """``1 call``, ``2 calls``: a count and its noun."""
+    return f"{count:,} {word if count == 1 else many or word + 's'}"
+
+
+def _exact(v: Decimal | None) -> str:
+    """Money exactly, as ``corral cost --json`` writes it (``unknown`` when a price is not known)."""
+    return "unknown" if v is None else str(v)
+
+
 def _dollars(v: Decimal | None) -> str:
     """Money as the page shows it: ``$0.0600``; ``unknown`` (a price is not known), never $0."""
     return "unknown" if v is None else f"${float(v):,.4f}"
@@ -247,7 +258,7 @@ def _confidence(pg: RunPage) -> list[str]:
     for step, answers in pg.confidences.items():
         known = [a for a in answers if a.confidence is not None]
         if not known:
-            out.append(f'<p class="meta">step {e(step)}: {len(answers):,} answers, none with a confidence '
+            out.append(f'<p class="meta">step {e(step)}: {_n(len(answers), "answer")}, none with a confidence '
                        "(the model gave no log-probabilities and the strategy measured none)</p>")
             continue
         written = [0.0] * CONFIDENCE_BINS
@@ -258,13 +269,13 @@ def _confidence(pg: RunPage) -> list[str]:
             (written if a.accepted else held)[b] += 1
         series = [("accepted", written, STATE_COLORS["done"])]
         if any(held):
-            series.append(("not accepted (held or quarantined)", held, STATE_COLORS["review"]))
+            series.append(("not accepted by the run (held or quarantined)", held, STATE_COLORS["review"]))
         svg = bars_svg(edges, series, x_label="confidence", y_label="answers",
                        label=f"confidence histogram, step {step}")
         n_acc = sum(a.accepted for a in known)
         mean = sum(a.confidence or 0.0 for a in known if a.accepted) / n_acc if n_acc else None
         none = len(answers) - len(known)
-        figs.append(f'<figure class="confidence">{svg}<figcaption>step {e(step)}: {n_acc:,} accepted answers'
+        figs.append(f'<figure class="confidence">{svg}<figcaption>step {e(step)}: {_n(n_acc, "accepted answer")}'
                     + (f", mean confidence {mean:.2f}" if mean is not None else "")
                     + (f"; {len(known) - n_acc:,} not accepted" if len(known) > n_acc else "")
                     + (f"; {none:,} without a confidence" if none else "") + "</figcaption></figure>")
@@ -275,8 +286,9 @@ def _confidence(pg: RunPage) -> list[str]:
 
 def _mix(pg: RunPage) -> list[str]:
     prev = pg.previous
-    against = (f"against the previous run of job {pg.info.job_name}, {prev.id} "
-               f"({_when(prev.updated_at)})" if prev is not None else "no previous finished run of this job to compare with")
+    against = (f"against the previous run of job {pg.info.job_name}: run {prev.id}, finished "
+               f"{_when(prev.updated_at)} (its last finished run before this one that monitoring did not warn about)"
+               if prev is not None else "no previous finished run of this job to compare with")
     out = ["<h2>Label mix</h2>", f'<p class="meta" id="mix-against">{e(against)}</p>']
     if pg.warnings:
         out.append('<ul class="notes warnings">' + "".join(f"<li>warning: {e(w)}</li>" for w in pg.warnings) + "</ul>")
@@ -291,7 +303,7 @@ def _mix(pg: RunPage) -> list[str]:
         if before is not None:
             series.append((f"previous ({sum(before.labels.values()):,})", [b.get(k, 0.0) for k in labels], COLORS[6]))
         svg = paired_bars_svg(labels, series, label=f"label mix of {name}")
-        note = f"{name}: {len(labels)} labels"
+        note = f"{name}: {_n(len(labels), 'label')}"
         if before is not None:
             d = _monitor.distance(a, b)
             flag = " — over the job's label_drift" if d > pg.drift_limit else ""
@@ -317,8 +329,8 @@ def _throughput(pg: RunPage) -> list[str]:
     if any(b.replayed for b in bins):
         series.append((f"replayed calls per {unit}", pts(lambda b: b.replayed)))
     answers = sum(b.answers for b in bins)
-    said = (f"{answers:,} answers accepted and {sum(b.calls for b in bins):,} paid calls from {_when(t0)} "
-            f"over {span:,.0f} s")
+    said = (f"{_n(answers, 'answer')} accepted and {_n(sum(b.calls for b in bins), 'paid call')} from {_when(t0)} "
+            + (f"over {span:,.0f} s" if len(bins) > 1 else f"within {span:,.0f} s"))
     if len(bins) < 2:
         return [*out, f'<p class="meta" id="throughput">{e(said)} (too short a run to plot)</p>']
     svg = lines_svg(series, x_label=f"time since the first call ({unit})", y_label=f"per {unit}",

@@ -102,6 +102,10 @@ class PagesServer(ThreadingHTTPServer):
     allow_reuse_address = True  # a port a stopped server left in TIME_WAIT is free at once
 
     def __init__(self, settings: Settings) -> None:
+        if settings.token is None and not is_loopback(settings.host):
+            # its Host check alone would not do: a client elsewhere can name 127.0.0.1 in its request
+            raise UserError(f"a server bound to {settings.host} needs a token: give --token T (or "
+                            "Settings(token=...)), or bind 127.0.0.1")
         family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
         self.address_family = family
         super().__init__((settings.host, settings.port), Handler)
@@ -154,9 +158,9 @@ class Handler(BaseHTTPRequestHandler):
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
+        self._done(status)  # logged before the body goes: a client that has the answer finds it logged
         if self.command != "HEAD":
             self.wfile.write(data)
-        self._done(status)
 
     def _error(self, status: int, message: str) -> None:
         title = f"{status} {HTTPStatus(status).phrase}"
@@ -199,8 +203,8 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_header("Content-Length", "0")
                 for k, v in headers.items():
                     self.send_header(k, v)
-                self.end_headers()
                 self._done(r.status)
+                self.end_headers()
             else:
                 self._error(r.status, r.message)
             return
@@ -209,6 +213,10 @@ class Handler(BaseHTTPRequestHandler):
             return
         except CorralError as err:
             self._error(500, str(err))
+            return
+        except Exception as err:  # a bug: one line in the log and a page saying so, the server goes on
+            self.server.settings.log(f"error: {self.command} {url.path}: {type(err).__name__}: {err}")
+            self._error(500, f"Corral failed on this page ({type(err).__name__}: {err}); please report it")
             return
         self._send(200, body, headers=headers)
 
@@ -255,7 +263,10 @@ class Handler(BaseHTTPRequestHandler):
         m = _ROUTE.match(path)
         if m is None or m["what"] != "record" or not m["key"]:
             raise Reply(405, "only a record's page takes a decision (POST /run/RUN/record/KEY)")
-        n = int(self.headers.get("Content-Length") or 0)
+        try:
+            n = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            raise Reply(400, "the request's Content-Length is not a number") from None
         if n > MAX_FORM_BYTES:
             raise Reply(413, f"the form is larger than {MAX_FORM_BYTES:,} bytes")
         form = {k: v[0] for k, v in parse_qs(self.rfile.read(n).decode("utf-8", "replace"),
@@ -365,7 +376,7 @@ def queue_page(st: Store, info: RunInfo, offset: int, flash: str | None = None) 
     if flash:
         body.append(f'<p class="flash" id="flash">{e(flash)}</p>')
     shown = items[offset:offset + QUEUE_PAGE]
-    body.append(f'<p class="meta" id="held-count">{len(items):,} rows held for review'
+    body.append(f'<p class="meta" id="held-count">{len(items):,} row{"" if len(items) == 1 else "s"} held for review'
                 + (f" · rows {offset + 1:,}–{offset + len(shown):,}" if shown else "") + "</p>")
     rows = []
     for it in shown:
@@ -384,8 +395,14 @@ def queue_page(st: Store, info: RunInfo, offset: int, flash: str | None = None) 
 
 
 def _decisions_table(title: str, decided: list[ReviewDecision]) -> str:
-    rows = [(d.key, d.action, d.who, _review.when(d.at), d.state, d.note or "") for d in decided]
-    return table(title, ("key", "action", "who", "when", "now", "note"), rows, cls="decisions", text_cols=(5,))
+    """Who decided what and when; each key linked to its record, an edit with what it wrote."""
+    rows = []
+    for d in decided:
+        link = f'<a href="/run/{e(quote(d.run_id))}/record/{e(quote(d.key, safe=""))}">{e(d.key)}</a>'
+        wrote = _short(d.outputs) if d.action == "edit" and d.outputs else ""
+        rows.append((link, e(d.action), e(d.who), e(_review.when(d.at)), e(d.state), e(wrote), e(d.note or "")))
+    return table(title, ("key", "action", "who", "when", "now", "wrote", "note"), rows, raw=True,
+                 cls="decisions", text_cols=(1, 2, 4, 5, 6))
 
 
 def _short(v: Any, n: int = 160) -> str:
@@ -478,7 +495,8 @@ def record_page(st: Store, info: RunInfo, key: str, settings: Settings, *, error
                                                for k, v in (rec.data or {}).items()], text_cols=(1,)))
     if rec.outputs:
         body.append("<h2>Outputs</h2>" + _pre(rec.outputs, "outputs"))
-    body.append(f"<h2>Trace ({sum(c.kind == 'call' for c in trace):,} calls)</h2>")
+    calls = sum(c.kind == "call" for c in trace)
+    body.append(f"<h2>Trace ({calls:,} call{'' if calls == 1 else 's'})</h2>")
     body += _trace_html(trace)
     return page(f"corral · {info.id} · {key}", body)
 

@@ -598,6 +598,9 @@ main.add_command(report_cmd)
 main.add_command(serve_cmd)
 main.add_command(review)
 main.add_command(cost_cmd)
+from corral._cli_worker import worker_cmd  # noqa: E402 (a command of its own module)
+
+main.add_command(worker_cmd)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from corral._build_models import make_model, strategy_models
 from corral._client import (
     Counts,
     Deferred,
@@ -29,8 +30,6 @@ from corral._client import (
     RequestLayer,
     Stop,
     default_concurrency,
-    make_model,
-    strategy_models,
 )
 from corral._commit import GroupCommitter
 from corral._ingest import ingest, new_run
@@ -83,7 +82,7 @@ class _Runner:
         self.concurrency = job.concurrency or default_concurrency(model)
         self.counts = Counts.of_run(store, run.id, limit)
         self.layer = layer = RequestLayer.for_run(
-            store, run.id, self.counts, self.halt, job, self.concurrency, (model, ref), extra, self._say)
+            store, run.id, self.counts, self.halt, job, self.concurrency, (model, ref), extra, self._say, self.owner)
         self.records = RecordProcessor(job, self.layer, self.counts)
         self.batches: BatchCoordinator | None = None
         if any(s.mode == "batch" for s in self.records.steps):

@@ -451,3 +451,32 @@ def test_without_postgresql_the_tests_skip_except_under_ci(monkeypatch):
     with pytest.raises(pytest.fail.Exception, match="CI is set"):
         with _postgres.postgres_server():
             pass
+
+
+def test_workers_claiming_the_same_calls_at_once_get_each_claim_once(pg_url):
+    """Four workers claim overlapping request hashes in the same moment, round after round: each
+    hash is claimed by one of them, the others are told who holds it."""
+    stores = [PostgresStore(pg_url) for _ in range(4)]
+    start = threading.Barrier(len(stores))
+    got: dict[int, list[list[Any]]] = {i: [] for i in range(len(stores))}
+
+    def work(i: int) -> None:
+        for rnd in range(20):
+            hashes = [f"v1:{rnd}:{j}" for j in range(i, i + 6)]  # each overlaps its neighbours'
+            start.wait()
+            got[i].append(list(zip(hashes, stores[i].claim_calls(hashes, f"w{i}", 60, lambda o: False))))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(stores))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    owners: dict[str, set[str]] = {}
+    for i, rounds in got.items():
+        for pairs in rounds:
+            for h, c in pairs:
+                owners.setdefault(h, set()).add(f"w{i}" if c.holder is None else c.holder)
+    assert len(owners) == 20 * 9
+    assert all(len(o) == 1 for o in owners.values()), {h: o for h, o in owners.items() if len(o) > 1}
+    held = dict(stores[0].db.execute("SELECT request_hash, owner FROM call_claims").fetchall())
+    assert held == {h: next(iter(o)) for h, o in owners.items()}

@@ -221,6 +221,20 @@ def m006_ledger_kind(db: Conn) -> None:
     _script(db, "ALTER TABLE ledger ADD COLUMN kind TEXT")
 
 
+@migration
+def m007_call_claims(db: Conn) -> None:
+    """Workers asking the same request at once pay it once: the first claims the call, the
+    others wait for its recorded response (see Store.claim_call)."""
+    _script(db, """
+        CREATE TABLE call_claims (
+            request_hash TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            expires_at REAL NOT NULL
+        );
+        CREATE INDEX call_claims_owner ON call_claims (owner);
+    """)
+
+
 def migrate(db: sqlite3.Connection, path: Path) -> None:
     """Bring the store at ``path`` (open as ``db``) to the latest schema; StoreError when it was
     written by a newer Corral."""

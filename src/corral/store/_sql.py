@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
-from corral.store import _batches, _ledger, _pages, _reviews, _routes
+from corral.store import _batches, _claims, _ledger, _pages, _reviews, _routes
 from corral.store._dialect import PAID, REPLAYED, UNPRICED, Conn
 from corral.store.base import (
     ActivityBin,
@@ -23,6 +23,7 @@ from corral.store.base import (
     BatchItem,
     BatchRow,
     CallRecord,
+    Claim,
     DuplicateKeyError,
     FinalRecord,
     LeasedRecord,
@@ -266,6 +267,7 @@ class SQLStore(Store):
                 "AND lease_owner=?",
                 (self._clock(db) + ttl_s, run_id, owner),
             )
+            _claims.renew(db, owner, ttl_s, self._clock(db))
 
     def release(self, run_id: str, owner: str) -> int:
         with self._tx() as db:
@@ -282,6 +284,16 @@ class SQLStore(Store):
             "SELECT response FROM responses WHERE request_hash=?", (request_hash,)
         ).fetchone()
         return row[0] if row else None
+
+    def claim_calls(
+        self, request_hashes: list[str], owner: str, ttl_s: float, is_dead: Callable[[str], bool]
+    ) -> list[Claim]:
+        with self._tx() as db:
+            return _claims.claim(db, request_hashes, owner, ttl_s, is_dead, self._clock(db))
+
+    def release_call(self, request_hash: str, owner: str) -> None:
+        with self._tx() as db:
+            _claims.release(db, request_hash, owner)
 
     def save_learned(self, name: str, blob: bytes, meta: dict[str, Any]) -> None:
         with self._tx() as db:
@@ -319,6 +331,7 @@ class SQLStore(Store):
                 "created_at) VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
                 [(c.request_hash, c.model, c.request_json, c.response_json, now) for c in paid],
             )
+            _claims.recorded(db, [c.request_hash for c in paid])
         if calls:
             db.executemany(
                 "INSERT INTO ledger (run_id, key, step, attempt, request_hash, model, replayed, "

@@ -44,6 +44,16 @@ class RunInfo:
     elapsed_s: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What :meth:`Store.claim_calls` found for a request: its response is recorded (``cached``:
+    replay it), or another live worker is asking it (``holder``: wait for its answer), or
+    neither (the claim is the caller's now: make the call)."""
+
+    holder: str | None = None
+    cached: bool = False
+
+
 @dataclass(slots=True)
 class NewRecord:
     key: str
@@ -431,7 +441,8 @@ class Store(ABC):
 
     @abstractmethod
     def renew(self, run_id: str, owner: str, ttl_s: float) -> None:
-        """Extend every lease ``owner`` holds in the run to ``ttl_s`` seconds from now."""
+        """Extend every lease ``owner`` holds in the run, and every call it claims
+        (:meth:`claim_calls`), to ``ttl_s`` seconds from now."""
 
     @abstractmethod
     def release(self, run_id: str, owner: str) -> int:
@@ -441,6 +452,21 @@ class Store(ABC):
     @abstractmethod
     def cached(self, request_hash: str) -> str | None:
         """The recorded response JSON for a request hash, if any."""
+
+    @abstractmethod
+    def claim_calls(
+        self, request_hashes: list[str], owner: str, ttl_s: float, is_dead: Callable[[str], bool]
+    ) -> list[Claim]:
+        """Claim the paid calls of ``request_hashes`` for ``owner`` for ``ttl_s`` seconds, so
+        that workers asking the same request at once pay it once; one :class:`Claim` per hash,
+        in one transaction. A hash whose response is recorded, or that another owner claims
+        (unexpired, its process not ``is_dead``), is not claimed. A claim ends when
+        :meth:`commit` records the call's response, at :meth:`release_call`, or when it
+        expires unrenewed."""
+
+    @abstractmethod
+    def release_call(self, request_hash: str, owner: str) -> None:
+        """End ``owner``'s claim of a call that brought no response (it failed)."""
 
     # learned models
     @abstractmethod
@@ -458,7 +484,8 @@ class Store(ABC):
         attempts: list[AttemptRecord],
         finals: list[FinalRecord],
     ) -> None:
-        """Write calls (cache + ledger), attempts and final states in one transaction."""
+        """Write calls (cache + ledger), attempts and final states in one transaction; a paid
+        call's claim (:meth:`claim_calls`) ends with it."""
 
     # reading
     @abstractmethod

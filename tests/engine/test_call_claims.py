@@ -1,0 +1,126 @@
+"""Workers asking the same request at once pay it once (corral._call_claims, Store.claim_calls)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sqlite3
+import subprocess
+import time
+from decimal import Decimal
+
+import pytest
+
+from corral.store import open_store
+from corral.store.base import CallRecord, Claim, NewRecord, RunInfo
+
+from ..conftest import corral_bin, write
+
+ALIVE = "elsewhere:1:aaaa"  # an owner on another host: alive until its claim expires
+
+
+def never_dead(owner: str) -> bool:
+    return False
+
+
+def paid_call(h: str, run_id: str = "r1") -> CallRecord:
+    return CallRecord(run_id, "k1", "cat", 1, h, "fake", False, 10, 2, 0, 0, Decimal(0), 0.01,
+                      request_json="{}", response_json='{"text": "a"}')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def where(request, tmp_path):
+    """The store: an SQLite file, or a database on the throwaway PostgreSQL server."""
+    return str(tmp_path / "s.db") if request.param == "sqlite" else request.getfixturevalue("pg_url")
+
+
+def store_with_run(where):
+    st = open_store(where)
+    now = time.time()
+    st.create_run(RunInfo("r1", "j", "h", "f", {}, "running", None, now, now, 0, False, {}))
+    st.ingest("r1", [NewRecord("k1", 0, 1, "{}")], 1)
+    return st
+
+
+def test_the_first_owner_claims_the_second_waits_and_then_replays(where):
+    st = store_with_run(where)
+    try:
+        assert st.claim_calls(["h1"], "me:1:a", 60, never_dead)[0] == Claim()
+        assert st.claim_calls(["h1"], "me:1:a", 60, never_dead)[0] == Claim()  # its own claim again
+        assert st.claim_calls(["h1"], ALIVE, 60, never_dead)[0] == Claim(holder="me:1:a")
+        st.commit([paid_call("h1")], [], [])  # the response is recorded: the claim ends with it
+        assert st.claim_calls(["h1"], ALIVE, 60, never_dead)[0] == Claim(cached=True)
+        assert st.db.execute("SELECT COUNT(*) FROM call_claims").fetchone()[0] == 0
+    finally:
+        st.close()
+
+
+def test_a_released_expired_or_dead_owners_claim_is_taken_over(where):
+    st = store_with_run(where)
+    try:
+        st.claim_calls(["h1"], ALIVE, 60, never_dead)[0]
+        st.release_call("h1", "someone else")  # only the holder releases its claim
+        assert st.claim_calls(["h1"], "me:1:a", 60, never_dead)[0].holder == ALIVE
+        st.release_call("h1", ALIVE)
+        assert st.claim_calls(["h1"], "me:1:a", 60, never_dead)[0] == Claim()
+
+        st.claim_calls(["h2"], ALIVE, 0.05, never_dead)[0]
+        time.sleep(0.1)  # not renewed: it expires
+        assert st.claim_calls(["h2"], "me:1:a", 60, never_dead)[0] == Claim()
+
+        st.claim_calls(["h3"], ALIVE, 60, never_dead)[0]
+        assert st.claim_calls(["h3"], "me:1:a", 60, lambda o: o == ALIVE)[0] == Claim()  # its process is gone
+
+        st.claim_calls(["h4"], ALIVE, 0.05, never_dead)[0]
+        st.renew("r1", ALIVE, 60)  # renewed with the owner's leases
+        time.sleep(0.1)
+        assert st.claim_calls(["h4"], "me:1:a", 60, never_dead)[0].holder == ALIVE
+    finally:
+        st.close()
+
+
+JOB = """\
+name: claims
+source: in.csv
+key: id
+model: {name: fake, latency: 0.05}
+concurrency: 16
+steps:
+  - name: cat
+    task: classify
+    input: "{text}"
+    labels: [a, b, c]
+sink: out/o.csv
+"""
+
+
+def test_two_processes_on_one_store_pay_each_distinct_prompt_once(tmp_path):
+    """300 rows with 15 distinct texts, leased by two `corral run` at once: identical prompts
+    in records the two processes hold at the same moment are paid once, the other replays."""
+    write(tmp_path / "job.yaml", JOB)
+    with (tmp_path / "in.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "text"])
+        w.writerows((i, f"message number {i % 15}") for i in range(300))
+    env = {**os.environ, "NO_COLOR": "1"}
+    first = subprocess.run([corral_bin(), "run", "job.yaml", "--limit", "0"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=120)  # the rows loaded once, nothing asked
+    assert first.returncode == 0, first.stderr
+    procs = [subprocess.Popen([corral_bin(), "run", "job.yaml", "--json"], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    sums = [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
+    con = sqlite3.connect(sums[0]["store"])
+    try:
+        paid = con.execute("SELECT request_hash, COUNT(*) FROM ledger WHERE replayed=0 GROUP BY 1").fetchall()
+        replayed = con.execute("SELECT COUNT(*) FROM ledger WHERE replayed=1").fetchone()[0]
+        states = dict(con.execute("SELECT state, COUNT(*) FROM records GROUP BY 1").fetchall())
+        claims = con.execute("SELECT COUNT(*) FROM call_claims").fetchone()[0]
+    finally:
+        con.close()
+    assert states == {"done": 300}
+    assert len(paid) == 15 and all(n == 1 for _, n in paid), paid  # no prompt paid twice
+    assert replayed == 285 and claims == 0
+    assert {s["calls"]["made"] for s in sums} == {15}  # the run's ledger, as each process saw it last
