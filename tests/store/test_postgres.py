@@ -5,6 +5,7 @@ A real PostgreSQL server throughout (tests/_postgres.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -480,3 +481,61 @@ def test_workers_claiming_the_same_calls_at_once_get_each_claim_once(pg_url):
     assert all(len(o) == 1 for o in owners.values()), {h: o for h, o in owners.items() if len(o) > 1}
     held = dict(stores[0].db.execute("SELECT request_hash, owner FROM call_claims").fetchall())
     assert held == {h: next(iter(o)) for h, o in owners.items()}
+
+
+# --- corral worker -------------------------------------------------------------------------
+
+
+def pg_ledger(url: str) -> tuple[list[tuple[str, int]], dict[str, int]]:
+    """(paid request hash, times paid) and record state -> count, read from the database."""
+    with raw(url) as c:
+        paid = c.execute("SELECT request_hash, COUNT(*) FROM ledger WHERE replayed=0 GROUP BY 1").fetchall()
+        states = dict(c.execute("SELECT state, COUNT(*) FROM records GROUP BY 1").fetchall())
+    return paid, states
+
+
+def test_three_workers_on_a_postgres_store_write_each_row_once_and_pay_each_prompt_once(tmp_path, pg_url):
+    import subprocess
+
+    from ..cli.test_worker import setup, sink_keys
+    from ..conftest import corral_bin
+
+    env = {**setup(tmp_path, rows=900, distinct=450), "CORRAL_STORE": pg_url}  # every prompt twice
+    procs = [subprocess.Popen([corral_bin(), "worker", "job.yaml", "--json"], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [o[1][-1500:] for o in outs]
+    assert not [o for o in outs if PASSWORD in o[0] + o[1]]
+    paid, states = pg_ledger(pg_url)
+    assert states == {"done": 900}
+    assert len(paid) == 450 and {n for _, n in paid} == {1}  # no prompt paid twice
+    assert sorted(sink_keys(tmp_path), key=int) == [str(i) for i in range(900)]
+    runs = [json.loads(o[0])["runs"] for o in outs]
+    assert len({r[0]["run"] for r in runs}) == 1  # one shared run
+
+
+def test_a_worker_finishes_a_killed_run_from_a_postgres_store(tmp_path, pg_url):
+    import signal
+    import subprocess
+
+    from ..cli.test_worker import setup, sink_keys, worker
+    from ..conftest import corral_bin
+
+    env = {**setup(tmp_path, rows=1500), "CORRAL_STORE": pg_url}
+    proc = subprocess.Popen([corral_bin(), "run", "job.yaml"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # until it has answered some rows
+        time.sleep(0.2)
+        with contextlib.suppress(Exception):
+            if pg_ledger(pg_url)[1].get("done", 0) > 100:
+                break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert pg_ledger(pg_url)[1].get("done", 0) < 1500
+    done = worker(tmp_path, env, "--json")  # no job file: the open run is read back from the store
+    assert done.returncode == 0, done.stderr
+    assert [r["status"] for r in json.loads(done.stdout)["runs"]] == ["finished"]
+    paid, states = pg_ledger(pg_url)
+    assert states == {"done": 1500} and len(paid) == 1500 and {n for _, n in paid} == {1}
+    assert len(sink_keys(tmp_path)) == 1500
