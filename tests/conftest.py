@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from ._postgres import pg_server, pg_url  # noqa: F401  (fixtures: a throwaway PostgreSQL server)
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 BIN = Path(sys.executable).parent

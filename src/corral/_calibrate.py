@@ -30,7 +30,7 @@ from corral._registry import suggest
 from corral.engine import run_async
 from corral.errors import UserError
 from corral.job import Job, ModelRef
-from corral.store import Store
+from corral.store import Store, scratch_folder
 from corral.strategies import parse_strategy
 from corral.strategies.base import Strategy
 from corral.strategies.cascade import Cascade
@@ -410,7 +410,7 @@ def prepare(
     digest = hashlib.sha256(
         json.dumps([job.name, the_step.name, key, sorted(chosen)]).encode()
     ).hexdigest()[:12]
-    folder = store_path.resolve().parent / "calibrate" / f"{job.name}-{digest}"
+    folder = scratch_folder(store_path, job.base_dir) / "calibrate" / f"{job.name}-{digest}"
     plan = Plan(
         job=job, step=the_step, key_column=key, label_column=lab, labels_path=labels,
         labels={k: truth[k] for k in chosen}, labeled=len(truth), overlap=len(order), sample_rows=sample_rows,

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from corral import _review as rv
-from corral.store import STORE_ENV
+from corral.store import STORE_ENV, shown_store
 from corral.store.base import RunInfo, Store
 
 _store_option = click.option(
@@ -52,7 +52,7 @@ def _say(message: str) -> None:
 
 def _hint(store: Path | None) -> str:
     """`` --store PATH`` for the commands suggested, when the store was named on the command line."""
-    return f" --store {shlex.quote(str(store))}" if store is not None and not os.environ.get(STORE_ENV) else ""
+    return f" --store {shlex.quote(shown_store(store))}" if store is not None and not os.environ.get(STORE_ENV) else ""
 
 
 _VERB = {"accept": "accepted", "edit": "edited", "reject": "rejected"}

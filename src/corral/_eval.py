@@ -71,7 +71,7 @@ from corral.io import open_source
 from corral.io.base import Column
 from corral.job import Job
 from corral.models.base import Model
-from corral.store import Store, open_store
+from corral.store import Store, is_store_url, open_store, scratch_folder
 from corral.store.base import FINAL_STATES, STATES, RecordRow, RunInfo
 
 __all__ = ["EvalError", "EvalOptions", "Evaluation", "Interrupted", "evaluate", "evaluate_async", "resolve_run"]
@@ -215,7 +215,7 @@ async def _labeled_run(
     handle_signals: bool,
 ) -> tuple[RunInfo, str]:
     """Run a copy of the job on the labeled rows alone (answers the store holds are replayed)."""
-    base = (store_path.resolve().parent if store_path is not None else job.base_dir / ".corral")
+    base = (scratch_folder(store_path, job.base_dir) if store_path is not None else job.base_dir / ".corral")
     digest = hashlib.sha256(json.dumps([job.name, key, sorted(rows)]).encode()).hexdigest()[:12]
     folder = base / "eval" / f"{job.name}-{digest}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -286,7 +286,7 @@ async def evaluate_async(
         raise EvalError(f"labels file {labels.name} has only the key column `{key}`; add gold columns named like the sink's")
     own = not isinstance(store, Store)
     path = None if isinstance(store, Store) else Path(store) if store is not None else store_path_for(job)
-    if own and path is not None and not path.exists():
+    if own and path is not None and not is_store_url(path) and not path.exists():
         if runs:
             raise EvalError(f"no store at {path}; give --store, or run the job first")
         if not run_missing:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from corral import _monitor
 from corral._monitor import MonitorSpec
+from corral.store import shown_store
 from corral.store.base import RunInfo, Store
 
 if TYPE_CHECKING:
@@ -106,7 +107,7 @@ class RunResult:
             "outputs": self.outputs,
             "cause": self.cause,
             "model": self.model,
-            "store": self.store,
+            "store": None if self.store is None else shown_store(self.store),
             "total_rows": self.total_rows,
             "system1": self.system1,
             "routers": self.routers,

@@ -42,7 +42,7 @@ from corral._result import summarize
 from corral.engine import run_async, store_path_for
 from corral.errors import CorralError, RunNotFoundError, StoreError, UserError
 from corral.job import Job
-from corral.store import STORE_ENV, Store, open_store
+from corral.store import STORE_ENV, Store, open_store, shown_store
 from corral.store.base import RunInfo
 from corral.store.leases import live_status
 
@@ -66,7 +66,7 @@ _store_option = click.option(
     default=None,
     envvar=STORE_ENV,
     show_envvar=True,
-    help="Store file (default: the first .corral/corral.db found from the job file's folder upwards for run, calibrate and eval, from the working directory upwards for the other commands; see docs/cli.md).",
+    help="Store file, or a Postgres URL postgresql://USER:PASSWORD@HOST:PORT/DB (default: the first .corral/corral.db found from the job file's folder upwards for run, calibrate and eval, from the working directory upwards for the other commands; see docs/cli.md).",
 )
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 
@@ -248,7 +248,7 @@ def _again(job_file: Path, model: str | None, limit: int | None, store: Path | N
     if limit is not None:
         parts += ["--limit", str(limit)]
     if store is not None and not os.environ.get(STORE_ENV):
-        parts += ["--store", str(store)]
+        parts += ["--store", shown_store(store)]  # a URL's password masked
     return shlex.join(parts)
 
 

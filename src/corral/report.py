@@ -35,7 +35,7 @@ from corral._route_model import router_line
 from corral._system1 import summary_line
 from corral._trace_text import compact, conf, route_line
 from corral.models.local import BUNDLED_ID
-from corral.store import STORE_ENV, Store, default_store_path
+from corral.store import STORE_ENV, Store, default_store_path, is_store_url, shown_store
 from corral.store.base import RecordRow, RunInfo, StepSpend, TraceEvent
 from corral.strategies.base import Strategy
 
@@ -51,13 +51,16 @@ def store_flag(store: str | None) -> str:
     if not store or os.environ.get(STORE_ENV):
         return ""
     with contextlib.suppress(OSError):
-        if Path(store).resolve() == default_store_path().resolve():
+        if not is_store_url(store) and Path(store).resolve() == default_store_path().resolve():
             return ""
     return " --store " + shlex.quote(shown(store))
 
 
 def shown(path: str) -> str:
-    """A path as the user would type it here: relative to the working directory when inside it."""
+    """A path as the user would type it here: relative to the working directory when inside it
+    (a Postgres URL whole, with its password masked)."""
+    if is_store_url(path):
+        return shown_store(path)
     try:
         return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
     except (ValueError, OSError):
@@ -177,7 +180,7 @@ class PlainProgress:
     def update(self, ev: dict[str, Any]) -> None:
         phase = ev.get("phase")
         if phase == "start":
-            where = f" · store {ev['store']}" if ev.get("store") else ""
+            where = f" · store {shown(ev['store'])}" if ev.get("store") else ""
             self._line(f"corral: run {ev['run']} · job {ev['job']} · model {ev['model']}{where}")
         elif phase == "notice":
             self._line(f"corral: {ev['message']}")

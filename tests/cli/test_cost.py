@@ -68,6 +68,12 @@ def by_group(lines: list[dict[str, Any]], *dims: str) -> dict[Any, dict[str, Any
 
 
 def cascade_run(tmp: Path, models: dict[str, Any]) -> tuple[Path, corral.RunResult]:
+    """A run of :func:`cascade_job` in store ``tmp/s.db``."""
+    db = tmp / "s.db"
+    return db, corral.run(cascade_job(tmp, models), model=FakeModel(), store=db)
+
+
+def cascade_job(tmp: Path, models: dict[str, Any]) -> Job:
     """A cascade (a vote of 3 on `cheap`, then `strong`) over three rows: `easy one` agrees at
     once, `easy two` answers with no JSON first (the step retries), `hard one` is disputed and
     escalates."""
@@ -85,10 +91,8 @@ def cascade_run(tmp: Path, models: dict[str, Any]) -> tuple[Path, corral.RunResu
     step = {"name": "cat", "task": "classify", "input": "{text}", "labels": ["a", "b", "c"], "strategy": {
         "name": "cascade", "threshold": 0.8,
         "stages": [{"name": "vote", "samples": 3, "model": "cheap"}, {"name": "single", "model": "strong"}]}}
-    j = job(tmp, {"e1": "easy one", "e2": "easy two", "h1": "hard one"}, [step],
-            models={"cheap": "fake:cheap", "strong": "fake:strong"}, tags={"team": "growth"})
-    db = tmp / "s.db"
-    return db, corral.run(j, model=FakeModel(), store=db)
+    return job(tmp, {"e1": "easy one", "e2": "easy two", "h1": "hard one"}, [step],
+               models={"cheap": "fake:cheap", "strong": "fake:strong"}, tags={"team": "growth"})
 
 
 def test_kinds_of_a_cascade_with_a_retry_and_an_escalation(tmp_path, models):

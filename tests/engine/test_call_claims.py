@@ -10,6 +10,8 @@ import subprocess
 import time
 from decimal import Decimal
 
+import pytest
+
 from corral.store import open_store
 from corral.store.base import CallRecord, Claim, NewRecord, RunInfo
 
@@ -27,31 +29,35 @@ def paid_call(h: str, run_id: str = "r1") -> CallRecord:
                       request_json="{}", response_json='{"text": "a"}')
 
 
-def store_with_run(tmp_path):
-    st = open_store(tmp_path / "s.db")
+@pytest.fixture(params=["sqlite", "postgres"])
+def where(request, tmp_path):
+    """The store: an SQLite file, or a database on the throwaway PostgreSQL server."""
+    return str(tmp_path / "s.db") if request.param == "sqlite" else request.getfixturevalue("pg_url")
+
+
+def store_with_run(where):
+    st = open_store(where)
     now = time.time()
     st.create_run(RunInfo("r1", "j", "h", "f", {}, "running", None, now, now, 0, False, {}))
     st.ingest("r1", [NewRecord("k1", 0, 1, "{}")], 1)
     return st
 
 
-def test_the_first_owner_claims_the_second_waits_and_then_replays(tmp_path):
-    st = store_with_run(tmp_path)
+def test_the_first_owner_claims_the_second_waits_and_then_replays(where):
+    st = store_with_run(where)
     try:
         assert st.claim_calls(["h1"], "me:1:a", 60, never_dead)[0] == Claim()
         assert st.claim_calls(["h1"], "me:1:a", 60, never_dead)[0] == Claim()  # its own claim again
         assert st.claim_calls(["h1"], ALIVE, 60, never_dead)[0] == Claim(holder="me:1:a")
         st.commit([paid_call("h1")], [], [])  # the response is recorded: the claim ends with it
         assert st.claim_calls(["h1"], ALIVE, 60, never_dead)[0] == Claim(cached=True)
-        con = sqlite3.connect(tmp_path / "s.db")
-        assert con.execute("SELECT COUNT(*) FROM call_claims").fetchone() == (0,)
-        con.close()
+        assert st.db.execute("SELECT COUNT(*) FROM call_claims").fetchone()[0] == 0
     finally:
         st.close()
 
 
-def test_a_released_expired_or_dead_owners_claim_is_taken_over(tmp_path):
-    st = store_with_run(tmp_path)
+def test_a_released_expired_or_dead_owners_claim_is_taken_over(where):
+    st = store_with_run(where)
     try:
         st.claim_calls(["h1"], ALIVE, 60, never_dead)[0]
         st.release_call("h1", "someone else")  # only the holder releases its claim

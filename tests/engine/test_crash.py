@@ -7,12 +7,13 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import time
 from collections import Counter
 
 import pytest
+
+from corral.store import open_store
 
 from ..conftest import corral_bin, write
 
@@ -37,7 +38,10 @@ sink: out/o.csv
 
 
 @pytest.mark.slow
-def test_sigkill_then_rerun_loses_and_repeats_nothing(tmp_path):
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_sigkill_then_rerun_loses_and_repeats_nothing(tmp_path, store, request, monkeypatch):
+    if store == "postgres":  # the same on a database of the throwaway PostgreSQL server
+        monkeypatch.setenv("CORRAL_STORE", request.getfixturevalue("pg_url"))
     # no key column: keys are content hashes, and some rows repeat on purpose
     lines = [f"message {i % 350} with words {i * 7 % 13}" for i in range(ROWS)]
     write(tmp_path / "in.csv", "text\n" + "\n".join(lines) + "\n")
@@ -78,8 +82,9 @@ def test_sigkill_then_rerun_loses_and_repeats_nothing(tmp_path):
     assert len(out) == ROWS and len({r["_key"] for r in out}) == ROWS
     assert Counter(r["text"] for r in out) == Counter(lines)
     # nothing paid twice: the store never recorded two paid calls for one request...
-    db = sqlite3.connect(tmp_path / "store" / "corral.db")
-    paid = Counter(h for (h,) in db.execute("select request_hash from ledger where replayed=0"))
+    st_ = open_store(os.environ["CORRAL_STORE"])
+    paid = Counter(h for (h,) in st_.db.execute("select request_hash from ledger where replayed=0"))
+    st_.close()
     assert paid and max(paid.values()) == 1
     # ...and the model was called again only for calls in flight at a kill (never recorded)
     called = Counter(log.read_text().split())

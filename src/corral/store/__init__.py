@@ -1,17 +1,24 @@
-"""Durable state of runs. ``open_store()`` picks the store from a path or the environment."""
+"""Durable state of runs. ``open_store()`` picks the store from a path or a Postgres URL, or the
+environment (``CORRAL_STORE``)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from corral.store._url import is_url, masked
 from corral.store.base import Store
 from corral.store.sqlite import SQLiteStore
 
 __all__ = [
     "Store", "SQLiteStore", "open_store", "default_store_path", "store_path_near", "STORE_ENV",
-    "PROJECT_MARKERS",
+    "PROJECT_MARKERS", "is_store_url", "shown_store", "scratch_folder",
 ]
+
+#: whether a ``--store`` / ``CORRAL_STORE`` value is a Postgres URL (``postgresql://...``)
+is_store_url = is_url
+#: a store's path, or its URL with the password masked: what messages and summaries show
+shown_store = masked
 
 STORE_ENV = "CORRAL_STORE"
 #: what marks a project's root folder, where a job's store goes when none exists yet
@@ -34,7 +41,7 @@ def store_path_near(folder: str | Path) -> Path:
     whichever folder it is run from."""
     env = os.environ.get(STORE_ENV)
     if env:
-        return Path(env)
+        return Path(env)  # a URL too: open_store() reads it whole again
     start = Path(folder).resolve()
     found = _existing_above(start)
     if found is not None:
@@ -61,8 +68,17 @@ def default_store_path() -> Path:
         return found
 
 
+def scratch_folder(store: Path, base_dir: Path) -> Path:
+    """Where a command keeps files of its own beside the store (calibration samples, eval
+    copies): the store file's folder; for a Postgres store, ``.corral`` in ``base_dir`` (the
+    job's folder), never a folder named after the URL."""
+    return base_dir / ".corral" if is_url(store) else store.resolve().parent
+
+
 def open_store(path: str | Path | None = None, *, create: bool = True, check: bool = True) -> Store:
-    """The store at ``path`` (default: :func:`default_store_path`).
+    """The store at ``path`` (default: :func:`default_store_path`): a
+    :class:`~corral.store.postgres.PostgresStore` for a ``postgresql://`` or ``postgres://`` URL
+    (also as ``Path()`` leaves one), else an SQLite file.
 
     ``create=True``: a missing store is created, with its folders, at its first method call (not
     here: a run that fails before writing leaves nothing behind). ``create=False``: the store
@@ -70,4 +86,9 @@ def open_store(path: str | Path | None = None, *, create: bool = True, check: bo
     store is checked for damage (``check``) and migrated now. Methods raise StoreError, with
     the fix in its message, when the store turns out damaged, locked too long or out of disk.
     """
-    return SQLiteStore(path if path is not None else default_store_path(), create=create, check=check)
+    where = path if path is not None else default_store_path()
+    if is_url(where):
+        from corral.store.postgres import PostgresStore  # psycopg only where it is used
+
+        return PostgresStore(str(where), create=create, check=check)
+    return SQLiteStore(where, create=create, check=check)

@@ -1,16 +1,16 @@
-"""The provider batches a run submitted (tables ``batches`` and ``batch_items``): SQLite's SQL
-for them, so :class:`corral.store.sqlite.SQLiteStore` keeps one line per method. Each function
+"""The provider batches a run submitted (tables ``batches`` and ``batch_items``): the SQL of the
+SQLite and Postgres stores for them, so that their classes keep one line per method. Each function
 takes the connection; a writer is called inside the store's transaction."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 
+from corral.store._dialect import Conn
 from corral.store.base import BatchItem, BatchRow
 
 
-def add(db: sqlite3.Connection, run_id: str, batch_id: str, model: str,
+def add(db: Conn, run_id: str, batch_id: str, model: str,
         items: list[tuple[str, str, str, int, str]]) -> None:
     """A submitted batch and its items ``(custom_id, key, step, attempt, request)``."""
     now = time.time()
@@ -26,7 +26,7 @@ def add(db: sqlite3.Connection, run_id: str, batch_id: str, model: str,
     )
 
 
-def open_batches(db: sqlite3.Connection, run_id: str) -> list[BatchRow]:
+def open_batches(db: Conn, run_id: str) -> list[BatchRow]:
     """The run's batches not fetched yet, oldest first."""
     rows = db.execute(
         "SELECT id, model, state, detail, n_items, created_at FROM batches "
@@ -36,19 +36,19 @@ def open_batches(db: sqlite3.Connection, run_id: str) -> list[BatchRow]:
     return [BatchRow(*row) for row in rows]
 
 
-def set_state(db: sqlite3.Connection, batch_id: str, state: str, detail: str | None) -> None:
+def set_state(db: Conn, batch_id: str, state: str, detail: str | None) -> None:
     db.execute("UPDATE batches SET state=?, detail=?, updated_at=? WHERE id=?",
                (state, detail, time.time(), batch_id))
 
 
-def items(db: sqlite3.Connection, batch_id: str) -> list[BatchItem]:
+def items(db: Conn, batch_id: str) -> list[BatchItem]:
     rows = db.execute(
         "SELECT custom_id, key, step, attempt, request FROM batch_items WHERE batch_id=?", (batch_id,)
     ).fetchall()
     return [BatchItem(*row) for row in rows]
 
 
-def failures(db: sqlite3.Connection, run_id: str) -> dict[str, tuple[int, str]]:
+def failures(db: Conn, run_id: str) -> dict[str, tuple[int, str]]:
     """Per custom id: how many times its batch item failed, and the last outcome."""
     out: dict[str, tuple[int, str]] = {}
     rows = db.execute(
@@ -61,11 +61,11 @@ def failures(db: sqlite3.Connection, run_id: str) -> dict[str, tuple[int, str]]:
     return out
 
 
-def answered(db: sqlite3.Connection, run_id: str) -> set[str]:
+def answered(db: Conn, run_id: str) -> set[str]:
     return {c for (c,) in db.execute("SELECT custom_id FROM batch_items WHERE run_id=? AND outcome='ok'", (run_id,))}
 
 
-def finish(db: sqlite3.Connection, batch_id: str, outcomes: dict[str, str], detail: str | None) -> None:
+def finish(db: Conn, batch_id: str, outcomes: dict[str, str], detail: str | None) -> None:
     """The items' outcomes and the batch marked fetched (in the caller's transaction, with the
     batch's calls)."""
     db.executemany("UPDATE batch_items SET outcome=? WHERE batch_id=? AND custom_id=?",

@@ -1,5 +1,6 @@
 """SQLite errors as StoreErrors that say what to do: a damaged file, a lock held too long by
-another process, a full disk, a file the process may not write."""
+another process, a full disk, a file the process may not write; and :func:`translating_errors`,
+which both stores use to raise their database's errors as StoreErrors."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import inspect
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 from corral.errors import StoreError
 
@@ -50,13 +51,23 @@ _S = TypeVar("_S", bound=type)
 
 
 def translating_errors(cls: _S) -> _S:
-    """Wrap every public method so that an SQLite error it meets is raised as the StoreError the
-    class's ``_db_error(e)`` makes. Constraint violations (IntegrityError) and misuse
-    (ProgrammingError) are bugs of the caller, not states of the store: they pass as they are."""
-    for name, fn in list(vars(cls).items()):
-        if not name.startswith("_") and inspect.isfunction(fn):
+    """Wrap every public method of the class, and those it inherits from the shared SQL store,
+    so that a database error it meets is raised as the StoreError the class's ``_db_error(e)``
+    makes; ``_db_error`` returns None for what passes as it is (not a database error; a
+    constraint violated or the store misused, which are bugs of the caller)."""
+    names = {n for k in cls.__mro__ for n in vars(k) if not n.startswith("_")}
+    for name in names:
+        fn = inspect.getattr_static(cls, name)
+        if inspect.isfunction(fn) and not getattr(fn, "__isabstractmethod__", False):
             setattr(cls, name, _translate(fn))
     return cls
+
+
+def sqlite_error(e: BaseException) -> TypeGuard[sqlite3.DatabaseError]:
+    """Whether ``e`` is an SQLite error that says something of the store (see
+    :func:`translating_errors`)."""
+    return isinstance(e, sqlite3.DatabaseError) and not isinstance(
+        e, (sqlite3.IntegrityError, sqlite3.ProgrammingError))
 
 
 def _translate(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -66,10 +77,11 @@ def _translate(fn: Callable[..., Any]) -> Callable[..., Any]:
         def gen(self: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
             try:
                 yield from fn(self, *args, **kwargs)
-            except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
-                raise
-            except sqlite3.DatabaseError as e:
-                raise self._db_error(e) from e
+            except Exception as e:
+                err = self._db_error(e)
+                if err is None:
+                    raise
+                raise err from e
 
         return gen
 
@@ -77,9 +89,10 @@ def _translate(fn: Callable[..., Any]) -> Callable[..., Any]:
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(self, *args, **kwargs)
-        except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
-            raise
-        except sqlite3.DatabaseError as e:
-            raise self._db_error(e) from e
+        except Exception as e:
+            err = self._db_error(e)
+            if err is None:
+                raise
+            raise err from e
 
     return call

@@ -1,22 +1,22 @@
-"""The SQLite store's read for ``corral cost``: the ledger of some runs grouped by run, step,
+"""The stores' read for ``corral cost``: the ledger of some runs grouped by run, step,
 model, strategy, kind and replayed, and the rows each run wrote.
-:class:`~corral.store.sqlite.SQLiteStore` calls it with its connection (its method translates
-SQLite's errors)."""
+The SQLite and Postgres stores call it with their connection (their method
+translates the database's errors)."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from decimal import Decimal
 from typing import Any
 
 from corral._kinds import derive_kind
+from corral.store._dialect import Conn
 from corral.store.base import LedgerGroup, LedgerRollup, split_label
 
 _NANO = Decimal(1_000_000_000)
 
 
-def ledger_rollup(db: sqlite3.Connection, run_ids: list[str] | None, since: float | None) -> LedgerRollup:
+def ledger_rollup(db: Conn, run_ids: list[str] | None, since: float | None) -> LedgerRollup:
     """See :meth:`corral.store.base.Store.ledger_rollup`."""
     where, args = _where(run_ids, since, "l.")
     rows = db.execute(
@@ -80,7 +80,7 @@ class _Trace:
     (by record, step label, sample index and request hash) and the (record, step) pairs whose
     route was a System 1 audit."""
 
-    def __init__(self, db: sqlite3.Connection, run_id: str) -> None:
+    def __init__(self, db: Conn, run_id: str) -> None:
         self.roles: dict[tuple[str, str, int, str], str] = {}
         self.audited: set[tuple[str, str]] = set()
         rows = db.execute(

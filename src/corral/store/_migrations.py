@@ -1,33 +1,51 @@
-"""The SQLite store's schema, as migrations: append only; each runs once, in order, inside a
-transaction, and ``PRAGMA user_version`` counts those that ran. A store whose version is higher
-than :data:`MIGRATIONS` knows was written by a newer Corral and is refused, never changed."""
+"""The stores' schema, as migrations: append only; each runs once, in order, inside a
+transaction, and the store counts those that ran (SQLite: ``PRAGMA user_version``; Postgres:
+table ``corral_schema``). A store whose version is higher than :data:`MIGRATIONS` knows was
+written by a newer Corral and is refused, never changed.
+
+The migrations are written in SQLite's SQL; on Postgres, :func:`_script` names the same types in
+Postgres's words (:func:`pg_types`), so both stores have one schema history."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
 from corral.errors import StoreError
+from corral.store._dialect import Conn, postgres
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = []
+MIGRATIONS: list[Callable[[Conn], None]] = []
 
 
-def migration(fn: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3.Connection], None]:
+def migration(fn: Callable[[Conn], None]) -> Callable[[Conn], None]:
     """Append ``fn`` to the schema's migrations (decorator)."""
     MIGRATIONS.append(fn)
     return fn
 
 
-def _script(db: sqlite3.Connection, sql: str) -> None:
+def _script(db: Conn, sql: str) -> None:
     # executescript() would COMMIT the migration's transaction; run statement by statement
     for stmt in sql.split(";"):
         if stmt.strip():
-            db.execute(stmt)
+            db.execute(pg_types(stmt) if postgres(db) else stmt)
+
+
+def pg_types(stmt: str) -> str:
+    """An SQLite schema statement in Postgres's words: an ``INTEGER PRIMARY KEY`` counts by
+    itself (BIGSERIAL), REAL is a double, BLOB is BYTEA, an amount in nanodollars is BIGINT, and
+    a table without an integer key gets SQLite's implicit ``rowid`` as a column of its own."""
+    if re.match(r"\s*CREATE TABLE", stmt) and "INTEGER PRIMARY KEY" not in stmt:
+        stmt = re.sub(r"(CREATE TABLE \w+ \()", r"\1 rowid BIGSERIAL,", stmt, count=1)
+    stmt = stmt.replace("INTEGER PRIMARY KEY", "BIGSERIAL PRIMARY KEY")
+    stmt = re.sub(r"\bREAL\b", "DOUBLE PRECISION", stmt)
+    stmt = re.sub(r"\bBLOB\b", "BYTEA", stmt)
+    return re.sub(r"\bcost_nanos INTEGER\b", "cost_nanos BIGINT", stmt)
 
 
 @migration
-def m001_initial(db: sqlite3.Connection) -> None:
+def m001_initial(db: Conn) -> None:
     """Runs, records, the response cache, the ledger and the attempts (the trace)."""
     _script(
         db,
@@ -108,7 +126,7 @@ def m001_initial(db: sqlite3.Connection) -> None:
 
 
 @migration
-def m002_batches(db: sqlite3.Connection) -> None:
+def m002_batches(db: Conn) -> None:
     """Provider batches and their items, so a submitted batch is polled again after a crash."""
     _script(
         db,
@@ -141,7 +159,7 @@ def m002_batches(db: sqlite3.Connection) -> None:
 
 
 @migration
-def m003_traces(db: sqlite3.Connection) -> None:
+def m003_traces(db: Conn) -> None:
     """Strategy traces: attempts carry structured data (answers, votes, critiques, escalations),
     and the ledger attributes each call to the strategy that made it."""
     _script(
@@ -154,7 +172,7 @@ def m003_traces(db: sqlite3.Connection) -> None:
 
 
 @migration
-def m004_learned(db: sqlite3.Connection) -> None:
+def m004_learned(db: Conn) -> None:
     """Learned models (System 1, the expert router) by name, reused by later runs of a job."""
     _script(
         db,
@@ -170,7 +188,7 @@ def m004_learned(db: sqlite3.Connection) -> None:
 
 
 @migration
-def m005_review_decisions(db: sqlite3.Connection) -> None:
+def m005_review_decisions(db: Conn) -> None:
     """Review decisions: who accepted, edited or rejected a held record, when, what was written,
     and the record's state and reason before (``corral review``)."""
     _script(
@@ -196,7 +214,7 @@ def m005_review_decisions(db: sqlite3.Connection) -> None:
 
 
 @migration
-def m006_ledger_kind(db: sqlite3.Connection) -> None:
+def m006_ledger_kind(db: Conn) -> None:
     """The ledger says what each call was for (first try, retry, vote sample, critique...: see
     corral._kinds), so ``corral cost`` can show what the extra thinking cost. Older rows keep
     NULL and are read back by a best guess from the trace."""
@@ -204,7 +222,7 @@ def m006_ledger_kind(db: sqlite3.Connection) -> None:
 
 
 @migration
-def m007_call_claims(db: sqlite3.Connection) -> None:
+def m007_call_claims(db: Conn) -> None:
     """Workers asking the same request at once pay it once: the first claims the call, the
     others wait for its recorded response (see Store.claim_call)."""
     _script(db, """
@@ -218,7 +236,7 @@ def m007_call_claims(db: sqlite3.Connection) -> None:
 
 
 @migration
-def m008_budget_holds(db: sqlite3.Connection) -> None:
+def m008_budget_holds(db: Conn) -> None:
     """Workers sharing a run's budget see what each other's calls in flight reserve of it
     (see Store.share_budget)."""
     _script(db, """
@@ -257,7 +275,36 @@ def migrate(db: sqlite3.Connection, path: Path) -> None:
         raise
 
 
-def _refuse_newer(version: int, path: Path) -> None:
+#: the advisory lock Postgres stores migrate under (any fixed number; "corral" in ASCII)
+PG_LOCK = 0x636F7272616C
+
+
+def migrate_pg(db: Conn, where: str, create: bool) -> bool:
+    """Bring the Postgres store ``db`` (the Postgres store's connection, in autocommit) to the
+    latest schema, in one transaction under an advisory lock, so that workers starting at once
+    migrate it once; StoreError when a newer Corral wrote it. ``create=False``: change nothing,
+    and return False when the database holds no Corral store yet."""
+    exists = db.execute("SELECT to_regclass('corral_schema') IS NOT NULL").fetchone()[0]
+    if exists:
+        (version,) = db.execute("SELECT MAX(version) FROM corral_schema").fetchone()
+        if version == len(MIGRATIONS):
+            return True
+        _refuse_newer(version or 0, where)
+    if not create and not exists:
+        return False
+    with db.transaction():
+        db.execute("SELECT pg_advisory_xact_lock(?)", (PG_LOCK,))
+        db.execute("CREATE TABLE IF NOT EXISTS corral_schema (version INTEGER NOT NULL)")
+        (version,) = db.execute("SELECT COALESCE(MAX(version), 0) FROM corral_schema").fetchone()
+        _refuse_newer(version, where)
+        for fn in MIGRATIONS[version:]:
+            fn(db)
+        db.execute("DELETE FROM corral_schema")
+        db.execute("INSERT INTO corral_schema (version) VALUES (?)", (len(MIGRATIONS),))
+    return True
+
+
+def _refuse_newer(version: int, path: Path | str) -> None:
     if version > len(MIGRATIONS):
         raise StoreError(
             f"the store at {path} was written by a newer Corral (schema {version}); "

@@ -1,27 +1,31 @@
-"""The SQLite store's reads for the run pages (``corral report``, ``corral serve``): accepted
+"""The stores' reads for the run pages (``corral report``, ``corral serve``): accepted
 answers' confidences from the trace, and the run's activity over time from the ledger and the
-trace. :class:`~corral.store.sqlite.SQLiteStore` calls them with its connection (its methods
-translate SQLite's errors)."""
+trace. The SQLite and Postgres stores call them with their connection (their
+methods translate the database's errors)."""
 
 from __future__ import annotations
 
 import json
 import math
-import sqlite3
 
+from corral.store._dialect import PAID, REPLAYED, Conn, floor_int, json_number, json_true
 from corral.store.base import ActivityBin, AnswerConfidence, split_label
 
 #: the narrowest slice of time :func:`activity` counts in (a short run has fewer slices)
 MIN_WIDTH_S = 1.0
-#: an accepted answer in the trace: an ``accepted`` event, or a call's row marked accepted
-_ACCEPTED = "(outcome='accepted' OR (data IS NOT NULL AND json_extract(data, '$.accepted') = 1))"
 
 
-def answer_confidences(db: sqlite3.Connection, run_id: str) -> list[AnswerConfidence]:
+def _accepted(db: Conn) -> str:
+    """SQL: an accepted answer in the trace: an ``accepted`` event, or a call's row marked so."""
+    return f"(outcome='accepted' OR (data IS NOT NULL AND {json_true(db, 'data', 'accepted')}))"
+
+
+def answer_confidences(db: Conn, run_id: str) -> list[AnswerConfidence]:
     """See :meth:`corral.store.base.Store.answer_confidences`."""
+    accepted_sql = _accepted(db)
     rows = db.execute(
-        f"SELECT key, step, {_ACCEPTED}, data FROM attempts WHERE run_id=? AND data IS NOT NULL "
-        f"AND ({_ACCEPTED} OR json_type(data, '$.confidence') IN ('real', 'integer')) ORDER BY id",
+        f"SELECT key, step, {accepted_sql}, data FROM attempts WHERE run_id=? AND data IS NOT NULL "
+        f"AND ({accepted_sql} OR {json_number(db, 'data', 'confidence')}) ORDER BY id",
         (run_id,),
     )
     order: dict[tuple[str, str], None] = {}  # (key, step label), in the order first answered
@@ -55,15 +59,16 @@ def answer_confidences(db: sqlite3.Connection, run_id: str) -> list[AnswerConfid
     return list(out.values())
 
 
-def activity(db: sqlite3.Connection, run_id: str, bins: int) -> list[ActivityBin]:
+def activity(db: Conn, run_id: str, bins: int) -> list[ActivityBin]:
     """See :meth:`corral.store.base.Store.activity`."""
     bins = max(1, bins)
+    accepted, slice_of = _accepted(db), floor_int(db, "(created_at - ?) / ?")
     lo, hi = db.execute(
-        "SELECT MIN(t), MAX(t) FROM (SELECT MIN(created_at) t FROM ledger WHERE run_id=:r "
-        "UNION ALL SELECT MAX(created_at) FROM ledger WHERE run_id=:r "
-        f"UNION ALL SELECT MIN(created_at) FROM attempts WHERE run_id=:r AND {_ACCEPTED} "
-        f"UNION ALL SELECT MAX(created_at) FROM attempts WHERE run_id=:r AND {_ACCEPTED})",
-        {"r": run_id},
+        "SELECT MIN(t), MAX(t) FROM (SELECT MIN(created_at) t FROM ledger WHERE run_id=? "
+        "UNION ALL SELECT MAX(created_at) FROM ledger WHERE run_id=? "
+        f"UNION ALL SELECT MIN(created_at) FROM attempts WHERE run_id=? AND {accepted} "
+        f"UNION ALL SELECT MAX(created_at) FROM attempts WHERE run_id=? AND {accepted}) AS ends",
+        (run_id,) * 4,
     ).fetchone()
     if lo is None:
         return []
@@ -75,15 +80,15 @@ def activity(db: sqlite3.Connection, run_id: str, bins: int) -> list[ActivityBin
         return out[min(bins - 1, int((t - lo) / width))]
 
     for i, paid, replayed in db.execute(
-        "SELECT CAST((created_at - ?) / ? AS INTEGER) b, SUM(replayed=0), SUM(replayed=1) "
+        f"SELECT {slice_of} b, {PAID}, {REPLAYED} "
         "FROM ledger WHERE run_id=? GROUP BY b", (lo, width, run_id),
     ):
         b = slot(lo + i * width)
         b.calls += paid or 0
         b.replayed += replayed or 0
     for i, n in db.execute(
-        f"SELECT CAST((created_at - ?) / ? AS INTEGER) b, COUNT(*) FROM attempts "
-        f"WHERE run_id=? AND {_ACCEPTED} GROUP BY b", (lo, width, run_id),
+        f"SELECT {slice_of} b, COUNT(*) FROM attempts "
+        f"WHERE run_id=? AND {accepted} GROUP BY b", (lo, width, run_id),
     ):
         slot(lo + i * width).answers += n
     return out

@@ -1,21 +1,21 @@
-"""The SQLite store's review decisions (``corral review``): applying them to held records and
-reading them back. :class:`~corral.store.sqlite.SQLiteStore` calls these inside its own
-transaction or with its connection (its methods translate SQLite's errors)."""
+"""The stores' review decisions (``corral review``): applying them to held records and
+reading them back. The SQLite and Postgres stores call these inside
+their own transaction or with their connection (their methods translate the database's errors)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import sqlite3
 import time
 
+from corral.store._dialect import Conn
 from corral.store.base import AttemptRecord, ReviewDecision
 
 _COLS = "id, run_id, key, action, who, at, state, outputs, reason, note, prev_state, prev_reason"
 
 
 def apply(
-    db: sqlite3.Connection, decisions: list[ReviewDecision], trace: list[AttemptRecord]
+    db: Conn, decisions: list[ReviewDecision], trace: list[AttemptRecord]
 ) -> list[ReviewDecision]:
     """See :meth:`corral.store.base.Store.apply_decisions`; ``db`` is inside a transaction."""
     now = time.time()
@@ -27,16 +27,18 @@ def apply(
         if row is None or row[0] != "review":
             continue
         outputs = None if d.outputs is None else json.dumps(d.outputs, ensure_ascii=False)
-        db.execute(
+        if not db.execute(
             "UPDATE records SET state=?, outputs=?, reason=?, updated_at=? "
             "WHERE run_id=? AND key=? AND state='review'",
             (d.state, outputs, d.reason, now, d.run_id, d.key),
-        )
-        cur = db.execute(
-            f"INSERT INTO review_decisions ({_COLS.removeprefix('id, ')}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        ).rowcount:
+            continue  # another process decided it a moment ago (Postgres reads before it waits)
+        (new_id,) = db.execute(
+            f"INSERT INTO review_decisions ({_COLS.removeprefix('id, ')}) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+            "RETURNING id",
             (d.run_id, d.key, d.action, d.who, d.at, d.state, outputs, d.reason, d.note, row[0], row[1]),
-        )
-        applied.append(dataclasses.replace(d, prev_state=row[0], prev_reason=row[1], id=cur.lastrowid))
+        ).fetchone()
+        applied.append(dataclasses.replace(d, prev_state=row[0], prev_reason=row[1], id=new_id))
     done = {(d.run_id, d.key) for d in applied}
     events = [a for a in trace if (a.run_id, a.key) in done]
     if events:
@@ -49,7 +51,7 @@ def apply(
     return applied
 
 
-def decisions(db: sqlite3.Connection, run_id: str, key: str | None) -> list[ReviewDecision]:
+def decisions(db: Conn, run_id: str, key: str | None) -> list[ReviewDecision]:
     """See :meth:`corral.store.base.Store.decisions`."""
     if key is None:
         rows = db.execute(f"SELECT {_COLS} FROM review_decisions WHERE run_id=? ORDER BY id", (run_id,))

@@ -1,19 +1,19 @@
-"""The SQLite store's reads for ``corral routes``: each (record, step)'s route from the trace,
-and the ledger summed per (record, step). :class:`~corral.store.sqlite.SQLiteStore` calls them
-with its connection (its methods translate SQLite's errors)."""
+"""The stores' reads for ``corral routes``: each (record, step)'s route from the trace,
+and the ledger summed per (record, step). The SQLite and Postgres stores call them with their
+connection (their methods translate the database's errors)."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from decimal import Decimal
 
+from corral.store._dialect import PAID, REPLAYED, UNPRICED, Conn
 from corral.store.base import RecordSpend, RouteRow, split_label
 
 _NANO = Decimal(1_000_000_000)
 
 
-def routes(db: sqlite3.Connection, run_id: str) -> list[RouteRow]:
+def routes(db: Conn, run_id: str) -> list[RouteRow]:
     """See :meth:`corral.store.base.Store.routes`."""
     rows = db.execute(
         "SELECT key, step, data FROM attempts WHERE run_id=? AND outcome='route' ORDER BY id",
@@ -31,11 +31,11 @@ def routes(db: sqlite3.Connection, run_id: str) -> list[RouteRow]:
     return list(out.values())
 
 
-def record_spend(db: sqlite3.Connection, run_id: str, steps: list[str] | None) -> list[RecordSpend]:
+def record_spend(db: Conn, run_id: str, steps: list[str] | None) -> list[RecordSpend]:
     """See :meth:`corral.store.base.Store.record_spend`."""
     rows = db.execute(
-        "SELECT key, step, SUM(replayed=0), SUM(replayed=1), COALESCE(SUM(cost_nanos),0), "
-        "SUM(replayed=0 AND cost_nanos IS NULL) FROM ledger WHERE run_id=? GROUP BY key, step "
+        f"SELECT key, step, {PAID}, {REPLAYED}, COALESCE(SUM(cost_nanos),0), "
+        f"{UNPRICED} FROM ledger WHERE run_id=? GROUP BY key, step "
         "ORDER BY MIN(id)",
         (run_id,),
     )
