@@ -156,3 +156,38 @@ def test_a_cost_cap_holds_across_four_workers(tmp_path):
     spent_usd = spent / 1e9
     assert 0.30 - 4 * 0.001 <= spent_usd <= 0.30 + 4 * 0.001, spent_usd
     assert all("budget: max_cost_usd 0.30 reached" in o[1] or "max_cost_usd" in o[0] for o in outs)
+
+
+def test_a_worker_stalled_past_its_lease_has_its_rows_taken_over_and_its_late_answers_make_no_row(tmp_path):
+    """SIGSTOP a worker holding every row; a second worker takes them over once the lease (2 s
+    here) expires; SIGCONT: the stalled worker's late answers go to the ledger, not the sink."""
+    env = {**setup(tmp_path, rows=60), "CORRAL_LEASE_TTL": "2"}
+    job = (tmp_path / "job.yaml").read_text().replace("latency: 0.02", "latency: 0.3").replace("concurrency: 8", "concurrency: 4")
+    write(tmp_path / "job.yaml", job)
+    stalled = subprocess.Popen([corral_bin(), "worker", "job.yaml"], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not ((tmp_path / "s.db").exists() and ledger(tmp_path)[1].get("done")):
+        time.sleep(0.05)
+    time.sleep(0.1)  # calls in flight
+    stalled.send_signal(signal.SIGSTOP)
+    try:
+        before = ledger(tmp_path)[1]
+        assert before.get("leased", 0) > 0  # it holds rows nobody else may take while its lease lasts
+        other = worker(tmp_path, env, "--idle", "8", "--json")  # waits out the lease, then takes the rows
+        assert other.returncode == 0, other.stderr
+        paid, states = ledger(tmp_path)
+        assert states == {"done": 60}
+        rows_before = sink_keys(tmp_path)
+        assert sorted(rows_before, key=int) == [str(i) for i in range(60)]
+        paid_before = sum(n for _, n in paid)
+    finally:
+        stalled.send_signal(signal.SIGCONT)
+    _, err = stalled.communicate(timeout=60)
+    assert stalled.returncode == 0, err
+    paid, states = ledger(tmp_path)
+    assert states == {"done": 60}
+    assert sorted(sink_keys(tmp_path), key=int) == [str(i) for i in range(60)]  # no row twice
+    late = sum(n for _, n in paid) - paid_before
+    assert late >= 1  # the stalled worker's calls in flight came back: recorded in the ledger
+    assert all(n <= 2 for _, n in paid)  # a call paid twice only where a stalled worker's was in flight

@@ -381,10 +381,13 @@ class SQLStore(Store):
                     for a in attempts
                 ],
             )
-        if finals:  # by key, as the cache above: two writers of one record lock it in one order
+        # by key, as the cache above: two writers of one record lock it in one order; a record
+        # another worker finished (it took the rows of one that stalled past its lease) keeps
+        # its state: the late worker's answer is in the ledger, never a second row
+        if finals:
             db.executemany(
                 "UPDATE records SET state=?, outputs=?, reason=?, attempts=?, lease_owner=NULL, "
-                "lease_expires=NULL, updated_at=? WHERE run_id=? AND key=?",
+                "lease_expires=NULL, updated_at=? WHERE run_id=? AND key=? AND state IN ('pending', 'leased')",
                 [(f.state, f.outputs, f.reason, f.attempts, now, f.run_id, f.key)
                  for f in sorted(finals, key=lambda f: (f.run_id, f.key))],
             )

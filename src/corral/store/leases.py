@@ -14,8 +14,23 @@ import uuid
 
 from corral.store.base import RunInfo, Store
 
-#: how long a lease holds without being renewed (a worker renews it every quarter of this)
-LEASE_TTL_S = 300.0
+#: the environment variable that sets :data:`LEASE_TTL_S` (seconds)
+LEASE_TTL_ENV = "CORRAL_LEASE_TTL"
+
+
+def _lease_ttl() -> float:
+    raw = os.environ.get(LEASE_TTL_ENV, "").strip()
+    try:
+        ttl = float(raw) if raw else 300.0
+    except ValueError:
+        ttl = 300.0
+    return ttl if ttl > 0 else 300.0
+
+
+#: how long a lease holds without being renewed (a worker renews it every quarter of this): how
+#: long a worker that stalls (a stopped process, a machine cut off) keeps its rows from the others;
+#: $CORRAL_LEASE_TTL sets it (default 300 s)
+LEASE_TTL_S = _lease_ttl()
 HOST = socket.gethostname()
 
 
