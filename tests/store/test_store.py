@@ -67,9 +67,14 @@ def test_commit_is_atomic_and_ledger_totals(make_store, integrity_error):
     unknown = CallRecord(run.id, "k", "step", 1, "v1:def", "fake", False, 1, 1, 0, 0, None, 0.1, "{}", "{}")
     s.commit([unknown], [], [])
     assert s.totals(run.id).cost is None  # unknown is not zero
+    s.ingest(run.id, [NewRecord("k2", 1, 3, "{}")], 2)
+    late = CallRecord(run.id, "k2", "step", 0, "v1:ghi", "fake", False, 1, 1, 0, 0, Decimal("0.1"), 0.1, "{}", "{}")
     with pytest.raises(integrity_error):
-        s.commit([], [], [FinalRecord(run.id, "k", None, None, None, 1)])  # type: ignore[arg-type]
-    assert s.record(run.id, "k").state == "done"  # the failed commit changed nothing
+        s.commit([late], [], [FinalRecord(run.id, "k2", None, None, None, 1)])  # type: ignore[arg-type]
+    assert s.record(run.id, "k2").state == "pending" and s.cached("v1:ghi") is None  # nothing changed
+    # a final state for a record another worker finished is not written over it
+    s.commit([], [], [FinalRecord(run.id, "k", "quarantined", None, "late", 2)])
+    assert s.record(run.id, "k").state == "done"
 
 
 def test_ingesting_rows_another_worker_loaded_is_not_a_duplicate(make_store):
