@@ -1,12 +1,12 @@
 """`corral worker`: one worker against four on the same job, and four under random SIGKILLs.
 
   .venv/bin/python bench/workers.py [--rows 20000] [--latency 0.05] [--concurrency 8] [--repeats 3]
-                                    [--store URL] [--kills 6]
+                                    [--postgres] [--kills 6]
 
 A classify job over --rows synthetic rows (every text twice, in records far apart, so workers
 hold identical prompts at the same moment) on the fake model with --latency seconds per call and
---concurrency calls in flight per worker. Per repeat, in a fresh folder and store (a SQLite file,
-or --store URL: a fresh database of that Postgres server per repeat is the caller's to give): 1
+--concurrency calls in flight per worker. Per repeat, in a fresh folder and store (a SQLite file, or with --postgres a fresh database on a throwaway
+Postgres server on 127.0.0.1, started as the tests start one: tests/_postgres.py): 1
 worker, then 4 workers started together, wall time from start to the last worker's end. Then the
 kill scenario: 4 workers, a random one SIGKILLed every few seconds (--kills times) and started
 again, until the run is finished; then the invariants: every row written once (sink and records),
@@ -131,16 +131,22 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--kills", type=int, default=6)
-    ap.add_argument("--store", default=None, help="a Postgres URL (default: a SQLite file per repeat)")
+    ap.add_argument("--postgres", action="store_true", help="a throwaway Postgres server (default: SQLite files)")
     ap.add_argument("--seed", type=int, default=14)
     a = ap.parse_args()
+    if a.postgres:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from tests._postgres import postgres_server
+
+        with postgres_server() as server:
+            bench(a, lambda d, tag: server.new_database(tag))
+    else:
+        bench(a, lambda d, tag: str(d / f"{tag}.db"))
+
+
+def bench(a: argparse.Namespace, store_for: Any) -> None:
     base = Path(tempfile.mkdtemp(prefix="corral-bench-workers-"))
     out: dict[str, Any] = {"args": vars(a), "machine": machine(), "pairs": []}
-
-    def store_for(d: Path, tag: str) -> str:
-        if a.store:
-            return reset_postgres(a.store)
-        return str(d / f"{tag}.db")
 
     for i in range(a.repeats):
         d1 = folder(base, a.rows, a.latency, a.concurrency)
@@ -162,18 +168,8 @@ def main() -> None:
     dk = folder(base, a.rows, a.latency, a.concurrency)
     out["kills"] = kills(dk, store_for(dk, "kills"), a.rows, a.kills, a.seed)
     print("kills:", json.dumps(out["kills"]), flush=True)
-    name = "workers_postgres.json" if a.store else "workers.json"
+    name = "workers_postgres.json" if a.postgres else "workers.json"
     (RESULTS / name).write_text(json.dumps(out, indent=2) + "\n")
-
-
-def reset_postgres(url: str) -> str:
-    """Empty the Corral tables of the database at ``url`` (a fresh store for the next repeat)."""
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as con:
-        con.execute("DROP SCHEMA public CASCADE")
-        con.execute("CREATE SCHEMA public")
-    return url
 
 
 if __name__ == "__main__":
