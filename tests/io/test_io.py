@@ -759,7 +759,7 @@ def test_formats_are_looked_up_in_the_registry(tmp_path: Path) -> None:
     (tmp_path / "in.txt").write_text("a\tb\n1\t2\n", encoding="utf-8")
     src = open_source(SourceSpec(path="in.txt", format="tsv"), tmp_path)
     assert isinstance(src, CsvSource) and [r.data for r in src.rows()] == [{"a": "1", "b": "2"}]
-    with pytest.raises(SinkError, match="set `format:` under `sink:` to one of csv, duckdb, jsonl, parquet, sqlite, tsv"):
+    with pytest.raises(SinkError, match="set `format:` under `sink:` to one of csv, duckdb, jsonl, parquet, postgres, sqlite, tsv"):
         open_sink(SinkSpec(path="out.xlsx"), tmp_path)
 
 

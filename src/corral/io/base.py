@@ -65,9 +65,9 @@ __all__ = [
 
 COLUMN_TYPES: tuple[str, ...] = ("string", "integer", "number", "boolean", "date", "list", "any")
 #: the built-in formats (a plugin registers more under ``corral.sources`` / ``corral.sinks``)
-FORMATS: tuple[str, ...] = ("csv", "tsv", "jsonl", "parquet", "sqlite", "duckdb")
+FORMATS: tuple[str, ...] = ("csv", "tsv", "jsonl", "parquet", "sqlite", "duckdb", "postgres")
 #: formats that hold tables in one database file (side outputs go to tables beside the sink's)
-TABLE_FORMATS: tuple[str, ...] = ("sqlite", "duckdb")
+TABLE_FORMATS: tuple[str, ...] = ("sqlite", "duckdb", "postgres")
 
 _BLOCK = 1 << 20  # fingerprint read size: 1 MiB
 
@@ -180,6 +180,11 @@ class Sink(ABC):
 # ----------------------------------------------------------------------------- factories
 
 
+def _is_db_url(raw: str) -> bool:
+    """A ``postgresql://`` (or ``postgres://``) URL: a database, not a file."""
+    return raw.startswith(("postgresql://", "postgres://"))
+
+
 def resolve_path(raw: str, base_dir: Path) -> Path:
     """``raw`` made absolute: relative paths are taken from ``base_dir``."""
     p = Path(raw).expanduser()
@@ -202,6 +207,10 @@ def open_source(spec: SourceSpec, base_dir: Path) -> Source:
     A spec that carries its source already (a DataFrame's, :mod:`corral.io.frames`) gives it."""
     if (given := getattr(spec, "given", None)) is not None:
         return given  # type: ignore[no-any-return]
+    if _is_db_url(spec.path):  # a database, not a file (corral.io.postgres)
+        cls = source_class(spec.format or "postgres")
+        assert cls is not None
+        return cls.from_spec(spec, Path(spec.path), spec.format or "postgres")
     path = resolve_path(spec.path, base_dir)
     if not path.exists():
         raise SourceError(
@@ -226,6 +235,10 @@ def open_source(spec: SourceSpec, base_dir: Path) -> Source:
 
 def open_sink(spec: SinkSpec, base_dir: Path) -> Sink:
     """Open the sink a job describes; its path is relative to ``base_dir`` unless absolute."""
+    if _is_db_url(spec.path):
+        klass = sink_class(spec.format or "postgres")
+        assert klass is not None
+        return klass.from_spec(spec, Path(spec.path), spec.format or "postgres")
     path = resolve_path(spec.path, base_dir)
     fmt = spec.format or format_from_path(str(path))
     cls = sink_class(fmt) if fmt else None

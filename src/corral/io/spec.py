@@ -55,7 +55,9 @@ _EXT_FORMATS: dict[str, str] = {
 
 
 def format_from_path(path: str) -> str | None:
-    """The format implied by a file name's extension, or None."""
+    """The format implied by a file name's extension (or a ``postgresql://`` URL), or None."""
+    if path.startswith(("postgresql://", "postgres://")):
+        return "postgres"
     return _EXT_FORMATS.get(Path(path).suffix.lower())
 
 
@@ -68,8 +70,8 @@ class SourceSpec(BaseModel):
     format: SourceFormat | None = Field(default=None, description="inferred from the extension if omitted")
     delimiter: str | None = Field(default=None, description="CSV field delimiter (default ',' or tab for .tsv)")
     encoding: str = Field(default="utf-8", description="text encoding of CSV/TSV/JSONL files")
-    table: str | None = Field(default=None, description="table name, for a SQLite or DuckDB source")
-    query: str | None = Field(default=None, description="a SELECT statement whose rows are the source (DuckDB)")
+    table: str | None = Field(default=None, description="table name, for a SQLite, DuckDB or Postgres source")
+    query: str | None = Field(default=None, description="a SELECT statement whose rows are the source (DuckDB, Postgres)")
 
     @model_serializer(mode="wrap")
     def _identity(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
@@ -88,7 +90,7 @@ class SinkSpec(BaseModel):
 
     path: str = Field(description="file path, relative to the job file's folder")
     format: SinkFormat | None = Field(default=None, description="inferred from the extension if omitted")
-    table: str | None = Field(default=None, description="table name, for a SQLite or DuckDB sink")
+    table: str | None = Field(default=None, description="table name, for a SQLite, DuckDB or Postgres sink")
     delimiter: str | None = Field(default=None, description="CSV field delimiter")
     quarantine: str | None = Field(
         default=None,
