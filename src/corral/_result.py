@@ -36,6 +36,8 @@ class RunResult:
     cost_usd: Decimal | None
     elapsed_s: float
     outputs: dict[str, str] = field(default_factory=dict)
+    #: of the input tokens, those the provider served from its prompt cache (at its cache price)
+    cached_input_tokens: int = 0
     #: why a run ended before finishing, for the exit code: budget, auth, quota, outage,
     #: interrupted, elsewhere (another worker finishes the rows), preview (a --limit run)
     cause: str | None = None
@@ -101,7 +103,8 @@ class RunResult:
                 "pending": self.pending,
             },
             "calls": {"made": self.calls_made, "replayed": self.calls_replayed},
-            "tokens": {"input": self.input_tokens, "output": self.output_tokens},
+            "tokens": {"input": self.input_tokens, "output": self.output_tokens,
+                       "cached_input": self.cached_input_tokens},
             "cost_usd": None if self.cost_usd is None else float(self.cost_usd),
             "elapsed_s": round(self.elapsed_s, 3),
             "outputs": self.outputs,
@@ -152,6 +155,7 @@ def summarize(
         input_tokens=totals.input_tokens,
         output_tokens=totals.output_tokens,
         cost_usd=totals.cost,
+        cached_input_tokens=totals.cached_input_tokens,
         elapsed_s=run.elapsed_s if elapsed_s is None else elapsed_s,
         outputs=outputs,
         sink_spec=run.spec.get("sink") if job is None else job.sink.model_dump(mode="json"),

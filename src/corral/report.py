@@ -237,7 +237,8 @@ def print_summary(console: Console, r: RunResult, store: Store | None) -> None:
     )
     lines.append(("Rows", rows + ("" if r.accounted else "  (does not add up)")))
     lines.append(("Calls", f"{r.calls_made:,} made, {r.calls_replayed:,} replayed from the store"))
-    lines.append(("Tokens", f"{r.input_tokens:,} input, {r.output_tokens:,} output"))
+    cached = f" ({r.cached_input_tokens:,} from the provider's prompt cache)" if r.cached_input_tokens else ""
+    lines.append(("Tokens", f"{r.input_tokens:,} input{cached}, {r.output_tokens:,} output"))
     lines.append(("Cost", money(r.cost_usd)))
     for rt in r.routers:
         lines.append(("Router" if len(r.routers) == 1 else f"Router {rt['step']}", router_line(rt)))

@@ -118,6 +118,11 @@ def decode_custom_id(sent: str) -> str | None:
     return None
 
 
+#: a system prompt this long (about 1,024 tokens, the least Anthropic caches) is marked for the
+#: prompt cache; a shorter one goes as plain text (caching it would do nothing)
+CACHE_MIN_CHARS = 4000
+
+
 class AnthropicOptions(HostedOptions):
     """The options of ``anthropic:MODEL`` (docs/providers.md has them in a table)."""
 
@@ -130,6 +135,11 @@ class AnthropicOptions(HostedOptions):
     send_temperature: bool = Field(
         False, description="send the step's temperature as an extra body field (not with "
         "extended thinking, which allows only the default)"
+    )
+    prompt_cache: bool = Field(
+        True, description="mark the prompt's shared part (the tools and the system prompt, which "
+        "come before the row) for Anthropic's prompt cache: rows after the first read it at the "
+        "cache's price (a prefix under the model's minimum, 1,024 tokens or more, is not cached)"
     )
 
     @field_validator("structured")
@@ -163,6 +173,7 @@ class AnthropicModel(HostedModel):
         self.structured = opts.structured
         self.tool_name = opts.tool_name
         self.send_temperature = opts.send_temperature
+        self.prompt_cache = opts.prompt_cache
         self.capabilities = Capabilities(
             supports_schema=True,
             supports_logprobs=False,
@@ -225,7 +236,9 @@ class AnthropicModel(HostedModel):
                 p["output_config"] = {"format": {"type": "json_schema", "schema": output_schema(schema)}}
             else:
                 system = schema_note(schema, system)
-        if system:
+        if system and self.prompt_cache and len(system) >= CACHE_MIN_CHARS:  # the shared prefix, cached
+            p["system"] = [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}]
+        elif system:
             p["system"] = system
         p["messages"] = messages or [{"role": "user", "content": ""}]
         if budget is not None:

@@ -456,13 +456,14 @@ class SQLStore(Store):
 f"SELECT COALESCE({PAID},0), COALESCE({REPLAYED},0), "
             "COALESCE(SUM(CASE WHEN replayed=0 THEN input_tokens END),0), "
             "COALESCE(SUM(CASE WHEN replayed=0 THEN output_tokens END),0), "
-            f"COALESCE(SUM(cost_nanos),0), {UNPRICED} "
+            f"COALESCE(SUM(cost_nanos),0), {UNPRICED}, "
+            "COALESCE(SUM(CASE WHEN replayed=0 THEN cached_input_tokens END),0) "
             "FROM ledger WHERE run_id=?",
             (run_id,),
         ).fetchone()
         unknown = row[5] or 0
         cost = None if unknown else Decimal(row[4]) / _NANO
-        return LedgerTotals(row[0], row[1], row[2], row[3], cost)
+        return LedgerTotals(row[0], row[1], row[2], row[3], cost, int(row[6]))
 
     def breakdown(self, run_id: str) -> list[StepSpend]:
         rows = self.db.execute(

@@ -129,6 +129,8 @@ class LedgerTotals:
     input_tokens: int = 0
     output_tokens: int = 0
     cost: Decimal | None = Decimal(0)
+    #: of the paid input tokens, those the provider served from its prompt cache
+    cached_input_tokens: int = 0
 
 
 # --- what is read ---------------------------------------------------------------------------

@@ -32,6 +32,8 @@ class _Answer:
     reasoning_tokens: int
     #: the model's reasoning text, when the request asked for reasoning
     reasoning_text: str | None = None
+    #: prompt tokens written to the provider's prompt cache (Anthropic, ``prompt_cache``)
+    cache_write_tokens: int = 0
 
 
 def _thought(user_text: str) -> str:
@@ -96,7 +98,12 @@ class SimulatedModel(ServerCore):
                   think: bool = False) -> _Answer:
         prompt_tokens = _tokens(prompt_text)
         user_text = plain(user_text)  # the row's text, without the tags that set it off
-        cached = int(prompt_tokens * float(self.cache_ratio))
+        cached, written = int(prompt_tokens * float(self.cache_ratio)), 0
+        if self.prompt_cache:  # the provider's own prompt cache, by the request's prefix
+            if provider == OPENAI:
+                cached = self._prompt_cache.openai(prompt_text)
+            else:
+                cached, written = self._prompt_cache.anthropic(body)
         reasoning = int(self.reasoning_tokens)
         thought: str | None = None
         if think:  # the reasoning comes first and counts against max_tokens
@@ -112,7 +119,7 @@ class SimulatedModel(ServerCore):
 
         def done(text: str, finish: str, value: Any = value, out: int | None = None) -> _Answer:
             completion = (_tokens(text) if out is None else out) + reasoning
-            return _Answer(value, text, finish, prompt_tokens, completion, cached, reasoning, thought)
+            return _Answer(value, text, finish, prompt_tokens, completion, cached, reasoning, thought, written)
 
         if r < self.refusal_rate:
             return done("I'm sorry, but I can't help with that request.", "refusal", None)

@@ -92,7 +92,8 @@ class AnthropicAPI(SimulatedModel):
                 and prompt_tokens + ans.completion_tokens > int(self.context_window)):
             room = max(1, int(self.context_window) - prompt_tokens)
             ans = _Answer(_cut(ans.value), ans.text[: room * 4], "context", ans.prompt_tokens,
-                          room, ans.cached_tokens, ans.reasoning_tokens, ans.reasoning_text)
+                          room, ans.cached_tokens, ans.reasoning_tokens, ans.reasoning_text,
+                          ans.cache_write_tokens)
         content: list[dict[str, Any]]
         stop = {"stop": "end_turn", "length": "max_tokens", "refusal": "refusal",
                 "context": "model_context_window_exceeded", "malformed": "end_turn"}[ans.finish]
@@ -121,10 +122,10 @@ class AnthropicAPI(SimulatedModel):
             "stop_sequence": None,
             "stop_details": stop_details,
             "usage": {
-                "input_tokens": ans.prompt_tokens - ans.cached_tokens,
+                "input_tokens": ans.prompt_tokens - ans.cached_tokens - ans.cache_write_tokens,
                 "output_tokens": ans.completion_tokens,
                 "cache_read_input_tokens": ans.cached_tokens,
-                "cache_creation_input_tokens": 0,
+                "cache_creation_input_tokens": ans.cache_write_tokens,
                 "service_tier": "standard",
             },
         }

@@ -23,6 +23,8 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar, Self
 
+from corral.testing._prompt_cache import PromptCache
+
 __all__ = ["Call", "Route", "Served", "ServerCore"]
 
 
@@ -218,6 +220,7 @@ class ServerCore:
     context_window: int | None
     context_exceeded_rate: float
     cache_ratio: float
+    prompt_cache: bool
     reasoning_tokens: int
     down: bool
     down_mode: str
@@ -246,6 +249,7 @@ class ServerCore:
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._windows = {OPENAI: _Window(), ANTHROPIC: _Window()}
+        self._prompt_cache = PromptCache()
         self._seen: Counter[str] = Counter()
         self._files: dict[str, dict[str, Any]] = {}
         self._file_data: dict[str, bytes] = {}

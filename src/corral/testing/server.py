@@ -66,7 +66,9 @@ class ProviderServer(OpenAIAPI, AnthropicAPI):
         ``refusal_rate``, ``content_filter_rate`` (OpenAI), ``malformed_rate`` (text that is not
         JSON), ``context_exceeded_rate`` (Anthropic ``model_context_window_exceeded``);
         ``context_window``: prompts longer than this get a 400 (prompt + max_tokens for OpenAI);
-        ``cache_ratio``: share of prompt tokens reported as cached; ``reasoning_tokens`` added
+        ``cache_ratio``: share of prompt tokens reported as cached; ``prompt_cache``: instead,
+        the providers' own prompt caches by the request's prefix (:mod:`corral.testing._prompt_cache`:
+        OpenAI's automatic one, Anthropic's for blocks marked ``cache_control``); ``reasoning_tokens`` added
         to each completion; ``answer(body, provider)`` returns the answer (a JSON value, or a
         str for raw text) instead of the derived one.
     Log-probabilities
@@ -118,6 +120,7 @@ class ProviderServer(OpenAIAPI, AnthropicAPI):
         context_window: int | None = None,
         context_exceeded_rate: float = 0.0,
         cache_ratio: float = 0.0,
+        prompt_cache: bool = False,
         reasoning_tokens: int = 0,
         down: bool = False,
         down_mode: str = "503",
