@@ -104,6 +104,8 @@ class SimulatedModel(ServerCore):
                 cached = self._prompt_cache.openai(prompt_text)
             else:
                 cached, written = self._prompt_cache.anthropic(body)
+            # the row's part of the prompt is never cached
+            cached, written = min(cached, prompt_tokens - 1), min(written, prompt_tokens - 1)
         reasoning = int(self.reasoning_tokens)
         thought: str | None = None
         if think:  # the reasoning comes first and counts against max_tokens

@@ -49,8 +49,8 @@ class PromptCache:
         """(tokens read from the cache, tokens written to it) for a Messages API request."""
         parts: list[str] = []
         marked = 0
-        for block in body.get("tools") or []:
-            parts.append(json.dumps(block, sort_keys=True))
+        for block in body.get("tools") or []:  # counted as the server counts a prompt's tokens
+            parts.append(json.dumps(block.get("input_schema")) if isinstance(block, dict) else str(block))
             if isinstance(block, dict) and block.get("cache_control"):
                 marked = len(parts)
         system = body.get("system")
