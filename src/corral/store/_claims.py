@@ -41,6 +41,15 @@ def claim(db: Conn, request_hashes: list[str], owner: str, ttl_s: float,
         mine = [h for h in part if h not in cached and h not in held]
         if mine:
             taken = _upsert(db, mine, owner, now, ttl_s, sorted(dead))
+            if taken:  # a worker that recorded one of them meanwhile ended its claim as it did:
+                # look again (on Postgres this statement sees what committed before the upsert)
+                got = sorted(taken)
+                late = {h for (h,) in db.execute(
+                    f"SELECT request_hash FROM responses WHERE request_hash IN ({','.join('?' * len(got))})", got)}
+                if late:
+                    cached |= late
+                    db.executemany("DELETE FROM call_claims WHERE request_hash=? AND owner=?",
+                                   [(h, owner) for h in sorted(late)])
             lost = [h for h in mine if h not in taken]  # claimed by another worker a moment ago
             if lost:
                 held.update(db.execute(
