@@ -171,3 +171,38 @@ def test_ray_options_without_the_ray_engine_are_refused(tmp_path):
     r = subprocess.run([corral_bin(), "run", "job.yaml", "--address", "127.0.0.1:6379"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--engine ray" in r.stderr
+
+
+def test_ctrl_c_stops_the_ray_workers_and_the_same_command_resumes(tmp_path, ray_cluster):
+    env = setup(tmp_path, rows=1200, latency=0.05)
+    args = ("--engine", "ray", "--address", ray_cluster, "--ray-workers", "2", "--store", "s.db")
+    proc = corral(tmp_path, env, *args)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and ledger_rows(tmp_path / "s.db") < 100:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=40)
+    assert proc.returncode == 130, err[-3000:]
+    assert "stopping the Ray workers" in err and "Interrupted with" in err
+    assert f"Resume with: corral run job.yaml --store s.db --engine ray --address {ray_cluster}" in err
+    _, states = ledger(tmp_path / "s.db")
+    assert "leased" not in states and states.get("pending", 0) > 0, states  # every held row went back
+
+    again = corral(tmp_path, env, *args)
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err[-3000:]
+    paid, states = ledger(tmp_path / "s.db")
+    assert states == {"done": 1200} and len(paid) == 1200 and {n for _, n in paid} == {1}
+
+
+def ledger_rows(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        con = sqlite3.connect(db, timeout=5)
+        try:
+            return int(con.execute("SELECT COUNT(*) FROM ledger").fetchone()[0])
+        finally:
+            con.close()
+    except sqlite3.OperationalError:
+        return 0
