@@ -19,6 +19,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -96,6 +97,7 @@ def main() -> None:
 
     t = time.monotonic()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    session = cluster.head_node.get_session_dir_path()
     out: dict[str, Any] = {"args": vars(a), "machine": machine(), "repeats": []}
     try:
         for _ in range(2):
@@ -112,6 +114,7 @@ def main() -> None:
                   f"{a.ray_workers} Ray workers {ray:.1f} s ({a.rows / ray:,.0f} rows/s); {rep}", flush=True)
     finally:
         cluster.shutdown()
+        shutil.rmtree(session, ignore_errors=True)  # its logs and sockets
     for key in ("alone_s", "ray_s"):
         out[f"median_{key}"] = round(median([r[key] for r in out["repeats"]]), 2)
     out["median_speedup"] = round(out["median_alone_s"] / out["median_ray_s"], 2)

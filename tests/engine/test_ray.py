@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -43,12 +44,14 @@ def ray_cluster() -> Iterator[str]:
             raise
         pytest.skip("Ray is not installed (make install, or pip install -e '.[ray]' in the Corral checkout)")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    session = cluster.head_node.get_session_dir_path()
     try:
         for _ in range(2):
             cluster.add_node(num_cpus=2)
         yield str(cluster.address)
     finally:
         cluster.shutdown()
+        shutil.rmtree(session, ignore_errors=True)  # its logs and sockets
 
 
 def setup(tmp: Path, rows: int, latency: float = 0.01, distinct: int | None = None) -> dict[str, str]:
