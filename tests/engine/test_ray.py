@@ -1,6 +1,7 @@
 """`corral run --engine ray`: the run spread over a local Ray cluster (a head and two worker nodes
 on this machine) ends with the same rows and values as in one process; a SIGKILLed Ray worker
-loses nothing and pays nothing twice; bad input is one line with the fix (exit 2)."""
+loses nothing and pays nothing twice; Ctrl-C gives every held row back and the same command
+resumes; the workers share a Postgres store too; bad input is one line with the fix (exit 2)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -209,3 +211,16 @@ def ledger_rows(db: Path) -> int:
             con.close()
     except sqlite3.OperationalError:
         return 0
+
+
+def test_the_ray_workers_share_a_postgres_store(tmp_path, ray_cluster, pg_url):
+    env = setup(tmp_path, rows=300, distinct=200)
+    proc = corral(tmp_path, env, "--engine", "ray", "--address", ray_cluster, "--store", pg_url, "--json")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads(out)
+    assert summary["status"] == "finished" and summary["rows"]["written"] == 300
+    assert summary["calls"] == {"made": 200, "replayed": 100}  # each distinct prompt paid once
+    assert len(sink(tmp_path)) == 300
+    password = urlsplit(pg_url).password
+    assert password and password not in out + err  # masked wherever the store is shown
