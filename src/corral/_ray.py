@@ -39,7 +39,7 @@ from corral.engine import STOP_GRACE_S, Progress, _install_signals, run_async, r
 from corral.errors import UserError
 from corral.io.frames import job_with
 from corral.job import Job
-from corral.store import is_store_url, open_store, store_path_near
+from corral.store import is_store_url, open_store, shown_store, store_path_near
 from corral.store.base import RunInfo, Store
 from corral.store.leases import HOST
 
@@ -76,9 +76,23 @@ class _Worker:
         """The start of the lease owner ids this worker takes (see :func:`new_owner_id`)."""
         return f"{HOST}:{os.getpid()}:"
 
-    async def work(self, job: str, model: str | dict[str, Any] | None, limit: int | None,
-                   store: str) -> str:
-        result = await run_async(job, model=model, limit=limit, store=store, stop=self.stop)
+    async def work(self, job_file: str, model: str | dict[str, Any] | None, limit: int | None,
+                   store: str, run_id: str) -> str:
+        """One pass over the driver's run; refused (UserError) where this node would not work on
+        that very run: another store, or another job or source at the job's path."""
+        job = job_with(job_file)
+        _, _, _, rid = await _identity(job, model)
+        st = open_store(store, create=False)  # never a store of this node's own
+        try:
+            if rid != run_id:
+                raise UserError(f"on {HOST} the job or its source differs from the driver's (run {rid}, not "
+                                f"{run_id}); give every node the same job folder at the same path")
+            if st.get_run(run_id) is None:
+                raise UserError(f"the store {shown_store(store)} on {HOST} does not hold run {run_id}; the "
+                                "nodes must share one store: a Postgres URL, or a disk they all mount")
+            result = await run_async(job, model=model, limit=limit, store=st, stop=self.stop)
+        finally:
+            st.close()
         return result.status
 
     async def halt(self) -> None:
@@ -104,22 +118,26 @@ async def run_on_ray(
     heard: list[str] = []
     restore = _install_signals(stop, heard)
     try:
-        source, _ = prepare(job)  # a mistake in the job is found before the store or Ray is touched
+        if progress:
+            progress({"phase": "fingerprint"})
+        # a mistake in the job is found before the store or Ray is touched
+        source, model_id, fingerprint, rid = await _identity(job, model)
         st = open_store(where_s)
         try:
-            run = await _load(st, job, source, model, limit, progress, stop)
+            run = await _load(st, job, source, new_run(job, rid, model_id, fingerprint), limit, progress, stop)
             if not stop.is_set() and not _finished(st, run, limit):
                 # Ray prints what its nodes report (a worker that died...) on stdout: stderr here,
                 # so that stdout keeps the summary alone (--json)
                 with contextlib.redirect_stdout(sys.stderr):
                     _connect(ray, address)
                     try:
-                        await _spread(ray, st, run, (job_path, model, limit, where_s), workers, say, progress, stop)
+                        await _spread(ray, st, run, (job_path, model, limit, where_s, rid), workers, say,
+                                      progress, stop)
                     finally:
                         ray.shutdown()
+                say("the Ray workers have ended; finishing the run here")
         finally:
             st.close()
-        say("the Ray workers have ended; finishing the run here")
         result = await run_async(job_path, model=model, limit=limit, store=where_s, progress=progress, stop=stop)
         if heard and result.status == "interrupted" and not result.stop_reason:
             result.stop_reason = heard[0]
@@ -137,18 +155,23 @@ def _sayer(progress: Progress | None) -> Callable[[str], None]:
     return say
 
 
-async def _load(st: Store, job: Job, source: Any, model: str | dict[str, Any] | None, limit: int | None,
-                progress: Progress | None, stop: asyncio.Event) -> RunInfo:
-    """The run in the store with its rows loaded, as :func:`run_async` creates and loads it, so
-    that the Ray workers find it ready (and never load the source at the same time)."""
+async def _identity(job: Job, model: str | dict[str, Any] | None) -> tuple[Any, str, str, str]:
+    """What makes the job's run, as :func:`run_async` finds it: the job's source (its mistakes
+    found first), the model's id, the input's fingerprint, the run's id."""
+    source, _ = prepare(job)
     m = make_model(model or job.model, job.base_dir)
     try:
-        if progress:
-            progress({"phase": "fingerprint"})
         fingerprint = await asyncio.to_thread(source.fingerprint)
     finally:
         await m.aclose()
-    run = st.create_run(new_run(job, run_id_for(job, m, fingerprint), m.id, fingerprint))
+    return source, m.id, fingerprint, run_id_for(job, m, fingerprint)
+
+
+async def _load(st: Store, job: Job, source: Any, new: RunInfo, limit: int | None, progress: Progress | None,
+                stop: asyncio.Event) -> RunInfo:
+    """The run in the store with its rows loaded, as :func:`run_async` creates and loads it, so
+    that the Ray workers find it ready (and never load the source at the same time)."""
+    run = st.create_run(new)
     if not run.ingest_done:
         st.update_run(run.id, status="ingesting")
     return await asyncio.to_thread(ingest, st, run, job, source, limit, progress, stop)

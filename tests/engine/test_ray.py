@@ -224,3 +224,29 @@ def test_the_ray_workers_share_a_postgres_store(tmp_path, ray_cluster, pg_url):
     assert len(sink(tmp_path)) == 300
     password = urlsplit(pg_url).password
     assert password and password not in out + err  # masked wherever the store is shown
+
+
+def test_a_ray_worker_refuses_a_run_its_node_does_not_share(tmp_path):
+    """What each Ray worker checks before it works (run here in-process, without Ray): the store
+    exists and holds the driver's run, and its own job and source make that very run."""
+    import asyncio
+
+    import corral
+    from corral._ray import _Worker
+    from corral.errors import StoreError, UserError
+
+    setup(tmp_path, rows=5)
+    job = str(tmp_path / "job.yaml")
+    rid = corral.run(job, store=tmp_path / "s.db").run
+    write(tmp_path / "other" / "job.yaml", JOB.format(latency=0).replace("sink: out/", "sink: ../out/other-"))
+    write(tmp_path / "other" / "in.csv", "id,text\n1,another source\n")
+    corral.run(tmp_path / "other" / "job.yaml", store=tmp_path / "o.db")
+    worker = _Worker()
+    with pytest.raises(UserError, match="differs from the driver's .*same job folder at the same path"):
+        asyncio.run(worker.work(job, None, None, str(tmp_path / "s.db"), "0" * 12))
+    with pytest.raises(UserError, match=f"does not hold run {rid}; the nodes must share one store"):
+        asyncio.run(worker.work(job, None, None, str(tmp_path / "o.db"), rid))
+    with pytest.raises(StoreError, match="no store"):
+        asyncio.run(worker.work(job, None, None, str(tmp_path / "none.db"), rid))
+    assert not (tmp_path / "none.db").exists()  # never a store of the node's own
+    assert asyncio.run(worker.work(job, None, None, str(tmp_path / "s.db"), rid)) == "finished"
