@@ -36,15 +36,22 @@ sink: out/rj.csv
 """
 
 
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[str]:
-    """A Ray cluster on this machine: a head without CPUs and two worker nodes of two CPUs."""
+def need_ray() -> None:
+    """Skip where Ray is not installed, except under CI (.ci/run), where it must be."""
     try:
-        from ray.cluster_utils import Cluster
+        import ray  # noqa: F401
     except ImportError:
         if os.environ.get("CI"):
             raise
         pytest.skip("Ray is not installed (make install, or pip install -e '.[ray]' in the Corral checkout)")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[str]:
+    """A Ray cluster on this machine: a head without CPUs and two worker nodes of two CPUs."""
+    need_ray()
+    from ray.cluster_utils import Cluster
+
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     session = cluster.head_node.get_session_dir_path()
     try:
@@ -150,7 +157,7 @@ def test_a_sigkilled_ray_worker_loses_nothing_and_pays_nothing_twice(tmp_path, r
 
 
 def test_an_unreachable_address_is_one_line_with_the_fix(tmp_path):
-    pytest.importorskip("ray", reason="Ray is not installed (make install, or pip install -e '.[ray]' in the Corral checkout)")
+    need_ray()
     env = setup(tmp_path, rows=5)
     r = subprocess.run([corral_bin(), "run", "job.yaml", "--engine", "ray", "--address", "127.0.0.1:9",
                         "--store", "s.db"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
