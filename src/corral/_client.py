@@ -493,6 +493,7 @@ class RequestLayer:
             response_json=dumps(comp.to_dict()),
             strategy=strategy,
             kind=kind,
+            cache_write_tokens=u.cache_write_tokens,
         ))
         if budget.peers is not None:
             budget.peers.committed(u.input_tokens + u.output_tokens, u.cost)

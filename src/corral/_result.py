@@ -38,6 +38,8 @@ class RunResult:
     outputs: dict[str, str] = field(default_factory=dict)
     #: of the input tokens, those the provider served from its prompt cache (at its cache price)
     cached_input_tokens: int = 0
+    #: of the input tokens, those written to the provider's prompt cache (at its cache-write price)
+    cache_write_tokens: int = 0
     #: why a run ended before finishing, for the exit code: budget, auth, quota, outage,
     #: interrupted, elsewhere (another worker finishes the rows), preview (a --limit run)
     cause: str | None = None
@@ -104,7 +106,7 @@ class RunResult:
             },
             "calls": {"made": self.calls_made, "replayed": self.calls_replayed},
             "tokens": {"input": self.input_tokens, "output": self.output_tokens,
-                       "cached_input": self.cached_input_tokens},
+                       "cached_input": self.cached_input_tokens, "cache_write": self.cache_write_tokens},
             "cost_usd": None if self.cost_usd is None else float(self.cost_usd),
             "elapsed_s": round(self.elapsed_s, 3),
             "outputs": self.outputs,
@@ -156,6 +158,7 @@ def summarize(
         output_tokens=totals.output_tokens,
         cost_usd=totals.cost,
         cached_input_tokens=totals.cached_input_tokens,
+        cache_write_tokens=totals.cache_write_tokens,
         elapsed_s=run.elapsed_s if elapsed_s is None else elapsed_s,
         outputs=outputs,
         sink_spec=run.spec.get("sink") if job is None else job.sink.model_dump(mode="json"),

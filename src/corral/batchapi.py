@@ -151,7 +151,7 @@ class BatchCoordinator:
                 self.run_id, key, step, attempt, h, model_id, False,
                 u.input_tokens, u.output_tokens, u.cached_input_tokens, u.reasoning_tokens,
                 u.cost, comp.latency_s, request_json=request_json, response_json=dumps(comp.to_dict()),
-                strategy=strategy, kind=kind,
+                strategy=strategy, kind=kind, cache_write_tokens=u.cache_write_tokens,
             ))
         self.store.finish_batch(batch_id, calls, outcomes, status.detail)
 

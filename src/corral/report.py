@@ -237,7 +237,9 @@ def print_summary(console: Console, r: RunResult, store: Store | None) -> None:
     )
     lines.append(("Rows", rows + ("" if r.accounted else "  (does not add up)")))
     lines.append(("Calls", f"{r.calls_made:,} made, {r.calls_replayed:,} replayed from the store"))
-    cached = f" ({r.cached_input_tokens:,} from the provider's prompt cache)" if r.cached_input_tokens else ""
+    cache = [f"{r.cached_input_tokens:,} read from the provider's prompt cache"] if r.cached_input_tokens else []
+    cache += [f"{r.cache_write_tokens:,} written to it"] if r.cache_write_tokens else []
+    cached = f" ({', '.join(cache)})" if cache else ""
     lines.append(("Tokens", f"{r.input_tokens:,} input{cached}, {r.output_tokens:,} output"))
     lines.append(("Cost", money(r.cost_usd)))
     for rt in r.routers:

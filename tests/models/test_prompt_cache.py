@@ -50,6 +50,12 @@ def test_anthropic_marks_the_shared_prefix_and_rows_after_the_first_read_it(tmp_
     assert all("ticket number" not in block["text"] for block in systems[0])  # the row comes after
     rows = ledger(tmp_path / "s.db")
     assert rows[0][1] == 0 and all(c > 1024 for _, c, _ in rows[1:])  # written once, then read
+    con = sqlite3.connect(tmp_path / "s.db")
+    writes = [w for (w,) in con.execute("SELECT cache_write_tokens FROM ledger WHERE replayed=0 ORDER BY id")]
+    con.close()
+    assert writes[0] > 1024 and writes[1:] == [0] * 11
+    assert (r.cache_write_tokens, r.cached_input_tokens) == (writes[0], sum(c for _, c, _ in rows))
+    assert r.to_json()["tokens"]["cache_write"] == writes[0]
     # a read costs a tenth of a fresh token, a write a quarter more: caching paid for itself
     fresh = sum(i for i, _, _ in rows) * Decimal("1.00") / 10**6
     paid = sum(n for _, _, n in rows) / Decimal(10**9)

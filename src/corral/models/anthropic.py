@@ -328,6 +328,7 @@ class AnthropicModel(HostedModel):
             cached_input_tokens=read,
             reasoning_tokens=thinking,
             cost=cost,
+            cache_write_tokens=write,
         )
 
     # --- the Message Batches API -------------------------------------------------------------

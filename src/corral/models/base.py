@@ -105,6 +105,8 @@ class Usage:
     cached_input_tokens: int = 0
     reasoning_tokens: int = 0
     cost: Decimal | None = None
+    #: input tokens written to the provider's prompt cache (Anthropic; priced at its cache-write price)
+    cache_write_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -140,6 +142,8 @@ class Completion:
                 "cost": None if self.usage.cost is None else str(self.usage.cost),
             },
         }
+        if self.usage.cache_write_tokens:  # only where a prompt cache was written
+            out["usage"]["cache_write_tokens"] = self.usage.cache_write_tokens
         if self.choice_logprobs is not None:  # only on scoring answers: others keep their shape
             out["choice_logprobs"] = self.choice_logprobs
         return out
@@ -162,6 +166,7 @@ class Completion:
                 cached_input_tokens=u.get("cached_input_tokens", 0),
                 reasoning_tokens=u.get("reasoning_tokens", 0),
                 cost=None if cost is None else Decimal(cost),
+                cache_write_tokens=u.get("cache_write_tokens", 0),
             ),
         )
 

@@ -252,6 +252,13 @@ def m008_budget_holds(db: Conn) -> None:
     """)
 
 
+@migration
+def m009_ledger_cache_writes(db: Conn) -> None:
+    """The ledger keeps the input tokens a call wrote to the provider's prompt cache (priced at
+    the cache-write price; the reads were kept already)."""
+    _script(db, "ALTER TABLE ledger ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0")
+
+
 def migrate(db: sqlite3.Connection, path: Path) -> None:
     """Bring the store at ``path`` (open as ``db``) to the latest schema; StoreError when it was
     written by a newer Corral."""

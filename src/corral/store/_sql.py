@@ -348,7 +348,8 @@ class SQLStore(Store):
             db.executemany(
                 "INSERT INTO ledger (run_id, key, step, attempt, request_hash, model, replayed, "
                 "input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, "
-                "cost_nanos, latency_s, created_at, strategy, kind) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "cost_nanos, latency_s, created_at, strategy, kind, cache_write_tokens) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [
                     (
                         c.run_id,
@@ -367,6 +368,7 @@ class SQLStore(Store):
                         now,
                         c.strategy,
                         c.kind,
+                        0 if c.replayed else c.cache_write_tokens,
                     )
                     for c in calls
                 ],
@@ -457,13 +459,14 @@ f"SELECT COALESCE({PAID},0), COALESCE({REPLAYED},0), "
             "COALESCE(SUM(CASE WHEN replayed=0 THEN input_tokens END),0), "
             "COALESCE(SUM(CASE WHEN replayed=0 THEN output_tokens END),0), "
             f"COALESCE(SUM(cost_nanos),0), {UNPRICED}, "
-            "COALESCE(SUM(CASE WHEN replayed=0 THEN cached_input_tokens END),0) "
+            "COALESCE(SUM(CASE WHEN replayed=0 THEN cached_input_tokens END),0), "
+            "COALESCE(SUM(CASE WHEN replayed=0 THEN cache_write_tokens END),0) "
             "FROM ledger WHERE run_id=?",
             (run_id,),
         ).fetchone()
         unknown = row[5] or 0
         cost = None if unknown else Decimal(row[4]) / _NANO
-        return LedgerTotals(row[0], row[1], row[2], row[3], cost, int(row[6]))
+        return LedgerTotals(row[0], row[1], row[2], row[3], cost, int(row[6]), int(row[7]))
 
     def breakdown(self, run_id: str) -> list[StepSpend]:
         rows = self.db.execute(

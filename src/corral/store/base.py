@@ -96,6 +96,8 @@ class CallRecord:
     #: what the call was for: one of :data:`corral._kinds.CALL_KINDS` (not ``replay``: that is
     #: ``replayed``); None when the writer could not tell (read back by a best guess)
     kind: str | None = None
+    #: of ``input_tokens``, those written to the provider's prompt cache
+    cache_write_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -131,6 +133,8 @@ class LedgerTotals:
     cost: Decimal | None = Decimal(0)
     #: of the paid input tokens, those the provider served from its prompt cache
     cached_input_tokens: int = 0
+    #: of the paid input tokens, those written to the provider's prompt cache
+    cache_write_tokens: int = 0
 
 
 # --- what is read ---------------------------------------------------------------------------
