@@ -167,7 +167,8 @@ def page(tmp: Path, run_id: str) -> dict[str, Any]:
     f = tmp / f"{run_id}.html"
     corral(tmp, "report", run_id, "--html", str(f))
     text = f.read_text(encoding="utf-8")
-    total = re.search(r'id="cost-total">([^<]*)<', text)
+    total = re.search(r'id="cost-total"[^>]*>([^<]*)<', text)
+    exact_attr = re.search(r'id="cost-total" data-usd="([^"]*)"', text)
     line = re.search(r'id="cost-line">(.*?)</p>', text, re.S)
     plain = html.unescape(re.sub(r"<[^>]+>", "", line.group(1))) if line else ""
     nums = {k: int(v.replace(",", "")) for v, k in re.findall(
@@ -181,6 +182,7 @@ def page(tmp: Path, run_id: str) -> dict[str, Any]:
     finally:
         st.close()
     return {"shown": html.unescape(total.group(1)) if total else None, "line": plain,
+            "data_usd": Decimal(exact_attr.group(1)) if exact_attr else None,
             "calls": nums.get("paid calls"), "replayed": nums.get("replayed"),
             "input_tokens": nums.get("input"), "output_tokens": nums.get("output"), "cost_total": exact}
 
@@ -240,6 +242,7 @@ def check(m: dict[str, Any], summary: dict[str, Any], srv: dict[str, Any] | None
     assert c["cost"] == lg["cost"] == p["cost_total"], (c["cost"], lg["cost"], p["cost_total"])
     assert summary["cost_usd"] == float(lg["cost"]), (summary["cost_usd"], lg["cost"])  # JSON float
     assert p["shown"] == f"${float(lg['cost']):,.4f}", (p["shown"], lg["cost"])
+    assert p["data_usd"] == lg["cost"], (p["data_usd"], lg["cost"])  # the page's exact figure
     done.append("cost: corral cost == _run_page.cost_total == ledger == summary (exact); page shows it to 4 places")
     if srv is not None:
         assert lg["calls"] == sum(srv[k]["ok"] for k in srv), "ledger paid calls != server 200s"
