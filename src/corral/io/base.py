@@ -31,6 +31,7 @@ from corral.io._atomic import atomic_path, ensure_parent, temp_path_for
 from corral.io._text import PATH_HINT, iter_text_lines, one_line, os_reason
 from corral.io._values import json_type, to_json_value, to_text
 from corral.io.spec import SinkSpec, SourceSpec, format_from_path
+from corral.store._url import is_url
 
 __all__ = [
     "COLUMN_TYPES",
@@ -180,11 +181,6 @@ class Sink(ABC):
 # ----------------------------------------------------------------------------- factories
 
 
-def _is_db_url(raw: str) -> bool:
-    """A ``postgresql://`` (or ``postgres://``) URL: a database, not a file."""
-    return raw.startswith(("postgresql://", "postgres://"))
-
-
 def resolve_path(raw: str, base_dir: Path) -> Path:
     """``raw`` made absolute: relative paths are taken from ``base_dir``."""
     p = Path(raw).expanduser()
@@ -207,7 +203,7 @@ def open_source(spec: SourceSpec, base_dir: Path) -> Source:
     A spec that carries its source already (a DataFrame's, :mod:`corral.io.frames`) gives it."""
     if (given := getattr(spec, "given", None)) is not None:
         return given  # type: ignore[no-any-return]
-    if _is_db_url(spec.path):  # a database, not a file (corral.io.postgres)
+    if is_url(spec.path):  # a database, not a file (corral.io.postgres)
         cls = source_class(spec.format or "postgres")
         assert cls is not None
         return cls.from_spec(spec, Path(spec.path), spec.format or "postgres")
@@ -235,7 +231,7 @@ def open_source(spec: SourceSpec, base_dir: Path) -> Source:
 
 def open_sink(spec: SinkSpec, base_dir: Path) -> Sink:
     """Open the sink a job describes; its path is relative to ``base_dir`` unless absolute."""
-    if _is_db_url(spec.path):
+    if is_url(spec.path):
         klass = sink_class(spec.format or "postgres")
         assert klass is not None
         return klass.from_spec(spec, Path(spec.path), spec.format or "postgres")

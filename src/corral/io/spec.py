@@ -16,6 +16,7 @@ from pydantic import (
 )
 
 from corral._registry import SINK_GROUP, SOURCE_GROUP, plugin_names, suggest
+from corral.store._url import is_url
 
 
 def _registered(group: str, where: str) -> AfterValidator:
@@ -56,7 +57,7 @@ _EXT_FORMATS: dict[str, str] = {
 
 def format_from_path(path: str) -> str | None:
     """The format implied by a file name's extension (or a ``postgresql://`` URL), or None."""
-    if path.startswith(("postgresql://", "postgres://")):
+    if is_url(path):  # a database (corral.io.postgres), not a file
         return "postgres"
     return _EXT_FORMATS.get(Path(path).suffix.lower())
 
