@@ -85,9 +85,10 @@ async def work(
     stop = stop or asyncio.Event()
     report = WorkerReport()
     ran: dict[Path, str] = {}  # job file -> its run
+    known: dict[str, Job] = {}  # run id -> its job, read back once (building its model to check it)
     last_work = time.monotonic()
     while not stop.is_set():
-        todo = _todo(st, jobs, ran, report, say)
+        todo = _todo(st, jobs, ran, report, say, known)
         for job in todo:
             if stop.is_set():
                 break
@@ -130,7 +131,7 @@ async def _one_run(job: Job | Path, model: str | dict[str, Any] | None, st: Stor
 
 
 def _todo(st: Store, jobs: list[Path], ran: dict[Path, str], report: WorkerReport,
-          say: Callable[[str], None]) -> list[Job | Path]:
+          say: Callable[[str], None], known: dict[str, Job]) -> list[Job | Path]:
     """What to work on next: each job file once, then those whose run is still open; with no
     job files, the store's open runs (less those whose job cannot be read back)."""
     if jobs:
@@ -143,7 +144,9 @@ def _todo(st: Store, jobs: list[Path], ran: dict[Path, str], report: WorkerRepor
         if info.id in report.skipped:
             continue
         try:
-            todo.append(job_of(info))
+            if info.id not in known:
+                known[info.id] = job_of(info)
+            todo.append(known[info.id])
         except UserError as e:
             report.skipped[info.id] = str(e)
             say(f"skipped run {info.id}: {e}")
