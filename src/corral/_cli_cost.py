@@ -11,8 +11,8 @@ import click
 from rich.console import Console
 
 from corral import _cost
+from corral._cli_store import store_option
 from corral.report import count
-from corral.store import STORE_ENV
 
 __all__ = ["cost_cmd", "print_cost"]
 
@@ -22,7 +22,7 @@ __all__ = ["cost_cmd", "print_cost"]
 @click.option("--since", metavar="DATE", default=None, help="Only calls made (and rows written) at or after DATE: 2024-06-01, 2024-06-01T18:30, local time unless a zone is given.")
 @click.option("--by", "by", metavar="FIELDS", default="step", show_default=True, help="Group by these, comma-separated: step, tag, model, strategy, kind (`--by ''`: the totals only).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-@click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=None, envvar=STORE_ENV, show_envvar=True, help="Store file (default: the first .corral/corral.db found from the working directory upwards; see docs/cli.md).")
+@store_option()
 def cost_cmd(runs: tuple[str, ...], since: str | None, by: str, as_json: bool, store: Path | None) -> None:
     """What runs' model calls cost, from the ledger: grouped by step, tag, model, strategy
     and/or kind (first try, retry, vote sample, critique, judge, escalation, System 1,

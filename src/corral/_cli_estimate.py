@@ -12,6 +12,7 @@ import click
 from rich.table import Table
 
 from corral import report
+from corral._cli_store import store_option
 from corral._estimate import TIERS, Estimate, calibrate, estimate
 
 
@@ -39,8 +40,7 @@ def _tier_factors(model: Any) -> dict[str, Decimal | None]:
               help="Run the first N rows for real (recorded: the later `corral run` does not pay for them again) and calibrate the estimate on them.")
 @click.option("--model", "model_name", default=None, help="Estimate for this model instead of the job's, as in `corral run`.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-@click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=None, envvar="CORRAL_STORE",
-              help="Store the --sample rows are recorded in (default: the job's, as for `corral run`).")
+@store_option("the job's, found as `corral run` finds it: the --sample rows are recorded there")
 def estimate_cmd(job_file: Path, sample: int | None, model_name: str | None, as_json: bool, store: Path | None) -> None:
     """Estimate what a job will cost: every prompt rendered and its tokens counted, times the
     calls per row its strategies are expected to make, times the model's prices; a low-high

@@ -11,16 +11,9 @@ from pathlib import Path
 
 import click
 
-from corral.store import STORE_ENV
+from corral._cli_store import store_option
 
-_store_option = click.option(
-    "--store",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    envvar=STORE_ENV,
-    show_envvar=True,
-    help="Store file (default: $CORRAL_STORE, else the first .corral/corral.db found from the working directory upwards; see docs/cli.md).",
-)
+_store_option = store_option()
 
 
 @click.command("report")

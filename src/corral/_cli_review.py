@@ -12,13 +12,11 @@ from typing import Any
 import click
 
 from corral import _review as rv
+from corral._cli_store import store_option
 from corral.store import STORE_ENV, shown_store
 from corral.store.base import RunInfo, Store
 
-_store_option = click.option(
-    "--store", type=click.Path(dir_okay=False, path_type=Path), default=None, envvar=STORE_ENV,
-    show_envvar=True, help="Store file (default: the first .corral/corral.db found from the working directory upwards).",
-)
+_store_option = store_option()
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 _by_option = click.option("--by", "who", metavar="NAME", default=None,
                           help=f"Who decides (default: ${rv.REVIEWER_ENV}, else the OS user).")

@@ -12,19 +12,18 @@ from typing import Any
 
 import click
 
-from corral.store import STORE_ENV
+from corral._cli_store import store_option
 
 
 @click.command("worker")
 @click.argument("jobs", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--store", default=None, envvar=STORE_ENV, show_envvar=True, metavar="PATH|URL",
-              help="The store the workers share (default: $CORRAL_STORE, else the first .corral/corral.db found from the working directory upwards).")
+@store_option()
 @click.option("--model", "model_name", default=None,
               help="With job files: the model they run on, as corral run --model takes it.")
 @click.option("--idle", "idle_s", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="SECONDS",
               help="When no row is left to take, wait this long for new work (polling the store every 2 s) before ending.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary of each run worked on as one JSON object on stdout.")
-def worker_cmd(jobs: tuple[Path, ...], store: str | None, model_name: str | None, idle_s: float, as_json: bool) -> None:
+def worker_cmd(jobs: tuple[Path, ...], store: Path | None, model_name: str | None, idle_s: float, as_json: bool) -> None:
     """Work on the runs of a store alongside other workers: each leases chunks of the same runs'
     pending rows, so any number of workers (on this machine or others sharing the store) finish
     them together, every row written once and every completed call paid once. With JOB files,
@@ -50,7 +49,7 @@ def worker_cmd(jobs: tuple[Path, ...], store: str | None, model_name: str | None
     model = _parse_model_option(model_name)
     if model is not None and not jobs:
         _fail("--model needs job files: corral worker JOB.yaml --model NAME (a stored run keeps its model)")
-    where = store or str(default_store_path())
+    where = str(store) if store else str(default_store_path())
 
     def say(line: str) -> None:
         err.print(f"worker: {line}", markup=False)
@@ -94,7 +93,7 @@ def worker_cmd(jobs: tuple[Path, ...], store: str | None, model_name: str | None
                       markup=False)
     if rep.stopped:
         err.print("Stopped: rows this worker held went back to the queue. Start it again to go on: "
-                  + " ".join(["corral worker", *map(str, jobs), *(["--store", report.shown(store)] if store else [])]),
+                  + " ".join(["corral worker", *map(str, jobs), *(["--store", report.shown(str(store))] if store else [])]),
                   markup=False)
         sys.exit(EXIT_INTERRUPTED)
     if any(r.status == "stopped" for r in rep.results):

@@ -39,6 +39,7 @@ from rich.table import Table
 from corral import _export, report
 from corral._cli_cost import cost_cmd
 from corral._cli_review import review
+from corral._cli_store import store_option
 from corral._result import summarize
 from corral.engine import run_async, store_path_for
 from corral.errors import CorralError, RunNotFoundError, StoreError, UserError
@@ -61,14 +62,9 @@ EXIT_TARGET_MISSED = 6
 EXIT_DRIFT = 7
 EXIT_INTERRUPTED = 130
 
-_store_option = click.option(
-    "--store",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    envvar=STORE_ENV,
-    show_envvar=True,
-    help="Store file, or a Postgres URL postgresql://USER:PASSWORD@HOST:PORT/DB (default: the first .corral/corral.db found from the job file's folder upwards for run, calibrate and eval, from the working directory upwards for the other commands; see docs/cli.md).",
-)
+_store_option = store_option(
+    "the first .corral/corral.db found from the job file's folder upwards for run, calibrate and eval, "
+    "from the working directory upwards for the other commands")
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 
 
