@@ -11,10 +11,17 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
+# llama.cpp built for the CPU it runs on (-march=native) uses Intel AMX where the CPU has it, and
+# its AMX matrix multiply crashes (SIGSEGV) on the bundled model (llama.cpp issue 20824; seen on a
+# Sapphire Rapids-class Xeon with llama-cpp-python 0.3.36). On x86-64 it is built for AVX2 instead,
+# which every x86-64 CPU of the last decade runs.
+LLAMA_CMAKE_ARGS := $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON)
+
 $(STAMP): $(BIN)/python pyproject.toml
 	# llama-cpp-python builds from source the first time (about 10 minutes on 2 cores);
 	# pip caches the wheel, so later installs take seconds.
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install -q -e '.[local,openai,anthropic,learn,dev]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) $$CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	  $(BIN)/python -m pip install -q -e '.[local,openai,anthropic,learn,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
