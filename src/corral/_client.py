@@ -443,61 +443,66 @@ class RequestLayer:
                 f"(about {size // 4:,} tokens), more than most models take; check the input "
                 "column, or split long documents with extract's `chunking:`"
             )
+        try:
+            comp, latency = await self.spend(committer, at, request, h, client, made_by)
+            u = comp.usage
+            await committer.durable(CallRecord(
+                self.run_id, rec_key, label, attempt, h, client.model.id, False,
+                u.input_tokens, u.output_tokens, u.cached_input_tokens, u.reasoning_tokens,
+                u.cost, latency, request_json=dumps(request.to_dict()), response_json=dumps(comp.to_dict()),
+                strategy=made_by[0], kind=made_by[1], cache_write_tokens=u.cache_write_tokens,
+            ))
+        except BaseException:
+            if claims is not None:  # no response recorded: another worker may ask it
+                self.store.release_call(h, claims.owner)
+            raise
+        self.recorded(comp)
+        return comp
+
+    async def spend(
+        self, committer: GroupCommitter, at: tuple[str, str, int], request: Request, h: str,
+        client: Client, made_by: tuple[str | None, str | None],
+    ) -> tuple[Completion, float]:
+        """One paid call of ``request`` (cache key ``h``) for record, step, attempt ``at``, under
+        the run's budget: room reserved before it is made, its usage counted once it answers (a
+        call the provider billed but failed goes in the ledger as it is). Recording the answer
+        is the caller's (:meth:`recorded` after): ``ask`` records it for one row, the packer
+        (corral._pack) for each row it answers. ``made_by`` is the (strategy, kind) of the call."""
         budget, held = self.budget, None
         try:
             if self.stop.is_set():
                 raise self.halt.stopping()
             held = await budget.reserve(client, request) if budget.active else None
-            return await self._call(committer, rec_key, label, attempt, request, h, client, made_by, held)
-        except BaseException:
-            if claims is not None:  # no response recorded: another worker may ask it
-                self.store.release_call(h, claims.owner)
-            raise
+            budget.in_flight += 1  # counted against max_calls from the budget check on
+            try:
+                comp, latency = await self._retrying(committer, *at, request, client)
+            except PermanentModelError as e:
+                used = getattr(e, "usage", None)
+                if used is not None:  # the provider billed a call that failed: it still costs
+                    self.counts.paid(used)
+                    committer.add(call=CallRecord(
+                        self.run_id, *at, h, client.model.id, False,
+                        used.input_tokens, used.output_tokens, used.cached_input_tokens,
+                        used.reasoning_tokens, used.cost, 0.0, strategy=made_by[0], kind=made_by[1]))
+                raise
+            finally:
+                budget.in_flight -= 1
+            u = comp.usage
+            self.counts.paid(u)
+            if u.cost is None:
+                budget.unpriced = budget.unpriced or client.model.id
+            if held is not None:  # counted: the reservation gives way to the real usage at once
+                budget.settle(client, held, comp)
+            return comp, latency
         finally:
             if held is not None and not held.done:  # the call failed before it was counted
                 budget.settle(client, held, None)
 
-    async def _call(
-        self, committer: GroupCommitter, rec_key: str, label: str, attempt: int, request: Request,
-        h: str, client: Client, made_by: tuple[str | None, str | None], held: Hold | None,
-    ) -> Completion:
-        """One paid call, recorded (durably) before its answer is used; ``made_by`` is the
-        (strategy, kind) the ledger attributes it to."""
-        strategy, kind = made_by
-        budget = self.budget
-        budget.in_flight += 1  # counted against max_calls from the budget check on
-        try:
-            comp, latency = await self._retrying(committer, rec_key, label, attempt, request, client)
-        except PermanentModelError as e:
-            used = getattr(e, "usage", None)
-            if used is not None:  # the provider billed a call that failed: it still costs
-                self.counts.paid(used)
-                committer.add(call=CallRecord(
-                    self.run_id, rec_key, label, attempt, h, client.model.id, False,
-                    used.input_tokens, used.output_tokens, used.cached_input_tokens,
-                    used.reasoning_tokens, used.cost, 0.0, strategy=strategy, kind=kind))
-            raise
-        finally:
-            budget.in_flight -= 1
-        u = comp.usage
-        self.counts.paid(u)
-        if u.cost is None:
-            budget.unpriced = budget.unpriced or client.model.id
-        if held is not None:  # counted: the reservation gives way to the real usage at once
-            budget.settle(client, held, comp)
-        await committer.durable(CallRecord(
-            self.run_id, rec_key, label, attempt, h, client.model.id, False,
-            u.input_tokens, u.output_tokens, u.cached_input_tokens, u.reasoning_tokens,
-            u.cost, latency,
-            request_json=dumps(request.to_dict()),
-            response_json=dumps(comp.to_dict()),
-            strategy=strategy,
-            kind=kind,
-            cache_write_tokens=u.cache_write_tokens,
-        ))
-        if budget.peers is not None:
-            budget.peers.committed(u.input_tokens + u.output_tokens, u.cost)
-        return comp
+    def recorded(self, comp: Completion) -> None:
+        """A paid call's answer is durable: the run's other workers hear of what it spent."""
+        if self.budget.peers is not None:
+            u = comp.usage
+            self.budget.peers.committed(u.input_tokens + u.output_tokens, u.cost)
 
     async def _retrying(
         self, committer: GroupCommitter, rec_key: str, label: str, attempt: int, request: Request,

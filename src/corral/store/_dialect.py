@@ -10,10 +10,11 @@ from typing import Any
 #: a connection: ``sqlite3.Connection``, or the Postgres store's (see store/postgres.py)
 Conn = Any
 
-#: paid calls, replays and paid calls of unknown price among ledger rows, as sums
-PAID = "SUM(CASE WHEN replayed=0 THEN 1 ELSE 0 END)"
+#: paid calls, replays and paid calls of unknown price among ledger rows, as sums (a call shared
+#: by several rows, ``pack:``, has ``calls`` 1 on its first row and 0 on the others)
+PAID = "SUM(CASE WHEN replayed=0 THEN calls ELSE 0 END)"
 REPLAYED = "SUM(CASE WHEN replayed=1 THEN 1 ELSE 0 END)"
-UNPRICED = "SUM(CASE WHEN replayed=0 AND cost_nanos IS NULL THEN 1 ELSE 0 END)"
+UNPRICED = "SUM(CASE WHEN replayed=0 AND cost_nanos IS NULL THEN calls ELSE 0 END)"
 
 
 def postgres(db: Conn) -> bool:

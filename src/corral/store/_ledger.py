@@ -22,7 +22,7 @@ def ledger_rollup(db: Conn, run_ids: list[str] | None, since: float | None) -> L
     rows = db.execute(
         "SELECT l.id, l.run_id, l.key, l.step, l.attempt, l.request_hash, l.model, l.strategy, l.kind, "
         "l.replayed, l.input_tokens, l.output_tokens, l.cost_nanos, "
-        "CASE WHEN l.replayed=1 THEN r.response END "
+        "CASE WHEN l.replayed=1 THEN r.response END, l.calls "
         "FROM ledger l LEFT JOIN responses r ON l.replayed=1 AND r.request_hash = l.request_hash "
         f"WHERE {where} ORDER BY l.id",
         args,
@@ -30,7 +30,7 @@ def ledger_rollup(db: Conn, run_ids: list[str] | None, since: float | None) -> L
     groups: dict[tuple[Any, ...], LedgerGroup] = {}
     guesses: dict[str, _Trace] = {}  # run id -> what its trace says, read for rows without a kind
     for (id_, run, key, label, attempt, h, model, strategy, kind, replayed, tin, tout, nanos,
-         response) in rows:
+         response, calls) in rows:
         step = split_label(label)[0]  # `details[2/3]`: a part of step `details`
         if kind is None:
             trace = guesses.get(run)
@@ -47,11 +47,11 @@ def ledger_rollup(db: Conn, run_ids: list[str] | None, since: float | None) -> L
         if g is None:
             g = groups[(run, step, model, strategy, kind, bool(replayed))] = LedgerGroup(
                 run, step, model, strategy, kind, bool(replayed), 0, 0, 0, Decimal(0), 0, id_)
-        g.calls += 1
+        g.calls += calls  # a packed call's rows after its first count 0 (pack:)
         g.input_tokens += tin
         g.output_tokens += tout
         if cost is None:
-            g.unpriced += 1
+            g.unpriced += calls
             g.cost = None
         elif g.cost is not None:
             g.cost += cost

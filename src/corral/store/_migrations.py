@@ -259,6 +259,14 @@ def m009_ledger_cache_writes(db: Conn) -> None:
     _script(db, "ALTER TABLE ledger ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0")
 
 
+@migration
+def m010_ledger_shared_calls(db: Conn) -> None:
+    """A call that answers several rows (``pack:``) has one ledger row per row, each with its
+    share of the tokens and cost; ``calls`` says how many provider calls a row stands for (1 on
+    the first row of such a call, 0 on the others), so counts of calls stay exact."""
+    _script(db, "ALTER TABLE ledger ADD COLUMN calls INTEGER NOT NULL DEFAULT 1")
+
+
 def migrate(db: sqlite3.Connection, path: Path) -> None:
     """Bring the store at ``path`` (open as ``db``) to the latest schema; StoreError when it was
     written by a newer Corral."""

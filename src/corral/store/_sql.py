@@ -348,8 +348,8 @@ class SQLStore(Store):
             db.executemany(
                 "INSERT INTO ledger (run_id, key, step, attempt, request_hash, model, replayed, "
                 "input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, "
-                "cost_nanos, latency_s, created_at, strategy, kind, cache_write_tokens) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "cost_nanos, latency_s, created_at, strategy, kind, cache_write_tokens, calls) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [
                     (
                         c.run_id,
@@ -369,6 +369,7 @@ class SQLStore(Store):
                         c.strategy,
                         c.kind,
                         0 if c.replayed else c.cache_write_tokens,
+                        c.calls,
                     )
                     for c in calls
                 ],

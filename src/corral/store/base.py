@@ -98,6 +98,9 @@ class CallRecord:
     kind: str | None = None
     #: of ``input_tokens``, those written to the provider's prompt cache
     cache_write_tokens: int = 0
+    #: the provider calls this row stands for: 1, or 0 on every row after the first of a call
+    #: that answered several rows (``pack:``), whose tokens and cost are split over its rows
+    calls: int = 1
 
 
 @dataclass(slots=True)
