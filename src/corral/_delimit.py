@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-__all__ = ["CHUNK_TAG", "DEFAULT_TAG", "INPUT_NOTE", "data_note", "delimit", "plain", "tag_for"]
+__all__ = ["CHUNK_TAG", "DEFAULT_TAG", "INPUT_NOTE", "data_note", "delimit", "guard", "plain", "tag_for"]
 
 #: the tag of a placeholder whose name is not a tag name
 DEFAULT_TAG = "data"
@@ -57,6 +57,14 @@ def delimit(value: str, tag: str, tags: tuple[str, ...] = ()) -> str:
     if "<" in value or "＜" in value:
         value = _opener((tag, *tags)).sub("&lt;", value)
     return f"<{tag}>{value}</{tag}>"
+
+
+def guard(text: str, tags: tuple[str, ...]) -> str:
+    """``text`` with the start of every one of ``tags`` inside it escaped, as :func:`delimit`
+    escapes a value (a packed request's rows cannot close their ``<row>`` early)."""
+    if "<" in text or "＜" in text:
+        text = _opener(tags).sub("&lt;", text)
+    return text
 
 
 def data_note(tags: tuple[str, ...] | list[str]) -> str:

@@ -188,8 +188,14 @@ def estimate(job: Job, model: Model, make: Callable[..., Model] = make_model) ->
             if m is None:
                 m = models[name] = make(job.model_ref(name), job.base_dir)
             tok = tokenizers.get(m.id) or tokenizers.setdefault(m.id, Tokenizer(m))
-            counts = [tok.request(step.render(dict(row), sample=0)) for row in rendered] or [0]
-            tokens_in = sum(counts) / len(counts)
+            reqs = [step.render(dict(row), sample=0) for row in rendered]
+            if step.pack > 1 and len(reqs) > 1:  # a packed call's prompt, split over its rows
+                parts = [reqs[j:j + step.pack] for j in range(0, len(reqs), step.pack)]
+                counts = [tok.request(step.pack_request(p)) if len(p) > 1 else tok.request(p[0]) for p in parts]
+                tokens_in = sum(counts) / len(reqs)
+            else:
+                counts = [tok.request(r) for r in reqs] or [0]
+                tokens_in = sum(counts) / len(counts)
             typical = tok.text(orjson.dumps(generate(step.output_schema(), rng, [], "")).decode())
             out_lo, out_hi = min(typical, step.max_tokens), min(2 * typical + 16, step.max_tokens)
             cost: dict[str, Range] = {}
@@ -203,6 +209,8 @@ def estimate(job: Job, model: Model, make: Callable[..., Model] = make_model) ->
                     total[t][j] = None if v is None or cur is None else cur + v * total_rows
             legs.append(Leg(m.id, calls, tokens_in, (out_lo, out_hi), tok.name, cost))
         out[step.name] = legs
+    if any(s.pack > 1 for s in steps):
+        notes.append("packed steps (`pack:`): input tokens are each row's share of its call's prompt")
     if total_rows > len(rendered):
         notes.append(f"prompts rendered for the first {len(rendered):,} of {total_rows:,} rows; "
                      "their mean is scaled to every row")

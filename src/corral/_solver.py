@@ -23,12 +23,14 @@ import orjson
 from corral._client import Client, RequestLayer
 from corral._commit import GroupCommitter
 from corral._kinds import CALIBRATION, call_kind
+from corral._pack import Packer
+from corral._schema_check import validator as _validator
 from corral.errors import OutputError, PermanentModelError, TransientModelError, UserError
 from corral.job import RecordBudget
 from corral.models.base import Completion, Message, Request
 from corral.store.base import AttemptRecord, LeasedRecord
 from corral.strategies.base import Outcome, Sample
-from corral.tasks.base import CONTENT_FREE, Task, _validator
+from corral.tasks.base import CONTENT_FREE, Task
 
 
 class OutOfBudget(Exception):
@@ -199,6 +201,8 @@ class StepSolver:
         self.audit = audit
         self.escalated = False
         self.samples = 0
+        #: what the trace keeps of the last call's packing (corral._pack), or None
+        self._packed: dict[str, Any] | None = None
 
     # --- the Solver protocol ----------------------------------------------------------
 
@@ -236,7 +240,8 @@ class StepSolver:
             if grown:  # a cut-off answer gets twice the room to finish (once, not growing on)
                 request = dataclasses.replace(request, max_tokens=request.max_tokens * 2)
             try:
-                h, comp = await self._call(request, n, client, kind=self._kind(role, retry=tries > 1))
+                h, comp = await self._call(request, n, client, kind=self._kind(role, retry=tries > 1),
+                                           pack=repair is None)
             except (TransientModelError, PermanentModelError) as e:
                 reason = f"model error: {e}"
                 self._attempt(n, None, "error", str(e), role=role)
@@ -265,6 +270,8 @@ class StepSolver:
                 data["grounding"] = grounding
             if reasoning is not None:
                 data["reasoning"] = reasoning
+            if self._packed is not None:
+                data.update(self._packed)
             self.flush()
             self._pending = _Held(n, h, "checks" if problems else "ok", "; ".join(problems) or None, data, answer)
             if self.first_hash is None:
@@ -461,7 +468,10 @@ class StepSolver:
 
     async def _call(
         self, request: Request, n: int, client: Client, batch: bool | None = None, kind: str | None = None,
+        pack: bool = False,
     ) -> tuple[str, Completion]:
+        """One answer through the request layer; ``pack``: a sample the step's ``pack:`` may ask
+        together with other rows' (corral._pack; what the trace keeps of it in ``_packed``)."""
         self.flush()
         layer = self.layer
         budget = layer.budget.per_record
@@ -469,8 +479,13 @@ class StepSolver:
             self.use.check(budget, request)
         if batch is None:
             batch = self.step.mode == "batch" and client is layer.main
-        h, comp = await layer.ask(
-            self.committer, self.key, self.label, n, request, batch, client, self.strategy, kind)
+        self._packed = None
+        if pack and self.step.pack > 1 and not batch:
+            h, comp, self._packed = await Packer.of(layer).ask(
+                self.committer, self.step, (self.key, self.label, n), request, client, (self.strategy, kind))
+        else:
+            h, comp = await layer.ask(
+                self.committer, self.key, self.label, n, request, batch, client, self.strategy, kind)
         self.use.add(comp)
         return h, comp
 

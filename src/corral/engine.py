@@ -83,12 +83,12 @@ class _Runner:
         self.layer = layer = RequestLayer.for_run(
             store, run.id, self.counts, self.halt, job, self.concurrency, (model, ref), extra, self._say, self.owner)
         self.records = RecordProcessor(job, self.layer, self.counts)
+        self.pack = max((v.pack for s in job.steps for v in s.variants()), default=1)  # rows a call carries
         self.batches: BatchCoordinator | None = None
         if any(s.mode == "batch" for s in self.records.steps):
-            self.batches = layer.batches = BatchCoordinator(store, run.id, layer, progress, self.snapshot)
+            self.batches = layer.batches = BatchCoordinator(store, run.id, layer, progress, self.snapshot, job.steps)
 
-    def _say(self, message: str) -> None:
-        """A line for the person watching: on the progress display (or stderr), never lost."""
+    def _say(self, message: str) -> None:  # a line for the person watching, on the progress display
         if self.progress:
             self.progress({"phase": "notice", "message": message})
 
@@ -96,8 +96,9 @@ class _Runner:
         """One pass over the records the run can lease now."""
         committer = GroupCommitter(self.store, self.run_id, self.owner)
         commit_task = asyncio.create_task(committer.loop())
-        queue: asyncio.Queue[LeasedRecord | None] = asyncio.Queue(maxsize=self.concurrency * 2)
-        chunk = max(64, self.concurrency * 4)
+        width = self.concurrency * self.pack  # records at once: each call in flight carries `pack:` rows
+        queue: asyncio.Queue[LeasedRecord | None] = asyncio.Queue(maxsize=width * 2)
+        chunk = max(64, width * 4)
         stop, counts, records = self.stop, self.counts, self.records
 
         async def produce() -> None:
@@ -110,13 +111,13 @@ class _Runner:
                     for r in recs:
                         await queue.put(r)
             finally:
-                for _ in range(self.concurrency):
+                for _ in range(width):
                     await queue.put(None)
 
         workers: list[asyncio.Task[None]] = []
 
         def grow() -> None:  # as many workers as the calls allowed in flight keep busy, and a few
-            while len(workers) < min(self.concurrency, self.layer.calls_allowed() * 5 // 4 + 8):
+            while len(workers) < min(width, (self.layer.calls_allowed() * 5 // 4 + 8) * self.pack):
                 workers.append(asyncio.create_task(work()))
 
         async def work() -> None:

@@ -395,6 +395,11 @@ def _print_call(console: Console, c: TraceEvent, seen: list[tuple[int, list[dict
         about.append(f"confidence {conf(data['confidence'])}")
     if about:
         console.print(" · ".join(about), markup=False)
+    packed = data.get("pack") or (c.request or {}).get("pack")
+    if isinstance(packed, dict) and packed.get("size"):
+        where = f"row {packed.get('id')} of {packed['size']} in one call ({str(packed.get('call', ''))[:15]}…)"
+        console.print(f"packed: {where}" + (f"; {packed['alone']}" if packed.get("alone") else ""),
+                      markup=False)
     problems = [str(p) for p in data.get("problems") or []]
     if c.detail and c.detail != "; ".join(problems):
         console.print(f"detail: {c.detail}", markup=False)

@@ -77,6 +77,19 @@ class Request:
         blob = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
         return REQUEST_HASH_VERSION + ":" + hashlib.sha256(blob).hexdigest()
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Request:
+        """The request :meth:`to_dict` wrote (keys it does not know are ignored)."""
+        return cls(
+            messages=tuple(Message(m["role"], m["content"]) for m in d["messages"]),
+            schema=d.get("schema"), max_tokens=d.get("max_tokens", 256),
+            temperature=d.get("temperature", 0.0), sample=d.get("sample", 0),
+            reasoning_effort=d.get("reasoning_effort"),
+            choices=tuple(d["choices"]) if d.get("choices") is not None else None,
+            choice_offsets=tuple(d["choice_offsets"]) if d.get("choice_offsets") is not None else None,
+            answer_prefix=d.get("answer_prefix"),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "messages": [m.to_dict() for m in self.messages],

@@ -12,7 +12,10 @@ cause::
       truncation_rate: 0.05  # share answered with a cut-off JSON and finish reason "length"
       refusal_rate: 0.02     # share refused
       invalid_rate: 0.01     # share answered with text that is not JSON
+      pack_drop_rate: 0.05   # share of a packed request's rows left out of its answer (pack:)
+      pack_repeat_rate: 0.05 # share of a packed request's rows answered twice
       price_per_call: 0.001  # USD, recorded in the ledger
+      prices: {input: 0.15, output: 0.60}  # or USD per million tokens, from each call's tokens
       seed: 0
 
 ``calls`` counts calls in the process (``errors`` those that raised); ``call_log`` (or the ``CORRAL_FAKE_CALL_LOG`` environment
@@ -40,9 +43,11 @@ from pydantic import Field, field_validator
 
 from corral._answers import FREE_TEXT, answer_for
 from corral._delimit import plain
+from corral._pack_prompt import answer_rows
 from corral.errors import TransientModelError
 from corral.models._labeler import Labeler
 from corral.models._options import ModelOptions, parse_options
+from corral.models._prices import Price
 from corral.models.base import Capabilities, Completion, Model, Request, Usage
 
 __all__ = ["FakeModel", "FakeOptions"]
@@ -57,6 +62,9 @@ class FakeOptions(ModelOptions):
     refusal_rate: float = Field(0.0, description="share refused")
     invalid_rate: float = Field(0.0, description="share answered with text that is not JSON")
     price_per_call: float | str | Decimal | None = Field(0, description="USD per call, recorded in the ledger")
+    prices: dict[str, Any] | None = Field(
+        None, description="USD per million tokens ({input, output}): a call's cost from its tokens, "
+        "instead of price_per_call")
     seed: int = Field(0, description="the dice's seed")
     call_log: str | None = Field(
         None, description="a file each call's request hash is appended to (default $CORRAL_FAKE_CALL_LOG)"
@@ -70,6 +78,8 @@ class FakeOptions(ModelOptions):
     accuracy: float = Field(0.8, description="the labeler's mean accuracy over rows, 0 < a < 1")
     confusers: int = Field(2, description="wrong answers concentrate on this many labels per row")
     logprobs: bool = Field(False, description="Completion.logprobs = [log q] of the answered label")
+    pack_drop_rate: float = Field(0.0, description="share of a packed request's rows left out of its answer")
+    pack_repeat_rate: float = Field(0.0, description="share of a packed request's rows answered twice")
 
     @field_validator("call_log", "truth", mode="before")
     @classmethod
@@ -83,7 +93,8 @@ class FakeOptions(ModelOptions):
             raise ValueError("latency must be seconds or [min, max]")
         return v
 
-    @field_validator("error_rate", "truncation_rate", "refusal_rate", "invalid_rate")
+    @field_validator("error_rate", "truncation_rate", "refusal_rate", "invalid_rate", "pack_drop_rate",
+                     "pack_repeat_rate")
     @classmethod
     def _share(cls, v: float, info: Any) -> float:
         if not 0.0 <= v <= 1.0:
@@ -128,6 +139,7 @@ class FakeModel(Model):
         self.refusal_rate = opts.refusal_rate
         self.invalid_rate = opts.invalid_rate
         self.price = None if opts.price_per_call is None else Decimal(str(opts.price_per_call))
+        self.token_price = None if opts.prices is None else Price.parse(opts.prices, where=f"{self.id}: prices")
         self.seed = opts.seed
         self.call_log = opts.call_log or os.environ.get("CORRAL_FAKE_CALL_LOG")
         self.script = opts.script
@@ -137,6 +149,7 @@ class FakeModel(Model):
         self.accuracy = opts.accuracy
         self.confusers = opts.confusers
         self.logprobs = opts.logprobs
+        self.pack_drop_rate, self.pack_repeat_rate = opts.pack_drop_rate, opts.pack_repeat_rate
         self.truth = opts.truth
         self._labeler = None if opts.truth is None else Labeler(
             str(opts.truth), opts.truth_text, opts.truth_label, opts.accuracy, opts.confusers,
@@ -169,7 +182,8 @@ class FakeModel(Model):
         if r < self.refusal_rate:
             return self._done("I can't help with that.", "refused", usage, delay)
         r -= self.refusal_rate
-        answer, q = self._answer(request)
+        packed = None if self.script is not None else self._packed(request, f"{self.seed}:{key}:{tries}")
+        answer, q = (packed, None) if packed is not None else self._answer(request)
         lp = [math.log(q)] if self.logprobs and q is not None else None
         text = answer if isinstance(answer, str) else json.dumps(answer)
         if r < self.truncation_rate:
@@ -198,10 +212,32 @@ class FakeModel(Model):
                 return simulated
         return answer, None
 
+    def _packed(self, request: Request, dice: str) -> dict[str, Any] | None:
+        """The answer to a packed request (``pack:``), row by row as each would be answered
+        alone, with the faults ``pack_drop_rate`` and ``pack_repeat_rate``; ``None`` for a
+        request that is not packed."""
+        def roll(what: str, rid: int) -> float:
+            return random.Random(f"{dice}:{what}:{rid}").random()
+
+        def one(schema: dict[str, Any], text: str) -> Any:
+            user = plain(text)
+            answer = answer_for(schema, user, self.seed)
+            if self._labeler is not None and isinstance(answer, dict):
+                simulated = self._labeler.label(request, user, schema, answer)
+                if simulated is not None:
+                    return simulated[0]
+            return answer
+
+        user = "\n".join(m.content for m in request.messages if m.role == "user")
+        return answer_rows(request.schema, user, one, drop=lambda i: roll("drop", i) < self.pack_drop_rate,
+                           repeat=lambda i: roll("repeat", i) < self.pack_repeat_rate)
+
     def _done(
         self, text: str, finish: Any, usage: Usage, delay: float, logprobs: list[float] | None = None
     ) -> Completion:
         usage.output_tokens = max(1, len(text) // 4)
+        if self.token_price is not None:
+            usage.cost = self.token_price.cost(usage.input_tokens, usage.output_tokens)
         return Completion(
             text=text, finish_reason=finish, usage=usage, model=self.id, latency_s=delay, logprobs=logprobs
         )

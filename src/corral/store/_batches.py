@@ -4,6 +4,7 @@ takes the connection; a writer is called inside the store's transaction."""
 
 from __future__ import annotations
 
+import json
 import time
 
 from corral.store._dialect import Conn
@@ -62,7 +63,13 @@ def failures(db: Conn, run_id: str) -> dict[str, tuple[int, str]]:
 
 
 def answered(db: Conn, run_id: str) -> set[str]:
-    return {c for (c,) in db.execute("SELECT custom_id FROM batch_items WHERE run_id=? AND outcome='ok'", (run_id,))}
+    """The request hashes the run's batches answered: each item's, and the rows' of a packed
+    item (``pack:``, listed in its stored body's ``pack_rows``)."""
+    out = {c for (c,) in db.execute("SELECT custom_id FROM batch_items WHERE run_id=? AND outcome='ok'", (run_id,))}
+    for (body,) in db.execute("SELECT request FROM batch_items WHERE run_id=? AND outcome='ok' "
+                              "AND request LIKE '%\"pack_rows\"%'", (run_id,)):
+        out.update(row[3] for row in json.loads(body).get("pack_rows", ()))
+    return out
 
 
 def finish(db: Conn, batch_id: str, outcomes: dict[str, str], detail: str | None) -> None:

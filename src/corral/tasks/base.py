@@ -16,7 +16,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from jsonschema import Draft202012Validator, FormatChecker
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -35,7 +34,9 @@ from pydantic import (
 
 from corral._delimit import data_note
 from corral._expr import Condition, ConditionError
+from corral._pack_prompt import pack_request, unpack_answers
 from corral._route_model import RouteBySpec
+from corral._schema_check import validator as _validator
 from corral._template import Template
 from corral.errors import InvalidOutput, Refused, Truncated
 from corral.io.base import Column
@@ -85,7 +86,7 @@ Calibrate = Literal["auto", "contextual", "none"]
 #: several content-free inputs too; three beat `N/A` alone on the demo's tickets)
 CONTENT_FREE = ("N/A", "", "[MASK]")
 #: keys added after jobs had run ids, dropped from a step's spec while they hold their default
-_LATER_KEYS = ("on_empty", "scoring", "calibrate", "min_confidence", "route_by")
+_LATER_KEYS = ("on_empty", "scoring", "calibrate", "min_confidence", "route_by", "pack")
 #: `scoring: auto` scores by likelihood on exact scorers up to this many choices in a row's prompt
 #: (measured on the bundled model, one thread: 5 labels score faster than one generated answer;
 #: banking77's 77 labels, searched, take 1.42-1.48 times as long, at the same accuracy and with a
@@ -178,6 +179,12 @@ class Step(BaseModel):
         default=None,
         description="a classifier trained on rows labeled with their best expert routes the rows it "
         "is sure of before the experts' `when:` rules are asked",
+    )
+    pack: int = Field(
+        default=1, ge=1, le=100,
+        description="rows answered in one call (classify, filter, extract): N rows numbered in one "
+        "prompt, each row's answer read and checked on its own; a row left out or answered twice is "
+        "asked alone",
     )
     experts: list[dict[str, Any]] = Field(
         default_factory=list, exclude=True,  # serialized as built (see _serialize)
@@ -307,6 +314,18 @@ class Step(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _pack_fits(self) -> Step:
+        if self.pack == 1:
+            return self
+        if not self.can_pack:
+            raise ValueError(f"`pack:` answers several rows in one call on classify, filter and "
+                             f"extract steps; task `{self.task}` asks one row a call: remove `pack:`")
+        if self.scoring == "likelihood":
+            raise ValueError("`scoring: likelihood` scores each row's labels in a call of its own; "
+                             "with `pack:` use `scoring: generate` (or auto), or remove `pack:`")
+        return self
+
+    @model_validator(mode="after")
     def _reasoning_free(self) -> Step:
         if self.reasoning is True and "reasoning" in (self.output_schema().get("properties") or {}):
             raise ValueError(
@@ -375,6 +394,20 @@ class Step(BaseModel):
 
     #: whether :meth:`skip` can end rows as ``skipped`` (the run then writes a skipped output)
     can_skip: ClassVar[bool] = False
+
+    #: whether the step may answer several rows in one call (``pack:``)
+    can_pack: ClassVar[bool] = False
+
+    def pack_request(self, requests: list[Request]) -> Request:
+        """The one request that answers these rows' requests (:meth:`render`'s, in order): by
+        default the rows numbered in one prompt, for an array of answers (corral._pack_prompt)."""
+        return pack_request(requests)
+
+    def unpack(self, packed: Request, completion: Completion, n: int) -> list[Completion | None]:
+        """One completion per row of :meth:`pack_request`'s answer, in order; ``None`` where the
+        answer has none for that row (the row is then asked alone). Each row's usage is set by
+        the engine (its share of the call's)."""
+        return unpack_answers(completion, n)
 
     def skip(self, value: Any) -> str | None:
         """A reason to end the row here in the ``skipped`` state (filters), or ``None``."""
@@ -563,7 +596,7 @@ class Step(BaseModel):
             return False
         if self.scoring == "likelihood":
             return caps.supports_scoring
-        return (caps.exact_scoring and self.reasoning is False and self.mode == "online"
+        return (caps.exact_scoring and self.reasoning is False and self.mode == "online" and self.pack == 1
                 and self.scoring_choices() <= AUTO_SCORING_MAX_CHOICES
                 and self.scoring_prompts() <= AUTO_SCORING_MAX_QUESTIONS)
 
@@ -662,26 +695,3 @@ def _blank(value: Any) -> bool:
     if isinstance(value, (list, dict)):
         return not value
     return False
-
-
-_VALIDATORS: dict[str, tuple[Draft202012Validator, set[str]]] = {}
-
-
-_BY_ID: dict[int, tuple[dict[str, Any], tuple[Draft202012Validator, set[str]]]] = {}
-
-
-def _validator(schema: dict[str, Any]) -> tuple[Draft202012Validator, set[str]]:
-    """A compiled validator for ``schema``, and the set of short answer texts known to pass it."""
-    hit = _BY_ID.get(id(schema))
-    if hit is not None and hit[0] is schema:  # the same schema object as last time (a step's own)
-        return hit[1]
-    key = json.dumps(schema, sort_keys=True)
-    v = _VALIDATORS.get(key)
-    if v is None:
-        if len(_VALIDATORS) > 4096:
-            _VALIDATORS.clear()
-        v = _VALIDATORS[key] = (Draft202012Validator(schema, format_checker=FormatChecker()), set())
-    if len(_BY_ID) > 256:
-        _BY_ID.clear()
-    _BY_ID[id(schema)] = (schema, v)
-    return v

@@ -49,6 +49,7 @@ class ClassifyStep(Step):
     )
 
     can_score: ClassVar[bool] = True
+    can_pack: ClassVar[bool] = True
     later_keys: ClassVar[tuple[str, ...]] = ("system1",)
 
     @model_validator(mode="after")

@@ -521,9 +521,15 @@ class ExtractStep(FieldRules, Step):
             return None
         return v
 
+    #: small extractions pack (``pack:``); a chunked document is one long row a call
+    can_pack: ClassVar[bool] = True
+
     @model_validator(mode="after")
     def _ungrounded_needs_a_field(self) -> ExtractStep:
         check_on_ungrounded(self, self.fields)
+        if self.pack > 1 and self.chunking is not None:
+            raise ValueError("`pack:` puts several small rows in one call and `chunking:` splits "
+                             "one long row over several; use one or the other")
         return self
 
 

@@ -38,6 +38,7 @@ class FilterStep(Step):
 
     can_skip: ClassVar[bool] = True
     can_score: ClassVar[bool] = True
+    can_pack: ClassVar[bool] = True
     later_keys: ClassVar[tuple[str, ...]] = ("system1",)
 
     @model_validator(mode="after")

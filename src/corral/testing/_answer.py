@@ -12,6 +12,7 @@ from typing import Any
 
 from corral._answers import WORD, answer_for
 from corral._delimit import plain
+from corral._pack_prompt import answer_rows
 from corral.testing._http import ANTHROPIC, OPENAI, ServerCore
 
 __all__ = ["SimulatedModel", "_Answer", "_cut", "_schema_in", "_text_of", "_thought", "_tokens"]
@@ -97,6 +98,7 @@ class SimulatedModel(ServerCore):
                   prompt_text: str, user_text: str, max_tokens: int, dice: random.Random,
                   think: bool = False) -> _Answer:
         prompt_tokens = _tokens(prompt_text)
+        packed = answer_rows(schema, user_text, lambda s, t: answer_for(s, plain(t), self.seed, read_patterns=False))
         user_text = plain(user_text)  # the row's text, without the tags that set it off
         cached, written = int(prompt_tokens * float(self.cache_ratio)), 0
         if self.prompt_cache:  # the provider's own prompt cache, by the request's prefix
@@ -115,6 +117,8 @@ class SimulatedModel(ServerCore):
         r = dice.random()
         if self.answer is not None:
             value = self.answer(body, provider)
+        elif packed is not None:  # several rows in one request (`pack:`): each answered alone
+            value = packed
         else:
             value = answer_for(schema, user_text, self.seed, read_patterns=False)
         text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
