@@ -24,7 +24,7 @@ from typing import Any
 from corral._delimit import guard
 from corral.models.base import Completion, Message, Request
 
-__all__ = ["ROW_TAG", "pack_request", "packable_schema", "unpack_answers", "rows_of", "answer_rows"]
+__all__ = ["ROW_TAG", "answer_rows", "in_order", "pack_request", "packable_schema", "rows_of", "unpack_answers"]
 
 #: the tag each row of a packed request is put in
 ROW_TAG = "row"
@@ -61,6 +61,27 @@ def pack_schema(schema: dict[str, Any], n: int) -> dict[str, Any]:
         "additionalProperties": False,
         **defs,
     }
+
+
+def in_order(schema: dict[str, Any]) -> dict[str, Any]:
+    """A packed answer's schema with its ``answers`` as a tuple, entry K holding ``id`` K: for a
+    model that is held to a schema as it writes (``local``'s grammar), so that it cannot leave a
+    row out or answer one twice. Any other schema is returned as it is."""
+    answers = schema.get("properties", {}).get("answers")
+    if not (isinstance(answers, dict) and isinstance(answers.get("items"), dict)
+            and "id" in answers["items"].get("properties", {})):
+        return schema
+    n = answers.get("maxItems")
+    if not isinstance(n, int) or answers.get("minItems") != n:
+        return schema
+    entries = []
+    for k in range(1, n + 1):
+        entry = copy.deepcopy(answers["items"])
+        entry["properties"]["id"] = {"const": k}
+        entries.append(entry)
+    out = dict(schema)
+    out["properties"] = {**schema["properties"], "answers": {"type": "array", "prefixItems": entries}}
+    return out
 
 
 def pack_request(requests: list[Request]) -> Request:

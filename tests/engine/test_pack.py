@@ -233,3 +233,21 @@ def test_a_stop_while_rows_wait_for_their_call_ends_the_run_at_once(tmp_path):
     assert rest.written == 300 and rest.accounted
     hashes = [h for _, h, rep, c, *_ in ledger(tmp_path / "s.db") if not rep]
     assert len(hashes) == len(set(hashes)) == 300  # every row paid once, over both invocations
+
+
+def test_the_bundled_model_answers_each_packed_row_once_in_order(tmp_path):
+    from corral._pack_prompt import in_order, pack_schema
+
+    tupled = in_order(pack_schema({"type": "object", "properties": {"label": {"enum": ["a", "b"]}},
+                                   "required": ["label"]}, 3))
+    assert [e["properties"]["id"] for e in tupled["properties"]["answers"]["prefixItems"]] == [
+        {"const": 1}, {"const": 2}, {"const": 3}]
+    texts = ["WINNER! Claim your free prize now, call 0906", "See you at lunch tomorrow?",
+             "URGENT: your account won a cash reward, text CLAIM", "Can you pick up milk on the way home",
+             "Free entry to win a holiday, reply YES", "Thanks for the notes, they helped"]
+    (tmp_path / "in.csv").write_text("id,text\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(texts)))
+    job = Job.from_dict({"name": "local", "key": "id", "source": "in.csv", "steps": [
+        {"name": "label", "task": "classify", "input": "{text}", "labels": ["spam", "ham"], "pack": 3}],
+        "sink": "out.csv"}, base_dir=tmp_path)
+    r = corral.run(job, store=tmp_path / "s.db")
+    assert (r.written, r.calls_made) == (6, 2)  # the grammar holds it to one answer per row

@@ -35,6 +35,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from corral._pack_prompt import in_order
 from corral.errors import ModelNotFoundError, PermanentModelError
 from corral.models._options import ModelOptions, parse_options
 from corral.models.base import Capabilities, Completion, FinishReason, Model, Request, Usage
@@ -251,8 +252,9 @@ class LocalModel(Model):
             import llama_cpp
 
             try:
+                # a packed request's rows answered in order, each once (corral._pack_prompt)
                 grammar = llama_cpp.LlamaGrammar.from_json_schema(
-                    _canonical(grammar_schema(schema)), verbose=False
+                    _canonical(grammar_schema(in_order(schema))), verbose=False
                 )
             except Exception as e:
                 raise PermanentModelError(
