@@ -251,3 +251,24 @@ def test_the_bundled_model_answers_each_packed_row_once_in_order(tmp_path):
         "sink": "out.csv"}, base_dir=tmp_path)
     r = corral.run(job, store=tmp_path / "s.db")
     assert (r.written, r.calls_made) == (6, 2)  # the grammar holds it to one answer per row
+
+
+def test_filter_and_extract_steps_pack_too(tmp_path):
+    def job(folder, pack: int) -> Job:
+        folder.mkdir(exist_ok=True)
+        (folder / "in.csv").write_text("id,text\n" + "".join(
+            f"{i},order {i} for {i * 3} units shipped to Lyon\n" for i in range(30)))
+        return Job.from_dict({"name": "two", "key": "id", "source": "in.csv",
+                              "model": {"name": "fake", "price_per_call": "0.001"}, "steps": [
+            {"name": "keep", "task": "filter", "input": "{text}", "question": "Is it an order?", "pack": pack},
+            {"name": "info", "task": "extract", "input": "{text}", "pack": pack,
+             "fields": {"units": "integer", "city": "string"}}], "sink": "out.csv"}, base_dir=folder)
+
+    r = corral.run(job(tmp_path / "packed", 10), store=tmp_path / "s.db")
+    alone = corral.run(job(tmp_path / "alone", 1), store=tmp_path / "one.db")
+    assert r.accounted and (r.written, r.skipped) == (alone.written, alone.skipped)
+    assert r.written + r.skipped == 30 and r.written > 0
+    assert alone.calls_made == 30 + alone.written
+    # ten rows a call at each step (a group the 50 ms wait sends before it is full: a call more)
+    assert 3 + -(-r.written // 10) <= r.calls_made <= 3 + -(-r.written // 10) + 2
+    assert (tmp_path / "packed" / "out.csv").read_text() == (tmp_path / "alone" / "out.csv").read_text()
