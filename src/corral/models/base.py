@@ -55,6 +55,16 @@ class Request:
     #: with ``choices``: the start of the answer the choices follow (``Category:``), on a model
     #: that continues an answer it is given (``local``); ``None`` for the model's default
     answer_prefix: str | None = None
+    #: an embeddings request: each user message is one text to embed, and the answer is one
+    #: vector per text (``Completion.vectors``), in order, instead of generated text
+    embed: bool = False
+    #: with ``embed``: the vectors' length, on models that shorten theirs (OpenAI's
+    #: ``text-embedding-3-*``); ``None`` for the model's own
+    dimensions: int | None = None
+
+    def texts(self) -> list[str]:
+        """The texts of an embeddings request, in order (its user messages)."""
+        return [m.content for m in self.messages if m.role == "user"]
 
     def cache_key(self, model_id: str) -> str:
         """Versioned content hash of everything that determines the response."""
@@ -74,6 +84,9 @@ class Request:
             payload["choice_offsets"] = [round(x, 6) for x in self.choice_offsets]
         if self.answer_prefix is not None:
             payload["answer_prefix"] = self.answer_prefix
+        if self.embed:  # only on embeddings requests: every other request keeps its hash
+            payload["embed"] = True
+            payload["dimensions"] = self.dimensions
         blob = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
         return REQUEST_HASH_VERSION + ":" + hashlib.sha256(blob).hexdigest()
 
@@ -106,6 +119,9 @@ class Request:
             out["choice_offsets"] = list(self.choice_offsets)
         if self.answer_prefix is not None:
             out["answer_prefix"] = self.answer_prefix
+        if self.embed:
+            out["embed"] = True
+            out["dimensions"] = self.dimensions
         return out
 
 
@@ -138,6 +154,8 @@ class Completion:
     #: the whole answer (exact on a model with ``exact_scoring``, estimated from the first
     #: token's ``top_logprobs`` on an OpenAI-compatible server)
     choice_logprobs: dict[str, float] | None = None
+    #: the answer to an embeddings request (``Request.embed``): one vector per text, in order
+    vectors: list[list[float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -159,6 +177,8 @@ class Completion:
             out["usage"]["cache_write_tokens"] = self.usage.cache_write_tokens
         if self.choice_logprobs is not None:  # only on scoring answers: others keep their shape
             out["choice_logprobs"] = self.choice_logprobs
+        if self.vectors is not None:  # only on embeddings answers (the vectors are kept once, here)
+            out["vectors"] = self.vectors
         return out
 
     @classmethod
@@ -173,6 +193,7 @@ class Completion:
             logprobs=d.get("logprobs"),
             reasoning=d.get("reasoning"),
             choice_logprobs=d.get("choice_logprobs"),
+            vectors=d.get("vectors"),
             usage=Usage(
                 input_tokens=u.get("input_tokens", 0),
                 output_tokens=u.get("output_tokens", 0),
@@ -197,6 +218,8 @@ class Capabilities:
     #: calibrated answer needs under ``Request.choice_offsets``), not estimated from
     #: ``top_logprobs``: ``scoring: auto`` picks labels by likelihood, calibrated, only on such a model
     exact_scoring: bool = False
+    #: answers embeddings requests (``Request.embed``) with ``Completion.vectors``
+    supports_embeddings: bool = False
     #: how many calls the engine may have in flight at once (1 for an in-process model)
     max_concurrency: int = 64
     context_window: int | None = None
@@ -212,7 +235,10 @@ class Model(ABC):
 
     A model with ``capabilities.supports_scoring`` also answers scoring requests (``choices``
     set, ``schema`` ``None``): ``Completion.choice_logprobs`` holds each choice's log-probability
-    as the whole answer, and ``text`` the most likely choice.
+    as the whole answer, and ``text`` the most likely choice. A model with
+    ``capabilities.supports_embeddings`` also answers embeddings requests (``embed`` set):
+    ``Completion.vectors`` holds one vector per text (``Request.texts()``), in order, and
+    ``text`` is empty.
     """
 
     #: stable identifier used in cache keys and the ledger, e.g. ``fake`` or ``local:smollm2``

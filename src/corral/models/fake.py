@@ -22,6 +22,11 @@ cause::
 variable) appends each call's request hash to a file, to count calls across processes. From
 Python, ``script=callable(request) -> dict | str`` replaces the derived answers.
 
+An embeddings request (``Request.embed``, the ``embed`` task) gets one unit vector per text, of
+the request's ``dimensions`` (else the ``dimensions`` option): the sum of a fixed pseudo-random
+vector per word of the text (seeded by the word and ``seed``), so the same text always gets the
+same vector and texts that share words point the same way.
+
 With ``truth=PATH`` the model becomes a noisy labeler: a simulated classifier of known accuracy,
 to benchmark voting and cascades on a labeled data set (:mod:`corral.models._labeler` says how
 it draws its answers).
@@ -30,10 +35,13 @@ it draws its answers).
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import json
 import math
 import os
 import random
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from decimal import Decimal
@@ -80,6 +88,7 @@ class FakeOptions(ModelOptions):
     logprobs: bool = Field(False, description="Completion.logprobs = [log q] of the answered label")
     pack_drop_rate: float = Field(0.0, description="share of a packed request's rows left out of its answer")
     pack_repeat_rate: float = Field(0.0, description="share of a packed request's rows answered twice")
+    dimensions: int = Field(64, ge=1, le=8192, description="the length of its embeddings (unless the request names one)")
 
     @field_validator("call_log", "truth", mode="before")
     @classmethod
@@ -124,7 +133,9 @@ class FakeModel(Model):
     """The scripted model: instant, never failing, deterministic answers, unless its options
     (:class:`FakeOptions`) inject trouble."""
 
-    capabilities = Capabilities(supports_schema=True, max_concurrency=256, context_window=1_000_000)
+    capabilities = Capabilities(
+        supports_schema=True, supports_embeddings=True, max_concurrency=256, context_window=1_000_000
+    )
     #: options naming files, resolved against the job file's folder
     path_options: ClassVar[tuple[str, ...]] = ("truth", "call_log")
     Options = FakeOptions
@@ -150,6 +161,7 @@ class FakeModel(Model):
         self.confusers = opts.confusers
         self.logprobs = opts.logprobs
         self.pack_drop_rate, self.pack_repeat_rate = opts.pack_drop_rate, opts.pack_repeat_rate
+        self.dimensions = opts.dimensions
         self.truth = opts.truth
         self._labeler = None if opts.truth is None else Labeler(
             str(opts.truth), opts.truth_text, opts.truth_label, opts.accuracy, opts.confusers,
@@ -179,6 +191,10 @@ class FakeModel(Model):
             self.errors += 1
             raise TransientModelError("fake model: injected transient error")
         r -= self.error_rate
+        if request.embed:
+            n = request.dimensions or self.dimensions
+            vectors = [fake_vector(t, n, self.seed) for t in request.texts()]
+            return Completion(text="", usage=usage, model=self.id, latency_s=delay, vectors=vectors)
         if r < self.refusal_rate:
             return self._done("I can't help with that.", "refused", usage, delay)
         r -= self.refusal_rate
@@ -246,6 +262,28 @@ class FakeModel(Model):
         if self.call_log:
             with open(self.call_log, "a", encoding="utf-8") as f:
                 f.write(key + "\n")
+
+
+_WORD = re.compile(r"\w+")
+
+
+@functools.lru_cache(maxsize=65536)
+def _word_vector(word: str, n: int, seed: int) -> tuple[float, ...]:
+    digest = hashlib.sha256(f"{seed}:{n}:{word}".encode()).digest()
+    rng = random.Random(digest)
+    return tuple(rng.gauss(0.0, 1.0) for _ in range(n))
+
+
+def fake_vector(text: str, n: int, seed: int = 0) -> list[float]:
+    """The fake model's embedding of ``text``: a unit vector of length ``n``, the normalised sum
+    of one pseudo-random vector per word (a text without words gets its own)."""
+    words = _WORD.findall(text.lower()) or [text]
+    total = [0.0] * n
+    for w in words:
+        for i, x in enumerate(_word_vector(w, n, seed)):
+            total[i] += x
+    norm = math.sqrt(sum(x * x for x in total)) or 1.0
+    return [round(x / norm, 6) for x in total]
 
 
 def _tokens(request: Request) -> int:

@@ -11,6 +11,9 @@ module adds OpenAI's own cases (``insufficient_quota``, ``context_length_exceede
 that is not a chat completion). The latest rate-limit headers are kept in
 :attr:`OpenAIModel.rate_limits` for the engine.
 
+An embeddings request (``Request.embed``, the ``embed`` task) goes to ``/v1/embeddings``, many
+texts in one call (:mod:`corral.models._openai_embed`), online and in batches alike.
+
 The model also speaks OpenAI's Batch API (:class:`corral.models.base.BatchAPI`): each request
 becomes one JSONL line whose body is exactly what :meth:`OpenAIModel.complete` would send, the
 file is uploaded (``purpose="batch"``) and a ``/v1/chat/completions`` batch created; results are
@@ -45,6 +48,12 @@ from corral.models._hosted import (
     retryable,
 )
 from corral.models._keys import Secret
+from corral.models._openai_embed import (
+    EMBEDDINGS_ENDPOINT,
+    embed_params,
+    embeddings_completion,
+    is_embeddings_body,
+)
 from corral.models._options import parse_options
 from corral.models._schemas import strict_ok, strict_schema, with_schema_in_prompt
 from corral.models.base import (
@@ -224,7 +233,8 @@ class OpenAIModel(HostedModel):
     sdk_error = "OpenAIError"
     Options = OpenAIOptions
     capabilities = Capabilities(
-        supports_schema=True, supports_logprobs=True, supports_scoring=True, max_concurrency=1024
+        supports_schema=True, supports_logprobs=True, supports_scoring=True, supports_embeddings=True,
+        max_concurrency=1024,
     )
 
     def __init__(self, arg: str | None = None, **options: Any) -> None:
@@ -254,6 +264,7 @@ class OpenAIModel(HostedModel):
             # from the first token's top_logprobs (``scoring: likelihood``, estimated)
             supports_logprobs=self.logprobs,
             supports_scoring=True,
+            supports_embeddings=True,  # the server says whether this model embeds
             supports_batch=opts.supports_batch,
             max_concurrency=opts.max_concurrency,
             context_window=opts.context_window,
@@ -324,6 +335,10 @@ class OpenAIModel(HostedModel):
 
     async def complete(self, request: Request) -> Completion:
         t0 = time.perf_counter()
+        if request.embed:
+            body = await self._guarded(self._embeddings(embed_params(self.name, request)))
+            return embeddings_completion(self._where(), body, len(request.texts()), self.price,
+                                         time.perf_counter() - t0)
         resp = await self._guarded(self._answer(request))
         return self._completion(resp, time.perf_counter() - t0, scoring=request.choices)
 
@@ -368,6 +383,15 @@ class OpenAIModel(HostedModel):
         raw = await client.post("/chat/completions", body=params, cast_to=http_module().Response)
         self._observe(raw.headers)
         return openai.types.chat.ChatCompletion.construct(**orjson.loads(raw.content))
+
+    async def _embeddings(self, params: dict[str, Any]) -> Any:
+        """One embeddings call, sent as :meth:`_create` sends chat completions: a plain POST
+        through the SDK's client, the answer read as JSON (``embeddings.create`` would build a
+        typed object of every number of every vector)."""
+        with self._calling() as client:
+            raw = await client.post("/embeddings", body=params, cast_to=http_module().Response)
+        self._observe(raw.headers)
+        return orjson.loads(raw.content)
 
     def _schema_fallback(self, e: Any, params: dict[str, Any]) -> bool:
         """On a server that rejects json_schema, switch to json_object for good (auto mode)."""
@@ -464,13 +488,28 @@ class OpenAIModel(HostedModel):
         :meth:`complete` sends for that request."""
         most, most_bytes = self.batch_limits
         self._check_batch(items, "Batch API", most)
+        self._batch_endpoint(items)
         lines = []
         for custom_id, request in items:
-            line = {"custom_id": custom_id, "method": "POST", "url": _BATCH_ENDPOINT, "body": self.params(request)}
+            if request.embed:
+                url, body = EMBEDDINGS_ENDPOINT, embed_params(self.name, request)
+            else:
+                url, body = _BATCH_ENDPOINT, self.params(request)
+            line = {"custom_id": custom_id, "method": "POST", "url": url, "body": body}
             lines.append(json.dumps(line, ensure_ascii=False, separators=(",", ":")))
         data = ("\n".join(lines) + "\n").encode("utf-8")
         self._check_batch_size(len(data), "Batch API", most_bytes)
         return data
+
+    def _batch_endpoint(self, items: list[tuple[str, Request]]) -> str:
+        """The one endpoint of a batch's requests: embeddings or chat completions, not both."""
+        kinds = {r.embed for _, r in items}
+        if len(kinds) > 1:
+            raise PermanentModelError(
+                f"{self.id}: one batch cannot mix embeddings and chat requests; give the embed "
+                "step its own job (or `mode: online`)"
+            )
+        return EMBEDDINGS_ENDPOINT if kinds == {True} else _BATCH_ENDPOINT
 
     async def submit_batch(self, items: list[tuple[str, Request]]) -> str:
         """Upload the requests as a JSONL file and create a batch; returns the batch id."""
@@ -482,7 +521,7 @@ class OpenAIModel(HostedModel):
         ))
         try:
             batch = await self._guarded(client.batches.create(
-                input_file_id=f.id, endpoint=_BATCH_ENDPOINT, completion_window="24h",
+                input_file_id=f.id, endpoint=self._batch_endpoint(items), completion_window="24h",
             ))
         except ModelError:
             try:  # the upload is of no use without its batch
@@ -595,7 +634,11 @@ class OpenAIModel(HostedModel):
                 kind, msg = "error", json.dumps(body)[:500]
             return BatchItem(cid, None, self._say(f"errored: {status} {kind}: {msg}"))
         try:
-            completion = self._completion(openai.types.chat.ChatCompletion.construct(**body), 0.0, batch=True)
+            if is_embeddings_body(body):
+                wanted = len(body["data"])  # (the input's count was checked when it was sent)
+                completion = embeddings_completion(self._where(), body, wanted, self.price, 0.0, batch=True)
+            else:
+                completion = self._completion(openai.types.chat.ChatCompletion.construct(**body), 0.0, batch=True)
         except ModelError as e:
             return BatchItem(cid, None, f"errored: {e}")
         return BatchItem(cid, completion)
