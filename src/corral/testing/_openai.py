@@ -1,16 +1,19 @@
-"""The test server's OpenAI API: chat completions, files and batches, as OpenAI answers them
-(errors, usage, logprobs, reasoning and flex included)."""
+"""The test server's OpenAI API: chat completions, embeddings, files and batches, as OpenAI
+answers them (errors, usage, logprobs, reasoning and flex included)."""
 
 from __future__ import annotations
 
+import base64
 import email.parser
 import email.policy
 import json
 import random
+import struct
 import time
 import uuid
 from typing import Any, ClassVar
 
+from corral.models.fake import fake_vector
 from corral.testing._answer import SimulatedModel, _Answer, _schema_in, _text_of, _tokens
 from corral.testing._http import (
     _DEFAULT_MESSAGES,
@@ -26,10 +29,21 @@ __all__ = ["OpenAIAPI"]
 
 #: the ``reasoning_effort`` values OpenAI documents
 _EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+#: the vectors' length of OpenAI's embedding models (any other name gets the first's)
+_EMBED_DIMS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
+#: the most inputs one embeddings request takes (OpenAI's limit)
+EMBED_MAX_INPUTS = 2048
+#: the batch endpoints served
+_BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings")
+
+
+def _embed_error(message: str, param: str | None = "input", code: str | None = None) -> _HTTPError:
+    return _HTTPError(400, _openai_error(message, "invalid_request_error", code, param))
 
 
 class OpenAIAPI(SimulatedModel):
-    """``/v1/chat/completions``, ``/v1/files`` and ``/v1/batches`` (also without ``/v1``)."""
+    """``/v1/chat/completions``, ``/v1/embeddings``, ``/v1/files`` and ``/v1/batches`` (also
+    without ``/v1``)."""
 
     def _openai_chat(self, body: dict[str, Any], raw: bytes, route: str, *, batch: bool = False,
                      dice: random.Random | None = None) -> tuple[dict[str, Any], _Answer]:
@@ -160,6 +174,46 @@ class OpenAIAPI(SimulatedModel):
         }
         return resp, ans
 
+    def _openai_embeddings(self, body: dict[str, Any], raw: bytes, route: str, *,
+                           dice: random.Random | None = None) -> tuple[dict[str, Any], _Answer]:
+        """``POST /v1/embeddings``: one vector per input, from its words (as ``fake`` makes
+        them), ``dimensions`` long on ``text-embedding-3-*`` models, as floats or base64."""
+        model = body.get("model")
+        self._check_model(OPENAI, model)
+        given = body.get("input")
+        texts = [given] if isinstance(given, str) else given
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise _embed_error("'$.input' is invalid. Please check the API reference: "
+                               "https://platform.openai.com/docs/api-reference.")
+        if len(texts) > EMBED_MAX_INPUTS:
+            raise _embed_error(f"'$.input' is too long: at most {EMBED_MAX_INPUTS} inputs in one request.")
+        if any(not t for t in texts):
+            raise _embed_error("'$.input' is invalid: an input is an empty string.")
+        native = _EMBED_DIMS.get(str(model), 1536)
+        dims = body.get("dimensions")
+        if dims is not None:
+            if str(model) == "text-embedding-ada-002":
+                raise _embed_error("This model does not support specifying dimensions.", "dimensions")
+            if not isinstance(dims, int) or isinstance(dims, bool) or not 1 <= dims <= native:
+                raise _embed_error(f"Invalid value for 'dimensions' = {dims}. Must be between 1 and {native}.",
+                                   "dimensions", "invalid_value")
+        fmt = body.get("encoding_format", "float")
+        if fmt not in ("float", "base64"):
+            raise _embed_error(f"Invalid value: '{fmt}'. Supported values are: 'float' and 'base64'.",
+                               "encoding_format", "invalid_value")
+        prompt_tokens = sum(_tokens(t) for t in texts)
+        if dice is None:
+            self._call_faults(OPENAI, route, raw, prompt_tokens)
+        n = dims or native
+        data = []
+        for i, t in enumerate(texts):
+            vec = fake_vector(t, n, self.seed)
+            shown: Any = vec if fmt == "float" else base64.b64encode(struct.pack(f"<{n}f", *vec)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": shown})
+        resp = {"object": "list", "data": data, "model": model,
+                "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
+        return resp, _Answer(None, "", "stop", prompt_tokens, 0, 0, 0)
+
     def _upload(self, headers: Any, raw: bytes) -> dict[str, Any]:
         ctype = headers.get("Content-Type", "")
         if "multipart/form-data" not in ctype:
@@ -214,9 +268,10 @@ class OpenAIAPI(SimulatedModel):
             data = self._file_data.get(fid or "")
         if data is None:
             raise _HTTPError(404, _openai_error(f"No such File object: {fid}", "invalid_request_error", None, "input_file_id"))
-        if endpoint != "/v1/chat/completions":
+        if endpoint not in _BATCH_ENDPOINTS:
             raise _HTTPError(400, _openai_error(
-                f"Invalid value: '{endpoint}'. This test server batches '/v1/chat/completions' only.",
+                f"Invalid value: '{endpoint}'. This test server batches '/v1/chat/completions' and "
+                "'/v1/embeddings' only.",
                 "invalid_request_error", "invalid_value", "endpoint"))
         if window != "24h":
             raise _HTTPError(400, _openai_error(
@@ -302,7 +357,8 @@ class OpenAIAPI(SimulatedModel):
                 err.append({"id": rid, "custom_id": item["custom_id"], "response": None, "error": {"code": code, "message": msg}})
                 continue
             raw = json.dumps(item["body"], sort_keys=True).encode()
-            dice = self._dice("batch:/v1/chat/completions", raw)
+            endpoint = obj["endpoint"]
+            dice = self._dice("batch:" + endpoint, raw)
             if dice.random() < self.batch_failure_rate:
                 body = _openai_error(_DEFAULT_MESSAGES[500], "server_error")
                 err.append({"id": rid, "custom_id": item["custom_id"],
@@ -311,7 +367,10 @@ class OpenAIAPI(SimulatedModel):
                 self._count("openai_batch", 500)
                 continue
             try:
-                resp, ans = self._openai_chat(item["body"], raw, "batch", batch=True, dice=dice)
+                if endpoint == "/v1/embeddings":
+                    resp, ans = self._openai_embeddings(item["body"], raw, "batch", dice=dice)
+                else:
+                    resp, ans = self._openai_chat(item["body"], raw, "batch", batch=True, dice=dice)
             except _HTTPError as e:
                 err.append({"id": rid, "custom_id": item["custom_id"],
                             "response": {"status_code": e.status, "request_id": "req_" + uuid.uuid4().hex[:16], "body": e.body},
@@ -369,6 +428,7 @@ class OpenAIAPI(SimulatedModel):
 
     routes: ClassVar[dict[str, Route]] = {
         "POST /v1/chat/completions": Route(lambda s, c: s._chat(c), OPENAI),
+        "POST /v1/embeddings": Route(lambda s, c: s._openai_embeddings(c.body, c.raw, c.label), OPENAI),
         "POST /v1/files": Route(lambda s, c: s._upload(c.headers, c.raw), "files"),
         "GET /v1/files/{id}": Route(lambda s, c: s._file(c.id), "files"),
         "GET /v1/files/{id}/content": Route(lambda s, c: s._file_content(c.id), "files", "application/octet-stream"),

@@ -3,7 +3,7 @@
 ``ProviderServer`` serves, on ``127.0.0.1`` and a free port, from a background thread:
 
 OpenAI (also without the ``/v1`` prefix, so ``base_url`` may be ``srv.url`` or ``srv.openai_url``)
-    ``POST /v1/chat/completions``, ``POST /v1/files``, ``GET /v1/files/{id}``,
+    ``POST /v1/chat/completions``, ``POST /v1/embeddings``, ``POST /v1/files``, ``GET /v1/files/{id}``,
     ``GET /v1/files/{id}/content``, ``POST /v1/batches``, ``GET /v1/batches/{id}``,
     ``POST /v1/batches/{id}/cancel``
 Anthropic (``base_url`` is ``srv.url``)
@@ -13,7 +13,9 @@ Anthropic (``base_url`` is ``srv.url``)
 Answers are JSON values valid for the requested schema (``response_format`` json_schema, the
 forced tool's ``input_schema``, ``output_config.format``, or a schema written in the prompt after
 ``schema:``), derived deterministically from the prompt's text as :mod:`corral.models.fake` does.
-Token counts are ``characters // 4``.
+Token counts are ``characters // 4``. Embeddings are unit vectors made from each input's words
+(as :mod:`corral.models.fake` makes them): 1536 numbers (3072 for ``text-embedding-3-large``),
+or ``dimensions`` of them on ``text-embedding-3-*``; at most 2048 inputs a request, none empty.
 
 Faults are constructor arguments and plain attributes (``srv.error_rate = 0.5`` at any time, or
 ``srv.configure(...)``); each request's dice are derived from the seed, the request body and how
