@@ -9,7 +9,7 @@ by key, so writing them again never duplicates a row.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,7 @@ def plan(job: Job, source: Source) -> Plan:
                 name = f"{step.name}_{col.name}_{n}"
                 n += 1
             used.add(name)
-            out.append(Column(name, col.type))
+            out.append(replace(col, name=name))
             pairs.append((col.name, name))
         mapping.append(pairs)
     return Plan(list(source.columns), out, mapping)

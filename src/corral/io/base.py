@@ -21,7 +21,7 @@ import hashlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -45,6 +45,7 @@ __all__ = [
     "atomic_path",
     "check_encoding",
     "check_sink_columns",
+    "sized_vectors",
     "check_writable",
     "ensure_parent",
     "iter_text_lines",
@@ -64,7 +65,7 @@ __all__ = [
     "to_text",
 ]
 
-COLUMN_TYPES: tuple[str, ...] = ("string", "integer", "number", "boolean", "date", "list", "any")
+COLUMN_TYPES: tuple[str, ...] = ("string", "integer", "number", "boolean", "date", "list", "vector", "any")
 #: the built-in formats (a plugin registers more under ``corral.sources`` / ``corral.sinks``)
 FORMATS: tuple[str, ...] = ("csv", "tsv", "jsonl", "parquet", "sqlite", "duckdb", "postgres")
 #: formats that hold tables in one database file (side outputs go to tables beside the sink's)
@@ -98,11 +99,16 @@ class Column:
     ``arrow_type`` is the column's exact ``pyarrow.DataType`` when the source knows it (a Parquet
     source does); the Parquet sink writes such a column with that type, turning the JSON the
     store holds back into the original values. Other sinks go by ``type`` alone.
+
+    A ``vector`` column (``embed``'s) holds lists of ``size`` numbers: a fixed-size list of
+    float32 in Parquet, ``FLOAT[size]`` in DuckDB, a JSON array elsewhere. When the step does not
+    know ``size`` (the model's own length), :meth:`Sink.write` finds it in the rows first.
     """
 
     name: str
     type: str = "string"
     arrow_type: Any = None
+    size: int | None = None
 
     def __post_init__(self) -> None:
         if self.type not in COLUMN_TYPES:
@@ -166,8 +172,11 @@ class Sink(ABC):
 
     def write(self, columns: list[Column], batches: Batches, key_column: str) -> int:
         """Write every row of ``batches`` (consumed lazily); return how many were written.
-        The column names must be unique (see :func:`check_sink_columns`)."""
-        return self.write_rows(check_sink_columns(columns), columns, batches, key_column)
+        The column names must be unique (see :func:`check_sink_columns`); a ``vector`` column
+        without a ``size`` gets the length of its first vector (see :func:`sized_vectors`)."""
+        names = check_sink_columns(columns)
+        columns, batches = sized_vectors(columns, batches)
+        return self.write_rows(names, columns, batches, key_column)
 
     @abstractmethod
     def write_rows(self, names: list[str], columns: list[Column], batches: Batches, key: str) -> int:
@@ -360,6 +369,34 @@ def check_writable(path: Path) -> None:
             f"sink path is not writable: {path} (no write permission on {ancestor}) — choose a "
             f"writable folder for `sink:` {PATH_HINT}"
         )
+
+
+def sized_vectors(columns: list[Column], batches: Batches) -> tuple[list[Column], Batches]:
+    """``columns`` with each unsized ``vector`` column given the length of its first vector
+    (batches are read ahead until every one has a vector, or the rows end), and the batches
+    as they were. A column with no vector at all keeps ``size`` None (a list of any length)."""
+    todo = {c.name for c in columns if c.type == "vector" and c.size is None}
+    if not todo:
+        return columns, batches
+    it = iter(batches)
+    ahead: list[list[dict[str, Any]]] = []
+    sizes: dict[str, int] = {}
+    for batch in it:
+        ahead.append(batch)
+        for row in batch:
+            for name in todo - sizes.keys():
+                v = row.get(name)
+                if isinstance(v, (list, tuple)) and v:
+                    sizes[name] = len(v)
+        if len(sizes) == len(todo):
+            break
+    out = [replace(c, size=sizes.get(c.name)) if c.name in todo else c for c in columns]
+
+    def again() -> Iterator[list[dict[str, Any]]]:
+        yield from ahead
+        yield from it
+
+    return out, again()
 
 
 def check_sink_columns(columns: list[Column]) -> list[str]:

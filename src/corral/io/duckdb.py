@@ -10,7 +10,7 @@ The sink creates the table if needed (the key column is its primary key), adds m
 and upserts every row by key inside one transaction, the rows going to DuckDB as Arrow batches:
 writing the same output twice leaves the same rows. A column read from a typed source (Parquet,
 DuckDB, a DataFrame) keeps its Arrow type; the others get DuckDB types from their Corral type
-(lists and ``any`` values as JSON text).
+(lists and ``any`` values as JSON text, ``vector`` columns as ``FLOAT[n]``).
 
 DuckDB lets one process write a database file, or several read it. A file another process holds
 is waited for, up to :data:`LOCK_WAIT_S` seconds (said once on stderr), then it is an error.
@@ -229,10 +229,17 @@ _ARROW = {
 }
 
 
+def _vector_type(c: Column) -> pa.DataType:
+    """A ``vector`` column's Arrow type: a fixed-size list of float32 (DuckDB's ``FLOAT[n]``)."""
+    return pa.list_(pa.float32(), c.size) if c.size else pa.list_(pa.float32())
+
+
 def _array(c: Column, values: list[Any]) -> pa.Array:
     """The values of column ``c`` as Arrow: in its source's Arrow type, or the type its Corral
     type maps to; values that do not fit go as text (DuckDB casts them, or says why not)."""
     t = c.arrow_type if c.arrow_type is not None else _ARROW.get(c.type)
+    if c.type == "vector":
+        t = _vector_type(c)
     if t is not None:
         try:
             return decode_values(values, t)
@@ -328,6 +335,8 @@ class DuckDbSink(Sink):
                 probe = pa.table({"v": pa.array([], type=c.arrow_type)})
                 conn.register("_corral_probe", probe)
                 return str(conn.sql("SELECT v FROM _corral_probe").types[0])
+            if c.type == "vector":
+                return f"FLOAT[{c.size}]" if c.size else "FLOAT[]"
             return _DECLARED[c.type]
 
         defs = []

@@ -7,7 +7,8 @@ decodes such a column back to that type, so Parquet in, Parquet out keeps the so
 they were.
 
 Writing maps the other column types to Arrow types (string, int64, float64, bool, date32,
-list<...>) and infers ``any`` columns from the values. Rows are buffered into row groups of
+list<...>; a ``vector`` column to fixed_size_list<float32>[n]) and infers ``any`` columns from
+the values. Rows are buffered into row groups of
 :attr:`ParquetSink.row_group_rows` rows, so memory stays flat. The schema is fixed when the first
 row group is written; if a later value does not fit a column's type (an ``any`` column that was
 all None, integers followed by a fraction, text in a column declared integer...), the column is
@@ -527,6 +528,11 @@ def _convert(kind: str, v: Any) -> Any:
     return v  # bool; "null" never reaches here
 
 
+def _vector_type(c: Column) -> pa.DataType:
+    """A ``vector`` column's Arrow type: a fixed-size list of float32 when its size is known."""
+    return pa.list_(pa.float32(), c.size) if c.size else pa.list_(pa.float32())
+
+
 class ParquetSink(Sink):
     """Writes a Parquet file with ``ParquetWriter``, one row group per
     :attr:`row_group_rows` rows. A column that carries an ``arrow_type`` (a Parquet source's
@@ -536,10 +542,9 @@ class ParquetSink(Sink):
     row_group_rows = 10_000
 
     def write_rows(self, names: list[str], columns: list[Column], batches: Batches, key: str) -> int:
+        types = [_vector_type(c) if c.type == "vector" else c.arrow_type for c in columns]
         writer = _GrowingWriter(
-            names,
-            ["arrow" if c.arrow_type is not None else _DECLARED_KINDS[c.type] for c in columns],
-            [c.arrow_type for c in columns],
+            names, ["arrow" if t is not None else _DECLARED_KINDS[c.type] for c, t in zip(columns, types)], types,
         )
         count = 0
         with atomic_path(self.path) as tmp:

@@ -42,7 +42,7 @@ _OID_ARROW: dict[int, pa.DataType] = {
 }
 _JSON_OIDS = {114, 3802}
 _DECLARED = {"string": "TEXT", "integer": "BIGINT", "number": "DOUBLE PRECISION", "boolean": "BOOLEAN",
-             "date": "DATE", "list": "JSONB", "any": "JSONB"}
+             "date": "DATE", "list": "JSONB", "vector": "JSONB", "any": "JSONB"}
 
 
 def _psycopg(err: type[UserError]) -> Any:
@@ -205,7 +205,7 @@ class PostgresSink(Sink):
 def _value(v: Any, c: Column) -> Any:
     if v is None:
         return None
-    if c.type in ("list", "any"):
+    if c.type in ("list", "vector", "any"):
         return json.dumps(v)
     if c.type == "string" and not isinstance(v, str):
         return json.dumps(v) if isinstance(v, (list, dict)) else str(v)

@@ -197,6 +197,7 @@ _DECLARED = {
     "boolean": "BOOLEAN",
     "date": "DATE",
     "list": "TEXT",
+    "vector": "TEXT",  # a JSON array
     "any": "",
 }
 
