@@ -155,7 +155,7 @@ class InjectionGate:
     they are sent in (see the module's docstring)."""
 
     def __init__(self, steps: Iterable[Step]) -> None:
-        variants = [v for s in steps for v in s.variants()]
+        variants = [v for s in steps for v in s.variants() if v.sends_prompt]
         outputs = {s.name for s in variants}
         sent: list[str] = []
         for v in variants:

@@ -120,13 +120,21 @@ def low_confidence(step: Task, conf: float | None) -> str | None:
 
 
 def check_scoring(job: Any, model: Any, extra: dict[str, Any]) -> None:
-    """The job errors of ``scoring: likelihood`` and ``min_confidence`` on the models a step
-    calls, found before any row is asked: one line naming the fix (an expert's, by its name)."""
+    """The job errors of ``scoring: likelihood``, ``min_confidence`` and ``embed`` on the models a
+    step calls, found before any row is asked: one line naming the fix (an expert's, by its name)."""
     for step, label in ((v, _label(s, v)) for s in job.steps for v in s.variants()):
         used = []
         for st in step.stages():
             name = st.model or step.strategy.model
             used.append((st, model if name is None else extra[name][0]))
+        if step.task == "embed":
+            lacking = [m.id for _, m in used if not m.capabilities.supports_embeddings]
+            if lacking:
+                raise UserError(
+                    f"{label}: task `embed` needs a model with an embeddings API (openai:, local, "
+                    f"fake); {', '.join(dict.fromkeys(lacking))} has none; set the job's `model:` (or "
+                    "the strategy's) to one, e.g. openai:text-embedding-3-small"
+                )
         if step.scoring == "likelihood" and not any(m.capabilities.supports_scoring for _, m in used):
             # (a stage on a model that cannot score generates its answer instead)
             ids = ", ".join(dict.fromkeys(m.id for _, m in used))
@@ -260,7 +268,8 @@ class StepSolver:
             problems = step.failed_checks(answer, self.context)
             conf = confidence(comp)
             data: dict[str, Any] = {
-                "role": role, "answer": answer, "model": client.model.id, "strategy": self.strategy,
+                "role": role, "answer": step.traced(answer), "model": client.model.id,
+                "strategy": self.strategy,
             }
             if conf is not None:
                 data["confidence"] = conf

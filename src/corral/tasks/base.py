@@ -110,6 +110,7 @@ class Step(BaseModel):
                                  (the ``input`` template's)
     ``columns()``                the sink columns the step adds (one, named after the step)
     ``value(answer)``            what later steps see as ``{name}`` (the answer)
+    ``traced(answer)``           what the trace keeps of an answer (all of it)
     ``to_columns(value)``        the sink values, keyed like ``columns()``
     ``shortcut(context)``        an answer reached without a call (none)
     ``split`` / ``combine``      one call per chunk of a long input, merged (one call)
@@ -369,6 +370,14 @@ class Step(BaseModel):
     def columns(self) -> list[Column]:
         """Columns this step adds to the sink."""
         return [Column(self.name, "any")]
+
+    #: whether the step's input is a prompt the model follows (``embed``'s is text to embed:
+    #: the injection gate does not read it)
+    sends_prompt: ClassVar[bool] = True
+
+    def traced(self, answer: dict[str, Any]) -> dict[str, Any]:
+        """What the trace keeps of an answer: all of it (``embed`` keeps a vector's summary)."""
+        return answer
 
     def value(self, answer: dict[str, Any]) -> Any:
         """What later steps see as ``{name}`` and what :meth:`to_columns` starts from."""
