@@ -17,6 +17,13 @@ the choices' tokens, as a trie, are searched best first in a few batched decodes
 prompt's cache (:mod:`corral.models._choice_search`); a choice's score is the log-probability of
 its tokens (and of stopping there, where another choice continues it).
 :attr:`LocalModel.prompt_evals` counts prompt evaluations.
+
+An embeddings request (``Request.embed``, the ``embed`` task) is answered by a third llama.cpp
+context of the same weights, made on the first such request with ``embedding=True`` and mean
+pooling: each text's vector is the mean of its tokens' last hidden states, normalised to unit
+length. The bundled model is a 135M chat model, not an embedding model: its vectors tell topics
+and registers apart roughly (docs/models.md has a measurement), far from what a trained
+embedding model gives. A text longer than ``n_ctx`` tokens is an error, never cut silently.
 """
 
 from __future__ import annotations
@@ -163,7 +170,7 @@ class LocalModel(Model):
 
     capabilities = Capabilities(
         supports_schema=True, supports_logprobs=False, supports_scoring=True, exact_scoring=True,
-        max_concurrency=1, context_window=2048,
+        supports_embeddings=True, max_concurrency=1, context_window=2048,
     )
     Options = LocalOptions
 
@@ -190,6 +197,7 @@ class LocalModel(Model):
             supports_logprobs=False,
             supports_scoring=True,
             exact_scoring=True,
+            supports_embeddings=True,
             max_concurrency=1,
             context_window=self.n_ctx,
         )
@@ -207,6 +215,7 @@ class LocalModel(Model):
         self.choice_tokens = 0
         #: batched decodes of choice tokens (a few per request, however many choices)
         self.choice_decodes = 0
+        self._embedder: Any = None  # a Llama with embedding=True, made on the first embeddings request
         self._formatter: Any = None
         self._scorer: Any = None  # a ChoiceScorer on its own context, made on the first scoring
 
@@ -293,6 +302,29 @@ class LocalModel(Model):
                 f"local model call failed: {type(e).__name__}: {e}"
             ) from e
 
+    def _run_embed(self, request: Request) -> dict[str, Any]:
+        import llama_cpp
+
+        if self._embedder is None:
+            self._load()  # the chat model's import checks and logging, once
+            try:
+                self._embedder = llama_cpp.Llama(
+                    model_path=str(self.path), embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+                    n_ctx=self.n_ctx, n_batch=self.n_ctx, n_ubatch=self.n_ctx,
+                    n_threads=self.n_threads, n_threads_batch=self.n_threads, verbose=False,
+                )
+            except Exception as e:
+                raise ModelNotFoundError(f"cannot load GGUF model {self.path} for embeddings: {e}") from e
+        texts = request.texts()
+        try:
+            vectors, count = self._embedder.embed(texts, normalize=True, truncate=False, return_count=True)
+        except Exception as e:
+            raise PermanentModelError(
+                f"local model embedding failed ({type(e).__name__}: {e}); a text may be longer than "
+                f"the model's context of {self.n_ctx} tokens: shorten it or raise n_ctx"
+            ) from e
+        return {"vectors": [[round(float(x), 8) for x in v] for v in vectors], "tokens": int(count)}
+
     def _prompt_tokens(self, llama: Any, request: Request) -> list[int]:
         """The tokens of a scoring prompt: the chat template, then the answer's start."""
         if self._formatter is None:
@@ -355,6 +387,12 @@ class LocalModel(Model):
     async def complete(self, request: Request) -> Completion:
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
+        if request.embed:
+            emb = await loop.run_in_executor(self._pool(), self._run_embed, request)
+            return Completion(
+                text="", usage=Usage(input_tokens=emb["tokens"], cost=Decimal(0)), model=self.id,
+                latency_s=time.perf_counter() - t0, vectors=emb["vectors"],
+            )
         if request.choices is not None:
             got = await loop.run_in_executor(self._pool(), self._run_score, request)
             scores = got["scores"]
@@ -389,6 +427,9 @@ class LocalModel(Model):
             loop = asyncio.get_running_loop()
             # wait for an in-flight call off the loop, then drop the model
             await loop.run_in_executor(None, executor.shutdown, True)
+        embedder, self._embedder = self._embedder, None
+        if embedder is not None and hasattr(embedder, "close"):
+            embedder.close()
         scorer, self._scorer = self._scorer, None
         if scorer is not None:
             scorer.close()
