@@ -131,3 +131,16 @@ def test_the_demo_holds_unsure_rows_and_scores_what_it_wrote(tmp_path):
     groups = {g["group"]: g for g in cat["groups"]}
     assert groups["written"]["rows"] == r["written"] and groups["held"]["rows"] == r["review"]
     assert cat["calibration"] is not None  # likelihood scoring gives every answer a confidence
+
+
+def test_embed_example_writes_fixed_size_vectors_and_a_rerun_replays_them(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    ex = copy_examples(tmp_path)
+    s = run(["run", "examples/embed.yaml", "--model", "fake"], cwd=tmp_path)
+    assert s["rows"]["in"] == s["rows"]["written"] > 0
+    table = pq.read_table(ex / "out" / "ticket_vectors.parquet")
+    assert table.schema.field("vec").type == pa.list_(pa.float32(), 64)  # fake's default length
+    assert set(table.column("vec_model").to_pylist()) == {"fake"}
+    again = run(["run", "examples/embed.yaml", "--model", "fake"], cwd=tmp_path)
+    assert again["calls"]["made"] == s["calls"]["made"]  # the same run, finished: nothing paid again
