@@ -196,8 +196,10 @@ def estimate(job: Job, model: Model, make: Callable[..., Model] = make_model) ->
             else:
                 counts = [tok.request(r) for r in reqs] or [0]
                 tokens_in = sum(counts) / len(counts)
-            typical = tok.text(orjson.dumps(generate(step.output_schema(), rng, [], "")).decode())
-            out_lo, out_hi = min(typical, step.max_tokens), min(2 * typical + 16, step.max_tokens)
+            # the requests' own output limit (0 for embeddings, which have no output tokens)
+            cap = reqs[0].max_tokens if reqs else step.max_tokens
+            typical = tok.text(orjson.dumps(generate(step.output_schema(), rng, [], "")).decode()) if cap else 0
+            out_lo, out_hi = min(typical, cap), min(2 * typical + 16, cap)
             cost: dict[str, Range] = {}
             for t in TIERS:
                 lo = _price_call(m, t, tokens_in, out_lo)
