@@ -111,6 +111,23 @@ class EmbedStep(Step):
             )
         return {"vector": vector, "model": completion.model}
 
+    def pack_request(self, requests: list[Request]) -> Request:
+        """One embeddings request for several rows: their texts, in order."""
+        first = requests[0]
+        texts = tuple(m for r in requests for m in r.messages if m.role == "user")
+        return Request(messages=texts, max_tokens=0, sample=first.sample, embed=True, dimensions=first.dimensions)
+
+    def unpack(self, packed: Request, completion: Completion, n: int) -> list[Completion | None]:
+        """One completion per row, each with its own vector (``None`` for a row the answer has
+        no vector for: it is asked alone)."""
+        vectors = completion.vectors or []
+        out: list[Completion | None] = [
+            Completion(text="", finish_reason=completion.finish_reason, model=completion.model,
+                       latency_s=completion.latency_s, vectors=[v])
+            for v in vectors[:n]
+        ]
+        return out + [None] * (n - len(out))
+
     def traced(self, answer: dict[str, Any]) -> dict[str, Any]:
         vector = answer.get("vector") or []
         norm = math.sqrt(sum(x * x for x in vector))
