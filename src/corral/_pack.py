@@ -32,11 +32,9 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from corral._client import Client, RequestLayer
 from corral._commit import GroupCommitter, dumps
-from corral._pack_prompt import packable_schema
+from corral._pack_prompt import pack_group, packable
 from corral.models.base import Completion, Request, Usage
 from corral.store.base import CallRecord
 
@@ -119,7 +117,7 @@ class Packer:
         packing (``None`` for a row not packed: replayed, or asked alone from the start)."""
         layer = self.layer
         h = request.cache_key(client.model.id)
-        if (step.pack < 2 or not packable_schema(request.schema) or h in layer.inflight
+        if (step.pack < 2 or not packable(request) or h in layer.inflight
                 or layer.store.cached(h) is not None):
             h, asked = await layer.ask(committer, *at, request, False, client, *made_by)
             return h, asked, None
@@ -153,8 +151,7 @@ class Packer:
 
     def _join(self, step: Step, client: Client, member: _Member) -> None:
         r = member.request
-        key = (id(step), id(client), r.temperature, r.sample, r.max_tokens,
-               r.messages[0].content if r.messages else "", orjson.dumps(r.schema))
+        key = (id(step), id(client), *pack_group(r))
         group = self.groups.get(key)
         if group is None:
             group = self.groups[key] = _Group(step, client)
@@ -240,8 +237,9 @@ def row_records(
             h = hp
         else:
             a.usage = u
-            if i == first:
+            if i == first:  # (an embeddings answer's vectors are in their rows' entries, not twice)
                 mark["request"], mark["response"] = packed.to_dict(), comp.to_dict()
+                mark["response"].pop("vectors", None)
             request_json, response_json = dumps({**request.to_dict(), "pack": mark}), dumps(a.to_dict())
         records.append(CallRecord(
             run_id, key, label, attempt, h, model_id, False, u.input_tokens, u.output_tokens,

@@ -24,7 +24,10 @@ from typing import Any
 from corral._delimit import guard
 from corral.models.base import Completion, Message, Request
 
-__all__ = ["ROW_TAG", "answer_rows", "in_order", "pack_request", "packable_schema", "rows_of", "unpack_answers"]
+__all__ = [
+    "ROW_TAG", "answer_rows", "in_order", "pack_group", "pack_request", "packable", "packable_schema", "rows_of",
+    "unpack_answers",
+]
 
 #: the tag each row of a packed request is put in
 ROW_TAG = "row"
@@ -38,6 +41,22 @@ PACK_NOTE = (
 _PACK_OVERHEAD_TOKENS = 16
 _ROW = re.compile(r'<row id="(\d+)">\n(.*?)\n</row>', re.DOTALL)
 _ESCAPED_ROW = re.compile(r"&lt;(?=\s*/?\s*row(?![A-Za-z0-9_.-]))", re.IGNORECASE)
+
+
+def packable(request: Request) -> bool:
+    """Whether a row's request can go in one call with other rows': an embeddings request (the
+    texts of several go in one request), or one whose answers pack (:func:`packable_schema`)."""
+    return request.embed or packable_schema(request.schema)
+
+
+def pack_group(request: Request) -> tuple[Any, ...]:
+    """What the requests packed together share: temperature, sample, output limit, the system
+    prompt (an embeddings request has none: its one message is the row's), schema, and an
+    embeddings request's ``dimensions``."""
+    first = request.messages[0] if request.messages else None
+    system = first.content if first is not None and first.role == "system" else ""
+    return (request.temperature, request.sample, request.max_tokens, system, json.dumps(request.schema),
+            request.embed, request.dimensions)
 
 
 def packable_schema(schema: dict[str, Any] | None) -> bool:

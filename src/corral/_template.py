@@ -63,7 +63,7 @@ class Template:
             if isinstance(p, str):
                 out.append(p)
                 continue
-            out.append(_text(_value(context, p)))
+            out.append(_text(lookup(context, p)))
         return "".join(out)
 
     def prompt(self, context: dict[str, Any], tags: tuple[str, ...] = ()) -> str:
@@ -76,11 +76,12 @@ class Template:
             if isinstance(p, str):
                 out.append(p)
                 continue
-            out.append(delimit(_text(_value(context, p)), tag_for(".".join(p)), every))
+            out.append(delimit(_text(lookup(context, p)), tag_for(".".join(p)), every))
         return "".join(out)
 
 
-def _value(context: dict[str, Any], name: tuple[str, ...]) -> Any:
+def lookup(context: dict[str, Any], name: tuple[str, ...]) -> Any:
+    """The value placeholder ``name`` renders (``{a.b}``: ``context["a"]["b"]``), or None."""
     value: Any = context.get(name[0])
     for attr in name[1:]:
         value = value.get(attr) if isinstance(value, dict) else None

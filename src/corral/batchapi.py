@@ -21,7 +21,7 @@ import orjson
 from corral._client import Deferred, RequestLayer, Stop
 from corral._commit import dumps
 from corral._pack import Row, row_records
-from corral._pack_prompt import packable_schema, unpack_answers
+from corral._pack_prompt import pack_group, packable, unpack_answers
 from corral.errors import TransientModelError, UserError
 from corral.models.base import Completion, Request
 from corral.store.base import CallRecord, Store
@@ -143,10 +143,10 @@ class BatchCoordinator:
         groups: dict[tuple[Any, ...], list[tuple[str, Wanted]]] = {}
         for h, item in wanted.items():
             step, r = self.packs.get(item[1]), item[3]
-            if step is None or step.pack < 2 or h in self.alone or not packable_schema(r.schema):
+            if step is None or step.pack < 2 or h in self.alone or not packable(r):
                 out[h] = item
                 continue
-            key = (item[1], r.temperature, r.sample, r.max_tokens, r.messages[0].content, dumps(r.schema))
+            key = (item[1], *pack_group(r))
             groups.setdefault(key, []).append((h, item))
         model_id = self.client.model.id
         for (label, *_), rows in groups.items():

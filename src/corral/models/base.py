@@ -101,6 +101,7 @@ class Request:
             choices=tuple(d["choices"]) if d.get("choices") is not None else None,
             choice_offsets=tuple(d["choice_offsets"]) if d.get("choice_offsets") is not None else None,
             answer_prefix=d.get("answer_prefix"),
+            embed=bool(d.get("embed", False)), dimensions=d.get("dimensions"),
         )
 
     def to_dict(self) -> dict[str, Any]:

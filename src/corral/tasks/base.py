@@ -37,7 +37,7 @@ from corral._expr import Condition, ConditionError
 from corral._pack_prompt import pack_request, unpack_answers
 from corral._route_model import RouteBySpec
 from corral._schema_check import validator as _validator
-from corral._template import Template
+from corral._template import Template, lookup
 from corral.errors import InvalidOutput, Refused, Truncated
 from corral.io.base import Column
 from corral.io.spec import SourceSpec
@@ -447,7 +447,7 @@ class Step(BaseModel):
         if not names:
             return None
         for name in names:
-            if not _blank(_lookup(context, name)):
+            if not _blank(lookup(context, name)):
                 return None
         shown = ["{" + ".".join(n) + "}" for n in dict.fromkeys(names)]
         if len(shown) == 1:
@@ -686,14 +686,6 @@ def distinct_strings(values: list[Any], not_text: str, repeated: str) -> list[st
     if len(set(values)) != len(values):
         raise ValueError(repeated)
     return values
-
-
-def _lookup(context: dict[str, Any], name: tuple[str, ...]) -> Any:
-    """The value a placeholder renders, as :meth:`Template.render` finds it."""
-    value: Any = context.get(name[0])
-    for attr in name[1:]:
-        value = value.get(attr) if isinstance(value, dict) else None
-    return value
 
 
 def _blank(value: Any) -> bool:

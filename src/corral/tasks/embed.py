@@ -6,6 +6,10 @@ sent as an embeddings request (:attr:`Request.embed`). Its answer is the vector 
 made it; the sink gets two columns, the vector (``{name}``: a fixed-size list of float32 in
 Parquet, ``FLOAT[n]`` in DuckDB, a JSON array elsewhere) and ``{name}_model``. Each row's request
 is its own cache entry, so a rerun over a table with new or changed rows embeds only those.
+Rows are sent ``pack`` to a request (64 by default): :meth:`EmbedStep.pack_request` puts their
+texts in one embeddings request, :meth:`EmbedStep.unpack` gives each row its vector back, and
+the packer (:mod:`corral._pack`) records each row under its own request, with its share of the
+call's tokens and cost.
 
 An embedding is not sampled: an answer that cannot be used (no vector, the wrong length) comes
 back the same when asked again, so the step tries once by default (``max_attempts: 1``); a
@@ -47,8 +51,15 @@ class EmbedStep(Step):
         "when asked again: one by default)",
     )
 
+    pack: int = Field(
+        default=64, ge=1, le=2048,
+        description="rows embedded in one request (OpenAI takes up to 2048 texts in one); each row "
+        "keeps its own cache entry, ledger row (its share of the call) and trace",
+    )
+
     #: an embedding model reads the input as text, not as instructions
     sends_prompt: ClassVar[bool] = False
+    can_pack: ClassVar[bool] = True
 
     @model_validator(mode="after")
     def _fits_embed(self) -> EmbedStep:
