@@ -18,7 +18,9 @@ rate limits and retries (:meth:`RequestLayer.spend`) and is then recorded row by
   the provider's;
 * a row the answer leaves out or answers twice (or a packed answer that cannot be read at all)
   is asked alone, through the request layer as any single call, never guessed; its share of the
-  packed call stays in the ledger under the packed request's hash.
+  packed call stays in the ledger under the packed request's hash;
+* a packed call the provider refuses (a permanent error: one row too long, an empty text) is
+  asked row by row, so that one bad row never fails the others.
 
 A row whose answer is in the cache already, or being asked for another record, is not packed:
 it is replayed (or waits) as any request is.
@@ -35,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from corral._client import Client, RequestLayer
 from corral._commit import GroupCommitter, dumps
 from corral._pack_prompt import pack_group, packable
+from corral.errors import PermanentModelError
 from corral.models.base import Completion, Request, Usage
 from corral.store.base import CallRecord
 
@@ -173,6 +176,7 @@ class Packer:
     async def _call(self, group: _Group) -> None:
         """Ask one group's packed request; give each member its answer, or the error."""
         members, step, client, layer = group.members, group.step, group.client, self.layer
+        hp = ""
         try:
             if len(members) == 1:  # nothing to pack it with: the row is asked as it is
                 members[0].done.set_result((None, {}))
@@ -186,6 +190,14 @@ class Packer:
         except asyncio.CancelledError:
             _fail(members, layer.halt.stopping())
             raise
+        except PermanentModelError as e:
+            # the provider refused the packed call (one row too long for the model, an empty
+            # text...): every row is asked alone, so one bad row never fails the others
+            why = f"the packed call was refused ({e}); asked alone"
+            for i, m in enumerate(members):
+                if not m.done.done():
+                    m.done.set_result((None, {"pack": {"call": hp, "size": len(members), "id": i + 1, "alone": why}}))
+            return
         except Exception as e:
             _fail(members, e)
             return

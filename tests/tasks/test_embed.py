@@ -73,11 +73,11 @@ def test_openai_vectors_in_duckdb_as_an_array_column_with_the_cost_in_the_ledger
     write_csv(tmp_path / "in.csv", ["id", "text"], rows(5))
     with ProviderServer() as srv:
         r = corral.run(job(tmp_path, openai_model(srv), {"path": "out/vec.duckdb", "table": "vec"},
-                           step={"dimensions": 32}))
+                           step={"dimensions": 32, "pack": 2}))
         served = srv.served("openai")
         calls = srv.requests["POST /v1/embeddings"]
     assert r.status == "finished" and r.written == 5
-    assert calls == r.calls_made == 5  # pack 1: one request a row
+    assert calls == r.calls_made == math.ceil(5 / 2)  # two texts a request
     assert r.input_tokens == served.prompt_tokens > 0 and r.output_tokens == 0
     # text-embedding-3-small: USD 0.02 per million input tokens (the price table)
     assert r.cost_usd == Decimal(served.prompt_tokens) * Decimal("0.02") / Decimal(1_000_000)
@@ -105,6 +105,29 @@ def test_sqlite_and_csv_sinks_hold_json_arrays_of_the_models_length(tmp_path):
     assert text.count("[") == 3
 
 
+def paid_rows(r: Any) -> int:
+    """The ledger rows of a run's paid calls (one per row a packed call answered)."""
+    con = sqlite3.connect(r.store)
+    try:
+        return int(con.execute("SELECT COUNT(*) FROM ledger WHERE run_id = ? AND replayed = 0", (r.run,)).fetchone()[0])
+    finally:
+        con.close()
+
+
+def test_rows_go_pack_to_a_request_and_each_is_replayed_on_its_own(tmp_path):
+    pytest.importorskip("openai")
+    write_csv(tmp_path / "in.csv", ["id", "text"], rows(10))
+    with ProviderServer() as srv:
+        r = corral.run(job(tmp_path, openai_model(srv), "out/v.jsonl", step={"dimensions": 8, "pack": 4}))
+        sizes = [len(body["input"]) for route, body in srv.bodies if route == "POST /v1/embeddings"]
+        again = corral.run(job(tmp_path, openai_model(srv), "out/v.jsonl", step={"dimensions": 8, "pack": 1},
+                               name="unpacked"))
+        after = srv.requests["POST /v1/embeddings"]
+    assert r.written == 10 and sorted(sizes) == [2, 4, 4] and r.calls_made == len(sizes) == math.ceil(10 / 4)
+    assert paid_rows(r) == 10  # a ledger row per row, each with its share
+    assert again.written == 10 and again.calls_replayed == 10 and after == 3  # another pack: replayed
+
+
 def test_a_rerun_after_adding_rows_embeds_only_the_new_rows(tmp_path):
     pytest.importorskip("openai")
     write_csv(tmp_path / "in.csv", ["id", "text"], rows(8))
@@ -115,8 +138,8 @@ def test_a_rerun_after_adding_rows_embeds_only_the_new_rows(tmp_path):
         second = corral.run(job(tmp_path, openai_model(srv), "out/v.jsonl", step={"dimensions": 16}))
         after = srv.requests["POST /v1/embeddings"]
     assert first.written == 8 and second.written == 11
-    assert after - before == second.calls_made == 3
-    assert second.calls_replayed == 8
+    assert before == 1 and after - before == 1  # eight texts in one request, then the three new ones
+    assert paid_rows(second) == 3 and second.calls_replayed == 8
     lines = [json.loads(x) for x in (tmp_path / "out" / "v.jsonl").read_text().splitlines()]
     assert len(lines) == 11 and all(len(x["vec"]) == 16 for x in lines)
 
@@ -153,7 +176,9 @@ def test_an_empty_row_asked_anyway_is_rejected_by_the_server_and_quarantined(tmp
     write_csv(tmp_path / "in.csv", ["id", "text"], [("a", "hello there"), ("b", "")])
     with ProviderServer() as srv:
         r = corral.run(job(tmp_path, openai_model(srv), "out/v.csv", step={"on_empty": "ask"}))
-    assert r.written == 1 and r.quarantined == 1
+        calls = srv.requests["POST /v1/embeddings"]
+    # the packed request is refused; each row is then asked alone, and only the empty one fails
+    assert r.written == 1 and r.quarantined == 1 and calls == 3
     assert "input" in (tmp_path / "out" / "v.quarantine.csv").read_text()
 
 
@@ -169,7 +194,8 @@ def test_a_wrong_length_is_quarantined_with_the_fix(tmp_path):
 
         srv._openai_embeddings = ignoring  # type: ignore[method-assign]
         r = corral.run(job(tmp_path, openai_model(srv), "out/v.csv", step={"dimensions": 16}))
-    assert r.quarantined == 2 and r.calls_made == 2  # one try each: it would come back the same
+        calls = srv.requests["POST /v1/embeddings"]
+    assert r.quarantined == 2 and calls == 1  # one try: it would come back the same
     q = (tmp_path / "out" / "v.quarantine.csv").read_text()
     assert "8 numbers, not the 16 of `dimensions: 16`" in q
 
@@ -210,7 +236,7 @@ def test_batch_mode_sends_embeddings_lines_at_the_batch_price(tmp_path):
         batches = srv.submissions["batches"]
         served = srv.served("openai_batch")
     assert r.status == "finished" and r.written == 6 and r.accounted
-    assert online_calls == 0 and batches == 1 and served.calls == 6
+    assert online_calls == 0 and batches == 1 and served.calls == 1  # six texts in one batch line
     # half of USD 0.02 per million input tokens
     assert r.cost_usd == Decimal(served.prompt_tokens) * Decimal("0.01") / Decimal(1_000_000)
     lines = [json.loads(x) for x in (tmp_path / "out" / "v.jsonl").read_text().splitlines()]
