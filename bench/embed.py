@@ -8,7 +8,9 @@ end (`... [copy 1]`) so every row is a text of its own. The model is
 `openai:text-embedding-3-small` on `corral.testing.ProviderServer` (127.0.0.1, OpenAI's wire
 format, driven through the official SDK), priced from the price table; the sink is Parquet
 (fixed_size_list<float32>). First run: N rows in a fresh store. Second run: the same job over
-N + 100 rows (the first N unchanged): only the 100 new rows may reach the server. `--pack`
+N + 100 rows (the first N unchanged): only the 100 new rows may reach the server (fewer: the
+data set repeats some messages word for word, and a text embedded once is replayed, not paid
+again). `--pack`
 sets the step's `pack:` where the step has one (rows per request). Writes
 bench/results/embed.json.
 """
@@ -42,18 +44,22 @@ ROUTE = "POST /v1/embeddings"
 
 def messages() -> list[str]:
     with open(SMS_TSV, encoding="utf-8", newline="") as f:
-        out = [row[1] for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if len(row) >= 2]
+        out = [row[1] for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if len(row) >= 2][1:]  # a header
     assert len(out) == SMS_ROWS, f"{SMS_TSV} has {len(out)} messages, not {SMS_ROWS}"
     return out
+
+
+def row_texts(texts: list[str], n: int) -> list[str]:
+    """The first ``n`` rows' texts: the messages, then again with a copy number."""
+    return [texts[i % len(texts)] + (f" [copy {i // len(texts)}]" if i >= len(texts) else "") for i in range(n)]
 
 
 def write_rows(path: Path, texts: list[str], n: int) -> None:
     with open(path, "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "text"])
-        for i in range(n):
-            copy = i // len(texts)
-            w.writerow([f"m{i}", texts[i % len(texts)] + (f" [copy {copy}]" if copy else "")])
+        for i, text in enumerate(row_texts(texts, n)):
+            w.writerow([f"m{i}", text])
 
 
 def job(folder: Path, srv: ProviderServer, dimensions: int, pack: int | None) -> Job:
@@ -112,15 +118,23 @@ def main() -> None:
               f"(pack {pack}: ceil(rows/pack) = {math.ceil(first['rows'] / pack):,}), "
               f"{first['rows_per_s']:,} rows/s, {first['input_tokens']:,} input tokens, ${first['cost_usd']}", flush=True)
         second = one_run(folder, srv, a.rows + a.added, a, texts)
-        print(f"rerun with {a.added} rows added: {second['requests']:,} requests, {second['calls_made']:,} rows "
+        print(f"rerun with {a.added} rows added: {second['requests']:,} requests, {second['ledger_rows_paid']:,} rows "
               f"embedded, {second['calls_replayed']:,} replayed from the store, ${second['cost_usd']}", flush=True)
         import pyarrow.parquet as pq
 
         schema = pq.read_schema(folder / "out" / "vec.parquet")
         out["sink_type"] = str(schema.field("vec").type)
     out["first"], out["rerun"] = first, second
-    # the rows paid for on the rerun are the added ones, in at most one request each
-    out["rerun_embeds_only_added"] = second["ledger_rows_paid"] == a.added and second["requests"] <= a.added
+    # the data set repeats some messages word for word ("Sorry, I'll call later"): a text already
+    # embedded is replayed, never paid again, so the rows to pay for are the new distinct texts
+    before = set(row_texts(texts, a.rows))
+    new = {t for t in row_texts(texts, a.rows + a.added)[a.rows:] if t not in before}
+    first["distinct_texts"] = len(before)
+    out["rerun_new_texts"] = len(new)
+    out["rerun_embeds_only_added"] = second["ledger_rows_paid"] == len(new) and second["requests"] <= len(new)
+    print(f"first run: {first['distinct_texts']:,} distinct texts ({first['ledger_rows_paid']:,} rows paid, "
+          f"{first['calls_replayed']:,} repeats replayed); rerun: {len(new)} new texts among the {a.added} added, "
+          f"{second['ledger_rows_paid']} rows paid")
     print(f"sink column type: {out['sink_type']}; rerun embeds only the added rows: {out['rerun_embeds_only_added']}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "embed.json").write_text(json.dumps(out, indent=2) + "\n")

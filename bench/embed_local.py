@@ -36,7 +36,7 @@ from corral.models.fake import FakeModel  # noqa: E402
 
 def sample(rows: int, seed: int) -> list[tuple[str, str]]:
     with open(SMS_TSV, encoding="utf-8", newline="") as f:
-        data = [(r[0], r[1]) for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if len(r) >= 2]
+        data = [(r[0], r[1]) for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if len(r) >= 2][1:]
     return random.Random(seed).sample(data, rows)
 
 
