@@ -21,9 +21,9 @@ its tokens (and of stopping there, where another choice continues it).
 An embeddings request (``Request.embed``, the ``embed`` task) is answered by a third llama.cpp
 context of the same weights, made on the first such request with ``embedding=True`` and mean
 pooling: each text's vector is the mean of its tokens' last hidden states, normalised to unit
-length. The bundled model is a 135M chat model, not an embedding model: its vectors tell topics
-and registers apart roughly (docs/models.md has a measurement), far from what a trained
-embedding model gives. A text longer than ``n_ctx`` tokens is an error, never cut silently.
+length. The bundled model is a 135M chat model, not an embedding model: its vectors carry
+surface features (docs/models.md measures spam/ham neighbours), not meaning as a trained
+embedding model's do. A text longer than ``n_ctx`` tokens is an error, never cut silently.
 """
 
 from __future__ import annotations
