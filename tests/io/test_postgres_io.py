@@ -92,3 +92,20 @@ def test_corral_run_from_the_cli_never_prints_the_password(tmp_path, pg_url):
     assert res.returncode == 0, res.stderr
     assert "pg-test-secret" not in res.stdout + res.stderr
     assert json.loads(res.stdout)["rows"]["written"] == 5 and len(out_rows(pg_url)) == 5
+
+
+def test_an_embed_steps_vectors_are_jsonb_arrays(tmp_path, pg_url):
+    import psycopg
+
+    fill(pg_url, rows=4)
+    j = Job.from_dict({
+        "name": "pgvec", "key": "id", "source": {"path": pg_url, "table": "tickets"},
+        "steps": [{"name": "vec", "task": "embed", "input": "{text}", "dimensions": 6}],
+        "sink": {"path": pg_url, "table": "vecs"}}, base_dir=tmp_path)
+    r = corral.run(j, model=FakeModel(), store=tmp_path / "s.db")
+    assert r.written == 4
+    with psycopg.connect(pg_url) as con:
+        kind = con.execute("SELECT data_type FROM information_schema.columns WHERE table_name = 'vecs' "
+                           "AND column_name = 'vec'").fetchone()
+        got = con.execute("SELECT jsonb_array_length(vec), vec_model FROM vecs").fetchall()
+    assert kind == ("jsonb",) and got == [(6, "fake")] * 4
