@@ -250,7 +250,13 @@ def test_the_bundled_model_answers_each_packed_row_once_in_order(tmp_path):
         {"name": "label", "task": "classify", "input": "{text}", "labels": ["spam", "ham"], "pack": 3}],
         "sink": "out.csv"}, base_dir=tmp_path)
     r = corral.run(job, store=tmp_path / "s.db")
-    assert (r.written, r.calls_made) == (6, 2)  # the grammar holds it to one answer per row
+    # the grammar holds it to one answer per row: no row asked alone (a group the 50 ms wait
+    # sends before its third row came, on a loaded machine, is a call more, not a lost row)
+    assert r.written == 6 and 2 <= r.calls_made <= 4
+    con = sqlite3.connect(tmp_path / "s.db")
+    notes = [json.loads(d) for (d,) in con.execute("SELECT data FROM attempts WHERE data LIKE '%pack%'")]
+    con.close()
+    assert notes and not any("alone" in d["pack"] for d in notes)
 
 
 def test_filter_and_extract_steps_pack_too(tmp_path):
