@@ -124,3 +124,38 @@ def test_two_processes_on_one_store_pay_each_distinct_prompt_once(tmp_path):
     assert len(paid) == 15 and all(n == 1 for _, n in paid), paid  # no prompt paid twice
     assert replayed == 285 and claims == 0
     assert {s["calls"]["made"] for s in sums} == {15}  # the run's ledger, as each process saw it last
+
+
+def test_two_processes_packing_rows_pay_each_distinct_prompt_once(tmp_path):
+    """The same with `pack: 10`: 400 rows with 100 distinct texts, two `corral run` at once; a
+    row's prompt that the other process holds in a pack of its own is replayed, not packed again."""
+    job = JOB.replace("latency: 0.05", "latency: 0.4").replace("concurrency: 16", "concurrency: 2")
+    write(tmp_path / "job.yaml", job.replace('    labels: [a, b, c]\n', '    labels: [a, b, c]\n    pack: 10\n'))
+    with (tmp_path / "in.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "text"])
+        w.writerows((i, f"message number {i % 100}") for i in range(400))
+    env = {**os.environ, "NO_COLOR": "1"}
+    first = subprocess.run([corral_bin(), "run", "job.yaml", "--limit", "0"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    logs = [tmp_path / f"calls{i}.log" for i in range(2)]  # each process's calls to the model
+    procs = [subprocess.Popen([corral_bin(), "run", "job.yaml", "--json"], cwd=tmp_path,
+                              env={**env, "CORRAL_FAKE_CALL_LOG": str(log)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for log in logs]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    made = [len(log.read_text().splitlines()) if log.exists() else 0 for log in logs]
+    assert all(n > 0 for n in made), made  # both processes asked the model
+    store = json.loads(outs[0][0].strip().splitlines()[-1])["store"]
+    con = sqlite3.connect(store)
+    try:
+        paid = con.execute("SELECT request_hash, COUNT(*) FROM ledger WHERE replayed=0 GROUP BY 1").fetchall()
+        calls = con.execute("SELECT SUM(calls) FROM ledger WHERE replayed=0").fetchone()[0]
+        states = dict(con.execute("SELECT state, COUNT(*) FROM records GROUP BY 1").fetchall())
+        claims = con.execute("SELECT COUNT(*) FROM call_claims").fetchone()[0]
+    finally:
+        con.close()
+    assert states == {"done": 400} and claims == 0
+    assert len(paid) == 100 and all(n == 1 for _, n in paid), paid  # each distinct prompt paid once
+    assert 10 <= calls < 100 and calls == sum(made)  # in packs (one the 50 ms wait sent early: smaller)
