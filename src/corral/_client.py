@@ -400,7 +400,7 @@ class RequestLayer:
                 await asyncio.shield(flying)
         hit = self.store.cached(h)
         if hit is not None:
-            return h, self._replay(committer, (rec_key, label, attempt), h, client, hit, (strategy, kind), batch)
+            return h, self.replay(committer, (rec_key, label, attempt), h, client, hit, (strategy, kind), batch)
         if self.stop.is_set():
             raise self.halt.stopping()
         if batch and self.batches is not None:
@@ -413,7 +413,7 @@ class RequestLayer:
             del self.inflight[h]
             done.set_result(None)
 
-    def _replay(self, committer: GroupCommitter, at: tuple[str, str, int], h: str, client: Client,
+    def replay(self, committer: GroupCommitter, at: tuple[str, str, int], h: str, client: Client,
                 hit: str, made_by: tuple[str | None, str | None], batch: bool) -> Completion:
         """A recorded answer, put in the ledger as a replay (at no cost) for record, step, attempt
         ``at``; ``made_by`` is the (strategy, kind) of the call it stands for."""
@@ -434,7 +434,7 @@ class RequestLayer:
         rec_key, label, attempt = at
         claims = self.claims
         if claims is not None and (hit := await claims.claim_or_wait(h, rec_key)) is not None:
-            return self._replay(committer, at, h, client, hit, made_by, False)
+            return self.replay(committer, at, h, client, hit, made_by, False)
         size = sum(len(m.content) for m in request.messages)
         if size > PROMPT_WARN_CHARS and label not in self.warned:
             self.warned.add(label)

@@ -120,10 +120,12 @@ class Packer:
         packing (``None`` for a row not packed: replayed, or asked alone from the start)."""
         layer = self.layer
         h = request.cache_key(client.model.id)
-        if (step.pack < 2 or not packable(request) or h in layer.inflight
-                or layer.store.cached(h) is not None):
+        if step.pack < 2 or not packable(request) or h in layer.inflight:
             h, asked = await layer.ask(committer, *at, request, False, client, *made_by)
             return h, asked, None
+        hit = layer.store.cached(h)
+        if hit is not None:  # answered before: replayed, one look at the store
+            return h, layer.replay(committer, at, h, client, hit, made_by, False), None
         if layer.stop.is_set():
             raise layer.halt.stopping()
         waiting: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -33,7 +33,7 @@ from corral.io._atomic import ensure_parent
 from corral.io._text import one_line
 from corral.io._values import to_text
 from corral.io.base import Batches, Column, Sink
-from corral.io.parquet import decode_values
+from corral.io.parquet import decode_values, vector_type
 from corral.io.spec import SinkSpec, SourceSpec
 from corral.io.sqlite import quote_ident
 
@@ -229,17 +229,12 @@ _ARROW = {
 }
 
 
-def _vector_type(c: Column) -> pa.DataType:
-    """A ``vector`` column's Arrow type: a fixed-size list of float32 (DuckDB's ``FLOAT[n]``)."""
-    return pa.list_(pa.float32(), c.size) if c.size else pa.list_(pa.float32())
-
-
 def _array(c: Column, values: list[Any]) -> pa.Array:
     """The values of column ``c`` as Arrow: in its source's Arrow type, or the type its Corral
     type maps to; values that do not fit go as text (DuckDB casts them, or says why not)."""
     t = c.arrow_type if c.arrow_type is not None else _ARROW.get(c.type)
     if c.type == "vector":
-        t = _vector_type(c)
+        t = vector_type(c)
     if t is not None:
         try:
             return decode_values(values, t)

@@ -528,8 +528,9 @@ def _convert(kind: str, v: Any) -> Any:
     return v  # bool; "null" never reaches here
 
 
-def _vector_type(c: Column) -> pa.DataType:
-    """A ``vector`` column's Arrow type: a fixed-size list of float32 when its size is known."""
+def vector_type(c: Column) -> pa.DataType:
+    """A ``vector`` column's Arrow type: a fixed-size list of float32 when its size is known
+    (DuckDB reads it as ``FLOAT[n]``)."""
     return pa.list_(pa.float32(), c.size) if c.size else pa.list_(pa.float32())
 
 
@@ -542,7 +543,7 @@ class ParquetSink(Sink):
     row_group_rows = 10_000
 
     def write_rows(self, names: list[str], columns: list[Column], batches: Batches, key: str) -> int:
-        types = [_vector_type(c) if c.type == "vector" else c.arrow_type for c in columns]
+        types = [vector_type(c) if c.type == "vector" else c.arrow_type for c in columns]
         writer = _GrowingWriter(
             names, ["arrow" if t is not None else _DECLARED_KINDS[c.type] for c, t in zip(columns, types)], types,
         )
