@@ -95,34 +95,47 @@ sink: out/o.csv
 """
 
 
-def test_two_processes_on_one_store_pay_each_distinct_prompt_once(tmp_path):
-    """300 rows with 15 distinct texts, leased by two `corral run` at once: identical prompts
-    in records the two processes hold at the same moment are paid once, the other replays."""
-    write(tmp_path / "job.yaml", JOB)
+def two_runs(tmp_path, job: str, rows: int, distinct: int, logs: list | None = None) -> tuple[list[dict], dict]:
+    """``rows`` rows of ``distinct`` texts loaded by one `corral run --limit 0`, then two `corral
+    run --json` at once (each with its own fake call log when ``logs`` are given): their
+    summaries, and the store's paid request hashes, replays, states, claims and calls."""
+    write(tmp_path / "job.yaml", job)
     with (tmp_path / "in.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "text"])
-        w.writerows((i, f"message number {i % 15}") for i in range(300))
+        w.writerows((i, f"message number {i % distinct}") for i in range(rows))
     env = {**os.environ, "NO_COLOR": "1"}
     first = subprocess.run([corral_bin(), "run", "job.yaml", "--limit", "0"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=120)  # the rows loaded once, nothing asked
     assert first.returncode == 0, first.stderr
-    procs = [subprocess.Popen([corral_bin(), "run", "job.yaml", "--json"], cwd=tmp_path, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    envs = [env, env] if logs is None else [{**env, "CORRAL_FAKE_CALL_LOG": str(log)} for log in logs]
+    procs = [subprocess.Popen([corral_bin(), "run", "job.yaml", "--json"], cwd=tmp_path, env=e,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for e in envs]
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     sums = [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
     con = sqlite3.connect(sums[0]["store"])
     try:
-        paid = con.execute("SELECT request_hash, COUNT(*) FROM ledger WHERE replayed=0 GROUP BY 1").fetchall()
-        replayed = con.execute("SELECT COUNT(*) FROM ledger WHERE replayed=1").fetchone()[0]
-        states = dict(con.execute("SELECT state, COUNT(*) FROM records GROUP BY 1").fetchall())
-        claims = con.execute("SELECT COUNT(*) FROM call_claims").fetchone()[0]
+        got = {
+            "paid": con.execute("SELECT request_hash, COUNT(*) FROM ledger WHERE replayed=0 GROUP BY 1").fetchall(),
+            "replayed": con.execute("SELECT COUNT(*) FROM ledger WHERE replayed=1").fetchone()[0],
+            "calls": con.execute("SELECT SUM(calls) FROM ledger WHERE replayed=0").fetchone()[0],
+            "states": dict(con.execute("SELECT state, COUNT(*) FROM records GROUP BY 1").fetchall()),
+            "claims": con.execute("SELECT COUNT(*) FROM call_claims").fetchone()[0],
+        }
     finally:
         con.close()
-    assert states == {"done": 300}
+    return sums, got
+
+
+def test_two_processes_on_one_store_pay_each_distinct_prompt_once(tmp_path):
+    """300 rows with 15 distinct texts, leased by two `corral run` at once: identical prompts
+    in records the two processes hold at the same moment are paid once, the other replays."""
+    sums, got = two_runs(tmp_path, JOB, 300, 15)
+    paid = got["paid"]
+    assert got["states"] == {"done": 300}
     assert len(paid) == 15 and all(n == 1 for _, n in paid), paid  # no prompt paid twice
-    assert replayed == 285 and claims == 0
+    assert got["replayed"] == 285 and got["claims"] == 0
     assert {s["calls"]["made"] for s in sums} == {15}  # the run's ledger, as each process saw it last
 
 
@@ -130,32 +143,12 @@ def test_two_processes_packing_rows_pay_each_distinct_prompt_once(tmp_path):
     """The same with `pack: 10`: 400 rows with 100 distinct texts, two `corral run` at once; a
     row's prompt that the other process holds in a pack of its own is replayed, not packed again."""
     job = JOB.replace("latency: 0.05", "latency: 0.4").replace("concurrency: 16", "concurrency: 2")
-    write(tmp_path / "job.yaml", job.replace('    labels: [a, b, c]\n', '    labels: [a, b, c]\n    pack: 10\n'))
-    with (tmp_path / "in.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "text"])
-        w.writerows((i, f"message number {i % 100}") for i in range(400))
-    env = {**os.environ, "NO_COLOR": "1"}
-    first = subprocess.run([corral_bin(), "run", "job.yaml", "--limit", "0"], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=120)
-    assert first.returncode == 0, first.stderr
+    job = job.replace("    labels: [a, b, c]\n", "    labels: [a, b, c]\n    pack: 10\n")
     logs = [tmp_path / f"calls{i}.log" for i in range(2)]  # each process's calls to the model
-    procs = [subprocess.Popen([corral_bin(), "run", "job.yaml", "--json"], cwd=tmp_path,
-                              env={**env, "CORRAL_FAKE_CALL_LOG": str(log)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for log in logs]
-    outs = [p.communicate(timeout=120) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    _, got = two_runs(tmp_path, job, 400, 100, logs)
     made = [len(log.read_text().splitlines()) if log.exists() else 0 for log in logs]
     assert all(n > 0 for n in made), made  # both processes asked the model
-    store = json.loads(outs[0][0].strip().splitlines()[-1])["store"]
-    con = sqlite3.connect(store)
-    try:
-        paid = con.execute("SELECT request_hash, COUNT(*) FROM ledger WHERE replayed=0 GROUP BY 1").fetchall()
-        calls = con.execute("SELECT SUM(calls) FROM ledger WHERE replayed=0").fetchone()[0]
-        states = dict(con.execute("SELECT state, COUNT(*) FROM records GROUP BY 1").fetchall())
-        claims = con.execute("SELECT COUNT(*) FROM call_claims").fetchone()[0]
-    finally:
-        con.close()
-    assert states == {"done": 400} and claims == 0
+    paid, calls = got["paid"], got["calls"]
+    assert got["states"] == {"done": 400} and got["claims"] == 0
     assert len(paid) == 100 and all(n == 1 for _, n in paid), paid  # each distinct prompt paid once
     assert 10 <= calls < 100 and calls == sum(made)  # in packs (one the 50 ms wait sent early: smaller)
