@@ -220,7 +220,13 @@ class FakeModel(Model):
             return self.script(request), None
         # the row's text as the row had it: the tags that set it off in the prompt taken out
         user = plain("\n".join(m.content for m in request.messages if m.role == "user"))
-        schema = request.schema or FREE_TEXT
+        return self._derived(request, request.schema or FREE_TEXT, user)
+
+    def _derived(
+        self, request: Request, schema: dict[str, Any], user: str
+    ) -> tuple[dict[str, Any] | str, float | None]:
+        """The answer derived from a row's text (``user``) for ``schema``: a simulated label
+        (``truth``) where the labeler knows the text, else one made from its words."""
         answer = answer_for(schema, user, self.seed)
         if self._labeler is not None and isinstance(answer, dict):
             simulated = self._labeler.label(request, user, schema, answer)
@@ -235,17 +241,8 @@ class FakeModel(Model):
         def roll(what: str, rid: int) -> float:
             return random.Random(f"{dice}:{what}:{rid}").random()
 
-        def one(schema: dict[str, Any], text: str) -> Any:
-            user = plain(text)
-            answer = answer_for(schema, user, self.seed)
-            if self._labeler is not None and isinstance(answer, dict):
-                simulated = self._labeler.label(request, user, schema, answer)
-                if simulated is not None:
-                    return simulated[0]
-            return answer
-
         user = "\n".join(m.content for m in request.messages if m.role == "user")
-        return answer_rows(request.schema, user, one, drop=lambda i: roll("drop", i) < self.pack_drop_rate,
+        return answer_rows(request.schema, user, lambda schema, text: self._derived(request, schema, plain(text))[0], drop=lambda i: roll("drop", i) < self.pack_drop_rate,
                            repeat=lambda i: roll("repeat", i) < self.pack_repeat_rate)
 
     def _done(
