@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from corral._cache_lookup import Lookups
 from corral._call_claims import Claimer
 from corral._commit import GroupCommitter, dumps
 from corral._limits import AdaptiveConcurrency, CircuitBreaker, RateLimiter, backoff
@@ -325,6 +326,8 @@ class RequestLayer:
         self.run_id = run_id
         #: the worker's claims on the calls it pays, under its lease owner (corral._call_claims)
         self.claims = None if owner is None else Claimer(store, owner, budget.halt.event, say)
+        #: the response cache, looked up for a turn of the event loop's rows at once
+        self.lookups = Lookups(store)
         c = budget.counts
         budget.peers = None if owner is None else Peers(
             store, run_id, owner, (c.made, c.input_tokens + c.output_tokens, c.cost))
@@ -395,10 +398,14 @@ class RequestLayer:
         :class:`Deferred`)."""
         client = client or self.main
         h = request.cache_key(client.model.id)
-        while (flying := self.inflight.get(h)) is not None:  # in flight for another record: wait
-            with contextlib.suppress(Exception):
-                await asyncio.shield(flying)
-        hit = self.store.cached(h)
+        hit = None
+        while hit is None:
+            while (flying := self.inflight.get(h)) is not None:  # in flight for another record: wait
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(flying)
+            hit = await self.lookups.get(h)
+            if h not in self.inflight:
+                break  # else another record began paying it during the look-up: wait for that
         if hit is not None:
             return h, self.replay(committer, (rec_key, label, attempt), h, client, hit, (strategy, kind), batch)
         if self.stop.is_set():

@@ -123,9 +123,12 @@ class Packer:
         if step.pack < 2 or not packable(request) or h in layer.inflight:
             h, asked = await layer.ask(committer, *at, request, False, client, *made_by)
             return h, asked, None
-        hit = layer.store.cached(h)
+        hit = await layer.lookups.get(h)
         if hit is not None:  # answered before: replayed, one look at the store
             return h, layer.replay(committer, at, h, client, hit, made_by, False), None
+        if h in layer.inflight:  # another record began asking it during the look-up: wait for it
+            h, asked = await layer.ask(committer, *at, request, False, client, *made_by)
+            return h, asked, None
         if layer.stop.is_set():
             raise layer.halt.stopping()
         waiting: asyncio.Future[None] = asyncio.get_running_loop().create_future()

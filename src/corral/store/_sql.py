@@ -46,6 +46,8 @@ from corral.store.leases import LEASE_TTL_S
 __all__ = ["SQLStore"]
 
 _NANO = Decimal(1_000_000_000)
+#: request hashes per look-up statement, under SQLite's limit on variables
+_HASHES_PER_LOOK = 500
 
 
 def _to_nanos(cost: Decimal | None) -> int | None:
@@ -281,11 +283,18 @@ class SQLStore(Store):
 
     # --- calls -------------------------------------------------------------------------
 
-    def cached(self, request_hash: str) -> str | None:
-        row = self.db.execute(
-            "SELECT response FROM responses WHERE request_hash=?", (request_hash,)
-        ).fetchone()
-        return row[0] if row else None
+    def cached_many(self, request_hashes: list[str]) -> dict[str, str]:
+        wanted = list(dict.fromkeys(request_hashes))
+        if len(wanted) == 1:
+            row = self.db.execute("SELECT response FROM responses WHERE request_hash=?", wanted).fetchone()
+            return {wanted[0]: row[0]} if row else {}
+        out: dict[str, str] = {}
+        for i in range(0, len(wanted), _HASHES_PER_LOOK):
+            part = wanted[i:i + _HASHES_PER_LOOK]
+            out.update(self.db.execute(
+                f"SELECT request_hash, response FROM responses WHERE request_hash IN ({','.join('?' * len(part))})",
+                part).fetchall())
+        return out
 
     def claim_calls(
         self, request_hashes: list[str], owner: str, ttl_s: float, is_dead: Callable[[str], bool]

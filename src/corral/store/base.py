@@ -459,8 +459,14 @@ class Store(ABC):
 
     # calls
     @abstractmethod
+    def cached_many(self, request_hashes: list[str]) -> dict[str, str]:
+        """The recorded response JSON of each of ``request_hashes`` that has one, in one look
+        at the store (the request layer gathers a turn of the event loop's look-ups into one:
+        corral._cache_lookup)."""
+
     def cached(self, request_hash: str) -> str | None:
         """The recorded response JSON for a request hash, if any."""
+        return self.cached_many([request_hash]).get(request_hash)
 
     @abstractmethod
     def claim_calls(
