@@ -89,6 +89,14 @@ def test_ingesting_rows_another_worker_loaded_is_not_a_duplicate(make_store):
     with pytest.raises(DuplicateKeyError) as e:
         s.ingest(run.id, [NewRecord("k1", 7, 9, "{}")], 8)
     assert (e.value.key, e.value.first_line, e.value.second_line) == ("k1", 3, 9)
+    # a second loader's chunk past one look-up statement (500 keys), its clash in the third part
+    many = [NewRecord(f"m{i}", 10 + i, 20 + i, "{}") for i in range(1200)]
+    s.ingest(run.id, many, 1210)
+    s.ingest(run.id, many, 1210)
+    clash = [*many[:1100], NewRecord("m1100", 5000, 9000, "{}"), *many[1101:]]
+    with pytest.raises(DuplicateKeyError) as e:
+        s.ingest(run.id, clash, 1210)
+    assert (e.value.key, e.value.first_line, e.value.second_line) == ("m1100", 1120, 9000)
 
 
 def test_delete_run_deletes_its_provider_batches(make_store):

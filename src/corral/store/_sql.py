@@ -46,7 +46,7 @@ from corral.store.leases import LEASE_TTL_S
 __all__ = ["SQLStore"]
 
 _NANO = Decimal(1_000_000_000)
-#: request hashes per look-up statement, under SQLite's limit on variables
+#: request hashes (or record keys) per look-up statement, under SQLite's limit on variables
 _HASHES_PER_LOOK = 500
 
 
@@ -200,11 +200,15 @@ class SQLStore(Store):
             if r.key in seen:
                 raise DuplicateKeyError(r.key, seen[r.key].line, r.line)
             seen[r.key] = r
-            row = db.execute(
-                "SELECT ordinal, line FROM records WHERE run_id=? AND key=?", (run_id, r.key)
-            ).fetchone()
-            if row is not None and row[0] != r.ordinal:
-                raise DuplicateKeyError(r.key, row[1], r.line)
+        keys = list(seen)
+        for i in range(0, len(keys), _HASHES_PER_LOOK):  # one query per part, not one per row
+            part = keys[i:i + _HASHES_PER_LOOK]
+            stored = {k: (o, line) for k, o, line in db.execute(
+                f"SELECT key, ordinal, line FROM records WHERE run_id=? AND key IN ({','.join('?' * len(part))})",
+                [run_id, *part]).fetchall()}
+            for k in part:  # in the rows' order: the first clash is the one reported
+                if k in stored and stored[k][0] != seen[k].ordinal:
+                    raise DuplicateKeyError(k, stored[k][1], seen[k].line)
 
     def occurrences(self, run_id: str) -> dict[str, int]:
         rows = self.db.execute(
