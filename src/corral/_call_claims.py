@@ -4,8 +4,8 @@ Two workers on one store (two ``corral run`` of a job, or ``corral worker`` proc
 different records whose prompts are the same. Before a paid call, the request layer claims it in
 the store (:meth:`corral.store.base.Store.claim_calls`); a worker that finds the call claimed by
 another live worker waits for that worker's response to be recorded and replays it. The claims
-the run's calls ask for in one turn of the event loop go to the store in one transaction, as
-the group committer does with writes, so a run on one worker pays little for them.
+the run's calls ask for in one turn of the event loop go to the store in one transaction
+(:mod:`corral._per_turn`), so a run on one worker pays little for them.
 
 The wait is bounded: a claim lives as long as its worker's leases (renewed with them), a dead
 worker's claim is taken over at once on this host and after the lease time elsewhere, and a stop
@@ -19,6 +19,7 @@ import contextlib
 import time
 from collections.abc import Callable
 
+from corral._per_turn import PerTurn
 from corral.store.base import Claim, Store
 from corral.store.leases import LEASE_TTL_S, owner_dead
 
@@ -36,34 +37,19 @@ class Claimer:
         self.owner = owner
         self.stop = stop
         self.say = say
-        self.pending: list[tuple[str, asyncio.Future[Claim]]] = []
+        #: a turn of the event loop's claims, in one store transaction
+        self.claims: PerTurn[str, Claim] = PerTurn(self._claim_all)
 
-    def _claim(self, request_hash: str) -> asyncio.Future[Claim]:
-        fut: asyncio.Future[Claim] = asyncio.get_running_loop().create_future()
-        if not self.pending:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self.pending.append((request_hash, fut))
-        return fut
-
-    def _flush(self) -> None:
-        pending, self.pending = self.pending, []
-        try:
-            claims = self.store.claim_calls([h for h, _ in pending], self.owner, LEASE_TTL_S, owner_dead)
-        except BaseException as e:  # a StoreError reaches every asker
-            for _, fut in pending:
-                if not fut.done():
-                    fut.set_exception(e)
-            return
-        for (_, fut), c in zip(pending, claims):
-            if not fut.done():
-                fut.set_result(c)
+    def _claim_all(self, request_hashes: list[str]) -> dict[str, Claim]:
+        claims = self.store.claim_calls(request_hashes, self.owner, LEASE_TTL_S, owner_dead)
+        return dict(zip(request_hashes, claims))
 
     async def claim_or_wait(self, request_hash: str, key: str) -> str | None:
         """The response JSON another worker recorded for ``request_hash`` (a replay), or None:
         the call is this worker's to make now (or the run is stopping, which the caller checks)."""
         delay, started, said = 0.01, time.monotonic(), False
         while True:
-            claim = await self._claim(request_hash)
+            claim = await self.claims.get(request_hash)
             if claim.cached:
                 return self.store.cached(request_hash)
             if claim.holder is None or self.stop.is_set():

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from corral._cache_lookup import Lookups
 from corral._call_claims import Claimer
 from corral._commit import GroupCommitter, dumps
 from corral._limits import AdaptiveConcurrency, CircuitBreaker, RateLimiter, backoff
 from corral._peers import Peers
+from corral._per_turn import PerTurn
 from corral.errors import (
     AuthenticationError,
     PermanentModelError,
@@ -326,8 +326,8 @@ class RequestLayer:
         self.run_id = run_id
         #: the worker's claims on the calls it pays, under its lease owner (corral._call_claims)
         self.claims = None if owner is None else Claimer(store, owner, budget.halt.event, say)
-        #: the response cache, looked up for a turn of the event loop's rows at once
-        self.lookups = Lookups(store)
+        #: the response cache, looked up for a turn of the event loop's rows in one query
+        self.lookups: PerTurn[str, str | None] = PerTurn(self._cached)
         c = budget.counts
         budget.peers = None if owner is None else Peers(
             store, run_id, owner, (c.made, c.input_tokens + c.output_tokens, c.cost))
@@ -398,13 +398,12 @@ class RequestLayer:
         :class:`Deferred`)."""
         client = client or self.main
         h = request.cache_key(client.model.id)
-        hit = None
-        while hit is None:
+        while True:
             while (flying := self.inflight.get(h)) is not None:  # in flight for another record: wait
                 with contextlib.suppress(Exception):
                     await asyncio.shield(flying)
             hit = await self.lookups.get(h)
-            if h not in self.inflight:
+            if hit is not None or h not in self.inflight:
                 break  # else another record began paying it during the look-up: wait for that
         if hit is not None:
             return h, self.replay(committer, (rec_key, label, attempt), h, client, hit, (strategy, kind), batch)
@@ -419,6 +418,10 @@ class RequestLayer:
         finally:
             del self.inflight[h]
             done.set_result(None)
+
+    def _cached(self, request_hashes: list[str]) -> dict[str, str | None]:
+        found = self.store.cached_many(request_hashes)
+        return {h: found.get(h) for h in request_hashes}
 
     def replay(self, committer: GroupCommitter, at: tuple[str, str, int], h: str, client: Client,
                 hit: str, made_by: tuple[str | None, str | None], batch: bool) -> Completion:

@@ -120,13 +120,12 @@ class Packer:
         packing (``None`` for a row not packed: replayed, or asked alone from the start)."""
         layer = self.layer
         h = request.cache_key(client.model.id)
-        if step.pack < 2 or not packable(request) or h in layer.inflight:
-            h, asked = await layer.ask(committer, *at, request, False, client, *made_by)
-            return h, asked, None
-        hit = await layer.lookups.get(h)
-        if hit is not None:  # answered before: replayed, one look at the store
-            return h, layer.replay(committer, at, h, client, hit, made_by, False), None
-        if h in layer.inflight:  # another record began asking it during the look-up: wait for it
+        single = step.pack < 2 or not packable(request)
+        if not single and h not in layer.inflight:
+            hit = await layer.lookups.get(h)
+            if hit is not None:  # answered before: replayed, one look at the store
+                return h, layer.replay(committer, at, h, client, hit, made_by, False), None
+        if single or h in layer.inflight:  # (in flight: for another record, maybe since the look-up)
             h, asked = await layer.ask(committer, *at, request, False, client, *made_by)
             return h, asked, None
         if layer.stop.is_set():

@@ -109,7 +109,7 @@ def test_a_run_on_another_model_than_its_job_is_skipped_with_the_fix(tmp_path):
     proc = subprocess.Popen([corral_bin(), "run", "job.yaml", "--model", "{name: 'fake:y', latency: 0.05}"],
                             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (ledger(tmp_path)[1].get("done")):
+    while time.monotonic() < deadline and not ledger(tmp_path)[1].get("done"):
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -124,7 +124,7 @@ def test_sigterm_ends_a_worker_at_once_and_gives_its_rows_back(tmp_path):
     proc = subprocess.Popen([corral_bin(), "worker", "job.yaml"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (ledger(tmp_path)[1].get("done")):
+    while time.monotonic() < deadline and not ledger(tmp_path)[1].get("done"):
         time.sleep(0.1)
     t = time.monotonic()
     proc.send_signal(signal.SIGTERM)
@@ -175,7 +175,7 @@ def test_a_worker_stalled_past_its_lease_has_its_rows_taken_over_and_its_late_an
     stalled = subprocess.Popen([corral_bin(), "worker", "job.yaml"], cwd=tmp_path, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (ledger(tmp_path)[1].get("done")):
+    while time.monotonic() < deadline and not ledger(tmp_path)[1].get("done"):
         time.sleep(0.05)
     time.sleep(0.1)  # calls in flight
     stalled.send_signal(signal.SIGSTOP)

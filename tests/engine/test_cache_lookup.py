@@ -1,5 +1,5 @@
-"""The response cache looked up for a turn's rows in one store query (corral._cache_lookup,
-Store.cached_many)."""
+"""The response cache looked up for a turn's rows in one store query (Store.cached_many,
+through corral._per_turn)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 
-from corral._cache_lookup import Lookups
+from corral._per_turn import PerTurn
 from corral.errors import StoreError
 from corral.store import open_store
 from corral.store.base import CallRecord, NewRecord, RunInfo, Store
@@ -39,25 +39,27 @@ def test_cached_many_finds_each_recorded_hash_once_over_many_statements(store):
 
 
 class Counting:
-    """A store whose cache look-ups are counted (the other methods are the real store's)."""
+    """A store's cache look-ups, counted, as the request layer makes them: a value for every
+    hash asked, None where nothing is recorded."""
 
     def __init__(self, store: Store, fail: bool = False) -> None:
         self.store = store
         self.fail = fail
         self.queries: list[list[str]] = []
 
-    def cached_many(self, request_hashes: list[str]) -> dict[str, str]:
+    def __call__(self, request_hashes: list[str]) -> dict[str, str | None]:
         self.queries.append(list(request_hashes))
         if self.fail:
             raise StoreError("the store is gone")
-        return self.store.cached_many(request_hashes)
+        found = self.store.cached_many(request_hashes)
+        return {h: found.get(h) for h in request_hashes}
 
 
 def test_the_look_ups_of_one_turn_are_one_query_and_each_asker_gets_its_answer(store):
     counting = Counting(store)
 
     async def main() -> list[str | None]:
-        lookups = Lookups(counting)  # type: ignore[arg-type]
+        lookups = PerTurn(counting)
         first = await asyncio.gather(*(lookups.get(f"v1:{i}") for i in [1, 2, 2, 900]))
         second = await lookups.get("v1:3")  # a later turn: a query of its own
         return [*first, second]
@@ -70,7 +72,7 @@ def test_a_failed_look_up_reaches_every_asker_of_its_turn(store):
     counting = Counting(store, fail=True)
 
     async def main() -> list[BaseException | str | None]:
-        lookups = Lookups(counting)  # type: ignore[arg-type]
+        lookups = PerTurn(counting)
         return await asyncio.gather(lookups.get("v1:1"), lookups.get("v1:2"), return_exceptions=True)
 
     out = asyncio.run(main())

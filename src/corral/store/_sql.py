@@ -46,8 +46,16 @@ from corral.store.leases import LEASE_TTL_S
 __all__ = ["SQLStore"]
 
 _NANO = Decimal(1_000_000_000)
-#: request hashes (or record keys) per look-up statement, under SQLite's limit on variables
-_HASHES_PER_LOOK = 500
+#: values per ``IN (...)`` of a look-up statement, under SQLite's limit on variables
+_IN_PART = 500
+
+
+def _rows_in(db: Conn, select: str, values: list[Any], *before: Any) -> Iterator[tuple[Any, ...]]:
+    """The rows of ``select`` (ending in ``IN``, its other placeholders filled by ``before``) for
+    ``values``, :data:`_IN_PART` at a time: one statement per part, not one per value."""
+    for i in range(0, len(values), _IN_PART):
+        part = values[i:i + _IN_PART]
+        yield from db.execute(f"{select} ({','.join('?' * len(part))})", [*before, *part]).fetchall()
 
 
 def _to_nanos(cost: Decimal | None) -> int | None:
@@ -200,15 +208,11 @@ class SQLStore(Store):
             if r.key in seen:
                 raise DuplicateKeyError(r.key, seen[r.key].line, r.line)
             seen[r.key] = r
-        keys = list(seen)
-        for i in range(0, len(keys), _HASHES_PER_LOOK):  # one query per part, not one per row
-            part = keys[i:i + _HASHES_PER_LOOK]
-            stored = {k: (o, line) for k, o, line in db.execute(
-                f"SELECT key, ordinal, line FROM records WHERE run_id=? AND key IN ({','.join('?' * len(part))})",
-                [run_id, *part]).fetchall()}
-            for k in part:  # in the rows' order: the first clash is the one reported
-                if k in stored and stored[k][0] != seen[k].ordinal:
-                    raise DuplicateKeyError(k, stored[k][1], seen[k].line)
+        stored = {k: (o, line) for k, o, line in _rows_in(
+            db, "SELECT key, ordinal, line FROM records WHERE run_id=? AND key IN", list(seen), run_id)}
+        for k, r in seen.items():  # in the rows' order: the first clash is the one reported
+            if k in stored and stored[k][0] != r.ordinal:
+                raise DuplicateKeyError(k, stored[k][1], r.line)
 
     def occurrences(self, run_id: str) -> dict[str, int]:
         rows = self.db.execute(
@@ -288,17 +292,8 @@ class SQLStore(Store):
     # --- calls -------------------------------------------------------------------------
 
     def cached_many(self, request_hashes: list[str]) -> dict[str, str]:
-        wanted = list(dict.fromkeys(request_hashes))
-        if len(wanted) == 1:
-            row = self.db.execute("SELECT response FROM responses WHERE request_hash=?", wanted).fetchone()
-            return {wanted[0]: row[0]} if row else {}
-        out: dict[str, str] = {}
-        for i in range(0, len(wanted), _HASHES_PER_LOOK):
-            part = wanted[i:i + _HASHES_PER_LOOK]
-            out.update(self.db.execute(
-                f"SELECT request_hash, response FROM responses WHERE request_hash IN ({','.join('?' * len(part))})",
-                part).fetchall())
-        return out
+        return dict(_rows_in(self.db, "SELECT request_hash, response FROM responses WHERE request_hash IN",
+                             list(dict.fromkeys(request_hashes))))
 
     def claim_calls(
         self, request_hashes: list[str], owner: str, ttl_s: float, is_dead: Callable[[str], bool]

@@ -462,7 +462,7 @@ class Store(ABC):
     def cached_many(self, request_hashes: list[str]) -> dict[str, str]:
         """The recorded response JSON of each of ``request_hashes`` that has one, in one look
         at the store (the request layer gathers a turn of the event loop's look-ups into one:
-        corral._cache_lookup)."""
+        corral._per_turn)."""
 
     def cached(self, request_hash: str) -> str | None:
         """The recorded response JSON for a request hash, if any."""
